@@ -1,0 +1,3 @@
+from voxcli.cli import main
+
+main()

@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints them as one line; everything else is a bug."""
+
+
+class VoxcliError(Exception):
+    """Base class: its message is meant for the user, as one line."""
+
+
+class ConfigError(VoxcliError):
+    """A bad configuration key or value."""
+
+
+class AudioError(VoxcliError):
+    """Audio that cannot be read, decoded or captured."""
+
+
+class ModelError(VoxcliError):
+    """A model that cannot be found, downloaded or loaded."""

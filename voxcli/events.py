@@ -1,0 +1,96 @@
+"""What the engine emits, and the arithmetic on latency samples. Nothing heavy is imported here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One generated token, emitted the moment its id leaves the model.
+
+    ``text`` is the text this token adds to the transcript (incremental detokenization: it may be
+    empty while a multi-byte character is incomplete, and carries the leading space of a word).
+    ``t_emitted`` is ``time.perf_counter()`` at the moment the id was known on the host.
+    ``audio_start_s``/``audio_end_s`` are the span of input audio the token belongs to, when the
+    model knows it (the Realtime model: 80 ms per token, shifted by its delay; the offline model:
+    the span of the segment it was generated for), else ``None``.
+    """
+
+    index: int
+    token_id: int
+    text: str
+    t_emitted: float
+    audio_start_s: float | None = None
+    audio_end_s: float | None = None
+    segment: int = 0
+    final: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class TranscriptMetrics:
+    """Timing of one transcription, all in milliseconds except where the name says otherwise.
+
+    ``ttft_ms``: from the moment the complete audio is handed to the warm engine to the first
+    generated text token id. ``total_ms``: from the same start to the last token.
+    """
+
+    audio_s: float = 0.0
+    n_tokens: int = 0
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    step_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rtf(self) -> float | None:
+        """Compute time over audio duration: below 1 is faster than real time."""
+        if self.total_ms is None or self.audio_s <= 0:
+            return None
+        return self.total_ms / 1000.0 / self.audio_s
+
+    def to_dict(self) -> dict:
+        return {
+            "audio_s": round(self.audio_s, 4),
+            "n_tokens": self.n_tokens,
+            "ttft_ms": _round(self.ttft_ms),
+            "total_ms": _round(self.total_ms),
+            "rtf": _round(self.rtf, 4),
+            "step_ms": summarize(self.step_ms),
+        }
+
+
+def _round(value: float | None, ndigits: int = 3) -> float | None:
+    return None if value is None else round(value, ndigits)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of an already sorted list."""
+    if not sorted_values:
+        raise ValueError("percentile of an empty list")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {q}")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(values: list[float]) -> dict:
+    """n, p50, p90, p95, p99, mean, min, max of a list of samples (empty -> just n=0)."""
+    if not values:
+        return {"n": 0}
+    s = sorted(values)
+    return {
+        "n": len(s),
+        "p50": percentile(s, 50),
+        "p90": percentile(s, 90),
+        "p95": percentile(s, 95),
+        "p99": percentile(s, 99),
+        "mean": sum(s) / len(s),
+        "min": s[0],
+        "max": s[-1],
+    }

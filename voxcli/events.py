@@ -94,3 +94,26 @@ def summarize(values: list[float]) -> dict:
         "min": s[0],
         "max": s[-1],
     }
+
+
+@dataclass(slots=True)
+class Transcript:
+    """Everything known about one transcribed source: what the renderers and writers consume."""
+
+    source: str
+    model: str
+    events: list[TokenEvent] = field(default_factory=list)
+    metrics: TranscriptMetrics = field(default_factory=TranscriptMetrics)
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.events).strip()
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "model": self.model,
+            "text": self.text,
+            "metrics": self.metrics.to_dict(),
+            "events": [e.to_dict() for e in self.events],
+        }

@@ -1,0 +1,541 @@
+"""Voxtral on the local device: loading, warm-up, streaming generation and token timing.
+
+Usable without the CLI::
+
+    from voxcli.engine import load_engine
+    engine = load_engine("mistralai/Voxtral-Mini-4B-Realtime-2602")
+    for event in engine.transcribe(samples):          # float32 mono 16 kHz
+        print(event.text, end="", flush=True)
+
+Two model kinds, told apart by their config:
+
+- ``realtime`` (Voxtral Mini 4B Realtime): a causal encoder, one text token per 80 ms of audio,
+  a fixed delay. Everything, files included, goes through :class:`RealtimeSession`, the same
+  chunked path live audio takes, so what ``bench`` measures on files is what ``listen`` runs.
+- ``offline`` (Voxtral Mini 3B / Small 24B): hears whole windows of up to 30 s; long audio is
+  split at silences and each segment transcribed in turn.
+
+Both decode with a hand-written greedy loop (prefill, then one step per token) instead of
+``generate()``: stock streaming ``generate()`` asks for the NEXT audio chunk before it hands the
+current token over, which makes every live token one chunk (80 ms) late. Here a token is yielded
+the moment its id is on the host, before the next chunk is even requested.
+
+This module knows nothing about YAML, flags or the terminal; errors a user can cause are raised
+as :class:`voxcli.errors.ModelError` / ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from voxcli.errors import ModelError
+from voxcli.events import TokenEvent
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+KINDS = ("realtime", "offline")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DEFAULT_REALTIME_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+DEFAULT_OFFLINE_MODEL = "mistralai/Voxtral-Mini-3B-2507"
+TOKEN_MS = 80  # the Realtime model emits one token per 80 ms of audio
+MIN_DELAY_MS, MAX_DELAY_MS = 80, 2400
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks cuda, then mps, then cpu. Explicit ``cuda:N`` is accepted."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    base = device.split(":", 1)[0]
+    if base not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("device 'mps' was asked for but MPS is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` is bfloat16 on a GPU and float32 on the CPU (bf16 matmuls are slow on most CPUs)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    return getattr(torch, dtype)
+
+
+class _Detokenizer:
+    """Turns token ids into text deltas one at a time.
+
+    Tekken tokens are byte pieces: a multi-byte character can be split across tokens, so bytes go
+    through an incremental UTF-8 decoder that holds back an incomplete character until it is whole.
+    Special tokens add no text.
+    """
+
+    def __init__(self, tekkenizer) -> None:
+        self._tok = tekkenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def is_special(self, token_id: int) -> bool:
+        return self._tok.is_special(token_id)
+
+    def push(self, token_id: int) -> str:
+        if self._tok.is_special(token_id):
+            return ""
+        return self._utf8.decode(self._tok.id_to_byte_piece(token_id))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+@dataclass
+class EngineInfo:
+    """What was loaded, for reports and benchmarks."""
+
+    model: str
+    kind: str
+    device: str
+    dtype: str
+    n_params: int
+    load_s: float
+    warmup_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Engine:
+    """What both model kinds share: loading state, warm-up, detokenization."""
+
+    kind: str = ""
+
+    def __init__(self, model, processor, info: EngineInfo) -> None:
+        self.model = model
+        self.processor = processor
+        self.info = info
+        self._tekken = processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
+        self.eos_id = self._tekken.eos_id
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def detokenizer(self) -> _Detokenizer:
+        return _Detokenizer(self._tekken)
+
+    def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Iterator[TokenEvent]:
+        raise NotImplementedError
+
+    def warmup(self) -> float:
+        """Run a short silent clip through the full path once; returns the seconds it took."""
+        t0 = time.perf_counter()
+        for _ in self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), max_new_tokens=4):
+            pass
+        self.info.warmup_s = time.perf_counter() - t0
+        return self.info.warmup_s
+
+
+def _validate_audio(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be mono (one dimension), got shape {audio.shape}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"audio must be floating point samples in [-1, 1], got {audio.dtype}")
+    return audio.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------- realtime
+
+
+class RealtimeEngine(Engine):
+    """Voxtral Mini 4B Realtime: one token per 80 ms chunk, through :class:`RealtimeSession`."""
+
+    kind = "realtime"
+
+    def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None) -> None:
+        super().__init__(model, processor, info)
+        audio_cfg = processor.mistral_common_audio_config
+        if delay_ms is None:
+            delay_ms = int(audio_cfg.transcription_delay_ms)
+        validate_delay_ms(delay_ms)
+        self.delay_ms = delay_ms
+        self.num_delay_tokens = audio_cfg.get_num_delay_tokens(delay_ms)
+        self.num_right_pad_tokens = audio_cfg.n_right_pad_tokens(delay_ms)
+        self.hop_samples = processor.raw_audio_length_per_tok  # 1280: 80 ms
+        fe = processor.feature_extractor
+        self.chunk_samples = processor.audio_length_per_tok * fe.hop_length + fe.win_length  # 1680
+        # The prompt and the first chunk's size depend on the delay: BOS + (left pad + delay) x PAD.
+        encoder = processor.tokenizer.tokenizer.instruct_tokenizer.audio_encoder
+        instruct = processor.tokenizer.tokenizer.instruct_tokenizer
+        self._prompt_ids = instruct.start() + encoder.encode_streaming_tokens(delay_ms)
+        left_pad, _ = encoder.get_padding_audio(delay_ms)
+        self._left_pad = left_pad.audio_array.astype(np.float32)
+        first_mel_frames = (self.num_delay_tokens + 1) * processor.audio_length_per_tok
+        self.first_chunk_samples = (first_mel_frames - 1) * fe.hop_length + fe.win_length // 2
+        # Where the first window after the prefill starts, counted from the start of the left pad:
+        # the next mel frame (the prefill made one per 10 ms of prompt) is centred on
+        # frames x hop, so its window opens win_length // 2 earlier. Getting this wrong (e.g. 400
+        # samples back instead of 240) still runs, but the model hears shifted audio.
+        prefill_frames = len(self._prompt_ids) * processor.audio_length_per_tok
+        self.next_window_start = prefill_frames * fe.hop_length - fe.win_length // 2
+        info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens)
+
+    def session(self, *, max_new_tokens: int | None = None) -> "RealtimeSession":
+        """A push-based streaming session: push audio as it arrives, pull tokens as they exist."""
+        return RealtimeSession(self, max_new_tokens=max_new_tokens)
+
+    def stream(self, blocks: Iterable[np.ndarray], *, max_new_tokens: int | None = None) -> Iterator[TokenEvent]:
+        """Tokens for audio arriving in blocks of any size; the stream's end flushes the delay."""
+        session = self.session(max_new_tokens=max_new_tokens)
+        for block in blocks:
+            session.push(_validate_audio(block))
+            yield from session.steps()
+        yield from session.finish()
+
+    def transcribe(self, audio: np.ndarray, *, language: str | None = None,
+                   max_new_tokens: int | None = None) -> Iterator[TokenEvent]:
+        """All of ``audio`` at once, through the same chunked path live audio takes.
+
+        ``language`` is accepted for a uniform interface; the Realtime model detects the language
+        itself and takes no hint.
+        """
+        audio = _validate_audio(audio)
+        end_s = len(audio) / SAMPLE_RATE
+        for event in self.stream([audio], max_new_tokens=max_new_tokens):
+            # Tokens after the end cover the right padding (silence): clamp their span to the audio.
+            if event.audio_end_s is not None and event.audio_end_s > end_s:
+                start = min(event.audio_start_s, end_s)
+                event = _replace_span(event, start, end_s)
+            yield event
+
+
+def validate_delay_ms(delay_ms: int) -> None:
+    if not (MIN_DELAY_MS <= delay_ms <= MAX_DELAY_MS) or delay_ms % TOKEN_MS:
+        raise ValueError(
+            f"delay_ms must be a multiple of {TOKEN_MS} between {MIN_DELAY_MS} and {MAX_DELAY_MS}, got {delay_ms}"
+        )
+
+
+def _replace_span(event: TokenEvent, start: float, end: float) -> TokenEvent:
+    return TokenEvent(event.index, event.token_id, event.text, event.t_emitted, start, end,
+                      event.segment, event.final)
+
+
+class RealtimeSession:
+    """One streaming transcription: ``push(samples)``, then ``steps()`` yields every token the
+    buffered audio allows, one model step per 80 ms chunk; ``finish()`` pushes the right padding
+    (silence worth the delay plus a margin) so the last words come out, and drains.
+
+    Not thread-safe: one thread pushes and steps (the pipeline's engine thread).
+    """
+
+    def __init__(self, engine: RealtimeEngine, *, max_new_tokens: int | None = None) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        self._torch = torch
+        self.engine = engine
+        self._max_new_tokens = max_new_tokens
+        self._buffer = engine._left_pad.copy()  # samples not yet consumed, starting at _buffer_start
+        self._consumed = 0  # samples of real audio (no left pad) fully handed to the model
+        self._started = False
+        self._finished = False
+        self._detok = engine.detokenizer()
+        self._cache = DynamicCache(config=engine.model.config.text_config)
+        self._enc_cache = None
+        self._padding_cache = None
+        self._last_token = None
+        self.n_tokens = 0
+        self.pushed_samples = 0
+        self.step_ms: list[float] = []
+        self.t_first_chunk_ready: float | None = None
+
+    # Audio in ---------------------------------------------------------------------------------
+
+    def push(self, samples: np.ndarray) -> None:
+        if self._finished:
+            raise RuntimeError("push() after finish()")
+        if len(samples):
+            self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
+            self.pushed_samples += len(samples)
+
+    @property
+    def audio_s(self) -> float:
+        return self.pushed_samples / SAMPLE_RATE
+
+    # Tokens out -------------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[TokenEvent]:
+        """Yield a token for every chunk the buffered audio completes, each as soon as it exists."""
+        e = self.engine
+        while not self._done():
+            if not self._started:
+                need = len(e._left_pad) + e.first_chunk_samples
+                if len(self._buffer) < need:
+                    return
+                yield self._prefill(need)
+            else:
+                # Each later chunk is a 1680-sample window (8 mel frames) advancing 1280 (80 ms).
+                if len(self._buffer) < e.chunk_samples:
+                    return
+                yield self._step()
+
+    def finish(self) -> Iterator[TokenEvent]:
+        """End of audio: pad to a whole chunk, push the right padding, drain, close the text."""
+        if self._finished:
+            return
+        e = self.engine
+        pad = e.num_right_pad_tokens * e.hop_samples
+        if not self._started:
+            # Shorter than the first chunk: pad up to it so even a 0.1 s clip is transcribed.
+            pad += max(0, len(e._left_pad) + e.first_chunk_samples - len(self._buffer))
+        else:
+            pad += (-(len(self._buffer) - (e.chunk_samples - e.hop_samples))) % e.hop_samples
+        self._buffer = np.concatenate([self._buffer, np.zeros(pad, dtype=np.float32)])
+        yield from self.steps()
+        self._finished = True
+        tail = self._detok.flush()
+        if tail:
+            # A dangling partial character at the very end: emit it rather than lose it.
+            yield TokenEvent(self.n_tokens, -1, tail, time.perf_counter(), None, None)
+
+    def _done(self) -> bool:
+        return self._max_new_tokens is not None and self.n_tokens >= self._max_new_tokens
+
+    def _prefill(self, need: int) -> TokenEvent:
+        torch = self._torch
+        e = self.engine
+        self.t_first_chunk_ready = time.perf_counter()
+        t0 = time.perf_counter()
+        window = self._buffer[:need]
+        feats = e.processor.feature_extractor(
+            window, center=True, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        )["input_features"]
+        ids = torch.tensor([e._prompt_ids], device=e.device)
+        self._buffer = self._buffer[e.next_window_start:]
+        self._consumed = need - len(e._left_pad)
+        self._started = True
+        return self._forward(ids, feats, t0)
+
+    def _step(self) -> TokenEvent:
+        e = self.engine
+        t0 = time.perf_counter()
+        window = self._buffer[: e.chunk_samples]
+        feats = e.processor.feature_extractor(
+            window, center=False, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        )["input_features"]
+        self._buffer = self._buffer[e.hop_samples:]
+        self._consumed += e.hop_samples
+        return self._forward(self._last_token, feats, t0)
+
+    def _forward(self, input_ids, feats, t0: float) -> TokenEvent:
+        torch = self._torch
+        e = self.engine
+        model = e.model
+        with torch.inference_mode():
+            out = model(
+                input_ids=input_ids,
+                input_features=feats.to(model.device, model.dtype),
+                past_key_values=self._cache,
+                encoder_past_key_values=self._enc_cache,
+                padding_cache=self._padding_cache,
+                use_cache=True,
+                num_delay_tokens=e.num_delay_tokens,
+                logits_to_keep=1,
+            )
+            next_id = out.logits[:, -1].argmax(-1)
+        self._enc_cache = out.encoder_past_key_values
+        self._padding_cache = out.padding_cache
+        token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
+        t_emitted = time.perf_counter()
+        self._last_token = next_id[:, None]
+        self.step_ms.append((t_emitted - t0) * 1000.0)
+        k = self.n_tokens
+        self.n_tokens += 1
+        start_s = k * TOKEN_MS / 1000.0
+        return TokenEvent(
+            index=k,
+            token_id=token_id,
+            text=self._detok.push(token_id),
+            t_emitted=t_emitted,
+            audio_start_s=start_s,
+            audio_end_s=start_s + TOKEN_MS / 1000.0,
+        )
+
+
+# ---------------------------------------------------------------------------------------- offline
+
+
+class OfflineEngine(Engine):
+    """Voxtral Mini 3B / Small 24B: whole windows of up to 30 s, split at silences."""
+
+    kind = "offline"
+    MAX_SEGMENT_S = 30.0
+
+    def __init__(self, model, processor, info: EngineInfo, *, max_new_tokens: int = 500) -> None:
+        super().__init__(model, processor, info)
+        self.max_new_tokens = max_new_tokens
+
+    def transcribe(self, audio: np.ndarray, *, language: str | None = None,
+                   max_new_tokens: int | None = None,
+                   segments: list[tuple[int, int]] | None = None) -> Iterator[TokenEvent]:
+        """Tokens for each speech segment in turn; each event carries its segment's span.
+
+        ``segments`` (sample ranges) default to :func:`voxcli.audio.plan_segments` over the audio:
+        speech regions grouped into windows of at most 30 s, cut at silences. Silence yields nothing.
+        """
+        audio = _validate_audio(audio)
+        if segments is None:
+            from voxcli.audio import plan_segments
+
+            segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=self.MAX_SEGMENT_S)
+        index = 0
+        for seg_no, (start, end) in enumerate(segments):
+            for event in self._generate(audio[start:end], language, max_new_tokens or self.max_new_tokens):
+                yield TokenEvent(index, event.token_id, event.text, event.t_emitted,
+                                 start / SAMPLE_RATE, end / SAMPLE_RATE, seg_no, True)
+                index += 1
+            if seg_no + 1 < len(segments):
+                # Segments are separate utterances: keep them apart in the text.
+                pass
+
+    def warmup(self) -> float:
+        t0 = time.perf_counter()
+        n = SAMPLE_RATE // 2
+        for _ in self.transcribe(np.zeros(n, dtype=np.float32), max_new_tokens=2, segments=[(0, n)]):
+            pass
+        self.info.warmup_s = time.perf_counter() - t0
+        return self.info.warmup_s
+
+    def _generate(self, clip: np.ndarray, language: str | None, max_new_tokens: int) -> Iterator[TokenEvent]:
+        import torch
+        from transformers import DynamicCache
+
+        model = self.model
+        inputs = self.processor.apply_transcription_request(
+            audio=clip, language=language, model_id=self.info.model, sampling_rate=SAMPLE_RATE,
+            format="wav", return_tensors="pt",
+        )
+        inputs = inputs.to(model.device)
+        inputs["input_features"] = inputs["input_features"].to(model.dtype)
+        detok = self.detokenizer()
+        cache = DynamicCache(config=model.config.text_config)
+        ids = inputs["input_ids"]
+        kwargs = {"input_features": inputs["input_features"], "attention_mask": inputs.get("attention_mask")}
+        for k in range(max_new_tokens):
+            with torch.inference_mode():
+                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+                next_id = out.logits[:, -1].argmax(-1)
+            token_id = int(next_id.item())
+            t_emitted = time.perf_counter()
+            if token_id == self.eos_id:
+                break
+            yield TokenEvent(k, token_id, detok.push(token_id), t_emitted)
+            ids = next_id[:, None]
+            kwargs = {}
+        tail = detok.flush()
+        if tail:
+            yield TokenEvent(max_new_tokens, -1, tail, time.perf_counter())
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def detect_kind(config) -> str:
+    model_type = getattr(config, "model_type", None)
+    if model_type == "voxtral_realtime":
+        return "realtime"
+    if model_type == "voxtral":
+        return "offline"
+    raise ModelError(
+        f"model type {model_type!r} is not a Voxtral model; expected a Voxtral Mini 4B Realtime "
+        f"or Voxtral Mini 3B / Small 24B checkpoint"
+    )
+
+
+def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dtype: str = "auto",
+                delay_ms: int | None = None, threads: int = 0, warmup: bool = True,
+                local_files_only: bool | None = None, max_new_tokens: int = 500) -> Engine:
+    """Load a Voxtral checkpoint from a hub id or a local directory and warm it up.
+
+    Safetensors only, no remote code. The first use of a hub id downloads it (with progress
+    bars). Raises :class:`ModelError` with one actionable line when that cannot work.
+    """
+    t0 = time.perf_counter()
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if delay_ms is not None:
+        validate_delay_ms(delay_ms)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    config = _load_config(model, local_files_only)
+    kind = detect_kind(config)
+    try:
+        from transformers import AutoProcessor
+
+        if kind == "realtime":
+            from transformers import VoxtralRealtimeForConditionalGeneration as model_cls
+        else:
+            from transformers import VoxtralForConditionalGeneration as model_cls
+        common = {"trust_remote_code": False}
+        if local_files_only is not None:
+            common["local_files_only"] = local_files_only
+        processor = AutoProcessor.from_pretrained(model, **common)
+        net = model_cls.from_pretrained(model, dtype=torch_dtype, use_safetensors=True, **common)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(model, exc)) from exc
+    net = net.to(device).eval()
+    n_params = sum(p.numel() for p in net.parameters())
+    info = EngineInfo(model=str(model), kind=kind, device=str(device),
+                      dtype=str(torch_dtype).removeprefix("torch."), n_params=n_params,
+                      load_s=time.perf_counter() - t0)
+    if kind == "realtime":
+        engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms)
+    else:
+        engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens)
+    if warmup:
+        engine.warmup()
+    return engine
+
+
+def _load_config(model: str, local_files_only: bool | None):
+    from transformers import AutoConfig
+
+    if Path(model).expanduser().exists() and not Path(model).expanduser().is_dir():
+        raise ModelError(f"--model {model!r} is a file; pass a checkpoint directory or a hub id")
+    try:
+        kwargs = {"trust_remote_code": False}
+        if local_files_only is not None:
+            kwargs["local_files_only"] = local_files_only
+        return AutoConfig.from_pretrained(str(Path(model).expanduser()) if Path(model).expanduser().is_dir()
+                                          else model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(model, exc)) from exc
+
+
+def _load_hint(model: str, exc: Exception) -> str:
+    text = str(exc)
+    if Path(model).expanduser().is_dir():
+        return f"cannot load the checkpoint in {model}: {text.splitlines()[0] if text else type(exc).__name__}"
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        return (f"{model} is gated on the Hugging Face hub: accept its terms on the model page, run "
+                f"`hf auth login`, or pass --model PATH to a local copy")
+    return (f"cannot get {model} (no local copy and the Hugging Face hub is unreachable or has no such "
+            f"model); connect once to download it, or pass --model PATH to a local checkpoint directory")

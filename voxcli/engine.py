@@ -27,6 +27,7 @@ as :class:`voxcli.errors.ModelError` / ``ValueError``.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -232,8 +233,7 @@ def validate_delay_ms(delay_ms: int) -> None:
 
 
 def _replace_span(event: TokenEvent, start: float, end: float) -> TokenEvent:
-    return TokenEvent(event.index, event.token_id, event.text, event.t_emitted, start, end,
-                      event.segment, event.final)
+    return dataclasses.replace(event, audio_start_s=start, audio_end_s=end)
 
 
 class RealtimeSession:
@@ -375,6 +375,7 @@ class RealtimeSession:
             t_emitted=t_emitted,
             audio_start_s=start_s,
             audio_end_s=start_s + TOKEN_MS / 1000.0,
+            special=self._detok.is_special(token_id),
         )
 
 
@@ -407,12 +408,9 @@ class OfflineEngine(Engine):
         index = 0
         for seg_no, (start, end) in enumerate(segments):
             for event in self._generate(audio[start:end], language, max_new_tokens or self.max_new_tokens):
-                yield TokenEvent(index, event.token_id, event.text, event.t_emitted,
-                                 start / SAMPLE_RATE, end / SAMPLE_RATE, seg_no, True)
+                yield dataclasses.replace(event, index=index, audio_start_s=start / SAMPLE_RATE,
+                                          audio_end_s=end / SAMPLE_RATE, segment=seg_no)
                 index += 1
-            if seg_no + 1 < len(segments):
-                # Segments are separate utterances: keep them apart in the text.
-                pass
 
     def warmup(self) -> float:
         t0 = time.perf_counter()
@@ -445,7 +443,8 @@ class OfflineEngine(Engine):
             t_emitted = time.perf_counter()
             if token_id == self.eos_id:
                 break
-            yield TokenEvent(k, token_id, detok.push(token_id), t_emitted)
+            yield TokenEvent(k, token_id, detok.push(token_id), t_emitted,
+                             special=detok.is_special(token_id))
             ids = next_id[:, None]
             kwargs = {}
         tail = detok.flush()

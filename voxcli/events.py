@@ -15,7 +15,9 @@ class TokenEvent:
     ``t_emitted`` is ``time.perf_counter()`` at the moment the id was known on the host.
     ``audio_start_s``/``audio_end_s`` are the span of input audio the token belongs to, when the
     model knows it (the Realtime model: 80 ms per token, shifted by its delay; the offline model:
-    the span of the segment it was generated for), else ``None``.
+    the span of the segment it was generated for), else ``None``. ``special`` marks control
+    tokens (e.g. the Realtime model's streaming padding): they add no text and do not count as the
+    first token.
     """
 
     index: int
@@ -26,6 +28,7 @@ class TokenEvent:
     audio_end_s: float | None = None
     segment: int = 0
     final: bool = True
+    special: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

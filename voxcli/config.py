@@ -1,0 +1,176 @@
+"""One configuration tree, resolved as: code defaults < YAML file < command-line flags.
+
+Unknown keys and bad values are errors that name the key and what is allowed. The defaults here
+are the only defaults: ``config.example.yaml`` documents them, and a test keeps the two equal.
+No torch, typer or rich in this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from voxcli.errors import ConfigError
+
+DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+OUTPUT_FORMATS = ("text", "json", "jsonl", "srt", "vtt")
+
+
+def _choices(*values, help: str) -> dict:
+    return {"choices": values, "help": help}
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "hub id or local checkpoint directory (Realtime 4B, or Mini 3B / Small 24B)"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu",
+        "pattern": ("auto", "cuda", "mps", "cpu", "cuda:")})
+    dtype: str = field(default="auto", metadata=_choices(
+        "auto", "bfloat16", "float16", "float32", help="auto: bfloat16 on a GPU, float32 on the CPU"))
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0 keeps torch's default", "min": 0})
+    offline: bool = field(default=False, metadata={
+        "help": "never contact the Hugging Face hub; use only local files and the cache"})
+    max_new_tokens: int = field(default=500, metadata={
+        "help": "offline models: most tokens generated per segment of up to 30 s", "min": 1})
+
+
+@dataclass
+class TranscriptionConfig:
+    delay_ms: int | None = field(default=None, metadata={
+        "help": "Realtime model: transcription delay, a multiple of 80 in 80..2400; null = the checkpoint's (480)"})
+    language: str = field(default="auto", metadata={
+        "help": "offline models: ISO 639-1 language hint (en, fr, ...) or auto to detect"})
+
+
+@dataclass
+class OutputConfig:
+    format: str = field(default="text", metadata=_choices(*OUTPUT_FORMATS, help="transcribe file output format"))
+    plain: bool = field(default=False, metadata={
+        "help": "print plain text as it arrives, without the live view (always so when stdout is not a terminal)"})
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    transcription: TranscriptionConfig = field(default_factory=TranscriptionConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "voxcli" / "config.yaml"
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file (``path``, else the user's default file if it exists), then
+    ``overrides`` given as dotted keys (``{"model.device": "cpu"}``; ``None`` values mean "not given")."""
+    config = Config()
+    if path is None and default_config_path().is_file():
+        path = default_config_path()
+    if path is not None:
+        apply_mapping(config, read_yaml(Path(path)), source=str(path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_key(config, key, value, source="command line")
+    return config
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections (model, transcription, output)")
+    return data
+
+
+def apply_mapping(config: Config, data: dict, *, source: str) -> None:
+    sections = {f.name: f for f in fields(config)}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown key {section!r}; valid keys: {', '.join(sections)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section!r} must be a mapping of keys")
+        for key, value in values.items():
+            set_key(config, f"{section}.{key}", value, source=source)
+
+
+def set_key(config: Config, dotted: str, value: Any, *, source: str) -> None:
+    section_name, _, key = dotted.partition(".")
+    section = getattr(config, section_name, None)
+    if section is None or not dataclasses.is_dataclass(section):
+        valid = ", ".join(f.name for f in fields(config))
+        raise ConfigError(f"{source}: unknown key {section_name!r}; valid keys: {valid}")
+    by_name = {f.name: f for f in fields(section)}
+    if key not in by_name:
+        valid = ", ".join(f"{section_name}.{k}" for k in by_name)
+        raise ConfigError(f"{source}: unknown key {dotted!r}; valid keys: {valid}")
+    setattr(section, key, _validate(dotted, by_name[key], value, source))
+
+
+def _validate(dotted: str, f: dataclasses.Field, value: Any, source: str) -> Any:
+    meta = f.metadata
+    optional = "None" in str(f.type)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {dotted} cannot be null")
+    base = str(f.type).replace(" | None", "")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {dotted} must be an integer, got {value!r}")
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{source}: {dotted} must be >= {meta['min']}, got {value}")
+    elif base == "str":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{source}: {dotted} must be a non-empty string, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{source}: {dotted} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if "pattern" in meta and not (value in meta["pattern"] or
+                                  (value.startswith("cuda:") and value[5:].isdigit())):
+        raise ConfigError(f"{source}: {dotted} must be one of auto, cuda, cuda:N, mps, cpu; got {value!r}")
+    if dotted == "transcription.delay_ms" and (value % 80 or not 80 <= value <= 2400):
+        raise ConfigError(f"{source}: {dotted} must be a multiple of 80 between 80 and 2400; got {value}")
+    return value
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every key: what config.example.yaml must document."""
+    rows = []
+    for section in fields(Config):
+        for f in fields(section.default_factory()):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{section.name}.{f.name}", default, f.metadata.get("help", "")))
+    return rows

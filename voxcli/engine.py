@@ -407,8 +407,13 @@ class OfflineEngine(Engine):
             segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=self.MAX_SEGMENT_S)
         index = 0
         for seg_no, (start, end) in enumerate(segments):
+            needs_space = index > 0  # segments are transcribed apart: keep their words apart
             for event in self._generate(audio[start:end], language, max_new_tokens or self.max_new_tokens):
-                yield dataclasses.replace(event, index=index, audio_start_s=start / SAMPLE_RATE,
+                text = event.text
+                if needs_space and text:
+                    text = text if text[0].isspace() else " " + text
+                    needs_space = False
+                yield dataclasses.replace(event, index=index, text=text, audio_start_s=start / SAMPLE_RATE,
                                           audio_end_s=end / SAMPLE_RATE, segment=seg_no)
                 index += 1
 

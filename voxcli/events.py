@@ -107,6 +107,7 @@ class Transcript:
     model: str
     events: list[TokenEvent] = field(default_factory=list)
     metrics: TranscriptMetrics = field(default_factory=TranscriptMetrics)
+    complete: bool = True  # False when interrupted (Ctrl-C) before the end of the audio
 
     @property
     def text(self) -> str:
@@ -117,6 +118,7 @@ class Transcript:
             "source": self.source,
             "model": self.model,
             "text": self.text,
+            "complete": self.complete,
             "metrics": self.metrics.to_dict(),
             "events": [e.to_dict() for e in self.events],
         }

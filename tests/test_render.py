@@ -1,0 +1,471 @@
+"""Output formats, cue building, the live view and plain streaming, on hand-made token events."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+
+import pytest
+from rich.console import Console
+
+from voxcli.events import TokenEvent, Transcript, TranscriptMetrics, summarize
+from voxcli.render import (
+    FORMATS,
+    Cue,
+    LiveTranscript,
+    PlainTranscript,
+    events_to_cues,
+    format_summary,
+    metrics_table,
+    render_transcript,
+)
+
+# Sub-word pieces as an incremental detokenizer yields them: leading spaces on word starts,
+# punctuation on its own, and "é" split over two tokens (the first byte decodes to nothing).
+SEG0 = [" Bon", "jour", ",", " je", " suis", " all", "", "é", " au", " caf", "", "é", ".",
+        " Il", " fait", " tr", "ès", " beau", " aujourd", "'", "hui", "!"]
+# A new segment whose first piece has no leading space: the segment change is still a boundary.
+SEG1 = ["Deux", "ième", " part", "ie", " sans", " point", "ue"]
+
+TOKEN_S = 0.08
+
+
+def make_events(pieces_by_segment, *, spans=True, final=True, gap_after_segment_s=1.5):
+    events = []
+    t_audio = 0.0
+    for segment, pieces in enumerate(pieces_by_segment):
+        if segment:
+            t_audio += gap_after_segment_s
+        for text in pieces:
+            start, end = (t_audio, t_audio + TOKEN_S) if spans else (None, None)
+            events.append(
+                TokenEvent(
+                    index=len(events),
+                    token_id=100 + len(events),
+                    text=text,
+                    t_emitted=time.perf_counter(),
+                    audio_start_s=start,
+                    audio_end_s=end,
+                    segment=segment,
+                    final=final,
+                )
+            )
+            t_audio += TOKEN_S
+    return events
+
+
+def make_transcript(events=None, audio_s=5.0):
+    events = make_events([SEG0, SEG1]) if events is None else events
+    metrics = TranscriptMetrics(audio_s=audio_s, n_tokens=len(events), ttft_ms=51.25, total_ms=812.0,
+                                step_ms=[5.0, 6.0, 7.5])
+    return Transcript(source="bonjour.wav", model="tiny-realtime", events=events, metrics=metrics)
+
+
+def norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# A small strict SRT/VTT parser
+# ---------------------------------------------------------------------------------------------
+
+def _ts_pattern(sep: str) -> str:
+    return r"(\d{2,}):([0-5]\d):([0-5]\d)" + re.escape(sep) + r"(\d{3})"
+
+
+def _ts_seconds(h, m, s, ms) -> float:
+    return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+
+def _parse_blocks(body: str, sep: str, numbered: bool) -> list[Cue]:
+    ts = _ts_pattern(sep)
+    pattern = re.compile(
+        (r"(\d+)\n" if numbered else "") + ts + " --> " + ts + r"\n((?:[^\n]+\n)+)"
+    )
+    assert body.endswith("\n") and not body.endswith("\n\n\n")
+    blocks = body[:-1].split("\n\n")
+    cues = []
+    for i, block in enumerate(blocks, 1):
+        m = pattern.fullmatch(block + "\n")
+        assert m, f"malformed cue block {block!r}"
+        groups = m.groups()
+        if numbered:
+            assert int(groups[0]) == i, "cues must be numbered from 1 without gaps"
+            groups = groups[1:]
+        start, end = _ts_seconds(*groups[0:4]), _ts_seconds(*groups[4:8])
+        cues.append(Cue(start, end, groups[8].rstrip("\n")))
+    return cues
+
+
+def parse_srt(out: str) -> list[Cue]:
+    return _parse_blocks(out, ",", numbered=True)
+
+
+def parse_vtt(out: str) -> list[Cue]:
+    assert out.startswith("WEBVTT\n\n")
+    cues = _parse_blocks(out[len("WEBVTT\n\n"):], ".", numbered=False)
+    for cue in cues:
+        assert "<" not in cue.text and "-->" not in cue.text
+        cue.text = cue.text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return cues
+
+
+def words_of(segments) -> list[str]:
+    """The words a listener hears: segments are separate even when one starts without a space."""
+    return " ".join("".join(pieces) for pieces in segments).split()
+
+
+def check_cues(cues: list[Cue], transcript_text: str, words: list[str] | None = None) -> None:
+    assert cues
+    prev_end = 0.0
+    for cue in cues:
+        assert 0 <= prev_end <= cue.start_s < cue.end_s
+        assert cue.text and cue.text == cue.text.strip()
+        prev_end = cue.end_s
+    joined = " ".join(c.text for c in cues)
+    assert "".join(joined.split()) == "".join(transcript_text.split())
+    # Word for word: no word was cut between two cues.
+    assert joined.split() == (transcript_text.split() if words is None else words)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+# ---------------------------------------------------------------------------------------------
+
+
+def test_text_format():
+    t = make_transcript()
+    assert render_transcript(t, "text") == t.text + "\n"
+    assert "allé au café" in t.text
+
+
+def test_json_round_trips_text_events_and_metrics():
+    t = make_transcript()
+    out = render_transcript(t, "json")
+    assert "café" in out  # ensure_ascii=False
+    data = json.loads(out)
+    assert data == t.to_dict()
+    assert data["text"] == t.text
+    assert [TokenEvent(**e) for e in data["events"]] == t.events
+    assert data["metrics"] == t.metrics.to_dict()
+    assert data["metrics"]["step_ms"]["n"] == 3
+
+
+def test_json_never_writes_nan():
+    t = make_transcript()
+    t.metrics.ttft_ms = float("nan")
+    data = json.loads(render_transcript(t, "json"))
+    assert data["metrics"]["ttft_ms"] is None
+
+
+def test_jsonl_one_line_per_event_then_summary():
+    t = make_transcript()
+    lines = render_transcript(t, "jsonl").splitlines()
+    assert len(lines) == len(t.events) + 1
+    records = [json.loads(line) for line in lines]
+    assert [r["type"] for r in records] == ["token"] * len(t.events) + ["summary"]
+    for record, event in zip(records, t.events):
+        record = dict(record)
+        del record["type"], record["source"]
+        assert TokenEvent(**record) == event
+    summary = records[-1]
+    assert summary["text"] == t.text
+    assert summary["metrics"] == t.metrics.to_dict()
+    assert summary["source"] == "bonjour.wav"
+
+
+def test_srt_is_well_formed_and_matches_transcript():
+    t = make_transcript()
+    out = render_transcript(t, "srt")
+    cues = parse_srt(out)
+    check_cues(cues, t.text, words_of([SEG0, SEG1]))
+    assert cues[0].start_s == 0.0
+    assert any("café." in c.text for c in cues)
+
+
+def test_vtt_is_well_formed_and_matches_transcript():
+    t = make_transcript()
+    cues = parse_vtt(render_transcript(t, "vtt"))
+    check_cues(cues, t.text, words_of([SEG0, SEG1]))
+    assert cues == parse_srt(render_transcript(t, "srt"))
+
+
+def test_vtt_escapes_markup():
+    events = make_events([[" a", " <b>", " &", " -->", " c"]])
+    t = make_transcript(events)
+    out = render_transcript(t, "vtt")
+    assert "&lt;b&gt;" in out and "&amp;" in out
+    check_cues(parse_vtt(out), t.text)
+
+
+def test_timestamps_past_an_hour():
+    events = [TokenEvent(0, 1, " late", 0.0, 3725.5, 3726.25)]
+    out = render_transcript(make_transcript(events, audio_s=3727.0), "srt")
+    assert "01:02:05,500 --> 01:02:06,250" in out
+
+
+def test_empty_transcript_formats():
+    t = make_transcript([])
+    assert render_transcript(t, "srt") == ""
+    assert render_transcript(t, "vtt") == "WEBVTT\n"
+    assert render_transcript(t, "text") == "\n"
+    assert json.loads(render_transcript(t, "jsonl"))["type"] == "summary"
+
+
+def test_bad_format_names_the_choices():
+    with pytest.raises(ValueError) as err:
+        render_transcript(make_transcript(), "docx")
+    for fmt in FORMATS:
+        assert fmt in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cues
+# ---------------------------------------------------------------------------------------------
+
+
+def test_never_breaks_inside_a_word_even_with_tiny_max_chars():
+    events = make_events([SEG0, SEG1])
+    cues = events_to_cues(events, max_chars=1)
+    check_cues(cues, make_transcript(events).text, words_of([SEG0, SEG1]))
+    # With no room at all, every cue is exactly one whole word.
+    assert [c.text for c in cues] == words_of([SEG0, SEG1])
+    assert "allé" in [c.text for c in cues]
+    assert "aujourd'hui!" in [c.text for c in cues]
+
+
+def test_max_chars_respected_where_a_boundary_exists():
+    events = make_events([SEG0, SEG1])
+    cues = events_to_cues(events, max_chars=12)
+    check_cues(cues, make_transcript(events).text, words_of([SEG0, SEG1]))
+    for cue in cues:
+        assert len(cue.text) <= 12 or " " not in cue.text
+
+
+def test_segment_change_forces_a_break():
+    events = make_events([SEG0, SEG1])
+    cues = events_to_cues(events, max_chars=1000, max_duration_s=1000, max_gap_s=1000)
+    seg1_text = norm("".join(SEG1))
+    assert seg1_text in [c.text for c in cues]
+    assert all(not c.text.endswith("Deux") for c in cues)
+
+
+def test_sentence_end_forces_a_break():
+    events = make_events([SEG0])
+    cues = events_to_cues(events, max_chars=1000, max_duration_s=1000, max_gap_s=1000)
+    assert [c.text for c in cues] == ["Bonjour, je suis allé au café.", "Il fait très beau aujourd'hui!"]
+
+
+def test_gap_and_duration_force_breaks():
+    # Two words 2 s apart: the gap splits them.
+    events = [TokenEvent(0, 1, " one", 0.0, 0.0, 0.5), TokenEvent(1, 2, " two", 0.0, 2.5, 3.0)]
+    assert [c.text for c in events_to_cues(events, max_gap_s=0.8)] == ["one", "two"]
+    assert [c.text for c in events_to_cues(events, max_gap_s=5.0)] == ["one two"]
+    # Many close words: no multi-word cue lasts longer than max_duration_s.
+    words = [TokenEvent(i, i, f" w{i}", 0.0, i * 0.3, i * 0.3 + 0.25) for i in range(40)]
+    cues = events_to_cues(words, max_duration_s=2.0)
+    assert len(cues) > 1
+    for cue in cues:
+        assert cue.end_s - cue.start_s <= 2.0 + 1e-9
+
+
+def test_cue_times_come_from_token_spans():
+    events = make_events([SEG0])
+    cues = events_to_cues(events, max_chars=1000, max_duration_s=1000, max_gap_s=1000)
+    first_sentence_tokens = SEG0.index(".") + 1
+    assert cues[0].start_s == 0.0
+    assert cues[0].end_s == pytest.approx(first_sentence_tokens * TOKEN_S)
+    assert cues[1].start_s == pytest.approx(cues[0].end_s)
+
+
+def test_none_spans_use_the_fallback():
+    events = make_events([SEG0, SEG1], spans=False)
+    cues = events_to_cues(events, fallback_end_s=4.2)
+    assert len(cues) == 1
+    assert (cues[0].start_s, cues[0].end_s) == (0.0, 4.2)
+    assert cues[0].text.split() == words_of([SEG0, SEG1])  # segments stay apart
+    srt = parse_srt(render_transcript(make_transcript(events, audio_s=4.2), "srt"))
+    assert [(c.start_s, c.end_s) for c in srt] == [(0.0, 4.2)]
+    # Even with no audio duration known, the cue is valid.
+    assert parse_srt(render_transcript(make_transcript(events, audio_s=0.0), "srt"))[0].end_s > 0
+
+
+def test_bad_spans_are_made_monotonic_and_valid():
+    events = [
+        TokenEvent(0, 1, " early", 0.0, -0.4, -0.32),  # Realtime delay shift before audio start
+        TokenEvent(1, 2, ".", 0.0, -0.32, -0.24),
+        TokenEvent(2, 3, " same", 0.0, 1.0, 1.0),  # zero-length
+        TokenEvent(3, 4, ".", 0.0, 1.0, 1.0),
+        TokenEvent(4, 5, " back", 0.0, 0.5, 0.9, segment=1),  # goes back in time
+        TokenEvent(5, 6, "   ", 0.0, 0.9, 1.0, segment=2),  # whitespace only: dropped
+    ]
+    cues = events_to_cues(events)
+    assert [c.text for c in cues] == ["early.", "same.", "back"]
+    check_cues(cues, "early. same. back")
+
+
+# ---------------------------------------------------------------------------------------------
+# Live view
+# ---------------------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_SGR = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def plain(s: str) -> str:
+    return _ANSI.sub("", s)
+
+
+def last_render(out: str) -> str:
+    """What is left on screen: the text after Live's last cursor-up/erase sequence."""
+    return out.rsplit("\x1b[2K", 1)[-1]
+
+
+def sgr_before(s: str, needle: str) -> list[str]:
+    """Parameters of the last SGR sequence before the last occurrence of ``needle``."""
+    codes = _SGR.findall(s[: s.rindex(needle)])
+    return codes[-1].split(";") if codes else []
+
+
+def capture_console(height=24):
+    buf = io.StringIO()
+    return buf, Console(file=buf, force_terminal=True, width=80, height=height, color_system="standard")
+
+
+def test_each_token_is_on_screen_before_the_next_add():
+    buf, console = capture_console()
+    events = make_events([SEG0, SEG1])
+    with LiveTranscript(console, title="bonjour.wav") as live:
+        for event in events:
+            before = len(buf.getvalue())
+            live.add(event)
+            new = plain(buf.getvalue()[before:])
+            if event.text:
+                assert norm(event.text) in new, f"token {event.text!r} not drawn by its own add()"
+        assert len(live.display_lag_ms) == len(events)
+        assert all(lag >= 0 for lag in live.display_lag_ms)
+    final = plain(last_render(buf.getvalue()))
+    assert "bonjour.wav" in final
+    # Segments are separate lines; the words are all there.
+    assert norm("".join(SEG0)) in norm(final)
+    assert "\nDeuxième partie sans pointue" in final
+
+
+def test_long_transcript_is_cropped_live_and_printed_in_full_on_exit():
+    buf, console = capture_console(height=12)
+    words = [f" w{i:03d}" for i in range(400)]  # about 25 lines at width 80: twice the height
+    events = make_events([words])
+    with LiveTranscript(console, title="long.wav") as live:
+        for i, event in enumerate(events):
+            live.add(event)
+            live.set_status(tokens=i + 1, ttft_ms=51.25, elapsed=None)
+        live_frame = plain(last_render(buf.getvalue()))
+    # While live: the frame fits the terminal, shows the newest words and the status line.
+    assert len(live_frame.splitlines()) < 12
+    assert "w399" in live_frame and "w000" not in live_frame
+    assert "tokens 400" in live_frame and "ttft_ms 51.2" in live_frame and "elapsed -" in live_frame
+    # On exit: the whole transcript stays on screen once, with the status line below it.
+    final = plain(last_render(buf.getvalue()))
+    assert norm(final).split()[1:401] == [w.strip() for w in words]
+    assert final.count("w000") == 1
+    assert final.index("w399") < final.index("tokens 400")
+    assert len(live.display_lag_ms) == 400
+
+
+def test_pending_tokens_are_dim_and_final_ones_are_not():
+    buf, console = capture_console()
+    events = make_events([[" sure", " maybe"]])
+    events[1] = TokenEvent(1, 2, " maybe", time.perf_counter(), 0.08, 0.16, final=False)
+    with LiveTranscript(console) as live:
+        for event in events:
+            live.add(event)
+    out = last_render(buf.getvalue())
+    assert "2" in sgr_before(out, "maybe")
+    assert "2" not in sgr_before(out, "sure")
+
+
+def test_live_add_outside_with_is_an_error():
+    _, console = capture_console()
+    live = LiveTranscript(console)
+    with pytest.raises(RuntimeError):
+        live.add(make_events([[" x"]])[0])
+
+
+def test_live_on_a_non_terminal_console_prints_the_final_text_once():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=80)
+    with LiveTranscript(console, title="a.wav") as live:
+        for event in make_events([SEG0]):
+            live.add(event)
+    assert buf.getvalue().count("Bonjour") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain streaming
+# ---------------------------------------------------------------------------------------------
+
+
+class FlushCountingIO(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+def test_plain_writes_and_flushes_each_delta_at_once():
+    stream = FlushCountingIO()
+    events = make_events([SEG0])
+    expected = ""
+    with PlainTranscript(stream) as out:
+        for event in events:
+            flushes = stream.flushes
+            out.add(event)
+            expected = (expected + event.text).lstrip()
+            assert stream.getvalue() == expected
+            if event.text:
+                assert stream.flushes > flushes
+        out.set_status(tokens=3)  # no-op: nothing may pollute piped text
+        assert stream.getvalue() == expected
+    assert stream.getvalue() == make_transcript(events).text + "\n"
+    assert len(out.display_lag_ms) == len(events)
+    assert all(lag >= 0 for lag in out.display_lag_ms)
+
+
+def test_plain_puts_each_segment_on_its_own_line():
+    stream = io.StringIO()
+    with PlainTranscript(stream) as out:
+        for event in make_events([SEG0, SEG1]):
+            out.add(event)
+    assert stream.getvalue().splitlines() == [norm("".join(SEG0)), norm("".join(SEG1))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------------
+
+
+def test_format_summary():
+    t = Transcript("hello.wav", "m", metrics=TranscriptMetrics(audio_s=3.1, n_tokens=42, ttft_ms=51.23,
+                                                              total_ms=812.0))
+    assert format_summary(t) == "hello.wav: 42 tokens, 3.10 s audio, ttft_ms 51.2, total_ms 812.0, rtf 0.26"
+    empty = Transcript("x.wav", "m")
+    assert format_summary(empty) == "x.wav: 0 tokens, 0.00 s audio, ttft_ms -, total_ms -, rtf -"
+
+
+def test_metrics_table():
+    table = metrics_table("bench", {"ttft_ms": summarize([50.0, 60.0, 70.0]), "total_ms": summarize([])})
+    buf = io.StringIO()
+    Console(file=buf, width=120, force_terminal=False).print(table)
+    out = buf.getvalue()
+    for header in ("metric", "n", "p50", "p90", "p95", "p99", "mean", "min", "max"):
+        assert header in out
+    ttft_row = next(line for line in out.splitlines() if "ttft_ms" in line)
+    cells = [c.strip() for c in ttft_row.strip("│ ").split("│")]
+    assert cells == ["ttft_ms", "3", "60.0", "68.0", "69.0", "69.8", "60.0", "50.0", "70.0"]
+    total_row = next(line for line in out.splitlines() if "total_ms" in line)
+    assert [c.strip() for c in total_row.strip("│ ").split("│")][1:] == ["0"] + ["-"] * 7

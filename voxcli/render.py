@@ -1,0 +1,505 @@
+"""Everything voxcli draws or writes: live views, plain streaming for pipes, transcript formats.
+
+Knows ``TokenEvent``/``Transcript`` and Rich; nothing of audio, models or flags.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.live import Live
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
+
+from voxcli.events import TokenEvent, Transcript
+
+__all__ = [
+    "FORMATS",
+    "Cue",
+    "LiveState",
+    "LiveTranscript",
+    "PlainTranscript",
+    "events_to_cues",
+    "format_summary",
+    "metrics_table",
+    "render_transcript",
+    "view",
+]
+
+FORMATS = ("text", "json", "jsonl", "srt", "vtt")
+
+# --------------------------------------------------------------------------------------------
+# Cues
+# --------------------------------------------------------------------------------------------
+
+_SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
+_CLOSERS = "\"')]}»”’"
+
+
+@dataclass(slots=True)
+class Cue:
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass(slots=True)
+class _Word:
+    segment: int
+    text: str = ""
+    start_s: float | None = None
+    end_s: float | None = None
+
+    def add(self, event: TokenEvent) -> None:
+        self.text += event.text
+        if event.audio_start_s is not None and self.start_s is None:
+            self.start_s = event.audio_start_s
+        if event.audio_end_s is not None:
+            self.end_s = event.audio_end_s if self.end_s is None else max(self.end_s, event.audio_end_s)
+
+
+def _is_boundary(prev_text: str, next_text: str) -> bool:
+    """May a cue break fall between these two non-empty token texts?
+
+    A break needs whitespace, or punctuation that cannot sit inside a word. ASCII punctuation
+    does sit inside words ("3.5", "U.S.", "don't"), so only non-ASCII punctuation counts (the
+    CJK full stop and comma, which are followed by no space).
+    """
+    if next_text[0].isspace() or prev_text[-1].isspace():
+        return True
+    last = prev_text[-1]
+    return ord(last) > 127 and unicodedata.category(last).startswith("P")
+
+
+def _words(events: Iterable[TokenEvent]) -> list[_Word]:
+    words: list[_Word] = []
+    held: list[TokenEvent] = []  # empty pieces (an incomplete multi-byte char) join what follows
+    prev_text = ""
+    for event in events:
+        if not event.text:
+            held.append(event)
+            continue
+        if (
+            not words
+            or event.segment != words[-1].segment
+            or (_is_boundary(prev_text, event.text) and not words[-1].text.isspace())
+        ):
+            words.append(_Word(segment=event.segment))
+        for e in (*held, event):
+            words[-1].add(e)
+        held.clear()
+        prev_text = event.text
+    if held and words:
+        for e in held:
+            words[-1].add(e)
+    return words
+
+
+def _join(words: list[_Word]) -> str:
+    # A segment may start without a leading space; it is still a new word.
+    parts = []
+    for i, w in enumerate(words):
+        if i and w.segment != words[i - 1].segment:
+            parts.append(" ")
+        parts.append(w.text)
+    return "".join(parts)
+
+
+def _clean(text: str) -> str:
+    # Subtitle formats end a cue at a blank line: never let a newline inside a token through.
+    return " ".join(text.split())
+
+
+def _ends_sentence(text: str) -> bool:
+    return text.rstrip().rstrip(_CLOSERS).endswith(_SENTENCE_END)
+
+
+def events_to_cues(
+    events: Sequence[TokenEvent],
+    *,
+    max_chars: int = 84,
+    max_duration_s: float = 6.0,
+    max_gap_s: float = 0.8,
+    fallback_end_s: float = 0.0,
+) -> list[Cue]:
+    """Group token events into subtitle cues, breaking only between words.
+
+    A new cue starts at a segment change, after sentence-ending punctuation, when the next word
+    would make the cue longer than ``max_chars`` or ``max_duration_s``, or when the silence
+    before the next word exceeds ``max_gap_s``. A single word longer than the limits stays whole.
+    If no event carries an audio span, all text goes into one cue from 0 to ``fallback_end_s``.
+    Returned cues have non-empty stripped text, start < end (at millisecond resolution), and are
+    monotonic without overlap.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    if max_duration_s <= 0 or max_gap_s < 0:
+        raise ValueError("max_duration_s must be > 0 and max_gap_s >= 0")
+    words = _words(events)
+    if not any(w.start_s is not None or w.end_s is not None for w in words):
+        text = _clean(_join(words))
+        return _fix_times([Cue(0.0, fallback_end_s, text)]) if text else []
+
+    groups: list[list[_Word]] = []
+    cur: list[_Word] = []
+    cur_text = ""
+    cue_start: float | None = None
+    last_end: float | None = None
+    for w in words:
+        if cur:
+            too_long = len(_clean(cur_text + w.text)) > max_chars
+            too_slow = (
+                cue_start is not None and w.end_s is not None and w.end_s - cue_start > max_duration_s
+            )
+            gap = last_end is not None and w.start_s is not None and w.start_s - last_end > max_gap_s
+            if w.segment != cur[-1].segment or _ends_sentence(cur_text) or too_long or too_slow or gap:
+                groups.append(cur)
+                cur, cur_text, cue_start, last_end = [], "", None, None
+        cur.append(w)
+        cur_text += w.text
+        if cue_start is None:
+            cue_start = w.start_s if w.start_s is not None else w.end_s
+        if w.end_s is not None:
+            last_end = w.end_s if last_end is None else max(last_end, w.end_s)
+        elif w.start_s is not None:
+            last_end = w.start_s if last_end is None else max(last_end, w.start_s)
+    if cur:
+        groups.append(cur)
+
+    cues: list[Cue] = []
+    for i, group in enumerate(groups):
+        text = _clean(_join(group))
+        if not text:
+            continue
+        starts = [w.start_s for w in group if w.start_s is not None]
+        ends = [w.end_s for w in group if w.end_s is not None]
+        start = starts[0] if starts else (ends[0] if ends else None)
+        end = max(ends) if ends else (starts[-1] if starts else None)
+        if start is None:  # a cue made only of events without spans: fill the hole between known ones
+            start = cues[-1].end_s if cues else 0.0
+            later = [w.start_s for g in groups[i + 1 :] for w in g if w.start_s is not None]
+            end = later[0] if later else max(fallback_end_s, start)
+        cues.append(Cue(start, end if end is not None else start, text))
+    return _fix_times(cues)
+
+
+def _fix_times(cues: list[Cue]) -> list[Cue]:
+    """Clamp to >= 0, make start < end and cues non-overlapping, in whole milliseconds."""
+    prev_end_ms = 0
+    for cue in cues:
+        start_ms = max(round(cue.start_s * 1000), prev_end_ms, 0)
+        end_ms = max(round(cue.end_s * 1000), start_ms + 1)
+        cue.start_s, cue.end_s = start_ms / 1000, end_ms / 1000
+        prev_end_ms = end_ms
+    return cues
+
+
+# --------------------------------------------------------------------------------------------
+# Output formats
+# --------------------------------------------------------------------------------------------
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf are not JSON: write them as null rather than produce a file nothing can parse."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, **kwargs)
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_transcript(transcript: Transcript, fmt: str) -> str:
+    """One transcript as ``fmt`` (one of ``FORMATS``); the result ends with a newline
+    (except an SRT with no cues, which is empty)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "text":
+        return transcript.text + "\n"
+    if fmt == "json":
+        return _json(transcript.to_dict(), indent=2) + "\n"
+    if fmt == "jsonl":
+        source = transcript.source
+        lines = [_json({"type": "token", "source": source, **e.to_dict()}) for e in transcript.events]
+        summary = {
+            "type": "summary",
+            "source": transcript.source,
+            "model": transcript.model,
+            "text": transcript.text,
+            "metrics": transcript.metrics.to_dict(),
+        }
+        lines.append(_json(summary))
+        return "\n".join(lines) + "\n"
+    cues = events_to_cues(transcript.events, fallback_end_s=transcript.metrics.audio_s)
+    if fmt == "srt":
+        blocks = [
+            f"{i}\n{_timestamp(c.start_s, ',')} --> {_timestamp(c.end_s, ',')}\n"
+            f"{c.text.replace('-->', '->')}\n"
+            for i, c in enumerate(cues, 1)
+        ]
+        return "\n".join(blocks)
+    blocks = [
+        f"{_timestamp(c.start_s, '.')} --> {_timestamp(c.end_s, '.')}\n{_vtt_escape(c.text)}\n"
+        for c in cues
+    ]
+    return "\n".join(["WEBVTT\n", *blocks])
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_summary(transcript: Transcript) -> str:
+    """One status line for stderr, e.g. ``a.wav: 42 tokens, 3.10 s audio, ttft_ms 51.2, ...``."""
+    m = transcript.metrics
+    n_tokens = m.n_tokens or len(transcript.events)
+    return (
+        f"{transcript.source}: {n_tokens} tokens, {m.audio_s:.2f} s audio, "
+        f"ttft_ms {_num(m.ttft_ms, '.1f')}, total_ms {_num(m.total_ms, '.1f')}, "
+        f"rtf {_num(m.rtf, '.2f')}"
+    )
+
+
+_STAT_COLUMNS = ("p50", "p90", "p95", "p99", "mean", "min", "max")
+
+
+def _stat(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    """A table of ``summarize()`` dicts, one row per metric name."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("n", justify="right")
+    for name in _STAT_COLUMNS:
+        table.add_column(name, justify="right")
+    for metric, stats in rows.items():
+        table.add_row(metric, str(stats.get("n", 0)), *(_stat(stats.get(k)) for k in _STAT_COLUMNS))
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming token display
+# --------------------------------------------------------------------------------------------
+
+
+class _Layout:
+    """Turns token texts into display deltas: a new line per segment, no leading blanks."""
+
+    def __init__(self, newline_per_segment: bool) -> None:
+        self.newline_per_segment = newline_per_segment
+        self.segment: int | None = None
+        self.at_line_start = True
+
+    def delta(self, event: TokenEvent) -> str:
+        text = event.text
+        prefix = ""
+        if self.segment is not None and event.segment != self.segment and self.newline_per_segment:
+            if not self.at_line_start:
+                prefix = "\n"
+            self.at_line_start = True
+        self.segment = event.segment
+        if self.at_line_start:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.at_line_start = False
+        return prefix + text
+
+
+@dataclass(slots=True)
+class LiveState:
+    """What the live view shows. ``pieces`` holds (text, final) per displayed delta."""
+
+    title: str | None = None
+    pieces: list[tuple[str, bool]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+
+
+def _status_text(status: dict[str, Any]) -> Text:
+    text = Text(style="dim")
+    for i, (key, value) in enumerate(status.items()):
+        if i:
+            text.append("  ")
+        if value is None:
+            shown = "-"
+        elif isinstance(value, float):
+            shown = f"{value:.1f}"
+        else:
+            shown = str(value)
+        text.append(f"{key} ")
+        text.append(shown, style="bold")
+    return text
+
+
+class _TranscriptView:
+    """Title, transcript, status. While live, the transcript is cropped to the tail that fits
+    the terminal; once done, it is rendered in full."""
+
+    def __init__(self, state: LiveState) -> None:
+        self.state = state
+
+    def _body(self, max_chars: int | None) -> Text:
+        body = Text()
+        pieces = self.state.pieces
+        start = len(pieces)
+        if max_chars is None:
+            start = 0
+        else:
+            # Only wrap what can be visible: each redraw costs O(screen), not O(transcript).
+            n = 0
+            while start > 0 and n < max_chars:
+                start -= 1
+                n += len(pieces[start][0])
+        for text, final in pieces[start:]:
+            body.append(text, style=None if final else "dim")
+        return body
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        state = self.state
+        width = options.max_width
+
+        def render(renderable: Text) -> list[list[Segment]]:
+            return console.render_lines(renderable, options, pad=False)
+
+        head = render(Text(state.title, style="bold")) if state.title else []
+        foot = render(_status_text(state.status)) if state.status else []
+        if state.done:
+            body = render(self._body(None))
+        else:
+            # One spare row so the cursor parked after the view never scrolls the terminal.
+            rows = max(1, options.size.height - len(head) - len(foot) - 1)
+            body = render(self._body(width * (rows + 2)))[-rows:]
+        if not state.pieces:
+            body = []
+        lines = [*head, *body, *foot]
+        new_line = Segment.line()
+        for i, line in enumerate(lines):
+            if i:
+                yield new_line
+            yield from line
+
+
+def view(state: LiveState) -> _TranscriptView:
+    """The renderable for ``state`` (lays itself out for the console size when drawn)."""
+    return _TranscriptView(state)
+
+
+class LiveTranscript:
+    """Draws each token the moment it is added, with a status line below.
+
+    ::
+
+        with LiveTranscript(console, title="a.wav") as live:
+            for event in events:
+                live.add(event)
+            live.set_status(tokens=42, ttft_ms=51.2)
+
+    Every ``add()`` redraws synchronously (no waiting for a refresh tick) and appends
+    ``display_lag_ms`` = (clock after the redraw - ``event.t_emitted``) * 1000. Non-final
+    tokens are dim. On exit the full transcript and the status stay on the console.
+    Call from one thread (the one that owns the console).
+    """
+
+    def __init__(
+        self, console: Console, title: str | None = None, *, newline_per_segment: bool = True
+    ) -> None:
+        self.console = console
+        self.state = LiveState(title=title)
+        self.display_lag_ms: list[float] = []
+        self._layout = _Layout(newline_per_segment)
+        self._live = Live(
+            console=console,
+            get_renderable=lambda: view(self.state),
+            auto_refresh=False,  # every change is drawn at once by the call that makes it
+            transient=False,
+            # Redirect only the stream this console already draws on: redirecting the other one
+            # would send, e.g., a transcript piped to stdout into a stderr status console.
+            redirect_stdout=console.file is sys.stdout,
+            redirect_stderr=console.file is sys.stderr,
+        )
+
+    def __enter__(self) -> LiveTranscript:
+        self._live.start(refresh=True)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.state.done = True
+        self._live.stop()  # its final draw shows the whole transcript, not just the tail
+
+    def add(self, event: TokenEvent) -> None:
+        if not self._live.is_started:
+            raise RuntimeError("LiveTranscript.add() called outside its 'with' block")
+        text = self._layout.delta(event)
+        if text:
+            self.state.pieces.append((text, event.final))
+            self._live.refresh()
+        self.display_lag_ms.append((time.perf_counter() - event.t_emitted) * 1000.0)
+
+    def set_status(self, **fields: Any) -> None:
+        self.state.status.update(fields)
+        if self._live.is_started:
+            self._live.refresh()
+
+
+
+class PlainTranscript:
+    """For pipes and files: each text delta is written and flushed the moment it is added,
+    so ``voxcli ... | cat`` shows tokens as they come. Same interface as ``LiveTranscript``."""
+
+    def __init__(self, stream: IO[str], *, newline_per_segment: bool = True) -> None:
+        self.stream = stream
+        self.display_lag_ms: list[float] = []
+        self._layout = _Layout(newline_per_segment)
+
+    def __enter__(self) -> PlainTranscript:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def add(self, event: TokenEvent) -> None:
+        text = self._layout.delta(event)
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
+        self.display_lag_ms.append((time.perf_counter() - event.t_emitted) * 1000.0)
+
+    def set_status(self, **fields: Any) -> None:
+        """Status lines would corrupt piped text: the CLI prints a summary to stderr instead."""

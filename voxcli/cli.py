@@ -1,0 +1,178 @@
+"""The `voxcli` command: flags -> config -> engine/pipeline -> renderer. The only place that exits.
+
+Heavy modules (torch, transformers, the engine) are imported inside the commands that need a
+model, so `voxcli --help` and `voxcli config` start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from voxcli import __version__
+from voxcli.config import OUTPUT_FORMATS, Config, dump_yaml, load_config
+from voxcli.errors import ConfigError, VoxcliError
+
+HELP = """Live, local speech-to-text with Mistral's Voxtral models.
+
+Every token is drawn the moment the model produces it, and latency is measured honestly:
+time to the first real token, with percentiles (see `voxcli bench`).
+
+Configuration: defaults < ~/.config/voxcli/config.yaml (or --config FILE) < flags.
+Set VOXCLI_DEBUG=1 (or pass --debug) to see full tracebacks.
+"""
+
+app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
+transcribe_app = typer.Typer(help="Transcribe audio you already have.", no_args_is_help=True)
+app.add_typer(transcribe_app, name="transcribe")
+
+# Shared options. Each defaults to None, meaning "not given": the config file decides.
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.",
+                                                show_default=False)]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", show_default=False,
+    help="Hub id or local checkpoint directory. Default: mistralai/Voxtral-Mini-4B-Realtime-2602. "
+         "Also: mistralai/Voxtral-Mini-3B-2507, mistralai/Voxtral-Small-24B-2507.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cuda, cuda:N, mps or cpu.",
+                                               show_default=False)]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, bfloat16, float16 or float32.",
+                                              show_default=False)]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (0: torch's default).",
+                                                show_default=False)]
+DelayOpt = Annotated[int | None, typer.Option(
+    "--delay-ms", show_default=False,
+    help="Realtime model: transcription delay in ms, a multiple of 80 from 80 to 2400 (checkpoint default 480). "
+         "Lower shows words sooner, higher is more accurate.")]
+LanguageOpt = Annotated[str | None, typer.Option(
+    "--language", "-l", show_default=False,
+    help="Offline models (3B/24B): language hint such as en, fr, de; 'auto' detects it.")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never contact the Hugging Face hub.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def _debug_on(debug: bool) -> bool:
+    return debug or os.environ.get("VOXCLI_DEBUG", "") not in ("", "0")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"voxcli: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _resolve_config(config_path: Path | None, **flags) -> Config:
+    overrides = {key.replace("__", "."): value for key, value in flags.items()}
+    return load_config(config_path, overrides)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Library chatter (warnings, transformers' weight-loading bars) would bury the transcript;
+    the hub's download progress bars stay, so a first run shows its download."""
+    if debug:
+        logging.basicConfig(level=logging.INFO)
+        return
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _load_engine(cfg: Config, status_console):
+    if cfg.model.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from voxcli.engine import load_engine
+
+    with status_console.status(f"loading {cfg.model.name} ...", spinner="dots"):
+        engine = load_engine(
+            cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+            delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
+            local_files_only=True if cfg.model.offline else None,
+            max_new_tokens=cfg.model.max_new_tokens,
+        )
+    info = engine.info
+    status_console.print(
+        f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}; "
+        f"loaded in {info.load_s:.1f} s, warm-up {info.warmup_s * 1000:.0f} ms[/dim]", highlight=False)
+    return engine
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
+    if version:
+        typer.echo(f"voxcli {__version__}")
+        raise typer.Exit()
+
+
+@app.command("config")
+def config_cmd(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
+    """Print the effective configuration as YAML (defaults < config file < flags)."""
+    try:
+        cfg = _resolve_config(config)
+    except ConfigError as exc:
+        if _debug_on(debug):
+            raise
+        raise _fail(str(exc), 2) from None
+    typer.echo(dump_yaml(cfg), nl=False)
+
+
+@transcribe_app.command("file")
+def transcribe_file(
+    paths: Annotated[list[Path], typer.Argument(help="Audio files: wav, flac, ogg, mp3 (any rate, any channels).",
+                                                show_default=False)],
+    output_format: Annotated[str | None, typer.Option(
+        "--format", "-f", show_default=False,
+        help="text (default), json (text + per-token events + metrics), jsonl (one event per line), srt or vtt.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", show_default=False,
+        help="Write here instead of stdout. With several inputs, a directory: one <name>.<format> per input.")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
+    model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
+    delay_ms: DelayOpt = None, language: LanguageOpt = None, offline: OfflineOpt = False,
+    config: ConfigOpt = None, debug: DebugOpt = False,
+) -> None:
+    """Transcribe audio files, streaming each token to the screen as the model makes it.
+
+    Prints a one-line summary per file on stderr (ttft_ms, total_ms, real-time factor, tokens).
+    A bad file gets one line on stderr and the others still run; the exit status is 1 if any failed.
+
+    Example: `voxcli transcribe file talk.mp3 --format srt -o talk.srt`
+    """
+    debug = _debug_on(debug)
+    try:
+        cfg = _resolve_config(
+            config, model__name=model, model__device=device, model__dtype=dtype, model__threads=threads,
+            model__offline=offline or None, transcription__delay_ms=delay_ms, transcription__language=language,
+            output__format=output_format, output__plain=plain or None,
+        )
+    except ConfigError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc), 2) from None
+    _quiet_libraries(debug)
+    from voxcli.transcribe import FileJob, run_files
+
+    try:
+        job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
+        code = run_files(job, load_engine=_load_engine)
+    except VoxcliError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app(prog_name="voxcli")
+
+
+__all__ = ["app", "main", "OUTPUT_FORMATS"]

@@ -180,6 +180,11 @@ class RealtimeEngine(Engine):
         self.hop_samples = processor.raw_audio_length_per_tok  # 1280: 80 ms
         fe = processor.feature_extractor
         self.chunk_samples = processor.audio_length_per_tok * fe.hop_length + fe.win_length  # 1680
+        # The feature extractor drops the last frame of a window, so the last hop (160 samples)
+        # of each 1680-sample chunk never reaches the model (verified: zeroing it changes no
+        # feature). A step therefore needs only 1520 samples, and a live token is due 10 ms
+        # sooner than when waiting for the whole chunk; the tail is zero-filled.
+        self.window_samples = self.chunk_samples - fe.hop_length  # 1520
         # The prompt and the first chunk's size depend on the delay: BOS + (left pad + delay) x PAD.
         encoder = processor.tokenizer.tokenizer.instruct_tokenizer.audio_encoder
         instruct = processor.tokenizer.tokenizer.instruct_tokenizer
@@ -290,8 +295,8 @@ class RealtimeSession:
                     return
                 yield self._prefill(need)
             else:
-                # Each later chunk is a 1680-sample window (8 mel frames) advancing 1280 (80 ms).
-                if len(self._buffer) < e.chunk_samples:
+                # Each later chunk is a window of 8 mel frames advancing 1280 samples (80 ms).
+                if len(self._buffer) < e.window_samples:
                     return
                 yield self._step()
 
@@ -300,12 +305,9 @@ class RealtimeSession:
         if self._finished:
             return
         e = self.engine
-        pad = e.num_right_pad_tokens * e.hop_samples
-        if not self._started:
-            # Shorter than the first chunk: pad up to it so even a 0.1 s clip is transcribed.
-            pad += max(0, len(e._left_pad) + e.first_chunk_samples - len(self._buffer))
-        else:
-            pad += (-(len(self._buffer) - (e.chunk_samples - e.hop_samples))) % e.hop_samples
+        # Pad exactly as mistral-common pads a whole clip: up to a whole 80 ms token, then the
+        # right padding. Everything pushed so far plus this is what the model hears in total.
+        pad = (-self.pushed_samples) % e.hop_samples + e.num_right_pad_tokens * e.hop_samples
         self._buffer = np.concatenate([self._buffer, np.zeros(pad, dtype=np.float32)])
         yield from self.steps()
         self._finished = True
@@ -335,7 +337,8 @@ class RealtimeSession:
     def _step(self) -> TokenEvent:
         e = self.engine
         t0 = time.perf_counter()
-        window = self._buffer[: e.chunk_samples]
+        window = np.zeros(e.chunk_samples, dtype=np.float32)
+        window[: e.window_samples] = self._buffer[: e.window_samples]
         feats = e.processor.feature_extractor(
             window, center=False, sampling_rate=SAMPLE_RATE, return_tensors="pt"
         )["input_features"]

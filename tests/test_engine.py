@@ -1,0 +1,216 @@
+"""The engine on tiny random checkpoints: the real loading, streaming and timing code.
+
+Random weights make meaningless text, so these tests assert structure, order, timing
+invariants, flushing and equality with transformers' own reference path, never wording.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from speech import make_speech
+
+from voxcli.audio import load_audio
+from voxcli.engine import RealtimeEngine, load_engine, resolve_device, resolve_dtype
+from voxcli.errors import ModelError
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    path = make_speech(tmp_path_factory.mktemp("speech") / "s.wav",
+                       "hello world, this is a test of streaming transcription")
+    return load_audio(path)
+
+
+def _ids(events):
+    return [e.token_id for e in events]
+
+
+# ------------------------------------------------------------------------------------ realtime
+
+
+def test_realtime_stream_equals_transformers_offline_generate(realtime_engine, speech):
+    """Our chunked streaming path must produce exactly what transformers computes from the
+    whole clip at once: proves the chunk windows, caches and prompt are right."""
+    import torch
+
+    engine = realtime_engine
+    ours = _ids(engine.transcribe(speech))
+    inputs = engine.processor(speech, return_tensors="pt")
+    with torch.inference_mode():
+        ref = engine.model.generate(**inputs, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    assert len(ref) > 20
+    assert ours == ref
+
+
+def test_block_size_does_not_change_tokens(realtime_engine, speech):
+    whole = _ids(realtime_engine.transcribe(speech))
+    for size in (333, 1280, 4000):
+        blocks = [speech[i:i + size] for i in range(0, len(speech), size)]
+        assert _ids(realtime_engine.stream(blocks)) == whole
+
+
+def test_realtime_events_structure(realtime_engine, speech):
+    events = list(realtime_engine.transcribe(speech))
+    duration = len(speech) / SR
+    assert [e.index for e in events] == list(range(len(events)))
+    times = [e.t_emitted for e in events]
+    assert times == sorted(times)
+    for e in events:
+        assert 0.0 <= e.audio_start_s <= e.audio_end_s <= duration + 1e-9
+    # The 80 ms token grid, contiguous from 0 until clamped at the end of the audio.
+    starts = [e.audio_start_s for e in events if e.audio_end_s < duration]
+    assert starts == pytest.approx([0.08 * k for k in range(len(starts))])
+    text = "".join(e.text for e in events)
+    assert text == realtime_engine.processor.tokenizer.decode(_ids(events), skip_special_tokens=True)
+
+
+def test_flush_transcribes_the_last_chunk(realtime_engine, speech):
+    """Without the right padding, the last delay's worth of speech is never transcribed."""
+    engine = realtime_engine
+    session = engine.session()
+    session.push(speech)
+    before = list(session.steps())
+    after = list(session.finish())
+    assert len(after) >= engine.num_right_pad_tokens
+    events = before + after
+    # Every 80 ms of real audio has its token: the last one ends at or after the audio's end.
+    assert events[-1].audio_end_s >= len(speech) / SR
+    assert len([e for e in events if e.audio_start_s < len(speech) / SR]) == int(np.ceil(len(speech) / 1280))
+
+
+def test_token_is_ready_before_the_next_chunk_exists(realtime_engine, speech):
+    """The 80 ms trap: a token must come out as soon as its own chunk is in, not after the next."""
+    engine = realtime_engine
+    session = engine.session()
+    first = engine.first_chunk_samples
+    session.push(speech[:first - 1])
+    assert list(session.steps()) == []
+    session.push(speech[first - 1:first])
+    assert len(list(session.steps())) == 1  # the prefill's token, with no further audio
+    pos = first
+    for _ in range(5):
+        session.push(speech[pos:pos + 1279])
+        assert list(session.steps()) == []
+        session.push(speech[pos + 1279:pos + 1280])
+        assert len(list(session.steps())) == 1
+        pos += 1280
+
+
+def test_short_clip_and_silence(realtime_engine):
+    clip = np.random.default_rng(0).normal(0, 0.1, SR // 10).astype(np.float32)  # 0.1 s
+    events = list(realtime_engine.transcribe(clip))
+    assert events and all(e.audio_end_s <= 0.1 + 1e-9 for e in events)
+    assert list(realtime_engine.transcribe(np.zeros(0, np.float32)))  # empty audio still flushes cleanly
+
+
+def test_other_delay_changes_prompt_and_still_streams(realtime_dir, speech):
+    engine = load_engine(str(realtime_dir), device="cpu", delay_ms=160, warmup=False)
+    assert engine.num_delay_tokens == 2
+    assert len(engine._prompt_ids) == 1 + 32 + 2
+    events = list(engine.transcribe(speech[: SR * 2]))
+    assert len(events) >= 2 * SR // 1280
+
+
+@pytest.mark.parametrize("bad", [0, 100, 2480, -80])
+def test_bad_delay_is_rejected(realtime_dir, bad):
+    with pytest.raises(ValueError, match="multiple of 80"):
+        load_engine(str(realtime_dir), device="cpu", delay_ms=bad, warmup=False)
+
+
+def test_detokenizer_handles_split_multibyte_characters(realtime_engine):
+    tok = realtime_engine.processor.tokenizer
+    text = "héllo wörld — 東京 ok"
+    ids = tok.encode(text, add_special_tokens=False)
+    detok = realtime_engine.detokenizer()
+    pieces = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)  # a half character is held back, never mangled
+
+
+# ------------------------------------------------------------------------------------- offline
+
+
+def test_offline_equals_generate_for_one_segment(offline_engine, speech):
+    import torch
+
+    engine = offline_engine
+    n = len(speech)
+    ours = list(engine.transcribe(speech, language="en", segments=[(0, n)]))
+    inputs = engine.processor.apply_transcription_request(
+        audio=speech, language="en", model_id=engine.info.model, sampling_rate=SR, format="wav",
+        return_tensors="pt")
+    with torch.inference_mode():
+        ref = engine.model.generate(**inputs, do_sample=False, max_new_tokens=engine.max_new_tokens)
+    ref = ref[0, inputs["input_ids"].shape[1]:].tolist()
+    ref = ref[: ref.index(engine.eos_id)] if engine.eos_id in ref else ref
+    assert _ids(ours) == ref
+    assert all(e.audio_start_s == 0.0 and e.audio_end_s == pytest.approx(n / SR) for e in ours)
+
+
+def test_offline_splits_long_audio_at_silences(offline_engine, speech):
+    gap = np.zeros(SR, np.float32)
+    audio = np.concatenate([speech, gap, speech, gap, speech])
+    engine = offline_engine
+    old = engine.MAX_SEGMENT_S
+    engine.MAX_SEGMENT_S = len(speech) / SR + 0.6  # forces one utterance per segment
+    try:
+        events = list(engine.transcribe(audio))
+    finally:
+        engine.MAX_SEGMENT_S = old
+    segments = sorted({e.segment for e in events})
+    assert segments == [0, 1, 2]
+    spans = [(e.audio_start_s, e.audio_end_s) for e in events]
+    for seg in segments:
+        seg_spans = {s for e, s in zip(events, spans) if e.segment == seg}
+        assert len(seg_spans) == 1  # one span per segment
+        (start, end), = seg_spans
+        assert end - start <= engine.MAX_SEGMENT_S or end - start <= len(speech) / SR + 0.6
+    assert [e.index for e in events] == list(range(len(events)))
+
+
+def test_offline_silence_gives_nothing(offline_engine):
+    assert list(offline_engine.transcribe(np.zeros(SR * 3, np.float32))) == []
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def test_device_and_dtype_resolution():
+    import torch
+
+    assert resolve_device("auto") == "cpu"  # no GPU on the test machines
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    with pytest.raises(ValueError, match="auto, cuda, mps, cpu"):
+        resolve_device("tpu")
+    with pytest.raises(ModelError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_engine_info(realtime_engine, offline_engine):
+    assert isinstance(realtime_engine, RealtimeEngine)
+    assert realtime_engine.info.kind == "realtime" and offline_engine.info.kind == "offline"
+    assert realtime_engine.info.n_params > 0 and realtime_engine.info.warmup_s > 0
+
+
+def test_unreachable_hub_id_gives_one_actionable_line():
+    with pytest.raises(ModelError) as err:
+        load_engine("mistralai/no-such-model-voxcli-test", device="cpu", warmup=False)
+    message = str(err.value)
+    assert "--model PATH" in message and "\n" not in message
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ModelError, match="cannot load"):
+        load_engine(str(tmp_path), device="cpu", warmup=False)
+
+
+def test_non_voxtral_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelError, match="not a Voxtral model"):
+        load_engine(str(tmp_path), device="cpu", warmup=False)

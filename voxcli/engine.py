@@ -131,6 +131,7 @@ class Engine:
         self.info = info
         self._tekken = processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
         self.eos_id = self._tekken.eos_id
+        self.cache_kwargs = _cache_kwarg_names(model)
 
     @property
     def device(self):
@@ -149,6 +150,17 @@ class Engine:
             pass
         self.info.warmup_s = time.perf_counter() - t0
         return self.info.warmup_s
+
+
+def _cache_kwarg_names(model) -> dict[str, str]:
+    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (and the Realtime
+    model's ``encoder_past_key_values`` to ``encoder_cache``); accept both releases."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if "cache" in params:
+        return {"cache": "cache", "encoder_cache": "encoder_cache"}
+    return {"cache": "past_key_values", "encoder_cache": "encoder_past_key_values"}
 
 
 def _validate_audio(audio: np.ndarray) -> np.ndarray:
@@ -261,9 +273,16 @@ class RealtimeSession:
         self._started = False
         self._finished = False
         self._detok = engine.detokenizer()
-        self._cache = DynamicCache(config=engine.model.config.text_config)
-        self._enc_cache = None
-        self._padding_cache = None
+        from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
+            VoxtralRealtimeConv1dPaddingCache)
+
+        # All three caches are updated in place by the forward pass, so one set serves the session.
+        config = engine.model.config
+        self._caches = {
+            engine.cache_kwargs["cache"]: DynamicCache(config=config.text_config),
+            engine.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
+            "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
+        }
         self._last_token = None
         self.n_tokens = 0
         self.pushed_samples = 0
@@ -354,16 +373,12 @@ class RealtimeSession:
             out = model(
                 input_ids=input_ids,
                 input_features=feats.to(model.device, model.dtype),
-                past_key_values=self._cache,
-                encoder_past_key_values=self._enc_cache,
-                padding_cache=self._padding_cache,
                 use_cache=True,
+                **self._caches,
                 num_delay_tokens=e.num_delay_tokens,
                 logits_to_keep=1,
             )
             next_id = out.logits[:, -1].argmax(-1)
-        self._enc_cache = out.encoder_past_key_values
-        self._padding_cache = out.padding_cache
         token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
         t_emitted = time.perf_counter()
         self._last_token = next_id[:, None]
@@ -445,7 +460,8 @@ class OfflineEngine(Engine):
         kwargs = {"input_features": inputs["input_features"], "attention_mask": inputs.get("attention_mask")}
         for k in range(max_new_tokens):
             with torch.inference_mode():
-                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                            **{self.cache_kwargs["cache"]: cache}, **kwargs)
                 next_id = out.logits[:, -1].argmax(-1)
             token_id = int(next_id.item())
             t_emitted = time.perf_counter()

@@ -171,6 +171,79 @@ def transcribe_file(
     raise typer.Exit(code)
 
 
+@app.command("listen")
+def listen_cmd(
+    device: Annotated[str | None, typer.Option(
+        "--device", "-d", show_default=False,
+        help="Input device: a name (or part of one) or an index from `voxcli devices`. Default: the system input.")] = None,
+    input_path: Annotated[Path | None, typer.Option(
+        "--input", "-i", show_default=False,
+        help="Replay this audio file as if it were the microphone (reproducible live runs).")] = None,
+    speed: Annotated[float, typer.Option(
+        "--speed", help="With --input: replay speed (1 = real time; 0 = as fast as possible).", min=0.0)] = 1.0,
+    save: Annotated[Path | None, typer.Option(
+        "--save", show_default=False,
+        help="Directory for this session's files, written as you speak: the WAV the engine heard, "
+             "per-token JSONL events, and the transcript.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(
+        "--max-seconds", show_default=False, min=0.0, help="Stop after this many seconds of audio.")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
+    model: ModelOpt = None,
+    model_device: Annotated[str | None, typer.Option(
+        "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
+    dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
+    offline: OfflineOpt = False, config: ConfigOpt = None, debug: DebugOpt = False,
+) -> None:
+    """Transcribe the microphone live, drawing every token the moment the model makes it.
+
+    The status line shows the input level, audio heard, dropped blocks, emission latency
+    (token drawn - its audio captured) p50/p95, and the model step time against the 80 ms budget.
+    Ctrl-C stops capture, transcribes what was captured, saves and exits 0; a second Ctrl-C quits at once.
+
+    Example: `voxcli listen --save ~/voxcli-sessions`
+    """
+    debug = _debug_on(debug)
+    try:
+        cfg = _resolve_config(
+            config, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
+            model__offline=offline or None, transcription__delay_ms=delay_ms, output__plain=plain or None,
+            listen__device=device, listen__save_dir=str(save) if save else None,
+        )
+    except ConfigError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc), 2) from None
+    _quiet_libraries(debug)
+    from voxcli.listen import ListenJob, run_listen
+
+    try:
+        code = run_listen(ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds),
+                          load_engine=_load_engine)
+    except VoxcliError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+@app.command("devices")
+def devices_cmd(debug: DebugOpt = False) -> None:
+    """List audio input devices: index, name, host API, channels, default sample rate."""
+    from voxcli.capture import list_input_devices
+
+    try:
+        devices = list_input_devices()
+    except VoxcliError as exc:
+        if _debug_on(debug):
+            raise
+        raise _fail(str(exc)) from None
+    if not devices:
+        raise _fail("no audio input device found")
+    for d in devices:
+        mark = "*" if d.is_default else " "
+        typer.echo(f"{mark} {d.index:>3}  {d.name}  ({d.hostapi}, {d.channels} ch, {d.default_rate:.0f} Hz)")
+
+
 def main() -> None:
     app(prog_name="voxcli")
 

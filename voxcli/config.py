@@ -57,10 +57,23 @@ class OutputConfig:
 
 
 @dataclass
+class ListenConfig:
+    device: str | None = field(default=None, metadata={
+        "help": "input device name or index (see `voxcli devices`); null = the system default input"})
+    save_dir: str | None = field(default=None, metadata={
+        "help": "directory for session files (WAV, JSONL events, transcript); null = save nothing"})
+    flush_after_ms: int = field(default=240, metadata={
+        "help": "after speech, this much quiet flushes the model's delay at once (0 = never)", "min": 0})
+    silence_db: float = field(default=-45.0, metadata={
+        "help": "input level (dBFS) below which audio counts as quiet", "max": 0.0})
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     transcription: TranscriptionConfig = field(default_factory=TranscriptionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,7 +116,7 @@ def read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of sections (model, transcription, output)")
+        raise ConfigError(f"config file {path} must be a mapping of sections (model, transcription, output, listen)")
     return data
 
 
@@ -149,6 +162,12 @@ def _validate(dotted: str, f: dataclasses.Field, value: Any, source: str) -> Any
             raise ConfigError(f"{source}: {dotted} must be an integer, got {value!r}")
         if "min" in meta and value < meta["min"]:
             raise ConfigError(f"{source}: {dotted} must be >= {meta['min']}, got {value}")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {dotted} must be a number, got {value!r}")
+        value = float(value)
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{source}: {dotted} must be <= {meta['max']}, got {value}")
     elif base == "str":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{source}: {dotted} must be a non-empty string, got {value!r}")

@@ -9,6 +9,7 @@ what was produced so far is returned, marked incomplete.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -129,3 +130,276 @@ def transcribe_audio(engine, audio: np.ndarray, *, source: str, on_event: Callab
         metrics.total_ms = (events[-1].t_emitted - t_start) * 1000.0
     return Transcript(source=source, model=engine.info.model, events=events, metrics=metrics,
                       complete=complete)
+
+
+# ------------------------------------------------------------------------------------------ live
+
+
+@dataclass(frozen=True)
+class LiveToken:
+    """A token on its way to the screen, with the two moments its latency is measured from.
+
+    ``t_ready``: when the audio block that let the model take this step was captured (the chunk
+    became available). ``t_audio``: when the last sample of the audio the token covers was
+    captured. Emission latency = time drawn - ``t_audio``.
+    """
+
+    event: TokenEvent
+    t_ready: float
+    t_audio: float
+
+
+@dataclass(frozen=True)
+class AudioIn:
+    """16 kHz samples exactly as handed to the engine (for the WAV), with their level."""
+
+    samples: np.ndarray
+    level_db: float
+    backlog_blocks: int
+
+
+@dataclass
+class LiveOptions:
+    flush_after_ms: int = 240  # quiet this long after speech -> push right padding now (0: never)
+    silence_db: float = -45.0  # a block below this level counts as quiet
+    max_utterance_s: float = 30.0  # offline models: longest utterance transcribed at once
+
+
+def _level_db(x: np.ndarray) -> float:
+    if not len(x):
+        return -120.0
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return 20.0 * np.log10(max(rms, 1e-6))
+
+
+class _CaptureClock:
+    """Maps a 16 kHz sample position to the moment it was captured (for latency figures)."""
+
+    def __init__(self) -> None:
+        self._ends: list[int] = []
+        self._times: list[float] = []
+
+    def add(self, end_sample: int, t_captured: float) -> None:
+        self._ends.append(end_sample)
+        self._times.append(t_captured)
+
+    def at(self, sample: int) -> float:
+        import bisect
+
+        if not self._times:
+            return time.perf_counter()
+        i = bisect.bisect_left(self._ends, sample)
+        return self._times[min(i, len(self._times) - 1)]
+
+
+class LiveEngineWorker(threading.Thread):
+    """The consumer of captured audio: resample, feed the engine, forward tokens and audio.
+
+    Realtime model: one session step per 80 ms chunk; when the input goes quiet after speech, the
+    session is finished at once (the right padding is pushed, so the last words come out without
+    waiting out the delay) and a new one starts at the same sample, so no audio is skipped.
+    Offline models: speech is cut into utterances by level, and each is transcribed when it ends.
+    On stop, what was captured is drained and flushed before the worker says it is done.
+    """
+
+    def __init__(self, engine, source, out: queue.Queue, stop: threading.Event,
+                 options: LiveOptions | None = None) -> None:
+        super().__init__(name="voxcli-engine", daemon=True)
+        self.engine = engine
+        self.source = source
+        self.out = out
+        self.stop_event = stop
+        self.options = options or LiveOptions()
+        self.heard = 0  # 16 kHz samples handed to the engine
+        self.clock = _CaptureClock()
+        self.n_tokens = 0
+        self.flushes = 0
+        self.step_ms: list[float] = []
+
+    def run(self) -> None:
+        try:
+            self._run()
+            self._put(_Done(0.0))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            self._put(_Failed(exc))
+
+    def _put(self, item) -> None:
+        # The out queue is large; if the main thread stalls the engine waits, and capture (which
+        # never waits) counts what it has to drop.
+        self.out.put(item)
+
+    def _blocks(self):
+        """Captured blocks, resampled to 16 kHz, until the source ends or we are told to stop."""
+        import soxr
+
+        rate = self.source.sample_rate
+        stream = soxr.ResampleStream(rate, 16000, 1, dtype="float32") if rate != 16000 else None
+        while True:
+            if self.stop_event.is_set():
+                self.source.stop()  # stop capturing; what is already queued is still heard
+            try:
+                t_cap, block = self.source.blocks.get(timeout=POLL_S)
+            except queue.Empty:
+                if self.source.finished.is_set() and self.source.blocks.empty():
+                    break
+                continue
+            x = stream.resample_chunk(block) if stream is not None else block
+            if len(x):
+                yield t_cap, x
+        if stream is not None:
+            tail = stream.resample_chunk(np.zeros(0, np.float32), last=True)
+            if len(tail):
+                yield time.perf_counter(), tail
+
+    def _hear(self, t_cap: float, x: np.ndarray) -> float:
+        self.heard += len(x)
+        self.clock.add(self.heard, t_cap)
+        level = _level_db(x)
+        self._put(AudioIn(x, level, self.source.blocks.qsize()))
+        return level
+
+    def _emit(self, event: TokenEvent, offset: int, t_ready: float) -> None:
+        shift = offset / 16000
+        start = None if event.audio_start_s is None else event.audio_start_s + shift
+        end = None if event.audio_end_s is None else event.audio_end_s + shift
+        event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end)
+        self.n_tokens += 1
+        end_sample = min(self.heard, int(round((end if end is not None else self.heard / 16000) * 16000)))
+        self._put(LiveToken(event, t_ready, self.clock.at(end_sample)))
+
+    def _run(self) -> None:
+        if self.engine.kind == "realtime":
+            self._run_realtime()
+        else:
+            self._run_offline()
+
+    def _run_realtime(self) -> None:
+        opts = self.options
+        session = self.engine.session()
+        offset = 0
+        quiet_ms = 0.0
+        speech_since_flush = False
+        for t_cap, x in self._blocks():
+            level = self._hear(t_cap, x)
+            session.push(x)
+            for event in session.steps():
+                self.step_ms.append(session.step_ms[-1])
+                self._emit(event, offset, t_cap)
+            if level >= opts.silence_db:
+                speech_since_flush, quiet_ms = True, 0.0
+            else:
+                quiet_ms += len(x) / 16.0
+            if opts.flush_after_ms and speech_since_flush and quiet_ms >= opts.flush_after_ms:
+                self._finish(session, offset)
+                session, offset, speech_since_flush = self.engine.session(), self.heard, False
+        self._finish(session, offset)
+
+    def _finish(self, session, offset: int) -> None:
+        t_ready = time.perf_counter()
+        end_s = session.pushed_samples / 16000
+        for event in session.finish():
+            if event.audio_end_s is not None and event.audio_end_s > end_s:
+                # Tokens over the padding itself: clamp their span to the audio really heard.
+                event = dataclasses.replace(event, audio_start_s=min(event.audio_start_s, end_s),
+                                            audio_end_s=end_s)
+            self._emit(event, offset, t_ready)
+        self.flushes += 1
+
+    def _run_offline(self) -> None:
+        opts = self.options
+        utterance: list[np.ndarray] = []
+        start = 0
+        quiet_ms = 0.0
+        preroll = 3200  # 0.2 s before the onset, so the first sound is not clipped
+        recent: list[np.ndarray] = []
+        for t_cap, x in self._blocks():
+            level = self._hear(t_cap, x)
+            if level >= opts.silence_db:
+                if not utterance:
+                    pre = np.concatenate(recent)[-preroll:] if recent else np.zeros(0, np.float32)
+                    utterance, start = [pre], self.heard - len(x) - len(pre)
+                quiet_ms = 0.0
+            else:
+                quiet_ms += len(x) / 16.0
+            if utterance:
+                utterance.append(x)
+                n = sum(len(u) for u in utterance)
+                if quiet_ms >= max(opts.flush_after_ms, 400) or n >= opts.max_utterance_s * 16000:
+                    self._transcribe_utterance(np.concatenate(utterance), start)
+                    utterance, quiet_ms = [], 0.0
+            recent = (recent + [x])[-20:]
+        if utterance:
+            self._transcribe_utterance(np.concatenate(utterance), start)
+
+    def _transcribe_utterance(self, audio: np.ndarray, start: int) -> None:
+        t_ready = time.perf_counter()
+        for event in self.engine.transcribe(audio, segments=[(0, len(audio))]):
+            self._emit(event, start, t_ready)
+        self.flushes += 1
+
+
+@dataclass
+class LiveResult:
+    events: list[TokenEvent]
+    audio_s: float
+    emission_latency_ms: list[float]
+    emit_after_ready_ms: list[float]
+    step_ms: list[float]
+    dropped_blocks: int
+    flushes: int
+    error: str | None
+
+
+def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
+             on_audio: Callable[[AudioIn], None], on_tick: Callable[[LiveEngineWorker], None],
+             stop: threading.Event, options: LiveOptions | None = None,
+             on_latency: Callable[[TokenEvent, float, float], None] | None = None) -> LiveResult:
+    """Capture (``source``, already configured) -> engine thread -> this thread.
+
+    ``on_token`` draws a token; right after it returns, the emission latency (now - when the
+    token's audio was captured) is recorded, so the figure includes our own drawing. ``on_tick``
+    gets the engine worker about every 100 ms, for status updates. Setting ``stop`` ends capture; everything
+    captured is still transcribed and flushed before this returns.
+    """
+    out: queue.Queue = queue.Queue(maxsize=8192)
+    worker = LiveEngineWorker(engine, source, out, stop, options)
+    events: list[TokenEvent] = []
+    latency: list[float] = []
+    after_ready: list[float] = []
+    source.start()
+    worker.start()
+    next_tick = time.perf_counter()
+    try:
+        while True:
+            try:
+                item = out.get(timeout=POLL_S)
+            except queue.Empty:
+                item = None
+                if not worker.is_alive() and out.empty():
+                    raise RuntimeError("engine thread ended without a result")
+            if isinstance(item, LiveToken):
+                on_token(item.event)
+                t_drawn = time.perf_counter()
+                events.append(item.event)
+                latency.append((t_drawn - item.t_audio) * 1000.0)
+                after_ready.append((item.event.t_emitted - item.t_ready) * 1000.0)
+                if on_latency is not None:
+                    on_latency(item.event, latency[-1], after_ready[-1])
+            elif isinstance(item, AudioIn):
+                on_audio(item)
+            elif isinstance(item, _Done):
+                break
+            elif isinstance(item, _Failed):
+                raise item.error
+            if source.error and not stop.is_set():
+                stop.set()  # the device is gone: finish with what was captured
+            if time.perf_counter() >= next_tick:
+                on_tick(worker)
+                next_tick = time.perf_counter() + 0.1
+    finally:
+        stop.set()
+        source.stop()
+        worker.join(timeout=10.0)
+    return LiveResult(events=events, audio_s=worker.heard / 16000, emission_latency_ms=latency,
+                      emit_after_ready_ms=after_ready, step_ms=worker.step_ms,
+                      dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error)

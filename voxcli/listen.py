@@ -1,0 +1,161 @@
+"""`listen`: microphone (or a file replayed as one) -> engine thread -> tokens on screen.
+
+Signals: the first Ctrl-C (or SIGTERM) stops capture; everything captured is still transcribed
+and flushed, the files are closed and the summary printed, exit 0. A second Ctrl-C exits at once;
+the session files are valid after every write, so they stay readable.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from voxcli.config import Config
+from voxcli.events import summarize
+from voxcli.render import LiveTranscript, PlainTranscript
+
+STEP_BUDGET_MS = 80.0
+
+
+@dataclass
+class ListenJob:
+    cfg: Config
+    input_path: Path | None = None
+    speed: float = 1.0
+    max_seconds: float | None = None
+
+
+def _make_source(job: ListenJob):
+    from voxcli.capture import FileSource, MicSource
+
+    if job.input_path is not None:
+        return FileSource(job.input_path, speed=job.speed, max_seconds=job.max_seconds)
+    device = job.cfg.listen.device
+    if isinstance(device, str) and device.isdigit():
+        device = int(device)
+    return MicSource(device, max_seconds=job.max_seconds)
+
+
+class _Signals:
+    """First SIGINT/SIGTERM: ask for a graceful stop. Second SIGINT: stop now."""
+
+    def __init__(self, stop: threading.Event, err: Console) -> None:
+        self.stop = stop
+        self.err = err
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop.set()
+        self.err.print("\nstopping: transcribing what was captured (Ctrl-C again to quit now)",
+                       markup=False)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
+    from voxcli.pipeline import LiveOptions, run_live
+    from voxcli.recorder import SessionRecorder
+
+    stdout = stdout or sys.stdout
+    cfg = job.cfg
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    source = _make_source(job)  # opening errors (no device, ...) come before the model loads
+    engine = load_engine(cfg, err)
+    if engine.kind != "realtime":
+        err.print("[dim]offline model: each utterance is transcribed when it ends[/dim]")
+    recorder = None
+    if cfg.listen.save_dir:
+        recorder = SessionRecorder(cfg.listen.save_dir, meta={
+            "model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
+            "delay_ms": getattr(engine, "delay_ms", None),
+            "input": str(job.input_path) if job.input_path else (cfg.listen.device or "default"),
+        })
+    plain = cfg.output.plain or not stdout.isatty()
+    view = PlainTranscript(stdout) if plain else LiveTranscript(Console(file=stdout), title="listening")
+    stop = threading.Event()
+    state = {"level_db": -120.0, "backlog": 0, "t0": time.perf_counter(), "heard": 0}
+    latency: list[float] = []
+
+    def on_audio(item) -> None:
+        state["level_db"], state["backlog"] = item.level_db, item.backlog_blocks
+        state["heard"] += len(item.samples)
+        if recorder:
+            recorder.write_audio(item.samples)
+
+    def on_latency(event, emission_ms: float, after_ready_ms: float) -> None:
+        latency.append(emission_ms)
+        if recorder:
+            recorder.write_event(event, emission_latency_ms=round(emission_ms, 3),
+                                 emitted_after_ready_ms=round(after_ready_ms, 3))
+
+    def on_tick(worker) -> None:
+        lat = summarize(latency[-200:])
+        step = summarize(worker.step_ms[-50:])
+        behind = step.get("p50", 0.0) > STEP_BUDGET_MS or state["backlog"] > 25
+        view.set_status(
+            level=f"{state['level_db']:.0f} dB",
+            audio=f"{state['heard'] / 16000:.1f} s",
+            dropped=source.dropped_blocks,
+            latency=(f"p50 {lat['p50']:.0f} / p95 {lat['p95']:.0f} ms" if lat["n"] else "-"),
+            step=(f"{step['p50']:.1f}/{STEP_BUDGET_MS:.0f} ms" if step["n"] else "-"),
+            warning="FALLING BEHIND real time" if behind else "",
+        )
+
+    options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, silence_db=cfg.listen.silence_db)
+    result = None
+    try:
+        with _Signals(stop, err), view:
+            result = run_live(engine, source, on_token=view.add, on_audio=on_audio, on_tick=on_tick,
+                              stop=stop, options=options, on_latency=on_latency)
+    except KeyboardInterrupt:
+        err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
+        return 130
+    finally:
+        if recorder:
+            if result is not None:
+                recorder.write_summary(_summary(result))
+            recorder.close()
+    if result.error:
+        err.print(f"voxcli: warning: {result.error}; what was captured is kept", markup=False)
+    s = _summary(result)
+    lat = s["emission_latency_ms"]
+    err.print(
+        f"{s['audio_s']:.2f} s heard, {s['n_tokens']} tokens, emission_latency_ms "
+        f"p50 {_f(lat.get('p50'))} p95 {_f(lat.get('p95'))}, dropped blocks {s['dropped_blocks']}"
+        + (f" -> {', '.join(str(p) for p in recorder.paths)}" if recorder else ""), markup=False)
+    return 0
+
+
+def _summary(result) -> dict:
+    return {
+        "audio_s": round(result.audio_s, 3),
+        "n_tokens": len(result.events),
+        "text": "".join(e.text for e in result.events).strip(),
+        "emission_latency_ms": summarize(result.emission_latency_ms),
+        "emitted_after_ready_ms": summarize(result.emit_after_ready_ms),
+        "step_ms": summarize(result.step_ms),
+        "dropped_blocks": result.dropped_blocks,
+        "flushes": result.flushes,
+        "error": result.error,
+    }
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.1f}"

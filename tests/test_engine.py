@@ -206,7 +206,7 @@ def test_unreachable_hub_id_gives_one_actionable_line():
 
 
 def test_directory_that_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(ModelError, match="cannot load"):
+    with pytest.raises(ModelError, match="no checkpoint in this directory"):
         load_engine(str(tmp_path), device="cpu", warmup=False)
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -87,7 +88,8 @@ def _quiet_libraries(debug: bool) -> None:
         pass
 
 
-def _load_engine(cfg: Config, status_console):
+def _load_engine(cfg: Config, status_console, debug: bool = False):
+    _quiet_libraries(debug)
     if cfg.model.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     from voxcli.engine import load_engine
@@ -134,7 +136,7 @@ def transcribe_file(
         help="text (default), json (text + per-token events + metrics), jsonl (one event per line), srt or vtt.")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", show_default=False,
-        help="Write here instead of stdout. With several inputs, a directory: one <name>.<format> per input.")] = None,
+        help="Write here instead of stdout. With several inputs, a directory: one `NAME.FORMAT` per input.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
     model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
     delay_ms: DelayOpt = None, language: LanguageOpt = None, offline: OfflineOpt = False,
@@ -158,12 +160,11 @@ def transcribe_file(
         if debug:
             raise
         raise _fail(str(exc), 2) from None
-    _quiet_libraries(debug)
     from voxcli.transcribe import FileJob, run_files
 
     try:
         job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
-        code = run_files(job, load_engine=_load_engine)
+        code = run_files(job, load_engine=partial(_load_engine, debug=debug))
     except VoxcliError as exc:
         if debug:
             raise
@@ -213,12 +214,11 @@ def listen_cmd(
         if debug:
             raise
         raise _fail(str(exc), 2) from None
-    _quiet_libraries(debug)
     from voxcli.listen import ListenJob, run_listen
 
     try:
         code = run_listen(ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds),
-                          load_engine=_load_engine)
+                          load_engine=partial(_load_engine, debug=debug))
     except VoxcliError as exc:
         if debug:
             raise

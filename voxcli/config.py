@@ -8,7 +8,9 @@ No torch, typer or rich in this module.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,7 @@ class ModelConfig:
     name: str = field(default=DEFAULT_MODEL, metadata={
         "help": "hub id or local checkpoint directory (Realtime 4B, or Mini 3B / Small 24B)"})
     device: str = field(default="auto", metadata={
-        "help": "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu",
-        "pattern": ("auto", "cuda", "mps", "cpu", "cuda:")})
+        "help": "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu", "device": True})
     dtype: str = field(default="auto", metadata=_choices(
         "auto", "bfloat16", "float16", "float32", help="auto: bfloat16 on a GPU, float32 on the CPU"))
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0 keeps torch's default", "min": 0})
@@ -59,7 +60,8 @@ class OutputConfig:
 @dataclass
 class ListenConfig:
     device: str | None = field(default=None, metadata={
-        "help": "input device name or index (see `voxcli devices`); null = the system default input"})
+        "help": "input device name or index (see `voxcli devices`); null = the system default input",
+        "accepts_index": True})
     save_dir: str | None = field(default=None, metadata={
         "help": "directory for session files (WAV, JSONL events, transcript); null = save nothing"})
     flush_after_ms: int = field(default=240, metadata={
@@ -110,9 +112,15 @@ def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        # An unclosed quote or bracket is reported at the end of the file; where it was opened
+        # (context_mark) is the line worth showing.
+        problem = getattr(exc, "problem", None) or "syntax error"
         mark = getattr(exc, "problem_mark", None)
+        context = getattr(exc, "context_mark", None)
+        if context is not None and "end of stream" in str(problem):
+            mark = context
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -146,39 +154,64 @@ def set_key(config: Config, dotted: str, value: Any, *, source: str) -> None:
     setattr(section, key, _validate(dotted, by_name[key], value, source))
 
 
+_DEVICE_RE = re.compile(r"(auto|cuda|mps|cpu|cuda:[0-9]+)")
+
+
+def _allowed(dotted: str, f: dataclasses.Field) -> str:
+    """What a key accepts, in words: every error about the key says it."""
+    meta = f.metadata
+    base = str(f.type).replace(" | None", "")
+    if "choices" in meta:
+        text = "one of " + ", ".join(meta["choices"])
+    elif meta.get("device"):
+        text = "one of auto, cuda, cuda:N, mps, cpu"
+    elif dotted == "transcription.delay_ms":
+        text = "an integer, a multiple of 80 between 80 and 2400"
+    elif base == "bool":
+        text = "true or false"
+    elif base == "int":
+        text = f"an integer >= {meta['min']}" if "min" in meta else "an integer"
+    elif base == "float":
+        text = f"a number <= {meta['max']}" if "max" in meta else "a number"
+    elif meta.get("accepts_index"):
+        text = "a device name or index"
+    else:
+        text = "a non-empty string"
+    return text + (" or null" if "None" in str(f.type) else "")
+
+
 def _validate(dotted: str, f: dataclasses.Field, value: Any, source: str) -> Any:
     meta = f.metadata
-    optional = "None" in str(f.type)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{source}: {dotted} cannot be null")
     base = str(f.type).replace(" | None", "")
+    if value is None and "None" in str(f.type):
+        return None
+    if meta.get("accepts_index") and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)  # an index such as `device: 3` in YAML
+    if value is None:
+        raise ConfigError(f"{source}: {dotted} cannot be null; it must be {_allowed(dotted, f)}")
+    if not _valid(dotted, base, meta, value):
+        raise ConfigError(f"{source}: {dotted} must be {_allowed(dotted, f)}; got {value!r}")
+    return float(value) if base == "float" else value
+
+
+def _valid(dotted: str, base: str, meta: dict, value: Any) -> bool:
     if base == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
-    elif base == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {dotted} must be an integer, got {value!r}")
-        if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{source}: {dotted} must be >= {meta['min']}, got {value}")
-    elif base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {dotted} must be a number, got {value!r}")
-        value = float(value)
-        if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{source}: {dotted} must be <= {meta['max']}, got {value}")
-    elif base == "str":
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{source}: {dotted} must be a non-empty string, got {value!r}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{source}: {dotted} must be one of {', '.join(meta['choices'])}; got {value!r}")
-    if "pattern" in meta and not (value in meta["pattern"] or
-                                  (value.startswith("cuda:") and value[5:].isdigit())):
-        raise ConfigError(f"{source}: {dotted} must be one of auto, cuda, cuda:N, mps, cpu; got {value!r}")
-    if dotted == "transcription.delay_ms" and (value % 80 or not 80 <= value <= 2400):
-        raise ConfigError(f"{source}: {dotted} must be a multiple of 80 between 80 and 2400; got {value}")
-    return value
+        return isinstance(value, bool)
+    if base == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= meta.get("min", value)
+        if ok and dotted == "transcription.delay_ms":
+            ok = value % 80 == 0 and 80 <= value <= 2400
+        return ok
+    if base == "float":
+        return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and value <= meta.get("max", math.inf))
+    if not isinstance(value, str) or not value:
+        return False
+    if "choices" in meta:
+        return value in meta["choices"]
+    if meta.get("device"):
+        return _DEVICE_RE.fullmatch(value) is not None
+    return True
 
 
 def dump_yaml(config: Config) -> str:

@@ -556,7 +556,10 @@ def _load_config(model: str, local_files_only: bool | None):
 def _load_hint(model: str, exc: Exception) -> str:
     text = str(exc)
     if Path(model).expanduser().is_dir():
-        return f"cannot load the checkpoint in {model}: {text.splitlines()[0] if text else type(exc).__name__}"
+        if not (Path(model).expanduser() / "config.json").is_file():
+            return (f"--model {model}: no checkpoint in this directory (no config.json); pass a Voxtral "
+                    f"checkpoint directory or a hub id")
+        return f"--model {model}: cannot load the checkpoint: {text.splitlines()[0] if text else type(exc).__name__}"
     if "gated" in text.lower() or "401" in text or "403" in text:
         return (f"{model} is gated on the Hugging Face hub: accept its terms on the model page, run "
                 f"`hf auth login`, or pass --model PATH to a local copy")

@@ -104,6 +104,33 @@ def _words(events: Iterable[TokenEvent]) -> list[_Word]:
     return words
 
 
+def _spread_shared_spans(words: list[_Word]) -> list[_Word]:
+    """Give each word its share of a span that many words share.
+
+    An offline model knows only the span of the whole segment it transcribed, so every word of
+    it carries that span; left alone, cue timing would collapse. Spread such a run across its
+    words in proportion to their length: an estimate, but one that keeps subtitles readable.
+    """
+    i = 0
+    while i < len(words):
+        j = i
+        span = (words[i].start_s, words[i].end_s)
+        while j + 1 < len(words) and (words[j + 1].start_s, words[j + 1].end_s) == span \
+                and words[j + 1].segment == words[i].segment:
+            j += 1
+        if j > i and None not in span:
+            lengths = [max(len(w.text.strip()), 1) for w in words[i:j + 1]]
+            total = sum(lengths)
+            start, end = span
+            pos = 0
+            for w, n in zip(words[i:j + 1], lengths):
+                w.start_s = start + (end - start) * pos / total
+                pos += n
+                w.end_s = start + (end - start) * pos / total
+        i = j + 1
+    return words
+
+
 def _join(words: list[_Word]) -> str:
     # A segment may start without a leading space; it is still a new word.
     parts = []
@@ -144,7 +171,7 @@ def events_to_cues(
         raise ValueError(f"max_chars must be >= 1, got {max_chars}")
     if max_duration_s <= 0 or max_gap_s < 0:
         raise ValueError("max_duration_s must be > 0 and max_gap_s >= 0")
-    words = _words(events)
+    words = _spread_shared_spans(_words(events))
     if not any(w.start_s is not None or w.end_s is not None for w in words):
         text = _clean(_join(words))
         return _fix_times([Cue(0.0, fallback_end_s, text)]) if text else []

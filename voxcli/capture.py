@@ -1,0 +1,471 @@
+"""Live audio sources: the microphone, and a file replayed as if it were one.
+
+Both sources share one contract, which is all the consumer (the engine thread) relies on::
+
+    source.start()                      # AudioError (one line) if it cannot start
+    rate = source.sample_rate           # blocks arrive at this rate; the consumer resamples
+    t_captured, block = source.blocks.get(timeout=...)   # float32 mono, len <= block size
+    if source.finished.is_set() and source.blocks.empty(): ...  # everything has been delivered
+    source.stop()                       # idempotent, thread-safe; what is queued stays queued
+
+``t_captured`` is ``time.perf_counter()`` when the block became available: for the microphone,
+on entry to the PortAudio callback, i.e. just after the block's last sample was recorded plus the
+host's buffering. PortAudio's own ``time.inputBufferAdcTime`` is not used: through ALSA it is not
+even monotonic (on the file-backed test device it jumps back and forth by a block), and it is on
+a different clock from the one the consumer reads.
+
+The queue is bounded (``queue_s`` seconds of blocks). A producer never waits for the consumer: a
+block that does not fit is dropped and counted in ``dropped_blocks``/``dropped_samples``, so lost
+audio is always reported, never silent. ``captured_samples`` counts every sample produced, kept
+or dropped; ``max_seconds`` bounds that count (a stalled consumer does not stretch the
+recording), and once reached the source puts nothing more and sets ``finished``.
+
+sounddevice is imported lazily so ``import voxcli.capture`` works without PortAudio installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxcli.audio import SAMPLE_RATE, load_audio
+from voxcli.errors import AudioError
+
+__all__ = ["DeviceInfo", "list_input_devices", "MicSource", "FileSource", "level_db"]
+
+_NO_PORTAUDIO = (
+    "PortAudio is not installed: on Debian/Ubuntu run `sudo apt-get install libportaudio2` "
+    "(on macOS and Windows it comes with the sounddevice wheel)"
+)
+_NO_INPUT = (
+    "no audio input device found (connect a microphone; on Linux check that your user may use "
+    "the sound card, e.g. is in the 'audio' group)"
+)
+# The floor of level_db: digital silence would otherwise be -inf, which breaks JSON and maths.
+_RMS_EPS = 1e-10
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """An audio input device as PortAudio lists it."""
+
+    index: int
+    name: str
+    hostapi: str  # e.g. "ALSA", "Core Audio", "Windows WASAPI"
+    channels: int  # input channels
+    default_rate: float  # Hz
+    is_default: bool  # the device ``MicSource(None)`` opens
+
+
+def list_input_devices() -> list[DeviceInfo]:
+    """Input-capable devices, each once, in PortAudio's order. No device at all gives ``[]``."""
+    sd = _sounddevice()
+    try:
+        devices = sd.query_devices()
+        hostapis = sd.query_hostapis()
+    except sd.PortAudioError as e:
+        raise AudioError(f"cannot list audio devices ({_one_line(str(e))})") from None
+    default = _default_input(sd)
+    found: dict[int, DeviceInfo] = {}
+    for index, d in enumerate(devices):
+        if d["max_input_channels"] <= 0 or index in found:
+            continue
+        found[index] = DeviceInfo(
+            index=index,
+            name=d["name"],
+            hostapi=hostapis[d["hostapi"]]["name"],
+            channels=int(d["max_input_channels"]),
+            default_rate=float(d["default_samplerate"]),
+            is_default=index == default,
+        )
+    return list(found.values())
+
+
+def _default_input(sd) -> int | None:
+    try:
+        return int(sd.query_devices(kind="input")["index"])
+    except (sd.PortAudioError, ValueError):  # "Error querying device -1": there is none
+        return None
+
+
+def _sounddevice():
+    """Import sounddevice, turning a missing PortAudio into a one-line AudioError."""
+    try:
+        import sounddevice
+    except OSError as e:  # the Linux wheel does not bundle PortAudio
+        if "PortAudio library not found" in str(e):
+            raise AudioError(_NO_PORTAUDIO) from None
+        raise AudioError(f"cannot load PortAudio ({_one_line(str(e))})") from None
+    except ImportError:
+        raise AudioError(
+            "the sounddevice package is not installed: pip install sounddevice"
+        ) from None
+    return sounddevice
+
+
+def _resolve_device(sd, device: str | int | None) -> dict:
+    """PortAudio's info dict for the requested input device, or a one-line AudioError."""
+    try:
+        devices = list(sd.query_devices())
+    except sd.PortAudioError as e:
+        raise AudioError(f"cannot list audio devices ({_one_line(str(e))})") from None
+    inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
+    if not inputs:
+        raise AudioError(_NO_INPUT)
+    available = ", ".join(f"[{i}] {d['name']}" for i, d in inputs)
+
+    if isinstance(device, str) and device.strip().isdigit():
+        device = int(device)
+    if device is None:
+        index = _default_input(sd)
+        if index is None:
+            raise AudioError(f"no default audio input device; choose one of: {available}")
+    elif isinstance(device, int) and not isinstance(device, bool):
+        index = device
+        if not 0 <= index < len(devices):
+            raise AudioError(
+                f"no audio input device with index {index}; input devices: {available}"
+            )
+        if devices[index]["max_input_channels"] <= 0:
+            raise AudioError(
+                f"audio device [{index}] {devices[index]['name']} has no input channels; "
+                f"input devices: {available}"
+            )
+    elif isinstance(device, str):
+        try:
+            index = int(sd.query_devices(device, "input")["index"])
+        except ValueError as e:
+            if str(e).startswith("Multiple"):
+                raise AudioError(
+                    f"several audio input devices match {device!r}; give more of the name or the "
+                    f"index: {available}"
+                ) from None
+            raise AudioError(
+                f"no audio input device matches {device!r}; input devices: {available}"
+            ) from None
+    else:
+        raise TypeError(f"device must be a name, an index or None, got {device!r}")
+    info = dict(devices[index])
+    info["index"] = index
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+class _Source:
+    """The queue, counters and end-of-stream bookkeeping both sources share."""
+
+    def __init__(self, *, block_ms: int, queue_s: float, max_seconds: float | None) -> None:
+        if isinstance(block_ms, bool) or not isinstance(block_ms, int) or not 1 <= block_ms <= 1000:
+            raise ValueError(f"block_ms must be an integer in [1, 1000], got {block_ms!r}")
+        if not (isinstance(queue_s, (int, float)) and 0 < queue_s < math.inf):
+            raise ValueError(f"queue_s must be a positive number of seconds, got {queue_s!r}")
+        if max_seconds is not None and not (
+            isinstance(max_seconds, (int, float)) and 0 < max_seconds < math.inf
+        ):
+            raise ValueError(f"max_seconds must be a positive number or None, got {max_seconds!r}")
+        self.block_ms = block_ms
+        self.queue_s = float(queue_s)
+        self.max_seconds = max_seconds
+        self.blocks: queue.Queue[tuple[float, np.ndarray]] = queue.Queue(
+            maxsize=max(1, math.ceil(queue_s * 1000 / block_ms))
+        )
+        self.sample_rate: int | None = None  # known once started
+        self.captured_samples = 0  # every sample produced, kept or dropped
+        self.dropped_blocks = 0
+        self.dropped_samples = 0
+        self.finished = threading.Event()
+        self.error: str | None = None  # one line, set when the source failed mid-stream
+        self.t_started: float | None = None  # perf_counter() when capture began
+        self._max_samples: int | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+
+    @property
+    def block_frames(self) -> int:
+        if self.sample_rate is None:
+            raise RuntimeError("the source has not been started")
+        return max(1, round(self.sample_rate * self.block_ms / 1000))
+
+    def _begin(self, sample_rate: int) -> None:
+        with self._lock:
+            if self._started or self._stopped:
+                raise RuntimeError("a source can only be started once, and not after stop()")
+            self._started = True
+        self.sample_rate = int(sample_rate)
+        if self.max_seconds is not None:
+            self._max_samples = max(1, round(self.max_seconds * self.sample_rate))
+
+    def _offer(self, t_captured: float, block: np.ndarray) -> None:
+        """Queue one block without ever waiting; count it if it does not fit."""
+        if self.finished.is_set():
+            return
+        last = False
+        if self._max_samples is not None:
+            room = self._max_samples - self.captured_samples
+            if len(block) >= room:
+                block, last = block[:room], True
+        self.captured_samples += len(block)
+        try:
+            self.blocks.put_nowait((t_captured, block))
+        except queue.Full:
+            self.dropped_blocks += 1
+            self.dropped_samples += len(block)
+        if last:
+            self.finished.set()
+
+    def _fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = _one_line(message)
+        self.finished.set()
+
+    def _claim_stop(self) -> bool:
+        """True for the one caller that should do the stopping."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._stopped = True
+            return True
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class MicSource(_Source):
+    """Capture mono float32 from an input device through PortAudio (sounddevice).
+
+    ``device``: ``None`` for the system default input, an int index (a string of digits counts
+    as one), or a name (sounddevice's substring match: "USB", "hw:1,0"). The stream opens at
+    16 kHz when the device accepts it, else at the device's default rate: see ``sample_rate``.
+    ``input_overflows`` counts callbacks where PortAudio reported that the host lost input (the
+    callback ran too late); that loss happens before the audio reaches us, so it is not in
+    ``dropped_*``. If the device fails or disappears mid-stream, ``error`` says so in one line
+    and ``finished`` is set; what was captured before stays queued.
+    """
+
+    def __init__(
+        self,
+        device: str | int | None = None,
+        *,
+        block_ms: int = 20,
+        queue_s: float = 10.0,
+        max_seconds: float | None = None,
+    ) -> None:
+        super().__init__(block_ms=block_ms, queue_s=queue_s, max_seconds=max_seconds)
+        self.device = device
+        self.device_info: DeviceInfo | None = None
+        self.input_overflows = 0
+        self._stream = None
+        self._stopping = False
+
+    def start(self) -> None:
+        try:
+            self._open()
+        except AudioError:
+            self.finished.set()
+            raise
+
+    def _open(self) -> None:
+        sd = _sounddevice()
+        info = _resolve_device(sd, self.device)
+        index, name = info["index"], info["name"]
+        rate = _pick_rate(sd, index, name, int(info["default_samplerate"]))
+        self.device_info = DeviceInfo(
+            index=index,
+            name=name,
+            hostapi=sd.query_hostapis(info["hostapi"])["name"],
+            channels=int(info["max_input_channels"]),
+            default_rate=float(info["default_samplerate"]),
+            is_default=index == _default_input(sd),
+        )
+        self._begin(rate)
+        try:
+            self._stream = sd.InputStream(
+                device=index,
+                samplerate=rate,
+                channels=1,
+                dtype="float32",
+                blocksize=self.block_frames,
+                callback=self._callback,
+                finished_callback=self._on_finished,
+            )
+            self.t_started = time.perf_counter()
+            self._stream.start()
+        except (sd.PortAudioError, ValueError) as e:
+            self._close_quietly()
+            raise AudioError(
+                f"cannot open audio input device [{index}] {name} ({_one_line(str(e))})"
+            ) from None
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        # Runs on PortAudio's thread, under a real-time deadline: copy, enqueue, count. Nothing
+        # may escape: an exception here would only be printed by cffi and capture would go on
+        # silently broken, so it is recorded as the source's error instead.
+        t_captured = time.perf_counter()
+        try:
+            if status.input_overflow:
+                self.input_overflows += 1
+            self._offer(t_captured, indata[:, 0].copy())
+        except BaseException as e:  # noqa: BLE001 - see above
+            self._fail(f"audio callback failed: {type(e).__name__}: {e}")
+
+    def _on_finished(self) -> None:
+        # PortAudio calls this whenever the stream becomes inactive; unless we asked for that,
+        # the device failed or went away (unplugged, taken by another program, ...).
+        if not self._stopping:
+            self._fail("the audio input device stopped delivering audio (disconnected or failed)")
+
+    def stop(self) -> None:
+        """Stop and close the stream; safe to call repeatedly, from any thread, before start()."""
+        if not self._claim_stop():
+            return
+        self._stopping = True
+        try:
+            if self._stream is not None:
+                import sounddevice as sd  # already imported: a stream exists
+
+                try:
+                    self._stream.stop()
+                except sd.PortAudioError as e:
+                    self._fail(f"audio input device failed ({_one_line(str(e))})")
+                self._close_quietly()
+        finally:
+            self.finished.set()
+
+    def _close_quietly(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.close(ignore_errors=True)
+        except Exception:  # noqa: BLE001 - a vanished device may fail to close; nothing to save
+            pass
+
+
+def _pick_rate(sd, index: int, name: str, default_rate: int) -> int:
+    """16 kHz if the device takes it (no resampling needed), else its default rate."""
+    reasons = []
+    for rate in dict.fromkeys((SAMPLE_RATE, default_rate)):
+        try:
+            sd.check_input_settings(device=index, channels=1, dtype="float32", samplerate=rate)
+            return rate
+        except (sd.PortAudioError, ValueError) as e:
+            reasons.append(f"{rate} Hz: {_one_line(str(e))}")
+    raise AudioError(
+        f"audio input device [{index}] {name} refuses mono float32 capture ({'; '.join(reasons)})"
+    )
+
+
+class FileSource(_Source):
+    """Replay an audio file through the microphone's path, paced by the wall clock.
+
+    The file is decoded to 16 kHz mono (``load_audio``) when started; a thread then puts
+    ``block_ms`` blocks on the queue, each at the moment a microphone would have delivered it:
+    block n (ending at sample e) at ``t_started + e / 16000 / speed``. Deadlines are absolute, so
+    a late wake-up does not delay the blocks after it. ``speed=1.0`` is real time, ``2.0`` twice
+    as fast, ``0`` (or ``inf``) as fast as possible. Drops are counted exactly as for the
+    microphone, so with ``speed=0`` give a ``queue_s`` at least as long as the file if the
+    consumer must not lose audio. At the end of the file ``finished`` is set.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        speed: float = 1.0,
+        block_ms: int = 20,
+        queue_s: float = 10.0,
+        max_seconds: float | None = None,
+    ) -> None:
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed >= 0:
+            raise ValueError(f"speed must be >= 0 (0 or inf: as fast as possible), got {speed!r}")
+        super().__init__(block_ms=block_ms, queue_s=queue_s, max_seconds=max_seconds)
+        self.path = path
+        self.speed = float(speed)
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        try:
+            samples = load_audio(self.path)
+        except AudioError:
+            self.finished.set()
+            raise
+        self._begin(SAMPLE_RATE)
+        self._thread = threading.Thread(
+            target=self._run, args=(samples,), name="voxcli-file-source", daemon=True
+        )
+        self.t_started = time.perf_counter()
+        self._thread.start()
+
+    def _run(self, samples: np.ndarray) -> None:
+        paced = 0 < self.speed < math.inf
+        step, t0 = self.block_frames, self.t_started
+        try:
+            for begin in range(0, len(samples), step):
+                end = min(begin + step, len(samples))
+                if paced:
+                    deadline = t0 + end / self.sample_rate / self.speed
+                    # Loop: Event.wait may return a hair early by perf_counter's reckoning.
+                    while (delay := deadline - time.perf_counter()) > 0:
+                        if self._stop_event.wait(delay):
+                            return
+                if self._stop_event.is_set():
+                    return
+                self._offer(time.perf_counter(), samples[begin:end].copy())
+                if self.finished.is_set():  # max_seconds reached
+                    return
+        except BaseException as e:  # noqa: BLE001 - no thread dies silently
+            self._fail(f"file replay failed: {type(e).__name__}: {e}")
+        finally:
+            self.finished.set()
+
+    def stop(self) -> None:
+        """Stop replaying; safe to call repeatedly, from any thread, before start()."""
+        if not self._claim_stop():
+            return
+        self._stop_event.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.finished.set()
+
+
+# --------------------------------------------------------------------------------------------
+# Level meter
+
+
+def level_db(block: np.ndarray) -> float:
+    """RMS level of a block in dBFS (a full-scale sine is about -3); silence gives -200."""
+    x = np.asarray(block)
+    if x.size == 0:
+        return 20.0 * math.log10(_RMS_EPS)
+    rms = math.sqrt(float(np.mean(np.square(x, dtype=np.float64))))
+    return 20.0 * math.log10(max(rms, _RMS_EPS))
+
+
+def _one_line(text: str) -> str:
+    # Our errors are printed as exactly one line; library messages sometimes hold newlines.
+    return " ".join(text.split())

@@ -99,11 +99,12 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         if recorder:
             recorder.write_audio(item.samples)
 
-    def on_latency(event, emission_ms: float, after_ready_ms: float) -> None:
+    def on_latency(token, emission_ms: float, after_ready_ms: float) -> None:
         latency.append(emission_ms)
         if recorder:
-            recorder.write_event(event, emission_latency_ms=round(emission_ms, 3),
-                                 emitted_after_ready_ms=round(after_ready_ms, 3))
+            recorder.write_event(token.event, emission_latency_ms=round(emission_ms, 3),
+                                 emitted_after_ready_ms=round(after_ready_ms, 3),
+                                 audio_available_s=round(token.audio_available_s, 5), flushed=token.flushed)
 
     def on_tick(worker) -> None:
         lat = summarize(latency[-200:])

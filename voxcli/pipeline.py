@@ -147,6 +147,8 @@ class LiveToken:
     event: TokenEvent
     t_ready: float
     t_audio: float
+    audio_available_s: float  # audio handed to the engine when the token came out
+    flushed: bool = False  # made from the right padding pushed at end of speech
 
 
 @dataclass(frozen=True)
@@ -258,14 +260,14 @@ class LiveEngineWorker(threading.Thread):
         self._put(AudioIn(x, level, self.source.blocks.qsize()))
         return level
 
-    def _emit(self, event: TokenEvent, offset: int, t_ready: float) -> None:
+    def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False) -> None:
         shift = offset / 16000
         start = None if event.audio_start_s is None else event.audio_start_s + shift
         end = None if event.audio_end_s is None else event.audio_end_s + shift
         event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end)
         self.n_tokens += 1
         end_sample = min(self.heard, int(round((end if end is not None else self.heard / 16000) * 16000)))
-        self._put(LiveToken(event, t_ready, self.clock.at(end_sample)))
+        self._put(LiveToken(event, t_ready, self.clock.at(end_sample), self.heard / 16000, flushed))
 
     def _run(self) -> None:
         if self.engine.kind == "realtime":
@@ -295,6 +297,8 @@ class LiveEngineWorker(threading.Thread):
         self._finish(session, offset)
 
     def _finish(self, session, offset: int) -> None:
+        # Padding chunks exist the moment the flush starts; each is ready once the step before it
+        # is done, so that is what a flushed token's latency counts from.
         t_ready = time.perf_counter()
         end_s = session.pushed_samples / 16000
         for event in session.finish():
@@ -302,7 +306,8 @@ class LiveEngineWorker(threading.Thread):
                 # Tokens over the padding itself: clamp their span to the audio really heard.
                 event = dataclasses.replace(event, audio_start_s=min(event.audio_start_s, end_s),
                                             audio_end_s=end_s)
-            self._emit(event, offset, t_ready)
+            self._emit(event, offset, t_ready, flushed=True)
+            t_ready = event.t_emitted
         self.flushes += 1
 
     def _run_offline(self) -> None:
@@ -353,7 +358,7 @@ class LiveResult:
 def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
              on_audio: Callable[[AudioIn], None], on_tick: Callable[[LiveEngineWorker], None],
              stop: threading.Event, options: LiveOptions | None = None,
-             on_latency: Callable[[TokenEvent, float, float], None] | None = None) -> LiveResult:
+             on_latency: Callable[[LiveToken, float, float], None] | None = None) -> LiveResult:
     """Capture (``source``, already configured) -> engine thread -> this thread.
 
     ``on_token`` draws a token; right after it returns, the emission latency (now - when the
@@ -384,7 +389,7 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
                 latency.append((t_drawn - item.t_audio) * 1000.0)
                 after_ready.append((item.event.t_emitted - item.t_ready) * 1000.0)
                 if on_latency is not None:
-                    on_latency(item.event, latency[-1], after_ready[-1])
+                    on_latency(item, latency[-1], after_ready[-1])
             elif isinstance(item, AudioIn):
                 on_audio(item)
             elif isinstance(item, _Done):

@@ -281,6 +281,12 @@ class MicSource(_Source):
         self._stream = None
         self._stopping = False
 
+    def check(self) -> None:
+        """Resolve the device and its rate without opening it: errors come before a model loads."""
+        sd = _sounddevice()
+        info = _resolve_device(sd, self.device)
+        _pick_rate(sd, info["index"], info["name"], int(info["default_samplerate"]))
+
     def start(self) -> None:
         try:
             self._open()
@@ -406,13 +412,20 @@ class FileSource(_Source):
         self.speed = float(speed)
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._samples: np.ndarray | None = None
+
+    def check(self) -> None:
+        """Decode the file now (kept for ``start``): a bad file fails before a model loads."""
+        if self._samples is None:
+            try:
+                self._samples = load_audio(self.path)
+            except AudioError:
+                self.finished.set()
+                raise
 
     def start(self) -> None:
-        try:
-            samples = load_audio(self.path)
-        except AudioError:
-            self.finished.set()
-            raise
+        self.check()
+        samples = self._samples
         self._begin(SAMPLE_RATE)
         self._thread = threading.Thread(
             target=self._run, args=(samples,), name="voxcli-file-source", daemon=True

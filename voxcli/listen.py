@@ -35,12 +35,29 @@ class ListenJob:
 def _make_source(job: ListenJob):
     from voxcli.capture import FileSource, MicSource
 
+    # The queue holds 10 s of audio; a bounded run may keep all of it, since a source can deliver
+    # faster than real time (a virtual device, --speed 0) and must not drop what it was asked for.
+    queue_s = max(10.0, min(job.max_seconds or 0.0, 600.0) + 1.0)
     if job.input_path is not None:
-        return FileSource(job.input_path, speed=job.speed, max_seconds=job.max_seconds)
-    device = job.cfg.listen.device
-    if isinstance(device, str) and device.isdigit():
-        device = int(device)
-    return MicSource(device, max_seconds=job.max_seconds)
+        if job.speed in (0, float("inf")):
+            queue_s = max(queue_s, _duration_s(job.input_path) + 1.0)
+        source = FileSource(job.input_path, speed=job.speed, max_seconds=job.max_seconds, queue_s=queue_s)
+    else:
+        device = job.cfg.listen.device
+        if isinstance(device, str) and device.isdigit():
+            device = int(device)
+        source = MicSource(device, max_seconds=job.max_seconds, queue_s=queue_s)
+    source.check()
+    return source
+
+
+def _duration_s(path: Path) -> float:
+    import soundfile
+
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except Exception:  # noqa: BLE001 - unreadable files get their one-line error from check()
+        return 0.0
 
 
 class _Signals:

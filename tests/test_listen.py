@@ -1,0 +1,210 @@
+"""`voxcli listen` end to end, through the real audio stack and real subprocesses.
+
+The microphone is the file-backed ALSA device from vmic.py (sounddevice -> PortAudio ->
+alsa-lib); `--input FILE` replays a file through the same pipeline at real speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from speech import make_speech
+from vmic import no_mic, vmic  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello.wav"
+FIRST_CHUNK_S = 9000 / 16000  # audio the Realtime model needs for its first token (480 ms delay)
+TOKEN_S = 0.08
+
+
+def _env(extra: dict | None = None) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(extra or {})}
+    env.pop("VOXCLI_DEBUG", None)
+    return env
+
+
+def _listen(args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "voxcli", "listen", *map(str, args)], env=_env(env),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _session_files(directory: Path) -> tuple[Path, Path, Path]:
+    wavs, jsonls, txts = (sorted(directory.glob(f"*.{ext}")) for ext in ("wav", "jsonl", "txt"))
+    assert len(wavs) == len(jsonls) == len(txts) == 1, list(directory.iterdir())
+    return wavs[0], jsonls[0], txts[0]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _check_events(lines: list[dict]) -> list[dict]:
+    assert lines[0]["type"] == "session" and lines[-1]["type"] == "summary"
+    tokens = [line for line in lines if line["type"] == "token"]
+    assert tokens, "no token was written"
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    times = [t["t_emitted"] for t in tokens]
+    assert times == sorted(times)
+    ends = [t["audio_end_s"] for t in tokens]
+    assert ends == sorted(ends)
+    for t in tokens:
+        assert t["audio_start_s"] <= t["audio_end_s"]
+        # Causality: no token is about audio the engine had not heard yet.
+        assert t["audio_end_s"] <= t["audio_available_s"] + 1e-4  # JSONL rounds to 10 µs
+    return tokens
+
+
+def test_virtual_mic_session_files(vmic, realtime_dir, tmp_path):
+    save = tmp_path / "save"
+    run = _listen(["--device", vmic.device_name, "--model", realtime_dir, "--max-seconds", 5,
+                   "--save", save, "--plain"], env=vmic.env)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    wav, jsonl, txt = _session_files(save)
+    heard, rate = sf.read(wav, dtype="float32")
+    assert rate == 16000
+    expected = np.zeros(5 * 16000, np.float32)
+    n = min(len(vmic.speech), len(expected))
+    expected[:n] = vmic.speech[:n]
+    assert np.array_equal(heard, expected)  # exactly the samples the device delivered
+    lines = _read_jsonl(jsonl)
+    _check_events(lines)
+    summary = lines[-1]
+    assert summary["dropped_blocks"] == 0
+    assert summary["audio_s"] == pytest.approx(5.0)
+    text = txt.read_text(encoding="utf-8")
+    assert text.strip() == summary["text"] and text.strip()
+    assert run.stdout.strip() == summary["text"]  # plain mode streamed the same text
+
+
+def test_file_as_microphone_has_no_chunk_lag(realtime_dir, tmp_path):
+    """Each token comes out before the audio of the next chunk exists (stock generate() would
+    need that next chunk first: 80 ms late). Structural, so no timing can make it flaky."""
+    save = tmp_path / "save"
+    run = _listen(["--input", HELLO, "--model", realtime_dir, "--save", save, "--plain"])
+    assert run.returncode == 0, run.stderr
+    _, jsonl, _ = _session_files(save)
+    lines = _read_jsonl(jsonl)
+    tokens = _check_events(lines)
+    live = [t for t in tokens if not t["flushed"]]
+    assert len(live) >= 10
+    for t in live:
+        # Token k of a session covers audio ending at (k+1) x 80 ms and needs the first chunk
+        # plus k x 80 ms of audio; the next token needs 80 ms more than that.
+        needed_next = (t["audio_end_s"] - TOKEN_S) + FIRST_CHUNK_S + TOKEN_S
+        assert t["audio_available_s"] < needed_next
+        assert t["emitted_after_ready_ms"] >= 0
+    assert lines[-1]["emitted_after_ready_ms"]["n"] == len(tokens)
+    assert lines[-1]["audio_s"] == pytest.approx(sf.info(HELLO).duration, abs=0.01)
+
+
+def _long_speech(tmp_path: Path) -> Path:
+    clip = make_speech(tmp_path / "clip.wav", "one two three four five six seven eight nine ten")
+    audio, rate = sf.read(clip, dtype="float32")
+    long = tmp_path / "long.wav"
+    sf.write(long, np.tile(audio, 8), rate)
+    return long
+
+
+def _start_listen(args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "voxcli", "listen", *map(str, args)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _wait_for_audio(save: Path, seconds: float, proc: subprocess.Popen) -> None:
+    """Wait until the session WAV holds at least ``seconds`` of audio (capture is under way)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        wavs = list(save.glob("*.wav")) if save.exists() else []
+        if wavs and wavs[0].stat().st_size >= 44 + seconds * 16000 * 4:
+            return
+        time.sleep(0.05)
+    raise AssertionError("listen never started capturing")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_session_flushes_and_leaves_valid_files(realtime_dir, tmp_path, sig):
+    save = tmp_path / "save"
+    proc = _start_listen(["--input", _long_speech(tmp_path), "--model", realtime_dir, "--save", save, "--plain"])
+    _wait_for_audio(save, 1.5, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    wav, jsonl, txt = _session_files(save)
+    heard, rate = sf.read(wav, dtype="float32")
+    total = sf.info(_long_speech(tmp_path)).duration
+    assert 1.5 <= len(heard) / rate < total  # stopped early, kept what it had
+    lines = _read_jsonl(jsonl)
+    tokens = _check_events(lines)
+    assert tokens[-1]["flushed"]  # the stop pushed the right padding: the last words came out
+    assert lines[-1]["audio_s"] == pytest.approx(len(heard) / rate)
+    assert txt.read_text(encoding="utf-8").strip() == lines[-1]["text"]
+
+
+def test_second_ctrl_c_quits_with_valid_files(realtime_dir, tmp_path):
+    save = tmp_path / "save"
+    proc = _start_listen(["--input", _long_speech(tmp_path), "--model", realtime_dir, "--save", save, "--plain"])
+    _wait_for_audio(save, 1.0, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err  # 0 if the flush finished before the second signal
+    assert "Traceback" not in err
+    wav, jsonl, _ = _session_files(save)
+    heard, rate = sf.read(wav, dtype="float32")
+    assert rate == 16000 and len(heard) >= 16000
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        json.loads(line)  # every line written is whole
+
+
+def test_devices_lists_the_virtual_mic_once(vmic):
+    run = subprocess.run([sys.executable, "-m", "voxcli", "devices"], env=_env(vmic.env),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    names = [line.split(None, 2)[-1] for line in run.stdout.splitlines()]
+    assert sum(1 for n in names if n.startswith(vmic.device_name + " ")) == 1
+
+
+def _assert_one_error(run) -> str:
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr
+    assert "loaded in" not in run.stderr  # failed before loading a model
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voxcli: error:"), run.stderr
+    return lines[0]
+
+
+def test_unknown_device_is_one_line(vmic, realtime_dir):
+    line = _assert_one_error(_listen(["--device", "no-such-mic", "--model", realtime_dir], env=vmic.env))
+    assert "no-such-mic" in line and vmic.device_name in line
+
+
+def test_no_input_device_is_one_line(no_mic, realtime_dir):
+    line = _assert_one_error(_listen(["--model", realtime_dir], env=no_mic.env))
+    assert "no audio input device" in line
+
+
+def test_bad_input_file_is_one_line(realtime_dir, tmp_path):
+    line = _assert_one_error(_listen(["--input", tmp_path / "missing.wav", "--model", realtime_dir]))
+    assert "missing.wav" in line
+
+
+def test_offline_model_transcribes_utterances(offline_dir, tmp_path):
+    save = tmp_path / "save"
+    run = _listen(["--input", HELLO, "--speed", 0, "--model", offline_dir, "--save", save, "--plain"])
+    assert run.returncode == 0, run.stderr
+    _, jsonl, _ = _session_files(save)
+    tokens = _check_events(_read_jsonl(jsonl))
+    assert all(t["flushed"] is False for t in tokens)
+    assert {t["segment"] for t in tokens} == {0}  # one session-relative segment per utterance

@@ -63,9 +63,9 @@ def _duration_s(path: Path) -> float:
 class _Signals:
     """First SIGINT/SIGTERM: ask for a graceful stop. Second SIGINT: stop now."""
 
-    def __init__(self, stop: threading.Event, err: Console) -> None:
+    def __init__(self, stop: threading.Event, notify: Callable[[str], None]) -> None:
         self.stop = stop
-        self.err = err
+        self.notify = notify
         self._old: dict = {}
 
     def __enter__(self):
@@ -78,8 +78,7 @@ class _Signals:
         if self.stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.stop.set()
-        self.err.print("\nstopping: transcribing what was captured (Ctrl-C again to quit now)",
-                       markup=False)
+        self.notify("stopping: transcribing what was captured (Ctrl-C again to quit now)")
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -139,7 +138,13 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, silence_db=cfg.listen.silence_db)
     result = None
     try:
-        with _Signals(stop, err), view:
+        def notify(message: str) -> None:
+            if plain:
+                err.print(message, markup=False)
+            else:  # printing beside a live view would tear it: say it in the status line
+                view.set_status(state=message)
+
+        with _Signals(stop, notify), view:
             result = run_live(engine, source, on_token=view.add, on_audio=on_audio, on_tick=on_tick,
                               stop=stop, options=options, on_latency=on_latency)
     except KeyboardInterrupt:

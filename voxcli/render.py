@@ -380,9 +380,13 @@ class LiveState:
 
 def _status_text(status: dict[str, Any]) -> Text:
     text = Text(style="dim")
-    for i, (key, value) in enumerate(status.items()):
-        if i:
+    shown_any = False
+    for key, value in status.items():
+        if value == "":
+            continue  # an empty value means "nothing to say now" (e.g. no warning)
+        if shown_any:
             text.append("  ")
+        shown_any = True
         if value is None:
             shown = "-"
         elif isinstance(value, float):

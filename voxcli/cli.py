@@ -226,6 +226,57 @@ def listen_cmd(
     raise typer.Exit(code)
 
 
+@app.command("bench")
+def bench_cmd(
+    audio: Annotated[list[Path] | None, typer.Argument(
+        help="Clips to run (default: the speech clips in examples/).", show_default=False)] = None,
+    runs: Annotated[int, typer.Option("--runs", "-n", min=1, help="Measured runs per clip.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Discarded runs per clip before measuring.")] = 2,
+    paced: Annotated[bool, typer.Option(
+        "--paced", help="Also replay each clip at real speed through the live pipeline: emission latency, "
+                        "first word, finalize.")] = False,
+    batch_words: Annotated[int, typer.Option(
+        "--batch-words", min=1, help="Word batch size for first_chunk_ms (6 reproduces the old word-batching display).")] = 6,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", show_default=False, help="Write every raw sample, the summary and the environment here.")] = None,
+    model: ModelOpt = None,
+    model_device: Annotated[str | None, typer.Option(
+        "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
+    dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
+    offline: OfflineOpt = False, config: ConfigOpt = None, debug: DebugOpt = False,
+) -> None:
+    """Measure latency as percentiles (n, p50, p90, p95, p99, mean, min, max).
+
+    ttft_ms: audio handed to the warm engine -> first real token id. total_ms: -> last token.
+    display_lag_ms: token id -> drawn. first_chunk_ms: what a display batching --batch-words words
+    shows first (the old system's "TTFT"). critical_path_ms: the model's own path to its first token,
+    timed directly. step_ms against the 80 ms budget, and rtf. Warm-up runs are never counted.
+
+    Example: `voxcli bench --runs 20 --paced --json bench.json`
+    """
+    debug = _debug_on(debug)
+    try:
+        cfg = _resolve_config(
+            config, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
+            model__offline=offline or None, transcription__delay_ms=delay_ms,
+        )
+    except ConfigError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc), 2) from None
+    from voxcli.benchcli import run_bench_command
+
+    try:
+        code = run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
+                                 batch_words=batch_words, json_path=json_path,
+                                 load_engine=partial(_load_engine, debug=debug))
+    except VoxcliError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
 @app.command("devices")
 def devices_cmd(debug: DebugOpt = False) -> None:
     """List audio input devices: index, name, host API, channels, default sample rate."""

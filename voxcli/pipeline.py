@@ -353,6 +353,7 @@ class LiveResult:
     dropped_blocks: int
     flushes: int
     error: str | None
+    capture_time: Callable[[int], float] | None = None  # 16 kHz sample -> when it was captured
 
 
 def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
@@ -407,4 +408,5 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
         worker.join(timeout=10.0)
     return LiveResult(events=events, audio_s=worker.heard / 16000, emission_latency_ms=latency,
                       emit_after_ready_ms=after_ready, step_ms=worker.step_ms,
-                      dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error)
+                      dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
+                      capture_time=worker.clock.at)

@@ -330,7 +330,7 @@ def _stat(value: float | None) -> str:
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:
     """A table of ``summarize()`` dicts, one row per metric name."""
     table = Table(title=title)
-    table.add_column("metric")
+    table.add_column("metric", no_wrap=True, min_width=max((len(m) for m in rows), default=6))
     table.add_column("n", justify="right")
     for name in _STAT_COLUMNS:
         table.add_column(name, justify="right")

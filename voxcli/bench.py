@@ -1,0 +1,264 @@
+"""`voxcli bench`: latency percentiles, with every raw sample kept so any figure can be recomputed.
+
+Figures (names as in DESIGN.md section 4; all from ``time.perf_counter()``; warm-up runs are
+never counted; the model is loaded and warm before the first clock starts):
+
+- ``ttft_ms``: complete audio handed to the engine -> first non-special token id on the host.
+- ``total_ms``: same start -> last token. ``rtf``: total time / audio duration.
+- ``display_lag_ms``: token id on the host -> drawn by the Rich live view (rendered into an
+  in-memory terminal, so our whole pipeline is timed: engine thread, queue, main thread, Rich).
+- ``first_chunk_ms``: what a display that batches ``batch_words`` words would show first, from the
+  same token timeline (the old system's "TTFT").
+- ``step_ms``: time between consecutive tokens when running flat out (one model step each).
+- ``critical_path_ms``: the model's own path to the first token, timed directly (features +
+  encoder + prefill + first decode step, no threads or queues); ``ttft_ms`` minus it is our overhead.
+- with ``paced``, each clip is replayed at real speed through the live pipeline, adding
+  ``emission_latency_ms`` (token drawn - its audio captured), ``emitted_after_ready_ms`` (token
+  out - its chunk's audio captured), ``first_word_ms`` (speech onset -> first word drawn) and
+  ``finalize_ms`` (end of speech -> last word drawn).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from voxcli.events import TokenEvent, summarize
+from voxcli.render import LiveTranscript
+
+STEP_BUDGET_MS = 80.0
+FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
+PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
+
+
+@dataclass
+class Clip:
+    name: str
+    path: Path
+    audio: np.ndarray
+
+
+@dataclass
+class BenchOptions:
+    runs: int = 20
+    warmup: int = 2
+    paced: bool = False
+    speed: float = 1.0
+    batch_words: int = 6
+
+    def validate(self) -> None:
+        if self.runs < 1 or self.warmup < 0 or self.batch_words < 1:
+            raise ValueError("runs and batch_words must be >= 1 and warmup >= 0")
+
+
+@dataclass
+class BenchReport:
+    environment: dict
+    options: dict
+    runs: list[dict] = field(default_factory=list)  # one record per measured run, raw samples inside
+
+    def samples(self, metric: str, clip: str | None = None) -> list[float]:
+        out: list[float] = []
+        for run in self.runs:
+            if clip is None or run["clip"] == clip:
+                value = run.get(metric)
+                if isinstance(value, list):
+                    out.extend(value)
+                elif value is not None:
+                    out.append(value)
+        return out
+
+    def summary(self) -> dict:
+        metrics = FILE_METRICS + (PACED_METRICS if self.options.get("paced") else ())
+        clips = sorted({r["clip"] for r in self.runs})
+        return {
+            "all": {m: summarize(self.samples(m)) for m in metrics},
+            "per_clip": {c: {m: summarize(self.samples(m, c)) for m in metrics} for c in clips},
+        }
+
+    def to_dict(self) -> dict:
+        return {"environment": self.environment, "options": self.options, "summary": self.summary(),
+                "runs": self.runs}
+
+
+def first_batch_ms(events: list[TokenEvent], t_start: float, batch_words: int) -> float | None:
+    """When a display that releases text ``batch_words`` words at a time would show anything.
+
+    A word is complete when the next word starts (a token beginning with whitespace) or the
+    stream ends; the first batch is released when ``batch_words`` words are complete.
+    """
+    words = 0
+    in_word = False
+    for event in events:
+        if not event.text:
+            continue
+        if event.text[0].isspace() and in_word:
+            words += 1
+            if words == batch_words:
+                return (event.t_emitted - t_start) * 1000.0
+        if event.text.strip():
+            in_word = True
+    if in_word and events:
+        return (events[-1].t_emitted - t_start) * 1000.0  # the end of the stream releases the rest
+    return None
+
+
+def critical_path_ms(engine, audio: np.ndarray) -> float:
+    """The model's own path to its first token, with no pipeline around it."""
+    import torch
+
+    model = engine.model
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if engine.kind == "realtime":
+            need = engine.first_chunk_samples
+            clip = np.zeros(need, np.float32)
+            clip[: min(need, len(audio))] = audio[:need]
+            window = np.concatenate([engine._left_pad, clip])
+            feats = engine.processor.feature_extractor(window, center=True, sampling_rate=16000,
+                                                       return_tensors="pt")["input_features"]
+            ids = torch.tensor([engine._prompt_ids], device=model.device)
+            out = model(input_ids=ids, input_features=feats.to(model.device, model.dtype), use_cache=True,
+                        num_delay_tokens=engine.num_delay_tokens, logits_to_keep=1)
+        else:
+            inputs = engine.processor.apply_transcription_request(
+                audio=audio[: 30 * 16000], language=None, model_id=engine.info.model, sampling_rate=16000,
+                format="wav", return_tensors="pt").to(model.device)
+            inputs["input_features"] = inputs["input_features"].to(model.dtype)
+            out = model(**inputs, use_cache=True, logits_to_keep=1)
+        int(out.logits[:, -1].argmax(-1).item())
+    sync()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
+    from voxcli.pipeline import transcribe_audio
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100, height=30)
+    with LiveTranscript(console, title=clip.name) as view:
+        transcript = transcribe_audio(engine, clip.audio, source=clip.name, on_event=view.add)
+    m = transcript.metrics
+    events = transcript.events
+    t_start = events[-1].t_emitted - m.total_ms / 1000.0 if events else time.perf_counter()
+    gaps = [(b.t_emitted - a.t_emitted) * 1000.0 for a, b in zip(events, events[1:])]
+    return {
+        "clip": clip.name, "mode": "file", "audio_s": round(m.audio_s, 4), "n_tokens": m.n_tokens,
+        "ttft_ms": m.ttft_ms, "total_ms": m.total_ms, "rtf": m.rtf,
+        "critical_path_ms": critical_path_ms(engine, clip.audio),
+        "first_chunk_ms": first_batch_ms(events, t_start, opts.batch_words),
+        "display_lag_ms": list(view.display_lag_ms), "step_ms": gaps,
+    }
+
+
+def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
+    from voxcli.audio import detect_speech
+    from voxcli.capture import FileSource
+    from voxcli.pipeline import run_live
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100, height=30)
+    drawn: list[tuple[TokenEvent, float]] = []
+    emission: list[float] = []
+    after_ready: list[float] = []
+    source = FileSource(clip.path, speed=opts.speed, queue_s=max(10.0, len(clip.audio) / 16000 + 1))
+    with LiveTranscript(console, title=clip.name) as view:
+        def on_token(event: TokenEvent) -> None:
+            view.add(event)
+            drawn.append((event, time.perf_counter()))
+
+        def on_latency(token, emission_ms: float, after_ms: float) -> None:
+            emission.append(emission_ms)
+            after_ready.append(after_ms)
+
+        result = run_live(engine, source, on_token=on_token, on_audio=lambda item: None,
+                          on_tick=lambda worker: None, stop=threading.Event(), on_latency=on_latency)
+    regions = detect_speech(clip.audio)
+    words = [(e, t) for e, t in drawn if e.text.strip()]
+    first_word = finalize = None
+    if regions and words:
+        first_word = (words[0][1] - result.capture_time(regions[0][0] + 1)) * 1000.0
+        finalize = (words[-1][1] - result.capture_time(regions[-1][1])) * 1000.0
+    return {
+        "clip": clip.name, "mode": "paced", "audio_s": round(result.audio_s, 4), "n_tokens": len(result.events),
+        "emission_latency_ms": emission, "emitted_after_ready_ms": after_ready,
+        "first_word_ms": first_word, "finalize_ms": finalize, "live_step_ms": list(result.step_ms),
+        "dropped_blocks": result.dropped_blocks, "flushes": result.flushes,
+    }
+
+
+def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
+              progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Warm-up runs (discarded) then ``runs`` measured runs of every clip, file mode and, with
+    ``paced``, live mode."""
+    opts.validate()
+    report = BenchReport(environment=environment(engine), options={
+        "runs": opts.runs, "warmup": opts.warmup, "paced": opts.paced, "speed": opts.speed,
+        "batch_words": opts.batch_words, "clips": {c.name: round(len(c.audio) / 16000, 4) for c in clips}})
+    for clip in clips:
+        for i in range(opts.warmup + opts.runs):
+            record = _file_run(engine, clip, opts)
+            if i >= opts.warmup:
+                report.runs.append({**record, "run": i - opts.warmup})
+            if progress:
+                progress(f"{clip.name} file run {i + 1}/{opts.warmup + opts.runs}")
+    if opts.paced:
+        paced_runs = max(1, opts.runs // 4) if opts.runs > 4 else opts.runs
+        for clip in clips:
+            for i in range(paced_runs):
+                report.runs.append({**_paced_run(engine, clip, opts), "run": i})
+                if progress:
+                    progress(f"{clip.name} paced run {i + 1}/{paced_runs}")
+        report.options["paced_runs"] = paced_runs
+    return report
+
+
+def environment(engine) -> dict:
+    """Enough to know what produced the figures and to reproduce them."""
+    import torch
+    import transformers
+
+    import voxcli
+
+    device = engine.info.device
+    if device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        device_name = _cpu_name()
+    return {
+        "model": engine.info.model, "kind": engine.kind, "n_params": engine.info.n_params,
+        "delay_ms": getattr(engine, "delay_ms", None), "device": device, "device_name": device_name,
+        "dtype": engine.info.dtype, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "voxcli": voxcli.__version__,
+        "git_revision": _git_revision(), "python": platform.python_version(), "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,70 @@
+"""`voxcli bench` glue: pick clips, load the engine, run, show a table, write JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from voxcli.bench import STEP_BUDGET_MS, BenchOptions, Clip, run_bench
+from voxcli.config import Config
+from voxcli.errors import AudioError, VoxcliError
+from voxcli.render import metrics_table
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def default_clips() -> list[Path]:
+    clips = sorted(EXAMPLES.glob("*.wav"), key=lambda p: p.stat().st_size)
+    if not clips:
+        raise VoxcliError("no clips given and none found in examples/; pass audio files to bench")
+    return clips
+
+
+def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int, paced: bool,
+                      batch_words: int, json_path: Path | None, load_engine) -> int:
+    from voxcli.audio import load_audio
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Console(highlight=False)
+    clips = []
+    for path in paths or default_clips():
+        try:
+            clips.append(Clip(path.stem, path, load_audio(path)))
+        except AudioError as exc:
+            raise VoxcliError(str(exc)) from None
+    if json_path is not None and not json_path.parent.exists():
+        raise VoxcliError(f"--json {json_path}: directory {json_path.parent} does not exist")
+    engine = load_engine(cfg, err)
+    opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words)
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("bench", total=None)
+        report = run_bench(engine, clips, opts, progress=lambda text: bar.update(task, description=text))
+    summary = report.summary()["all"]
+    env = report.environment
+    title = (f"{env['model']} ({env['kind']}, {env['n_params'] / 1e6:.1f}M params) on {env['device_name']}, "
+             f"{env['dtype']}, {env['torch_threads']} threads; {runs} runs x {len(clips)} clips")
+    out.print(metrics_table(title, {k: v for k, v in summary.items() if v.get("n")}))
+    out.print(_verdicts(summary, batch_words))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=1, default=float))
+        err.print(f"raw samples, summary and environment -> {json_path}")
+    return 0
+
+
+def _verdicts(summary: dict, batch_words: int) -> str:
+    lines = []
+    ttft, chunk = summary["ttft_ms"], summary["first_chunk_ms"]
+    if ttft.get("n") and chunk.get("n"):
+        lines.append(f"{batch_words}-word batching would show text {chunk['p50'] - ttft['p50']:.1f} ms later "
+                     f"(first_chunk_ms p50 / ttft_ms p50 = {chunk['p50'] / ttft['p50']:.2f}x)")
+    crit = summary["critical_path_ms"]
+    if ttft.get("n") and crit.get("n"):
+        lines.append(f"pipeline overhead: ttft_ms p50 - critical_path_ms p50 = {ttft['p50'] - crit['p50']:.2f} ms")
+    step = summary["step_ms"]
+    if step.get("n"):
+        lines.append(f"step_ms p50 {step['p50']:.1f} vs {STEP_BUDGET_MS:.0f} ms budget: "
+                     f"{STEP_BUDGET_MS / step['p50']:.1f}x headroom" if step["p50"] > 0 else "")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
+from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from speech import make_speech, trim
-from vmic import no_mic, vmic  # noqa: F401 - pytest fixtures
 
 from voxcli.audio import load_audio
 from voxcli.capture import FileSource, MicSource, level_db, list_input_devices

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 from speech import make_speech
-from vmic import no_mic, vmic  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello.wav"

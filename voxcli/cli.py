@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 from functools import partial
 from pathlib import Path
@@ -66,9 +65,26 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _resolve_config(config_path: Path | None, **flags) -> Config:
+def _resolve_config(config_path: Path | None, debug: bool = False, **flags) -> Config:
+    """Defaults < file < flags (dotted keys spelled with ``__``); a bad key or value exits 2."""
     overrides = {key.replace("__", "."): value for key, value in flags.items()}
-    return load_config(config_path, overrides)
+    try:
+        return load_config(config_path, overrides)
+    except ConfigError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc), 2) from None
+
+
+def _exit_with(job, debug: bool):
+    """Run a command's job; a user-caused error becomes one line and exit 1 (--debug re-raises)."""
+    try:
+        code = job()
+    except VoxcliError as exc:
+        if debug:
+            raise
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
 
 
 def _quiet_libraries(debug: bool) -> None:
@@ -118,12 +134,7 @@ def _main(version: Annotated[bool, typer.Option("--version", help="Print the ver
 @app.command("config")
 def config_cmd(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
     """Print the effective configuration as YAML (defaults < config file < flags)."""
-    try:
-        cfg = _resolve_config(config)
-    except ConfigError as exc:
-        if _debug_on(debug):
-            raise
-        raise _fail(str(exc), 2) from None
+    cfg = _resolve_config(config, _debug_on(debug))
     typer.echo(dump_yaml(cfg), nl=False)
 
 
@@ -150,26 +161,15 @@ def transcribe_file(
     Example: `voxcli transcribe file talk.mp3 --format srt -o talk.srt`
     """
     debug = _debug_on(debug)
-    try:
-        cfg = _resolve_config(
-            config, model__name=model, model__device=device, model__dtype=dtype, model__threads=threads,
-            model__offline=offline or None, transcription__delay_ms=delay_ms, transcription__language=language,
-            output__format=output_format, output__plain=plain or None,
-        )
-    except ConfigError as exc:
-        if debug:
-            raise
-        raise _fail(str(exc), 2) from None
+    cfg = _resolve_config(
+        config, debug, model__name=model, model__device=device, model__dtype=dtype, model__threads=threads,
+        model__offline=offline or None, transcription__delay_ms=delay_ms, transcription__language=language,
+        output__format=output_format, output__plain=plain or None,
+    )
     from voxcli.transcribe import FileJob, run_files
 
-    try:
-        job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
-        code = run_files(job, load_engine=partial(_load_engine, debug=debug))
-    except VoxcliError as exc:
-        if debug:
-            raise
-        raise _fail(str(exc)) from None
-    raise typer.Exit(code)
+    job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
+    _exit_with(lambda: run_files(job, load_engine=partial(_load_engine, debug=debug)), debug)
 
 
 @app.command("listen")
@@ -204,26 +204,15 @@ def listen_cmd(
     Example: `voxcli listen --save ~/voxcli-sessions`
     """
     debug = _debug_on(debug)
-    try:
-        cfg = _resolve_config(
-            config, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
-            model__offline=offline or None, transcription__delay_ms=delay_ms, output__plain=plain or None,
-            listen__device=device, listen__save_dir=str(save) if save else None,
-        )
-    except ConfigError as exc:
-        if debug:
-            raise
-        raise _fail(str(exc), 2) from None
+    cfg = _resolve_config(
+        config, debug, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
+        model__offline=offline or None, transcription__delay_ms=delay_ms, output__plain=plain or None,
+        listen__device=device, listen__save_dir=str(save) if save else None,
+    )
     from voxcli.listen import ListenJob, run_listen
 
-    try:
-        code = run_listen(ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds),
-                          load_engine=partial(_load_engine, debug=debug))
-    except VoxcliError as exc:
-        if debug:
-            raise
-        raise _fail(str(exc)) from None
-    raise typer.Exit(code)
+    job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds)
+    _exit_with(lambda: run_listen(job, load_engine=partial(_load_engine, debug=debug)), debug)
 
 
 @app.command("bench")
@@ -255,26 +244,15 @@ def bench_cmd(
     Example: `voxcli bench --runs 20 --paced --json bench.json`
     """
     debug = _debug_on(debug)
-    try:
-        cfg = _resolve_config(
-            config, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
-            model__offline=offline or None, transcription__delay_ms=delay_ms,
-        )
-    except ConfigError as exc:
-        if debug:
-            raise
-        raise _fail(str(exc), 2) from None
+    cfg = _resolve_config(
+        config, debug, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
+        model__offline=offline or None, transcription__delay_ms=delay_ms,
+    )
     from voxcli.benchcli import run_bench_command
 
-    try:
-        code = run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
-                                 batch_words=batch_words, json_path=json_path,
-                                 load_engine=partial(_load_engine, debug=debug))
-    except VoxcliError as exc:
-        if debug:
-            raise
-        raise _fail(str(exc)) from None
-    raise typer.Exit(code)
+    _exit_with(lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
+                                         batch_words=batch_words, json_path=json_path,
+                                         load_engine=partial(_load_engine, debug=debug)), debug)
 
 
 @app.command("devices")

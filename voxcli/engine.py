@@ -30,6 +30,7 @@ import codecs
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ DEFAULT_REALTIME_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_OFFLINE_MODEL = "mistralai/Voxtral-Mini-3B-2507"
 TOKEN_MS = 80  # the Realtime model emits one token per 80 ms of audio
 MIN_DELAY_MS, MAX_DELAY_MS = 80, 2400
+STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
 
 
 def resolve_device(device: str) -> str:
@@ -286,7 +288,9 @@ class RealtimeSession:
         self._last_token = None
         self.n_tokens = 0
         self.pushed_samples = 0
-        self.step_ms: list[float] = []
+        # Recent step times only: a session may run for hours (one step per 80 ms).
+        self.step_ms: deque[float] = deque(maxlen=STEP_MS_KEEP)
+        self.n_steps = 0
         self.t_first_chunk_ready: float | None = None
 
     # Audio in ---------------------------------------------------------------------------------
@@ -383,6 +387,7 @@ class RealtimeSession:
         t_emitted = time.perf_counter()
         self._last_token = next_id[:, None]
         self.step_ms.append((t_emitted - t0) * 1000.0)
+        self.n_steps += 1
         k = self.n_tokens
         self.n_tokens += 1
         start_s = k * TOKEN_MS / 1000.0

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from itertools import islice
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
 
     def on_tick(worker) -> None:
         lat = summarize(latency[-200:])
-        step = summarize(worker.step_ms[-50:])
+        step = summarize(list(islice(reversed(worker.step_ms), 50)))
         behind = step.get("p50", 0.0) > STEP_BUDGET_MS or state["backlog"] > 25
         view.set_status(
             level=f"{state['level_db']:.0f} dB",

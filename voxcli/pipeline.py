@@ -13,15 +13,18 @@ import dataclasses
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from voxcli.errors import ServerError
 from voxcli.events import TokenEvent, Transcript, TranscriptMetrics
 
 QUEUE_SIZE = 256
 POLL_S = 0.05
+LIVE_STEPS_KEEP = 65536  # step times a live session keeps for its figures (about 87 minutes)
 
 
 @dataclass(frozen=True)
@@ -175,11 +178,15 @@ def _level_db(x: np.ndarray) -> float:
 
 
 class _CaptureClock:
-    """Maps a 16 kHz sample position to the moment it was captured (for latency figures)."""
+    """Maps a 16 kHz sample position to the moment it was captured (for latency figures).
 
-    def __init__(self) -> None:
-        self._ends: list[int] = []
-        self._times: list[float] = []
+    Only recent blocks are remembered (bounded for sessions of any length); older positions map
+    to the oldest time kept.
+    """
+
+    def __init__(self, keep_blocks: int = 30000) -> None:
+        self._ends: deque[int] = deque(maxlen=keep_blocks)
+        self._times: deque[float] = deque(maxlen=keep_blocks)
 
     def add(self, end_sample: int, t_captured: float) -> None:
         self._ends.append(end_sample)
@@ -216,7 +223,9 @@ class LiveEngineWorker(threading.Thread):
         self.clock = _CaptureClock()
         self.n_tokens = 0
         self.flushes = 0
-        self.step_ms: list[float] = []
+        self.reconnects = 0
+        self.notice: str | None = None  # the latest problem worth showing (e.g. a reconnect)
+        self.step_ms: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)
 
     def run(self) -> None:
         try:
@@ -231,7 +240,11 @@ class LiveEngineWorker(threading.Thread):
         self.out.put(item)
 
     def _blocks(self):
-        """Captured blocks, resampled to 16 kHz, until the source ends or we are told to stop."""
+        """Captured blocks, resampled to 16 kHz, until the source ends or we are told to stop.
+
+        Yields ``(None, None)`` when no block came within the poll interval, so a remote engine's
+        deltas, which arrive on their own schedule, are still drawn between blocks.
+        """
         import soxr
 
         rate = self.source.sample_rate
@@ -244,6 +257,7 @@ class LiveEngineWorker(threading.Thread):
             except queue.Empty:
                 if self.source.finished.is_set() and self.source.blocks.empty():
                     break
+                yield None, None
                 continue
             x = stream.resample_chunk(block) if stream is not None else block
             if len(x):
@@ -281,20 +295,52 @@ class LiveEngineWorker(threading.Thread):
         offset = 0
         quiet_ms = 0.0
         speech_since_flush = False
-        for t_cap, x in self._blocks():
-            level = self._hear(t_cap, x)
-            session.push(x)
-            for event in session.steps():
-                self.step_ms.append(session.step_ms[-1])
-                self._emit(event, offset, t_cap)
-            if level >= opts.silence_db:
-                speech_since_flush, quiet_ms = True, 0.0
-            else:
-                quiet_ms += len(x) / 16.0
-            if opts.flush_after_ms and speech_since_flush and quiet_ms >= opts.flush_after_ms:
-                self._finish(session, offset)
-                session, offset, speech_since_flush = self.engine.session(), self.heard, False
-        self._finish(session, offset)
+        blocks = self._blocks()
+        for t_cap, x in blocks:
+            try:
+                if x is None:
+                    for event in session.steps():  # a remote engine's deltas between blocks
+                        self._emit(event, offset, event.t_emitted)
+                    continue
+                level = self._hear(t_cap, x)
+                done_steps = session.n_steps
+                session.push(x)
+                for event in session.steps():
+                    self._emit(event, offset, t_cap)
+                new_steps = session.n_steps - done_steps
+                if new_steps:
+                    self.step_ms.extend(list(session.step_ms)[-new_steps:])
+                if level >= opts.silence_db:
+                    speech_since_flush, quiet_ms = True, 0.0
+                else:
+                    quiet_ms += len(x) / 16.0
+                if opts.flush_after_ms and speech_since_flush and quiet_ms >= opts.flush_after_ms:
+                    self._finish(session, offset)
+                    session, offset, speech_since_flush = self.engine.session(), self.heard, False
+            except ServerError as exc:
+                session, offset = self._reconnect_once(exc, blocks), self.heard
+        try:
+            self._finish(session, offset)
+        except ServerError as exc:
+            self.notice = str(exc)
+            raise
+
+    def _reconnect_once(self, exc: ServerError, blocks):
+        """A remote engine failed mid-session: try one new session at the current sample. If that
+        is not possible, stop capture, hand every block already captured to the WAV, and fail."""
+        if getattr(self.engine, "remote", False) and self.reconnects == 0:
+            self.reconnects += 1
+            self.notice = f"{exc}; reconnected"
+            try:
+                return self.engine.session()
+            except ServerError as again:
+                exc = again
+        self.notice = str(exc)
+        self.stop_event.set()
+        for t_cap, x in blocks:
+            if x is not None:
+                self._hear(t_cap, x)
+        raise exc
 
     def _finish(self, session, offset: int) -> None:
         # Padding chunks exist the moment the flush starts; each is ready once the step before it
@@ -318,6 +364,8 @@ class LiveEngineWorker(threading.Thread):
         preroll = 3200  # 0.2 s before the onset, so the first sound is not clipped
         recent: list[np.ndarray] = []
         for t_cap, x in self._blocks():
+            if x is None:
+                continue
             level = self._hear(t_cap, x)
             if level >= opts.silence_db:
                 if not utterance:
@@ -407,6 +455,6 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
         source.stop()
         worker.join(timeout=10.0)
     return LiveResult(events=events, audio_s=worker.heard / 16000, emission_latency_ms=latency,
-                      emit_after_ready_ms=after_ready, step_ms=worker.step_ms,
+                      emit_after_ready_ms=after_ready, step_ms=list(worker.step_ms),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
                       capture_time=worker.clock.at)

@@ -15,3 +15,7 @@ class AudioError(VoxcliError):
 
 class ModelError(VoxcliError):
     """A model that cannot be found, downloaded or loaded."""
+
+
+class ServerError(VoxcliError):
+    """A remote (vLLM) engine that cannot be reached, refuses, or fails mid-stream."""

@@ -177,9 +177,11 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
             view.add(event)
             drawn.append((event, time.perf_counter()))
 
-        def on_latency(token, emission_ms: float, after_ms: float) -> None:
-            emission.append(emission_ms)
-            after_ready.append(after_ms)
+        def on_latency(token, emission_ms: float | None, after_ms: float | None) -> None:
+            if emission_ms is not None:
+                emission.append(emission_ms)
+            if after_ms is not None:
+                after_ready.append(after_ms)
 
         result = run_live(engine, source, on_token=on_token, on_audio=lambda item: None,
                           on_tick=lambda worker: None, stop=threading.Event(), on_latency=on_latency)

@@ -53,6 +53,9 @@ LanguageOpt = Annotated[str | None, typer.Option(
     "--language", "-l", show_default=False,
     help="Offline models (3B/24B): language hint such as en, fr, de; 'auto' detects it.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never contact the Hugging Face hub.")]
+ServerOpt = Annotated[str | None, typer.Option(
+    "--server", show_default=False,
+    help="Use a vLLM server (http://HOST:PORT) as the engine; --model is then the served model name.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
 
@@ -105,6 +108,14 @@ def _quiet_libraries(debug: bool) -> None:
 
 
 def _load_engine(cfg: Config, status_console, debug: bool = False):
+    if cfg.model.server:
+        from voxcli.remote import connect_engine
+
+        engine = connect_engine(cfg.model.server, cfg.model.name, kind=cfg.model.server_kind,
+                                max_new_tokens=cfg.model.max_new_tokens)
+        status_console.print(f"[dim]{engine.info.model}: {engine.kind} on {engine.info.device}[/dim]",
+                             highlight=False)
+        return engine
     _quiet_libraries(debug)
     if cfg.model.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -151,7 +162,7 @@ def transcribe_file(
     plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
     model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
     delay_ms: DelayOpt = None, language: LanguageOpt = None, offline: OfflineOpt = False,
-    config: ConfigOpt = None, debug: DebugOpt = False,
+    server: ServerOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe audio files, streaming each token to the screen as the model makes it.
 
@@ -163,7 +174,7 @@ def transcribe_file(
     debug = _debug_on(debug)
     cfg = _resolve_config(
         config, debug, model__name=model, model__device=device, model__dtype=dtype, model__threads=threads,
-        model__offline=offline or None, transcription__delay_ms=delay_ms, transcription__language=language,
+        model__offline=offline or None, model__server=server, transcription__delay_ms=delay_ms, transcription__language=language,
         output__format=output_format, output__plain=plain or None,
     )
     from voxcli.transcribe import FileJob, run_files
@@ -193,7 +204,7 @@ def listen_cmd(
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, config: ConfigOpt = None, debug: DebugOpt = False,
+    offline: OfflineOpt = False, server: ServerOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe the microphone live, drawing every token the moment the model makes it.
 
@@ -206,7 +217,7 @@ def listen_cmd(
     debug = _debug_on(debug)
     cfg = _resolve_config(
         config, debug, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
-        model__offline=offline or None, transcription__delay_ms=delay_ms, output__plain=plain or None,
+        model__offline=offline or None, model__server=server, transcription__delay_ms=delay_ms, output__plain=plain or None,
         listen__device=device, listen__save_dir=str(save) if save else None,
     )
     from voxcli.listen import ListenJob, run_listen
@@ -232,7 +243,7 @@ def bench_cmd(
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, config: ConfigOpt = None, debug: DebugOpt = False,
+    offline: OfflineOpt = False, server: ServerOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Measure latency as percentiles (n, p50, p90, p95, p99, mean, min, max).
 
@@ -246,7 +257,7 @@ def bench_cmd(
     debug = _debug_on(debug)
     cfg = _resolve_config(
         config, debug, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
-        model__offline=offline or None, transcription__delay_ms=delay_ms,
+        model__offline=offline or None, model__server=server, transcription__delay_ms=delay_ms,
     )
     from voxcli.benchcli import run_bench_command
 

@@ -40,6 +40,10 @@ class ModelConfig:
         "help": "never contact the Hugging Face hub; use only local files and the cache"})
     max_new_tokens: int = field(default=500, metadata={
         "help": "offline models: most tokens generated per segment of up to 30 s", "min": 1})
+    server: str | None = field(default=None, metadata={
+        "help": "a vLLM server (http://HOST:PORT) to use as the engine instead of the local GPU; null = local"})
+    server_kind: str = field(default="auto", metadata=_choices(
+        "auto", "realtime", "offline", help="with server: the served model's kind; auto asks the server"))
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from voxcli.config import Config
+from voxcli.errors import ServerError
 from voxcli.events import summarize
 from voxcli.render import LiveTranscript, PlainTranscript
 
@@ -116,11 +117,12 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         if recorder:
             recorder.write_audio(item.samples)
 
-    def on_latency(token, emission_ms: float, after_ready_ms: float) -> None:
-        latency.append(emission_ms)
+    def on_latency(token, emission_ms: float | None, after_ready_ms: float | None) -> None:
+        if emission_ms is not None:
+            latency.append(emission_ms)
         if recorder:
-            recorder.write_event(token.event, emission_latency_ms=round(emission_ms, 3),
-                                 emitted_after_ready_ms=round(after_ready_ms, 3),
+            recorder.write_event(token.event, emission_latency_ms=_round(emission_ms),
+                                 emitted_after_ready_ms=_round(after_ready_ms),
                                  audio_available_s=round(token.audio_available_s, 5), flushed=token.flushed)
 
     def on_tick(worker) -> None:
@@ -151,6 +153,9 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130
+    except ServerError as exc:
+        saved = f"; what was captured and received is saved in {recorder.wav_path.parent}" if recorder else ""
+        raise ServerError(f"{exc}{saved}") from None
     finally:
         if recorder:
             if result is not None:
@@ -179,6 +184,10 @@ def _summary(result) -> dict:
         "flushes": result.flushes,
         "error": result.error,
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _f(value) -> str:

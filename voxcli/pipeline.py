@@ -144,12 +144,13 @@ class LiveToken:
 
     ``t_ready``: when the audio block that let the model take this step was captured (the chunk
     became available). ``t_audio``: when the last sample of the audio the token covers was
-    captured. Emission latency = time drawn - ``t_audio``.
+    captured. Emission latency = time drawn - ``t_audio``. Both are ``None`` when unknown: a
+    remote server says neither which audio a delta covers nor which chunk produced it.
     """
 
     event: TokenEvent
-    t_ready: float
-    t_audio: float
+    t_ready: float | None
+    t_audio: float | None
     audio_available_s: float  # audio handed to the engine when the token came out
     flushed: bool = False  # made from the right padding pushed at end of speech
 
@@ -280,8 +281,12 @@ class LiveEngineWorker(threading.Thread):
         end = None if event.audio_end_s is None else event.audio_end_s + shift
         event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end)
         self.n_tokens += 1
-        end_sample = min(self.heard, int(round((end if end is not None else self.heard / 16000) * 16000)))
-        self._put(LiveToken(event, t_ready, self.clock.at(end_sample), self.heard / 16000, flushed))
+        t_audio = None
+        if end is not None:
+            t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
+        if getattr(self.engine, "remote", False):
+            t_ready = None
+        self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed))
 
     def _run(self) -> None:
         if self.engine.kind == "realtime":
@@ -407,7 +412,7 @@ class LiveResult:
 def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
              on_audio: Callable[[AudioIn], None], on_tick: Callable[[LiveEngineWorker], None],
              stop: threading.Event, options: LiveOptions | None = None,
-             on_latency: Callable[[LiveToken, float, float], None] | None = None) -> LiveResult:
+             on_latency: Callable[[LiveToken, float | None, float | None], None] | None = None) -> LiveResult:
     """Capture (``source``, already configured) -> engine thread -> this thread.
 
     ``on_token`` draws a token; right after it returns, the emission latency (now - when the
@@ -435,10 +440,15 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
                 on_token(item.event)
                 t_drawn = time.perf_counter()
                 events.append(item.event)
-                latency.append((t_drawn - item.t_audio) * 1000.0)
-                after_ready.append((item.event.t_emitted - item.t_ready) * 1000.0)
+                emission_ms = after_ms = None
+                if item.t_audio is not None:
+                    emission_ms = (t_drawn - item.t_audio) * 1000.0
+                    latency.append(emission_ms)
+                if item.t_ready is not None:
+                    after_ms = (item.event.t_emitted - item.t_ready) * 1000.0
+                    after_ready.append(after_ms)
                 if on_latency is not None:
-                    on_latency(item, latency[-1], after_ready[-1])
+                    on_latency(item, emission_ms, after_ms)
             elif isinstance(item, AudioIn):
                 on_audio(item)
             elif isinstance(item, _Done):

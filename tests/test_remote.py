@@ -147,3 +147,36 @@ def test_killing_the_server_mid_listen_keeps_audio_and_text(tmp_path):
     tokens = [json.loads(line) for line in jsonl.read_text().splitlines() if '"type": "token"' in line]
     assert tokens
     assert txt.read_text().strip() == "".join(t["text"] for t in tokens).strip()
+
+
+def test_bench_concurrency_reports_every_session(vllm_realtime, tmp_path):
+    out = tmp_path / "load.json"
+    run = voxcli("bench", "--server", vllm_realtime.url, "--concurrency", 4, "--paced", "--json", out,
+                 ROOT / "examples" / "short.wav")
+    assert run.returncode == 0, run.stderr
+    load = json.loads(out.read_text())["load"]
+    sessions = load["sessions"]
+    assert [s["session"] for s in sessions] == [0, 1, 2, 3]
+    assert all(s["error"] is None and s["n_deltas"] > 0 for s in sessions)
+    agg = load["aggregate"]
+    assert agg["failed"] == 0
+    from voxcli.events import summarize
+
+    assert agg["ttft_ms"] == summarize([s["ttft_ms"] for s in sessions])  # recomputable
+    assert agg["delta_interval_ms"] == summarize([x for s in sessions for x in s["delta_interval_ms"]])
+    assert "ttft_ms" in run.stdout and "deltas/s" in run.stdout
+
+
+def test_bench_runs_unchanged_against_a_server(vllm_offline, tmp_path):
+    out = tmp_path / "bench.json"
+    run = voxcli("bench", "--server", vllm_offline.url, "--runs", 2, "--warmup", 1, "--json", out,
+                 ROOT / "examples" / "short.wav")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["all"]["ttft_ms"]["n"] == 2
+    assert report["summary"]["all"]["critical_path_ms"]["n"] == 0  # not measurable through a server
+
+
+def test_concurrency_needs_a_server(realtime_dir):
+    line = _one_error(voxcli("bench", "--model", realtime_dir, "--concurrency", 2))
+    assert "--server" in line

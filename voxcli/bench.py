@@ -146,6 +146,7 @@ def critical_path_ms(engine, audio: np.ndarray) -> float:
 def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     from voxcli.pipeline import transcribe_audio
 
+    remote = getattr(engine, "remote", False)
     console = Console(file=io.StringIO(), force_terminal=True, width=100, height=30)
     with LiveTranscript(console, title=clip.name) as view:
         transcript = transcribe_audio(engine, clip.audio, source=clip.name, on_event=view.add)
@@ -156,7 +157,7 @@ def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     return {
         "clip": clip.name, "mode": "file", "audio_s": round(m.audio_s, 4), "n_tokens": m.n_tokens,
         "ttft_ms": m.ttft_ms, "total_ms": m.total_ms, "rtf": m.rtf,
-        "critical_path_ms": critical_path_ms(engine, clip.audio),
+        "critical_path_ms": None if remote else critical_path_ms(engine, clip.audio),
         "first_chunk_ms": first_batch_ms(events, t_start, opts.batch_words),
         "display_lag_ms": list(view.display_lag_ms), "step_ms": gaps,
     }
@@ -204,7 +205,8 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
     """Warm-up runs (discarded) then ``runs`` measured runs of every clip, file mode and, with
     ``paced``, live mode."""
     opts.validate()
-    report = BenchReport(environment=environment(engine), options={
+    env = environment_remote(engine) if getattr(engine, "remote", False) else environment(engine)
+    report = BenchReport(environment=env, options={
         "runs": opts.runs, "warmup": opts.warmup, "paced": opts.paced, "speed": opts.speed,
         "batch_words": opts.batch_words, "clips": {c.name: round(len(c.audio) / 16000, 4) for c in clips}})
     for clip in clips:
@@ -264,3 +266,98 @@ def _git_revision() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# ------------------------------------------------------------------------------------------ load
+
+LOAD_TIMEOUT_S = 300.0
+BEHIND_MS = 2000.0  # a paced session whose last text comes later than this after its audio fell behind
+
+
+def _load_session(engine, clip: Clip, paced: bool) -> dict:
+    """One client session against a server: stream the clip (paced at real speed or as fast as
+    possible), time every delta. Never raises: a failure is recorded in the result."""
+    record: dict = {"clip": clip.name, "audio_s": round(len(clip.audio) / 16000, 4), "error": None}
+    times: list[float] = []
+    t0 = time.perf_counter()
+    t_audio_end = t0
+    try:
+        if engine.kind == "realtime":
+            session = engine.session()
+            step = 1280
+            for i in range(0, len(clip.audio), step):
+                if paced:
+                    time.sleep(max(0.0, t0 + (i + step) / 16000 - time.perf_counter()))
+                session.push(clip.audio[i:i + step])
+                times += [e.t_emitted for e in session.steps() if e.text]
+                if time.perf_counter() - t0 > LOAD_TIMEOUT_S:
+                    raise TimeoutError(f"session exceeded {LOAD_TIMEOUT_S:.0f} s")
+            t_audio_end = time.perf_counter()
+            times += [e.t_emitted for e in session.finish() if e.text]
+        else:
+            t_audio_end = t0
+            times = [e.t_emitted for e in engine.transcribe(clip.audio) if e.text]
+    except Exception as exc:  # noqa: BLE001 - a failed session is a result of a load test
+        record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    end = time.perf_counter()
+    record.update(
+        n_deltas=len(times),
+        ttft_ms=(times[0] - t0) * 1000.0 if times else None,
+        total_ms=(end - t0) * 1000.0,
+        finalize_ms=(times[-1] - t_audio_end) * 1000.0 if times and paced else None,
+        delta_interval_ms=[(b - a) * 1000.0 for a, b in zip(times, times[1:])],
+        deltas_per_s=len(times) / max(end - t0, 1e-9),
+    )
+    record["behind"] = bool(paced and record["finalize_ms"] is not None and record["finalize_ms"] > BEHIND_MS)
+    return record
+
+
+def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
+    """``concurrency`` simultaneous sessions on a server, each streaming ``clip``; per-session and
+    aggregate figures. Bounded: one round of sessions, each limited to LOAD_TIMEOUT_S."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    results: list[dict | None] = [None] * concurrency
+    barrier = threading.Barrier(concurrency)
+
+    def client(i: int) -> None:
+        barrier.wait()  # start together: that is the load
+        results[i] = {"session": i, **_load_session(engine, clip, paced)}
+
+    threads = [threading.Thread(target=client, args=(i,), name=f"voxcli-load-{i}", daemon=True)
+               for i in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(LOAD_TIMEOUT_S + 30)
+    wall_s = time.perf_counter() - t0
+    sessions = [r if r is not None else {"session": i, "error": "did not finish"} for i, r in enumerate(results)]
+    ok = [s for s in sessions if not s.get("error")]
+
+    def pooled(metric: str) -> list[float]:
+        out: list[float] = []
+        for s in ok:
+            value = s.get(metric)
+            out.extend(value if isinstance(value, list) else [] if value is None else [value])
+        return out
+
+    return {
+        "concurrency": concurrency, "paced": paced, "clip": clip.name, "wall_s": wall_s,
+        "sessions": sessions,
+        "aggregate": {
+            "ttft_ms": summarize(pooled("ttft_ms")), "total_ms": summarize(pooled("total_ms")),
+            "finalize_ms": summarize(pooled("finalize_ms")),
+            "delta_interval_ms": summarize(pooled("delta_interval_ms")),
+            "deltas_per_s": sum(s["n_deltas"] for s in ok) / wall_s if wall_s > 0 else None,
+            "failed": len(sessions) - len(ok), "behind": sum(1 for s in ok if s["behind"]),
+        },
+    }
+
+
+def environment_remote(engine) -> dict:
+    import voxcli
+
+    return {"model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
+            "voxcli": voxcli.__version__, "git_revision": _git_revision(), "python": platform.python_version(),
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

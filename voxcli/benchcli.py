@@ -24,7 +24,7 @@ def default_clips() -> list[Path]:
 
 
 def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int, paced: bool,
-                      batch_words: int, json_path: Path | None, load_engine) -> int:
+                      batch_words: int, json_path: Path | None, load_engine, concurrency: int = 0) -> int:
     from voxcli.audio import load_audio
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -35,17 +35,24 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
             clips.append(Clip(path.stem, path, load_audio(path)))
         except AudioError as exc:
             raise VoxcliError(str(exc)) from None
+    if concurrency and not cfg.model.server:
+        raise VoxcliError("--concurrency measures a server: add --server URL")
     if json_path is not None and not json_path.parent.exists():
         raise VoxcliError(f"--json {json_path}: directory {json_path.parent} does not exist")
     engine = load_engine(cfg, err)
+    if concurrency:
+        return _load_command(engine, clips, concurrency, paced, json_path, out, err)
     opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("bench", total=None)
         report = run_bench(engine, clips, opts, progress=lambda text: bar.update(task, description=text))
     summary = report.summary()["all"]
     env = report.environment
-    title = (f"{env['model']} ({env['kind']}, {env['n_params'] / 1e6:.1f}M params) on {env['device_name']}, "
-             f"{env['dtype']}, {env['torch_threads']} threads; {runs} runs x {len(clips)} clips")
+    if "n_params" in env:
+        title = (f"{env['model']} ({env['kind']}, {env['n_params'] / 1e6:.1f}M params) on {env['device_name']}, "
+                 f"{env['dtype']}, {env['torch_threads']} threads; {runs} runs x {len(clips)} clips")
+    else:
+        title = f"{env['model']} ({env['kind']}) on {env['device']}; {runs} runs x {len(clips)} clips"
     out.print(metrics_table(title, {k: v for k, v in summary.items() if v.get("n")}))
     out.print(_verdicts(summary, batch_words))
     if json_path is not None:
@@ -68,3 +75,26 @@ def _verdicts(summary: dict, batch_words: int) -> str:
         lines.append(f"step_ms p50 {step['p50']:.1f} vs {STEP_BUDGET_MS:.0f} ms budget: "
                      f"{STEP_BUDGET_MS / step['p50']:.1f}x headroom" if step["p50"] > 0 else "")
     return "\n".join(lines)
+
+
+def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: Console, err: Console) -> int:
+    from voxcli.bench import environment_remote, run_load
+
+    clip = clips[len(clips) // 2] if len(clips) > 2 else clips[0]
+    with err.status(f"{concurrency} sessions of {clip.name} ({'paced' if paced else 'as fast as possible'}) ..."):
+        load = run_load(engine, clip, concurrency=concurrency, paced=paced)
+    agg = load["aggregate"]
+    title = (f"{engine.info.model} on {engine.info.device}: {concurrency} simultaneous sessions of {clip.name}, "
+             f"{'paced at real speed' if paced else 'as fast as possible'}")
+    rows = {k: agg[k] for k in ("ttft_ms", "total_ms", "finalize_ms", "delta_interval_ms") if agg[k].get("n")}
+    out.print(metrics_table(title, rows))
+    rate = agg["deltas_per_s"]
+    out.print(f"deltas/s (all sessions): {rate:.1f}; sessions failed: {agg['failed']}; "
+              f"fell behind real time: {agg['behind']}" if rate is not None else "no session finished")
+    for s in load["sessions"]:
+        if s.get("error"):
+            out.print(f"session {s['session']}: failed: {s['error']}")
+    if json_path is not None:
+        json_path.write_text(json.dumps({"environment": environment_remote(engine), "load": load}, indent=1))
+        err.print(f"raw samples, summary and environment -> {json_path}")
+    return 1 if agg["failed"] else 0

@@ -239,6 +239,9 @@ def bench_cmd(
         "--batch-words", min=1, help="Word batch size for first_chunk_ms (6 reproduces the old word-batching display).")] = 6,
     json_path: Annotated[Path | None, typer.Option(
         "--json", show_default=False, help="Write every raw sample, the summary and the environment here.")] = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", min=0, help="With --server: run this many simultaneous sessions (one clip each) and "
+                                     "report per-session and aggregate figures.")] = 0,
     model: ModelOpt = None,
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
@@ -263,7 +266,8 @@ def bench_cmd(
 
     _exit_with(lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
                                          batch_words=batch_words, json_path=json_path,
-                                         load_engine=partial(_load_engine, debug=debug)), debug)
+                                         load_engine=partial(_load_engine, debug=debug),
+                                         concurrency=concurrency), debug)
 
 
 @app.command("devices")

@@ -1,0 +1,738 @@
+"""Soak test: does the cost of one Realtime session stay flat as the work grows?
+
+Streams ``--minutes`` of audio (default 60) through ONE :class:`voxcli.engine.RealtimeSession`
+as fast as the machine allows, in 80 ms pushes, and every ``--every-s`` seconds of audio
+(default 30) records: step time p50/p95 over that window, resident memory (VmRSS), the length
+and position counter of the language-model and encoder KV caches, the session's own buffers
+(``step_ms``, the numpy sample buffer) and, cheaply, the number of GC-tracked Python objects.
+At the end it prints minute 1, the first "steady" minute (both sliding-window caches full) and
+the last minute side by side, with ratios, and a verdict.
+
+The audio is examples/hello.wav looped with gaps of silence (some digital zeros, some faint
+noise) and varying gain, so the encoder sees speech, pauses and room noise, not zeros only.
+
+    python bench/soak.py                              # tiny random model (hidden 64, 2 layers), 60 min
+    python bench/soak.py --minutes 5 --json /tmp/soak.json --csv /tmp/soak.csv
+    python bench/soak.py --model DIR                  # any local Realtime checkpoint
+
+Diagnostics, off by default:
+
+    --demo-fix step-ms-bounded   replace session.step_ms (a list, one float per 80 ms forever)
+                                 with a bounded deque, as proposed for voxcli/engine.py
+    --demo-fix reanchor          keep RoPE positions bounded: once a sliding-window cache is
+                                 full and its position counter passes 2 x window, shift every
+                                 live position down by D (re-rotate the cached keys by -D and
+                                 lower the counter); attention scores are unchanged because RoPE
+                                 depends only on relative positions inside the window
+    --lockstep-baseline          with --demo-fix: run an unpatched session on the same audio in
+                                 lockstep and count token-id mismatches (doubles the run time)
+    --tracemalloc                Python allocation diff (steady minute -> end), slow
+
+The demo fixes are monkeypatches that live only in this file, to show a proposed change to
+voxcli/engine.py works; they are not part of voxcli.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 16000
+PUSH_SAMPLES = 1280  # 80 ms
+DEMO_FIXES = ("step-ms-bounded", "reanchor")
+STEP_MS_KEEP = 4096  # what the bounded step_ms keeps (~5.5 min of steps)
+
+
+# ------------------------------------------------------------------------------------ measuring
+
+
+def rss_mb() -> dict[str, float]:
+    """VmRSS and VmHWM of this process from /proc/self/status, in MiB (NaN where unavailable)."""
+    out = {"rss_mb": math.nan, "hwm_mb": math.nan}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    out["rss_mb"] = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    out["hwm_mb"] = int(line.split()[1]) / 1024
+    except OSError:
+        try:
+            import psutil  # optional fallback
+
+            out["rss_mb"] = psutil.Process().memory_info().rss / 2**20
+        except ImportError:
+            pass
+    return out
+
+
+def malloc_trim() -> bool:
+    """Give freed heap back to the OS (glibc only), to tell fragmentation from live memory."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def cache_state(session) -> dict:
+    """Length (what is stored), position counter (what RoPE and the mask see) and bytes of every
+    cache the session owns."""
+    e = session.engine
+    out = {}
+    names = {"text": e.cache_kwargs["cache"], "encoder": e.cache_kwargs["encoder_cache"]}
+    for label, key in names.items():
+        cache = session._caches[key]
+        layers = getattr(cache, "layers", [])
+        lens, pos, nbytes, kinds, windows = [], [], 0, set(), set()
+        for layer in layers:
+            kinds.add(type(layer).__name__)
+            keys = getattr(layer, "keys", None)
+            values = getattr(layer, "values", None)
+            lens.append(0 if keys is None or keys.dim() < 3 else int(keys.shape[-2]))
+            cum = getattr(layer, "cumulative_length", None)
+            pos.append(int(cum) if cum is not None else int(layer.get_seq_length()))
+            for t in (keys, values):
+                if t is not None:
+                    nbytes += t.numel() * t.element_size()
+            if getattr(layer, "sliding_window", None) is not None:
+                windows.add(int(layer.sliding_window))
+        out[label] = {
+            "kv_len": max(lens) if lens else 0,
+            "pos": max(pos) if pos else 0,
+            "bytes": nbytes,
+            "layer_types": sorted(kinds),
+            "sliding_window": sorted(windows),
+        }
+    pad = session._caches.get("padding_cache")
+    pad_bytes = 0
+    for layer in getattr(pad, "layers", {}).values():
+        if getattr(layer, "cache", None) is not None:
+            pad_bytes += layer.cache.numel() * layer.cache.element_size()
+    out["padding_bytes"] = pad_bytes
+    return out
+
+
+def pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else math.nan
+
+
+# --------------------------------------------------------------------------------------- audio
+
+
+def audio_track(seconds: float = 90.0, seed: int = 0) -> np.ndarray:
+    """hello.wav looped with silence between repetitions: gains 0.5-1.0, gaps 0.3-3 s, every other
+    gap digital zeros, the rest faint noise (-60 dBFS) like a quiet room."""
+    from voxcli.audio import load_audio
+
+    hello = load_audio(ROOT / "examples" / "hello.wav").astype(np.float32)
+    rng = np.random.default_rng(seed)
+    parts, total, k = [], 0, 0
+    while total < seconds * SAMPLE_RATE:
+        speech = hello * rng.uniform(0.5, 1.0)
+        gap = int(rng.uniform(0.3, 3.0) * SAMPLE_RATE)
+        if k % 2:
+            silence = np.zeros(gap, np.float32)
+        else:
+            silence = (rng.standard_normal(gap) * 1e-3).astype(np.float32)
+        parts += [speech, silence]
+        total += len(speech) + gap
+        k += 1
+    return np.concatenate(parts)
+
+
+def pushes(track: np.ndarray, n: int):
+    """n consecutive 80 ms blocks from the looped track (its length is not a multiple of 80 ms,
+    so every loop lands on a different phase)."""
+    pos = 0
+    L = len(track)
+    for _ in range(n):
+        end = pos + PUSH_SAMPLES
+        if end <= L:
+            block = track[pos:end]
+        else:
+            block = np.concatenate([track[pos:], track[: end - L]])
+        pos = end % L
+        yield block.copy()
+
+
+# ------------------------------------------------------------------------------ demo fixes (opt)
+
+
+def demo_step_ms_bounded(session) -> None:
+    """DEMO FIX (monkeypatch, not voxcli): session.step_ms as a bounded deque. The engine only
+    ever appends to it and the pipeline only reads step_ms[-1], so a deque is a drop-in."""
+    session.step_ms = collections.deque(session.step_ms, maxlen=STEP_MS_KEEP)
+
+
+def _rotate_keys(keys, inv_freq, scaling: float, shift: int):
+    """Rotate RoPE'd keys (HF rotate_half convention) by -shift positions, with the angle computed
+    in float64 and reduced mod 2 pi so the shift itself adds no position-dependent error."""
+    import torch
+
+    ang = (-float(shift)) * inv_freq.detach().to(torch.float64).cpu()
+    ang = torch.remainder(ang, 2 * math.pi)
+    emb = torch.cat([ang, ang])
+    cos = (emb.cos() * scaling).to(keys.device, keys.dtype)
+    sin = (emb.sin() * scaling).to(keys.device, keys.dtype)
+    half = keys.shape[-1] // 2
+    rot = torch.cat([-keys[..., half:], keys[..., :half]], dim=-1)
+    return keys * cos + rot * sin
+
+
+def reanchor_cache(cache, rotary, threshold: int) -> int:
+    """DEMO FIX: if every layer is a full sliding-window layer whose position counter is past
+    ``threshold``, shift all positions down by D = counter - window. Returns D (0 if nothing done).
+
+    Valid because (1) the mask only uses the counter (q_offset = counter, kv_offset = counter -
+    window + 1), so lowering it by D lowers both offsets by D; (2) queries get RoPE from the
+    counter, cached keys were rotated when stored, so re-rotating them by -D keeps every q.k
+    score (RoPE scores depend only on the difference of positions)."""
+    layers = list(getattr(cache, "layers", []))
+    if not layers:
+        return 0
+    cums = {getattr(l, "cumulative_length", None) for l in layers}
+    if len(cums) != 1 or None in cums:
+        return 0
+    cum = cums.pop()
+    window = getattr(layers[0], "sliding_window", None)
+    if window is None or cum < threshold or cum < window:
+        return 0
+    shift = cum - window
+    for layer in layers:
+        layer.keys = _rotate_keys(layer.keys, rotary.inv_freq, float(rotary.attention_scaling), shift)
+        layer.cumulative_length -= shift
+    return shift
+
+
+def demo_reanchor(session, stats: dict, text_threshold: int | None, enc_threshold: int | None) -> None:
+    """DEMO FIX (monkeypatch, not voxcli): re-anchor both caches after every forward."""
+    e = session.engine
+    lm = e.model.model.language_model.rotary_emb
+    enc = e.model.model.audio_tower.rotary_emb
+    text_cache = session._caches[e.cache_kwargs["cache"]]
+    enc_cache = session._caches[e.cache_kwargs["encoder_cache"]]
+    tw = e.model.config.text_config.sliding_window
+    ew = e.model.config.audio_config.sliding_window
+    text_threshold = text_threshold or 2 * tw
+    enc_threshold = enc_threshold or 2 * ew
+    original = session._forward
+
+    def forward(*args, **kwargs):
+        event = original(*args, **kwargs)
+        d = reanchor_cache(text_cache, lm, text_threshold)
+        if d:
+            stats["text_shifts"] += 1
+            stats["text_shifted_total"] += d
+        d = reanchor_cache(enc_cache, enc, enc_threshold)
+        if d:
+            stats["encoder_shifts"] += 1
+            stats["encoder_shifted_total"] += d
+        return event
+
+    session._forward = forward
+
+
+# ------------------------------------------------------------------------------ rope precision
+
+
+def rope_precision(positions: dict[str, int]) -> dict:
+    """How far RoPE scores drift from the same relative offsets at position 0, in float32 (what
+    transformers computes: position * inv_freq in float32), at the positions this run reached and
+    at the real checkpoint's scale. Unit-variance q/k, scores scaled by 1/sqrt(head_dim)."""
+    import torch
+    from transformers import VoxtralRealtimeConfig
+    from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
+        VoxtralRealtimeRotaryEmbedding, apply_rotary_pos_emb)
+
+    real = VoxtralRealtimeConfig()
+    out = {}
+    for label, cfg in (("text", real.text_config), ("encoder", real.audio_config)):
+        rot = VoxtralRealtimeRotaryEmbedding(cfg)
+        g = torch.Generator().manual_seed(0)
+        hd = cfg.head_dim
+        q = torch.randn(1, 8, 1, hd, generator=g)
+        k = torch.randn(1, 8, 64, hd, generator=g)
+        dist = torch.arange(64) * max(1, cfg.sliding_window // 64)
+
+        def scores(p0: int):
+            pq = torch.tensor([[p0 + int(dist.max())]])
+            pk = (pq[0, 0] - dist)[None]
+            cq, sq = rot(q, pq)
+            ck, sk = rot(k, pk)
+            qe, _ = apply_rotary_pos_emb(q, q, cq, sq)
+            _, ke = apply_rotary_pos_emb(k, k, ck, sk)
+            return (qe @ ke.transpose(-1, -2)) / hd ** 0.5
+
+        ref = scores(0)
+        reached = positions.get(label, 0)
+        probe = sorted({cfg.sliding_window, cfg.max_position_embeddings, reached, 10 * reached} - {0})
+        out[label] = {
+            "real_config": {"head_dim": hd, "rope": dict(cfg.rope_parameters),
+                            "max_position_embeddings": cfg.max_position_embeddings,
+                            "sliding_window": cfg.sliding_window},
+            "position_reached": reached,
+            "max_abs_score_error": {str(p): float((scores(p) - ref).abs().max()) for p in probe},
+            "mean_abs_score": float(ref.abs().mean()),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------- the run
+
+
+def build_model(args, tmp: Path) -> str:
+    if args.model:
+        return args.model
+    from voxcli.tiny import make_tiny_model
+
+    path = tmp / "tiny-realtime"
+    make_tiny_model(path, "realtime", hidden_size=args.hidden_size, num_layers=args.layers)
+    return str(path)
+
+
+def run(args) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    from voxcli.engine import load_engine
+
+    tmp = Path(tempfile.mkdtemp(prefix="voxcli-soak-"))
+    try:
+        model_path = build_model(args, tmp)
+        t0 = time.perf_counter()
+        engine = load_engine(model_path, device=args.device, dtype=args.dtype, threads=args.threads,
+                             local_files_only=Path(model_path).is_dir() or None)
+        load_s = time.perf_counter() - t0
+    finally:
+        if not args.model and not args.keep_model:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if engine.kind != "realtime":
+        raise SystemExit(f"soak needs a Realtime checkpoint, {model_path} is {engine.kind}")
+    cfg = engine.model.config
+    n_push = int(round(args.minutes * 60 * SAMPLE_RATE / PUSH_SAMPLES))
+    per_window = max(1, int(round(args.every_s * SAMPLE_RATE / PUSH_SAMPLES)))
+    track = audio_track()
+
+    session = engine.session()
+    shift_stats = collections.Counter()
+    if "step-ms-bounded" in args.demo_fix:
+        demo_step_ms_bounded(session)
+    if "reanchor" in args.demo_fix:
+        demo_reanchor(session, shift_stats, args.reanchor_text_at, args.reanchor_encoder_at)
+    baseline = engine.session() if args.lockstep_baseline else None
+    logit_log: list = []
+    diffs: list[float] = []
+    scales: list[float] = []
+    margins: list[float] = []
+    if baseline is not None:
+        # Keep each step's last-position logits (both sessions share the model) to compare them.
+        model_forward = engine.model.forward
+
+        def logged_forward(*a, **kw):
+            out = model_forward(*a, **kw)
+            logit_log.append(out.logits[0, -1].detach().float().cpu())
+            return out
+
+        engine.model.forward = logged_forward
+    mismatches, first_mismatch, mine = 0, None, []
+
+    # Preallocated so the recorder itself does not grow during the run.
+    step_ms = np.full(n_push + 64, np.nan)
+    step_audio_s = np.full(n_push + 64, np.nan)
+    chunk_ms = np.empty(n_push)
+    n_steps = 0
+    windows: list[dict] = []
+    base_mem = rss_mb()
+    gc.collect()
+    base_objects = len(gc.get_objects()) if args.objects else None
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(10)
+    snap_steady = None
+    t_start = time.perf_counter()
+    win_first_step = 0
+    win_t0 = t_start
+    if not args.quiet:
+        print(f"# {model_path}: text window {cfg.text_config.sliding_window} "
+              f"(max_position_embeddings {cfg.text_config.max_position_embeddings}), encoder window "
+              f"{cfg.audio_config.sliding_window} (max_position_embeddings "
+              f"{cfg.audio_config.max_position_embeddings}); {n_push} pushes of 80 ms; "
+              f"torch threads {torch.get_num_threads()}; demo fixes: {', '.join(args.demo_fix) or 'none'}",
+              flush=True)
+        print(f"{'audio_min':>9} {'wall_s':>7} {'steps':>6} {'p50_ms':>7} {'p95_ms':>7} {'rss_mb':>7} "
+              f"{'text_kv':>7} {'text_pos':>8} {'enc_kv':>6} {'enc_pos':>8} {'step_ms_len':>11} {'objects':>8}",
+              flush=True)
+    for i, block in enumerate(pushes(track, n_push)):
+        c0 = time.perf_counter()
+        session.push(block)
+        for event in session.steps():
+            step_ms[n_steps] = session.step_ms[-1]
+            step_audio_s[n_steps] = session.pushed_samples / SAMPLE_RATE
+            n_steps += 1
+            if baseline is not None:
+                mine.append(event.token_id)
+        chunk_ms[i] = (time.perf_counter() - c0) * 1000.0
+        if baseline is not None:
+            # Lockstep: this push's tokens from the patched session against an unpatched one.
+            n_mine = len(logit_log)
+            baseline.push(block)
+            theirs = [ev.token_id for ev in baseline.steps()]
+            for la, lb in zip(logit_log[:n_mine], logit_log[n_mine:]):
+                diffs.append(float((la - lb).abs().max()))
+                scales.append(float(lb.std()))
+            for j, (a, b) in enumerate(zip(mine, theirs)):
+                if a != b:
+                    mismatches += 1
+                    top2 = logit_log[n_mine + j].topk(2).values
+                    margins.append(float(top2[0] - top2[1]))
+                    if first_mismatch is None:
+                        first_mismatch = n_steps - len(mine) + j
+            logit_log.clear()
+            mismatches += abs(len(mine) - len(theirs))
+            mine.clear()
+        if (i + 1) % per_window == 0 or i + 1 == n_push:
+            sl = step_ms[win_first_step:n_steps]
+            sl = sl[~np.isnan(sl)]
+            if win_first_step == 0 and len(sl) > 1:
+                sl = sl[1:]  # the prefill (prompt + first 0.56 s) is not a decode step
+            caches = cache_state(session)
+            mem = rss_mb()
+            t_obj = time.perf_counter()
+            objects = len(gc.get_objects()) if args.objects else None
+            obj_ms = (time.perf_counter() - t_obj) * 1000.0
+            row = {
+                "audio_s": session.pushed_samples / SAMPLE_RATE,
+                "wall_s": time.perf_counter() - t_start,
+                "window_wall_s": time.perf_counter() - win_t0,
+                "steps": int(len(sl)),
+                "step_p50_ms": pct(sl, 50), "step_p95_ms": pct(sl, 95), "step_max_ms": float(sl.max()) if len(sl) else math.nan,
+                "chunk_p50_ms": pct(chunk_ms[max(0, i + 1 - per_window): i + 1], 50),
+                **mem,
+                "text_kv_len": caches["text"]["kv_len"], "text_pos": caches["text"]["pos"],
+                "encoder_kv_len": caches["encoder"]["kv_len"], "encoder_pos": caches["encoder"]["pos"],
+                "cache_mb": (caches["text"]["bytes"] + caches["encoder"]["bytes"] + caches["padding_bytes"]) / 2**20,
+                "step_ms_len": len(session.step_ms),
+                "step_ms_bytes": sys.getsizeof(session.step_ms) + 24 * len(session.step_ms),
+                "buffer_samples": len(session._buffer),
+                "buffer_base_samples": len(session._buffer.base) if session._buffer.base is not None else len(session._buffer),
+                "py_objects": objects, "objects_ms": obj_ms if args.objects else None,
+                "n_tokens": session.n_tokens,
+            }
+            windows.append(row)
+            if args.tracemalloc and snap_steady is None and _caches_full(caches):
+                import tracemalloc
+
+                snap_steady = tracemalloc.take_snapshot()
+            if not args.quiet:
+                print(f"{row['audio_s'] / 60:9.2f} {row['wall_s']:7.1f} {row['steps']:6d} {row['step_p50_ms']:7.2f} "
+                      f"{row['step_p95_ms']:7.2f} {row['rss_mb']:7.1f} {row['text_kv_len']:7d} {row['text_pos']:8d} "
+                      f"{row['encoder_kv_len']:6d} {row['encoder_pos']:8d} {row['step_ms_len']:11d} "
+                      f"{objects if objects is not None else '-':>8}", flush=True)
+            win_first_step = n_steps
+            win_t0 = time.perf_counter()
+    run_wall = time.perf_counter() - t_start
+    interleave = interleave_check(engine, session, track, args.interleave_s) if args.interleave_s else None
+
+    t0 = time.perf_counter()
+    n_flush = sum(1 for _ in session.finish())
+    finish_ms = (time.perf_counter() - t0) * 1000.0
+    end_caches = cache_state(session)
+    end_mem = rss_mb()
+    gc.collect()
+    trimmed = malloc_trim()
+    trim_mem = rss_mb()
+    tm_top = None
+    if args.tracemalloc:
+        import tracemalloc
+
+        snap_end = tracemalloc.take_snapshot()
+        if snap_steady is not None:
+            tm_top = [str(s) for s in snap_end.compare_to(snap_steady, "lineno")[:15]]
+        tracemalloc.stop()
+
+    result = {
+        "args": {k: v for k, v in vars(args).items()},
+        "env": {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__, "numpy": np.__version__,
+                "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "model": {"path": model_path if args.model else f"tiny (hidden {args.hidden_size}, {args.layers} layers)",
+                  "n_params": engine.info.n_params, "load_s": load_s, "warmup_s": engine.info.warmup_s,
+                  "delay_ms": engine.delay_ms,
+                  "text": {"sliding_window": cfg.text_config.sliding_window,
+                           "max_position_embeddings": cfg.text_config.max_position_embeddings,
+                           "layer_types": end_caches["text"]["layer_types"]},
+                  "encoder": {"sliding_window": cfg.audio_config.sliding_window,
+                              "max_position_embeddings": cfg.audio_config.max_position_embeddings,
+                              "layer_types": end_caches["encoder"]["layer_types"]}},
+        "baseline_mem": base_mem, "baseline_py_objects": base_objects,
+        "run_wall_s": run_wall, "audio_s": n_push * PUSH_SAMPLES / SAMPLE_RATE,
+        "n_steps": n_steps, "finish": {"tokens": n_flush, "ms": finish_ms},
+        "end": {"caches": end_caches, **end_mem, "rss_after_malloc_trim_mb": trim_mem["rss_mb"],
+                "malloc_trim_released": trimmed},
+        "windows": windows,
+        "interleave": interleave,
+        "demo_fix": {"names": list(args.demo_fix), **shift_stats},
+        "tracemalloc_top": tm_top,
+    }
+    result["minutes"] = minute_summary(result, step_ms[:n_steps], step_audio_s[:n_steps])
+    result["rope_precision"] = rope_precision({"text": end_caches["text"]["pos"],
+                                               "encoder": end_caches["encoder"]["pos"]})
+    result["verdict"] = verdict(result)
+    if baseline is not None:
+        engine.model.forward = model_forward
+        d = np.array(diffs)
+        result["lockstep"] = {"steps": len(diffs), "mismatches": mismatches, "first_mismatch": first_mismatch,
+                              "baseline_top2_margin_at_mismatches": margins,
+                              "max_abs_logit_diff": {"median": pct(d, 50), "p99": pct(d, 99), "max": float(d.max())},
+                              "logit_std_median": pct(np.array(scales), 50)}
+    return result
+
+
+def interleave_check(engine, session, track: np.ndarray, seconds: float) -> dict:
+    """Step cost with full caches vs a fresh session under the SAME machine load: after the soak,
+    alternate 80 ms pushes between the long session (caches at their windows) and a new one
+    (caches growing from empty, i.e. minute-1 conditions), swapping which goes first each push.
+    Noise from other processes hits both alike, so the ratio isolates what cache length costs."""
+    fresh = engine.session()
+    long_ms, fresh_ms = [], []
+    for i, block in enumerate(pushes(track, int(round(seconds * SAMPLE_RATE / PUSH_SAMPLES)))):
+        order = ((session, long_ms), (fresh, fresh_ms)) if i % 2 == 0 else ((fresh, fresh_ms), (session, long_ms))
+        for sess, out in order:
+            sess.push(block)
+            for _ in sess.steps():
+                out.append(sess.step_ms[-1])
+    fresh_ms = fresh_ms[1:]  # prefill
+    n = min(len(long_ms), len(fresh_ms))
+    a, b = np.array(long_ms[-n:]), np.array(fresh_ms[-n:])
+    pair = a / b
+    return {"seconds": seconds, "steps": n,
+            "full_p50_ms": pct(a, 50), "full_p95_ms": pct(a, 95),
+            "fresh_p50_ms": pct(b, 50), "fresh_p95_ms": pct(b, 95),
+            "p50_ratio": pct(a, 50) / pct(b, 50), "paired_ratio_median": float(np.median(pair)),
+            "full_caches": cache_state(session), "fresh_caches": cache_state(fresh)}
+
+
+def _caches_full(caches: dict) -> bool:
+    return all(caches[k]["sliding_window"] and caches[k]["kv_len"] >= caches[k]["sliding_window"][0] - 1
+               for k in ("text", "encoder"))
+
+
+def minute_summary(result: dict, step_ms: np.ndarray, step_audio_s: np.ndarray) -> dict:
+    """Step percentiles per whole minute of audio (prefill excluded), with the window record that
+    ends that minute (memory, caches)."""
+    windows = result["windows"]
+    n_min = int(result["audio_s"] // 60)
+
+    def minute(m: int) -> dict | None:
+        if m < 1 or m > n_min:
+            return None
+        sel = (step_audio_s > (m - 1) * 60) & (step_audio_s <= m * 60)
+        sel[0] = False  # prefill
+        vals = step_ms[sel]
+        rec = min(windows, key=lambda w: abs(w["audio_s"] - m * 60))
+        return {"minute": m, "steps": int(len(vals)), "step_p50_ms": pct(vals, 50), "step_p95_ms": pct(vals, 95),
+                "step_mean_ms": float(vals.mean()) if len(vals) else math.nan,
+                **{k: rec[k] for k in ("audio_s", "rss_mb", "hwm_mb", "text_kv_len", "text_pos", "encoder_kv_len",
+                                       "encoder_pos", "cache_mb", "step_ms_len", "step_ms_bytes", "buffer_samples",
+                                       "py_objects", "chunk_p50_ms")}}
+
+    steady = None
+    for w in windows:
+        if w["text_kv_len"] >= result["model"]["text"]["sliding_window"] - 1 and \
+                w["encoder_kv_len"] >= result["model"]["encoder"]["sliding_window"] - 1:
+            steady = int(math.floor(w["audio_s"] / 60)) + 1
+            break
+    # RSS slope over the steady part (least squares, MiB per hour of audio).
+    slope = None
+    if steady is not None:
+        pts = [(w["audio_s"], w["rss_mb"]) for w in windows if w["audio_s"] >= (steady - 1) * 60]
+        if len(pts) >= 3:
+            x, y = np.array(pts).T
+            slope = float(np.polyfit(x / 3600.0, y, 1)[0])
+    return {"first": minute(1), "steady": minute(steady) if steady and steady < n_min else None,
+            "last": minute(n_min), "steady_minute": steady, "rss_slope_mb_per_hour_steady": slope}
+
+
+def verdict(result: dict) -> dict:
+    m = result["minutes"]
+    ref = m["steady"] or m["first"]
+    last = m["last"]
+    notes = []
+    if ref is None or last is None:
+        return {"flat": None, "notes": ["run shorter than two minutes"]}
+    ratio_p50 = last["step_p50_ms"] / ref["step_p50_ms"]
+    ratio_p95 = last["step_p95_ms"] / ref["step_p95_ms"]
+    rss_growth = last["rss_mb"] - ref["rss_mb"]
+    time_flat = ratio_p50 <= 1.15
+    mem_flat = rss_growth <= max(16.0, 0.03 * ref["rss_mb"])
+    caches_flat = (last["text_kv_len"] == ref["text_kv_len"] and last["encoder_kv_len"] == ref["encoder_kv_len"])
+    if m["steady"] is None:
+        notes.append("the caches did not fill their sliding windows early enough in this run: growth up to "
+                     "the window is by design, so there is no steady state to judge (run longer)")
+    if last["step_ms_len"] > ref["step_ms_len"] and last["step_ms_len"] > STEP_MS_KEEP:
+        notes.append(f"session.step_ms grows without bound: {last['step_ms_len']} floats "
+                     f"(~{last['step_ms_bytes'] / 2**20:.1f} MiB) after {last['audio_s'] / 60:.0f} min")
+    for label in ("text", "encoder"):
+        pos = last[f"{label}_pos"]
+        mpe = result["model"][label]["max_position_embeddings"]
+        if pos > mpe:
+            notes.append(f"{label} RoPE position {pos} > max_position_embeddings {mpe} (no error: default "
+                         f"RoPE has no table; precision drift only, see rope_precision)")
+    if last["buffer_samples"] > 4 * PUSH_SAMPLES:
+        notes.append(f"session._buffer holds {last['buffer_samples']} samples at the end")
+    flat = bool(time_flat and mem_flat and caches_flat) if m["steady"] is not None else None
+    return {"flat": flat, "step_time_flat": time_flat,
+            "memory_flat": mem_flat, "caches_flat": caches_flat, "compared": f"minute {ref['minute']} vs {last['minute']}",
+            "step_p50_ratio": ratio_p50, "step_p95_ratio": ratio_p95, "rss_growth_mb": rss_growth, "notes": notes}
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+
+TABLE_ROWS = (
+    ("step p50 ms", "step_p50_ms", "{:.2f}"),
+    ("step p95 ms", "step_p95_ms", "{:.2f}"),
+    ("step mean ms", "step_mean_ms", "{:.2f}"),
+    ("push+steps p50 ms", "chunk_p50_ms", "{:.2f}"),
+    ("RSS MiB", "rss_mb", "{:.1f}"),
+    ("text KV length", "text_kv_len", "{:d}"),
+    ("text position", "text_pos", "{:d}"),
+    ("encoder KV length", "encoder_kv_len", "{:d}"),
+    ("encoder position", "encoder_pos", "{:d}"),
+    ("KV cache MiB", "cache_mb", "{:.2f}"),
+    ("session.step_ms len", "step_ms_len", "{:d}"),
+    ("session._buffer samples", "buffer_samples", "{:d}"),
+    ("Python objects (GC)", "py_objects", "{:d}"),
+)
+
+
+def table(result: dict) -> str:
+    m = result["minutes"]
+    if m["first"] is None:
+        return "(less than one whole minute of audio: no minute table; see the per-window rows)"
+    cols = [c for c in (m["first"], m["steady"], m["last"]) if c]
+    heads = [f"min {c['minute']}" + (" (steady)" if c is m["steady"] else "") for c in cols]
+    last = m["last"]
+    lines = [f"{'':24}" + "".join(f"{h:>16}" for h in heads) + f"{'last/1':>9}" + (f"{'last/steady':>12}" if m["steady"] else "")]
+    for label, key, fmt in TABLE_ROWS:
+        vals = [c.get(key) for c in cols]
+        if all(v is None for v in vals):
+            continue
+        cells = "".join(f"{(fmt.format(v) if v is not None else '-'):>16}" for v in vals)
+
+        def ratio(a, b):
+            return f"{a / b:.2f}" if a is not None and b not in (None, 0) else "-"
+
+        line = f"{label:24}{cells}{ratio(last.get(key), m['first'].get(key)):>9}"
+        if m["steady"]:
+            line += f"{ratio(last.get(key), m['steady'].get(key)):>12}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def report(result: dict) -> str:
+    v = result["verdict"]
+    m = result["minutes"]
+    end = result["end"]
+    out = [
+        "",
+        f"{result['audio_s'] / 60:g} min of audio in {result['run_wall_s']:.0f} s wall "
+        f"({result['audio_s'] / result['run_wall_s']:.1f}x real time), {result['n_steps']} steps; "
+        f"finish(): {result['finish']['tokens']} tokens in {result['finish']['ms']:.0f} ms",
+        table(result),
+        f"RSS: start {result['baseline_mem']['rss_mb']:.1f} MiB, end {end['rss_mb']:.1f}, peak {end['hwm_mb']:.1f}, "
+        f"after malloc_trim {end['rss_after_malloc_trim_mb']:.1f}; steady slope "
+        + (f"{m['rss_slope_mb_per_hour_steady']:+.1f} MiB/h" if m["rss_slope_mb_per_hour_steady"] is not None else "-"),
+        f"caches: text {result['model']['text']['layer_types']} window {result['model']['text']['sliding_window']}, "
+        f"encoder {result['model']['encoder']['layer_types']} window {result['model']['encoder']['sliding_window']}",
+    ]
+    for label in ("text", "encoder"):
+        rp = result["rope_precision"][label]
+        errs = ", ".join(f"@{int(p):,}: {e:.1e}" for p, e in rp["max_abs_score_error"].items())
+        out.append(f"RoPE float32 score error ({label}, real config, |score|~{rp['mean_abs_score']:.2f}): {errs}")
+    il = result.get("interleave")
+    if il:
+        out.append(f"interleaved, same load, {il['steps']} steps each: full caches (text KV "
+                   f"{il['full_caches']['text']['kv_len']}) p50 {il['full_p50_ms']:.2f} / p95 {il['full_p95_ms']:.2f} ms "
+                   f"vs fresh session (text KV 0-{il['fresh_caches']['text']['kv_len']}) p50 {il['fresh_p50_ms']:.2f} / "
+                   f"p95 {il['fresh_p95_ms']:.2f} ms: x{il['p50_ratio']:.2f} (paired median x{il['paired_ratio_median']:.2f})")
+    if result["demo_fix"]["names"]:
+        out.append(f"demo fixes: {result['demo_fix']}")
+    if "lockstep" in result:
+        out.append(f"lockstep vs unpatched: {result['lockstep']}")
+    if result.get("tracemalloc_top"):
+        out += ["tracemalloc (steady -> end):", *result["tracemalloc_top"]]
+    flat = {True: "FLAT", False: "NOT FLAT", None: "n/a"}[v["flat"]]
+    out.append(f"verdict ({v.get('compared', '')}): {flat}"
+               + (f" (step p50 x{v['step_p50_ratio']:.2f}, p95 x{v['step_p95_ratio']:.2f}, "
+                  f"RSS {v['rss_growth_mb']:+.1f} MiB)" if "step_p50_ratio" in v else ""))
+    out += [f"  - {n}" for n in v["notes"]]
+    return "\n".join(out)
+
+
+def write_csv(path: str, windows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(windows[0]))
+        w.writeheader()
+        w.writerows(windows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", help="Realtime checkpoint directory (default: build a tiny random one)")
+    p.add_argument("--minutes", type=float, default=60.0, help="minutes of audio to stream (default 60)")
+    p.add_argument("--every-s", type=float, default=30.0, help="record every N seconds of audio (default 30)")
+    p.add_argument("--json", help="write everything (per-window rows, minute summary, verdict) here")
+    p.add_argument("--csv", help="write the per-window rows here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared CPU)")
+    p.add_argument("--hidden-size", type=int, default=64, help="tiny model hidden size (default 64)")
+    p.add_argument("--layers", type=int, default=2, help="tiny model layers (default 2)")
+    p.add_argument("--keep-model", action="store_true", help="do not delete the tiny model's temp dir")
+    p.add_argument("--no-objects", dest="objects", action="store_false", help="skip counting Python objects")
+    p.add_argument("--demo-fix", action="append", default=[], choices=DEMO_FIXES,
+                   help="monkeypatch a proposed engine fix (repeatable; off by default)")
+    p.add_argument("--reanchor-text-at", type=int, help="reanchor: text position threshold (default 2 x window)")
+    p.add_argument("--reanchor-encoder-at", type=int, help="reanchor: encoder position threshold (default 2 x window)")
+    p.add_argument("--lockstep-baseline", action="store_true",
+                   help="with --demo-fix: compare token ids with an unpatched session on the same audio")
+    p.add_argument("--interleave-s", type=float, default=60.0,
+                   help="after the soak, alternate this many seconds of steps between the long session and a "
+                        "fresh one to compare their cost under the same load (0: skip; default 60)")
+    p.add_argument("--tracemalloc", action="store_true", help="Python allocation diff steady -> end (slow)")
+    p.add_argument("--quiet", action="store_true", help="no per-window lines")
+    args = p.parse_args(argv)
+    if args.minutes <= 0 or args.every_s <= 0:
+        p.error("--minutes and --every-s must be positive")
+    if args.lockstep_baseline and not args.demo_fix:
+        p.error("--lockstep-baseline compares a --demo-fix session with an unpatched one")
+    result = run(args)
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    if args.csv:
+        write_csv(args.csv, result["windows"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -662,15 +662,10 @@ def _interleaved(runners: dict, clip: Clip, warmup: int, runs: int, spec: ModelS
 
 
 def _values(rows, model, method, clip, metric):
-    out = []
-    for r in rows:
-        if r["model"] == model and r["method"] == method and (clip is None or r["clip"] == clip):
-            v = r.get(metric)
-            if isinstance(v, list):
-                out.extend(v)
-            elif v is not None:
-                out.append(v)
-    return out
+    from voxcli.events import pool
+
+    return pool(r.get(metric) for r in rows
+                if r["model"] == model and r["method"] == method and (clip is None or r["clip"] == clip))
 
 
 def token_match(rows: list[dict], model: str, clip: str, method: str) -> dict | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from voxcli.events import TokenEvent, summarize
+from voxcli.events import TokenEvent, pool, summarize
 from voxcli.render import LiveTranscript
 
 STEP_BUDGET_MS = 80.0
@@ -68,15 +68,7 @@ class BenchReport:
     runs: list[dict] = field(default_factory=list)  # one record per measured run, raw samples inside
 
     def samples(self, metric: str, clip: str | None = None) -> list[float]:
-        out: list[float] = []
-        for run in self.runs:
-            if clip is None or run["clip"] == clip:
-                value = run.get(metric)
-                if isinstance(value, list):
-                    out.extend(value)
-                elif value is not None:
-                    out.append(value)
-        return out
+        return pool(run.get(metric) for run in self.runs if clip is None or run["clip"] == clip)
 
     def summary(self) -> dict:
         metrics = FILE_METRICS + (PACED_METRICS if self.options.get("paced") else ())
@@ -336,11 +328,7 @@ def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
     ok = [s for s in sessions if not s.get("error")]
 
     def pooled(metric: str) -> list[float]:
-        out: list[float] = []
-        for s in ok:
-            value = s.get(metric)
-            out.extend(value if isinstance(value, list) else [] if value is None else [value])
-        return out
+        return pool(s.get(metric) for s in ok)
 
     return {
         "concurrency": concurrency, "paced": paced, "clip": clip.name, "wall_s": wall_s,

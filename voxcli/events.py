@@ -82,6 +82,17 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def pool(values) -> list[float]:
+    """Samples from per-run records: lists are spread out, missing (None) values skipped."""
+    out: list[float] = []
+    for value in values:
+        if isinstance(value, list):
+            out.extend(value)
+        elif value is not None:
+            out.append(value)
+    return out
+
+
 def summarize(values: list[float]) -> dict:
     """n, p50, p90, p95, p99, mean, min, max of a list of samples (empty -> just n=0)."""
     if not values:

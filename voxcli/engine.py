@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from voxcli.errors import ModelError
-from voxcli.events import TokenEvent
+from voxcli.events import TokenEvent, clamp_span
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +238,7 @@ class RealtimeEngine(Engine):
         audio = _validate_audio(audio)
         end_s = len(audio) / SAMPLE_RATE
         for event in self.stream([audio], max_new_tokens=max_new_tokens):
-            # Tokens after the end cover the right padding (silence): clamp their span to the audio.
-            if event.audio_end_s is not None and event.audio_end_s > end_s:
-                start = min(event.audio_start_s, end_s)
-                event = _replace_span(event, start, end_s)
-            yield event
+            yield clamp_span(event, end_s)
 
 
 def validate_delay_ms(delay_ms: int) -> None:
@@ -250,10 +246,6 @@ def validate_delay_ms(delay_ms: int) -> None:
         raise ValueError(
             f"delay_ms must be a multiple of {TOKEN_MS} between {MIN_DELAY_MS} and {MAX_DELAY_MS}, got {delay_ms}"
         )
-
-
-def _replace_span(event: TokenEvent, start: float, end: float) -> TokenEvent:
-    return dataclasses.replace(event, audio_start_s=start, audio_end_s=end)
 
 
 class RealtimeSession:
@@ -442,21 +434,9 @@ class OfflineEngine(Engine):
         speech regions grouped into windows of at most 30 s, cut at silences. Silence yields nothing.
         """
         audio = _validate_audio(audio)
-        if segments is None:
-            from voxcli.audio import plan_segments
-
-            segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=self.MAX_SEGMENT_S)
-        index = 0
-        for seg_no, (start, end) in enumerate(segments):
-            needs_space = index > 0  # segments are transcribed apart: keep their words apart
-            for event in self._generate(audio[start:end], language, max_new_tokens or self.max_new_tokens):
-                text = event.text
-                if needs_space and text:
-                    text = text if text[0].isspace() else " " + text
-                    needs_space = False
-                yield dataclasses.replace(event, index=index, text=text, audio_start_s=start / SAMPLE_RATE,
-                                          audio_end_s=end / SAMPLE_RATE, segment=seg_no)
-                index += 1
+        limit = max_new_tokens or self.max_new_tokens
+        yield from transcribe_segments(audio, segments, lambda clip: self._generate(clip, language, limit),
+                                       max_segment_s=self.MAX_SEGMENT_S)
 
     def warmup(self) -> float:
         t0 = time.perf_counter()
@@ -497,6 +477,29 @@ class OfflineEngine(Engine):
         tail = detok.flush()
         if tail:
             yield TokenEvent(max_new_tokens, -1, tail, time.perf_counter())
+
+
+def transcribe_segments(audio: np.ndarray, segments: list[tuple[int, int]] | None,
+                        clip_events, *, max_segment_s: float) -> Iterator[TokenEvent]:
+    """Run ``clip_events(clip)`` over each speech segment in turn (default: speech regions grouped
+    into windows of at most ``max_segment_s``, cut at silences; silence yields nothing). Events are
+    numbered across segments, carry their segment's span, and a segment's first text gets a
+    leading space so words of segments transcribed apart stay apart."""
+    if segments is None:
+        from voxcli.audio import plan_segments
+
+        segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=max_segment_s)
+    index = 0
+    for seg_no, (start, end) in enumerate(segments):
+        needs_space = index > 0
+        for event in clip_events(audio[start:end]):
+            text = event.text
+            if needs_space and text:
+                text = text if text[0].isspace() else " " + text
+                needs_space = False
+            yield dataclasses.replace(event, index=index, text=text, audio_start_s=start / SAMPLE_RATE,
+                                      audio_end_s=end / SAMPLE_RATE, segment=seg_no)
+            index += 1
 
 
 # ---------------------------------------------------------------------------------------- loading

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,14 @@ class TokenEvent:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def clamp_span(event: TokenEvent, end_s: float) -> TokenEvent:
+    """The event with its audio span cut at ``end_s``: tokens made from the right padding (silence
+    pushed after the audio) belong to no audio beyond what was really heard."""
+    if event.audio_end_s is None or event.audio_end_s <= end_s:
+        return event
+    return replace(event, audio_start_s=min(event.audio_start_s, end_s), audio_end_s=end_s)
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.errors import ServerError
-from voxcli.events import TokenEvent, Transcript, TranscriptMetrics
+from voxcli.events import TokenEvent, Transcript, TranscriptMetrics, clamp_span
 
 QUEUE_SIZE = 256
 POLL_S = 0.05
@@ -353,10 +353,7 @@ class LiveEngineWorker(threading.Thread):
         t_ready = time.perf_counter()
         end_s = session.pushed_samples / 16000
         for event in session.finish():
-            if event.audio_end_s is not None and event.audio_end_s > end_s:
-                # Tokens over the padding itself: clamp their span to the audio really heard.
-                event = dataclasses.replace(event, audio_start_s=min(event.audio_start_s, end_s),
-                                            audio_end_s=end_s)
+            event = clamp_span(event, end_s)
             self._emit(event, offset, t_ready, flushed=True)
             t_ready = event.t_emitted
         self.flushes += 1

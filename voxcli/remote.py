@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from voxcli.config import DEFAULT_MODEL
-from voxcli.engine import EngineInfo
+from voxcli.engine import EngineInfo, transcribe_segments
 from voxcli.errors import ServerError
 from voxcli.events import TokenEvent
 from voxcli.netproto import WebSocket, WebSocketClosed, multipart, sse_data
@@ -234,21 +234,14 @@ class RemoteOfflineEngine(RemoteEngine):
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
                    segments: list[tuple[int, int]] | None = None) -> Iterator[TokenEvent]:
-        from voxcli.audio import plan_segments
-
         audio = np.asarray(audio, dtype=np.float32)
-        if segments is None:
-            segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=self.MAX_SEGMENT_S)
-        index = 0
-        for seg_no, (start, end) in enumerate(segments):
-            needs_space = index > 0
-            for t, text in self._request(audio[start:end], language, max_new_tokens or self.max_new_tokens):
-                if needs_space and text:
-                    text = text if text[0].isspace() else " " + text
-                    needs_space = False
-                yield TokenEvent(index=index, token_id=-1, text=text, t_emitted=t, audio_start_s=start / SAMPLE_RATE,
-                                 audio_end_s=end / SAMPLE_RATE, segment=seg_no, special=not text)
-                index += 1
+        limit = max_new_tokens or self.max_new_tokens
+
+        def clip_events(clip: np.ndarray) -> Iterator[TokenEvent]:
+            for i, (t, text) in enumerate(self._request(clip, language, limit)):
+                yield TokenEvent(index=i, token_id=-1, text=text, t_emitted=t, special=not text)
+
+        yield from transcribe_segments(audio, segments, clip_events, max_segment_s=self.MAX_SEGMENT_S)
 
     def _request(self, clip: np.ndarray, language: str | None, max_new_tokens: int) -> Iterator[tuple[float, str]]:
         fields = {"model": self.model_name, "stream": "true", "max_completion_tokens": str(max_new_tokens)}

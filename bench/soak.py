@@ -316,8 +316,7 @@ def run(args) -> dict:
     try:
         model_path = build_model(args, tmp)
         t0 = time.perf_counter()
-        engine = load_engine(model_path, device=args.device, dtype=args.dtype, threads=args.threads,
-                             local_files_only=Path(model_path).is_dir() or None)
+        engine = load_engine(model_path, device=args.device, dtype=args.dtype, threads=args.threads)
         load_s = time.perf_counter() - t0
     finally:
         if not args.model and not args.keep_model:

@@ -14,6 +14,17 @@ import pytest
 from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module
 
 
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     # On a shared 2-core machine tiny models run steadier single-threaded.

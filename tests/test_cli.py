@@ -538,12 +538,15 @@ def bad_yaml(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["unknown key", "unknown key (config)", "delay", "format"])
+@pytest.mark.parametrize("case", ["unknown key", "unknown key (config)", "delay", "delay 1280", "delay listen",
+                                  "format"])
 def test_bad_configuration_is_one_line_and_exit_2(cli_env, realtime_dir, bad_yaml, case):
     args = {
         "unknown key": ["transcribe", "file", HELLO, "--model", realtime_dir, "--config", bad_yaml],
         "unknown key (config)": ["config", "--config", bad_yaml],
         "delay": ["transcribe", "file", HELLO, "--model", realtime_dir, "--delay-ms", "100"],
+        "delay 1280": ["transcribe", "file", HELLO, "--model", realtime_dir, "--delay-ms", "1280"],
+        "delay listen": ["listen", "--input", HELLO, "--model", realtime_dir, "--delay-ms", "2320"],
         "format": ["transcribe", "file", HELLO, "--model", realtime_dir, "--format", "xml"],
     }[case]
     run = voxcli(cli_env, *args)
@@ -551,8 +554,8 @@ def test_bad_configuration_is_one_line_and_exit_2(cli_env, realtime_dir, bad_yam
     assert run.stdout == ""
     if case.startswith("unknown key"):
         assert "model.devise" in line and str(bad_yaml) in line and "model.device" in line
-    elif case == "delay":
-        assert "delay_ms" in line and "80" in line and "2400" in line and "100" in line
+    elif case.startswith("delay"):
+        assert "delay_ms" in line and "80 to 1200, or 2400" in line and args[-1] in line
     else:
         assert "xml" in line and all(fmt in line for fmt in OUTPUT_FORMATS)
 

@@ -27,7 +27,9 @@ def speech(tmp_path_factory):
 
 
 def _ids(events):
-    return [e.token_id for e in events]
+    # token_id -1 is no model token: the text tail the detokenizer releases at the end (a
+    # multi-byte character left incomplete by the last token).
+    return [e.token_id for e in events if e.token_id >= 0]
 
 
 # ------------------------------------------------------------------------------------ realtime
@@ -116,10 +118,20 @@ def test_other_delay_changes_prompt_and_still_streams(realtime_dir, speech):
     assert len(events) >= 2 * SR // 1280
 
 
-@pytest.mark.parametrize("bad", [0, 100, 2480, -80])
+@pytest.mark.parametrize("bad", [0, 100, 1280, 1600, 2320, 2480, -80])
 def test_bad_delay_is_rejected(realtime_dir, bad):
-    with pytest.raises(ValueError, match="multiple of 80"):
+    with pytest.raises(ValueError, match="multiple of 80 from 80 to 1200, or 2400"):
         load_engine(str(realtime_dir), device="cpu", delay_ms=bad, warmup=False)
+
+
+@pytest.mark.parametrize("delay_ms", [80, 1200, 2400])
+def test_model_card_delays_run(realtime_dir, speech, delay_ms):
+    engine = load_engine(str(realtime_dir), device="cpu", delay_ms=delay_ms, warmup=False)
+    assert engine.num_delay_tokens == delay_ms // 80
+    assert len(engine._prompt_ids) == 1 + 32 + delay_ms // 80
+    events = list(engine.transcribe(speech[: SR]))
+    # One token per 80 ms of audio, plus what the right padding flushes.
+    assert len(events) >= SR // 1280 + 1
 
 
 def test_detokenizer_handles_split_multibyte_characters(realtime_engine):
@@ -183,13 +195,29 @@ def test_offline_silence_gives_nothing(offline_engine):
 def test_device_and_dtype_resolution():
     import torch
 
-    assert resolve_device("auto") == "cpu"  # no GPU on the test machines
+    has_cuda = torch.cuda.is_available()
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    assert resolve_device("auto") == ("cuda" if has_cuda else "mps" if has_mps else "cpu")
+    assert resolve_device("cpu") == "cpu"
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
     with pytest.raises(ValueError, match="auto, cuda, mps, cpu"):
         resolve_device("tpu")
-    with pytest.raises(ModelError, match="CUDA is not available"):
-        resolve_device("cuda")
+    if has_cuda:
+        assert resolve_device("cuda:0") == "cuda:0"
+    else:
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_engine_on_cuda_matches_the_cpu_tokens(realtime_dir, speech):
+    """Features, ids and caches follow the model's device: the same greedy tokens on a GPU
+    (float32 on both, so the arithmetic is close enough for argmax to agree on a tiny model)."""
+    cpu = _ids(load_engine(str(realtime_dir), device="cpu", warmup=False).transcribe(speech))
+    gpu_engine = load_engine(str(realtime_dir), device="cuda", dtype="float32")
+    assert gpu_engine.model.device.type == "cuda"
+    assert _ids(gpu_engine.transcribe(speech)) == cpu
 
 
 def test_engine_info(realtime_engine, offline_engine):
@@ -214,3 +242,30 @@ def test_non_voxtral_checkpoint_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelError, match="not a Voxtral model"):
         load_engine(str(tmp_path), device="cpu", warmup=False)
+
+
+def test_mistral_format_directory_points_to_vllm(tmp_path):
+    for name in ("params.json", "consolidated.safetensors", "tekken.json"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(ModelError, match="Mistral's own format.*--server"):
+        load_engine(str(tmp_path), device="cpu", warmup=False)
+
+
+def test_a_model_too_big_for_free_memory_is_refused_before_its_weights_are_read(realtime_dir, monkeypatch):
+    from transformers import VoxtralRealtimeForConditionalGeneration
+
+    import voxcli.memory
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were read")
+
+    monkeypatch.setattr(voxcli.memory, "available_bytes", lambda device: (1000, "of system memory available"))
+    monkeypatch.setattr(VoxtralRealtimeForConditionalGeneration, "from_pretrained", never)
+    with pytest.raises(ModelError) as err:
+        load_engine(str(realtime_dir), device="cpu", warmup=False)
+    line = str(err.value)
+    assert "\n" not in line and "GiB" in line and "0.0 GiB is of system memory available" in line
+    assert "--dtype bfloat16" in line and "--device cuda" in line
+    monkeypatch.setenv("VOXCLI_SKIP_MEMORY_CHECK", "1")
+    with pytest.raises(AssertionError, match="weights were read"):  # the check is skipped
+        load_engine(str(realtime_dir), device="cpu", warmup=False)

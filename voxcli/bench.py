@@ -119,15 +119,13 @@ def critical_path_ms(engine, audio: np.ndarray) -> float:
             clip = np.zeros(need, np.float32)
             clip[: min(need, len(audio))] = audio[:need]
             window = np.concatenate([engine._left_pad, clip])
-            feats = engine.processor.feature_extractor(window, center=True, sampling_rate=16000,
-                                                       return_tensors="pt")["input_features"]
+            feats = engine.proc.log_mel(window, center=True)
             ids = torch.tensor([engine._prompt_ids], device=model.device)
             out = model(input_ids=ids, input_features=feats.to(model.device, model.dtype), use_cache=True,
                         num_delay_tokens=engine.num_delay_tokens, logits_to_keep=1)
         else:
-            inputs = engine.processor.apply_transcription_request(
-                audio=audio[: 30 * 16000], language=None, model_id=engine.info.model, sampling_rate=16000,
-                format="wav", return_tensors="pt").to(model.device)
+            inputs = engine.proc.transcription_request(audio[: 30 * 16000], language=None,
+                                                       model_id=engine.info.model).to(model.device)
             inputs["input_features"] = inputs["input_features"].to(model.dtype)
             out = model(**inputs, use_cache=True, logits_to_keep=1)
         int(out.logits[:, -1].argmax(-1).item())

@@ -17,6 +17,7 @@ import typer
 
 from voxcli import __version__
 from voxcli.config import OUTPUT_FORMATS, Config, dump_yaml, load_config
+from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
 from voxcli.errors import ConfigError, VoxcliError
 
 HELP = """Live, local speech-to-text with Mistral's Voxtral models.
@@ -47,7 +48,7 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads f
                                                 show_default=False)]
 DelayOpt = Annotated[int | None, typer.Option(
     "--delay-ms", show_default=False,
-    help="Realtime model: transcription delay in ms, a multiple of 80 from 80 to 2400 (checkpoint default 480). "
+    help=f"Realtime model: transcription delay in ms, {DELAYS_TEXT} (checkpoint default 480). "
          "Lower shows words sooner, higher is more accurate.")]
 LanguageOpt = Annotated[str | None, typer.Option(
     "--language", "-l", show_default=False,
@@ -102,7 +103,11 @@ def _quiet_libraries(debug: bool) -> None:
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # weight-loading bars
+        # ... which also turns off the hub's, and a download must show its progress.
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.enable_progress_bars()
     except ImportError:
         pass
 
@@ -117,15 +122,15 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
                              highlight=False)
         return engine
     _quiet_libraries(debug)
-    if cfg.model.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
     from voxcli.engine import load_engine
+    from voxcli.hub import resolve_checkpoint
 
+    # Outside the spinner: a first run's download draws the hub's own progress bars.
+    path = resolve_checkpoint(cfg.model.name, offline=cfg.model.offline)
     with status_console.status(f"loading {cfg.model.name} ...", spinner="dots"):
         engine = load_engine(
-            cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+            str(path), name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
             delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
-            local_files_only=True if cfg.model.offline else None,
             max_new_tokens=cfg.model.max_new_tokens,
         )
     info = engine.info

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
+from voxcli.delays import is_allowed_delay_ms
 from voxcli.errors import ConfigError
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
@@ -49,7 +51,8 @@ class ModelConfig:
 @dataclass
 class TranscriptionConfig:
     delay_ms: int | None = field(default=None, metadata={
-        "help": "Realtime model: transcription delay, a multiple of 80 in 80..2400; null = the checkpoint's (480)"})
+        "help": f"Realtime model: transcription delay in ms, {DELAYS_TEXT}; null = the checkpoint's (480)",
+        "delay": True})
     language: str = field(default="auto", metadata={
         "help": "offline models: ISO 639-1 language hint (en, fr, ...) or auto to detect"})
 
@@ -161,7 +164,7 @@ def set_key(config: Config, dotted: str, value: Any, *, source: str) -> None:
 _DEVICE_RE = re.compile(r"(auto|cuda|mps|cpu|cuda:[0-9]+)")
 
 
-def _allowed(dotted: str, f: dataclasses.Field) -> str:
+def _allowed(f: dataclasses.Field) -> str:
     """What a key accepts, in words: every error about the key says it."""
     meta = f.metadata
     base = str(f.type).replace(" | None", "")
@@ -169,8 +172,8 @@ def _allowed(dotted: str, f: dataclasses.Field) -> str:
         text = "one of " + ", ".join(meta["choices"])
     elif meta.get("device"):
         text = "one of auto, cuda, cuda:N, mps, cpu"
-    elif dotted == "transcription.delay_ms":
-        text = "an integer, a multiple of 80 between 80 and 2400"
+    elif meta.get("delay"):
+        text = f"an integer, {DELAYS_TEXT}"
     elif base == "bool":
         text = "true or false"
     elif base == "int":
@@ -192,20 +195,18 @@ def _validate(dotted: str, f: dataclasses.Field, value: Any, source: str) -> Any
     if meta.get("accepts_index") and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         value = str(value)  # an index such as `device: 3` in YAML
     if value is None:
-        raise ConfigError(f"{source}: {dotted} cannot be null; it must be {_allowed(dotted, f)}")
-    if not _valid(dotted, base, meta, value):
-        raise ConfigError(f"{source}: {dotted} must be {_allowed(dotted, f)}; got {value!r}")
+        raise ConfigError(f"{source}: {dotted} cannot be null; it must be {_allowed(f)}")
+    if not _valid(base, meta, value):
+        raise ConfigError(f"{source}: {dotted} must be {_allowed(f)}; got {value!r}")
     return float(value) if base == "float" else value
 
 
-def _valid(dotted: str, base: str, meta: dict, value: Any) -> bool:
+def _valid(base: str, meta: dict, value: Any) -> bool:
     if base == "bool":
         return isinstance(value, bool)
     if base == "int":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= meta.get("min", value)
-        if ok and dotted == "transcription.delay_ms":
-            ok = value % 80 == 0 and 80 <= value <= 2400
-        return ok
+        return ok and (is_allowed_delay_ms(value) if meta.get("delay") else True)
     if base == "float":
         return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                 and value <= meta.get("max", math.inf))

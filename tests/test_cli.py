@@ -487,7 +487,7 @@ def test_only_bad_files_never_load_the_model(cli_env, realtime_dir, only_bad_pat
 
 
 def test_only_bad_files_do_not_import_torch_or_transformers(cli_env, realtime_dir, only_bad_paths):
-    """DESIGN.md 3: heavy imports stay out of the start-up path until a model is needed."""
+    """docs/design.md, "Data flow": heavy imports stay out of the start-up path until a model is needed."""
     run = voxcli(cli_env, "transcribe", "file", *only_bad_paths, "--model", realtime_dir,
                  python_flags=("-X", "importtime"))
     assert run.code == 1, run

@@ -269,3 +269,21 @@ def test_a_model_too_big_for_free_memory_is_refused_before_its_weights_are_read(
     monkeypatch.setenv("VOXCLI_SKIP_MEMORY_CHECK", "1")
     with pytest.raises(AssertionError, match="weights were read"):  # the check is skipped
         load_engine(str(realtime_dir), device="cpu", warmup=False)
+
+
+@pytest.mark.parametrize("kind", ["realtime", "offline"])
+def test_json_metrics_carry_step_times_and_no_empty_figure(realtime_engine, offline_engine, speech, kind):
+    from voxcli.pipeline import transcribe_audio
+
+    engine = realtime_engine if kind == "realtime" else offline_engine
+    transcript = transcribe_audio(engine, speech, source="s.wav", on_event=lambda e: None)
+    tokens = [e for e in transcript.events if e.token_id >= 0]
+    # Every decode step is timed; the first token of each stream or segment comes from the prefill.
+    firsts = len({e.segment for e in tokens})
+    assert sum(e.step_ms is not None for e in tokens) == len(tokens) - firsts
+    assert all(e.step_ms > 0 for e in tokens if e.step_ms is not None)
+    metrics = transcript.metrics.to_dict()
+    assert metrics["step_ms"]["n"] == len(tokens) - firsts
+    assert all(v is not None and v != {"n": 0} for v in metrics.values())
+    silent = transcribe_audio(engine, np.zeros(SR, np.float32), source="q.wav", on_event=lambda e: None)
+    assert all(v is not None and v != {"n": 0} for v in silent.metrics.to_dict().values())

@@ -10,7 +10,7 @@ where they fail: CI must exercise the server. Use the fixtures `vllm_realtime` /
     def test_x(vllm_offline):
         vllm_offline.url, vllm_offline.model, vllm_offline.port ...
 
-The server runs with the flags and environment verified in DESIGN.md section 6; every file it
+The server runs with the flags and environment verified in docs/design.md ("Beyond one machine") and .ci/vllm.sh; every file it
 writes (logs, sockets, caches) goes into a temporary directory.
 """
 

@@ -1,6 +1,7 @@
 """A virtual microphone for tests: a real ALSA capture device whose samples come from a file.
 
-Recipe A of /work/shared/testing/virtual-mic.md. Tests exercise the stack a user has
+A file-backed ALSA capture device (docs/design.md, "Testing without a GPU or weights"). Tests
+exercise the stack a user has
 (sounddevice -> PortAudio -> alsa-lib -> device), with no sound card, daemon or root::
 
     from vmic import vmic, no_mic          # the fixtures

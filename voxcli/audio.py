@@ -1,15 +1,14 @@
-"""Audio in and out: file decoding, resampling, WAV writing and energy-based speech detection.
+"""Audio in: file decoding, resampling and energy-based speech detection.
 
 Everything here works on float32 mono numpy arrays at ``SAMPLE_RATE`` because that is what both
 Voxtral processors expect. No models, no terminal: the engine and the CLI build on this module.
-Microphone capture will live here too (see the module table in STYLE.md).
+Microphone capture and file replay live in ``voxcli.capture``; session WAVs in ``voxcli.recorder``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -21,8 +20,6 @@ __all__ = [
     "SAMPLE_RATE",
     "load_audio",
     "resample",
-    "duration_s",
-    "write_wav",
     "detect_speech",
     "plan_segments",
 ]
@@ -151,37 +148,6 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(samples, from_rate, to_rate, quality=_RESAMPLE_QUALITY).astype(
         np.float32, copy=False
     )
-
-
-def duration_s(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
-    """Length in seconds of audio whose first axis is time."""
-    _check_rate("sample_rate", sample_rate)
-    return len(samples) / sample_rate
-
-
-def write_wav(
-    path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int = SAMPLE_RATE
-) -> Path:
-    """Write audio as a 32-bit float WAV and return the path.
-
-    Float rather than 16-bit PCM so that what we save is bit-for-bit what the model heard (no
-    requantisation, no clipping of overshoot); it costs twice the disk, which is small for speech
-    (~230 MB per hour at 16 kHz mono). Errors raise ``AudioError`` naming the path.
-    """
-    _check_rate("sample_rate", sample_rate)
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim not in (1, 2):
-        raise ValueError(f"samples must be 1-D or (frames, channels), got shape {samples.shape}")
-    path, shown = Path(path), _shown(path)
-    # Creating the file ourselves first gets the OS's reason for a bad path (libsndfile only says
-    # "System error"); libsndfile then writes by path, since its seek-heavy WAV writer turns any
-    # Python file-object error into noisy "exception ignored" tracebacks.
-    _open(path, "wb", shown).close()
-    try:
-        sf.write(path, samples, sample_rate, format="WAV", subtype="FLOAT")
-    except sf.LibsndfileError as e:  # e.g. the disk filled up
-        raise AudioError(f"{shown}: cannot write WAV ({_sf_reason(e)})") from None
-    return path
 
 
 def _check_rate(name: str, rate: int) -> None:

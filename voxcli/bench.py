@@ -1,6 +1,6 @@
 """`voxcli bench`: latency percentiles, with every raw sample kept so any figure can be recomputed.
 
-Figures (names as in DESIGN.md section 4; all from ``time.perf_counter()``; warm-up runs are
+Figures (names as in docs/design.md, "Latency, defined"; all from ``time.perf_counter()``; warm-up runs are
 never counted; the model is loaded and warm before the first clock starts):
 
 - ``ttft_ms``: complete audio handed to the engine -> first non-special token id on the host.

@@ -186,6 +186,7 @@ class _Source:
         self.captured_samples = 0  # every sample produced, kept or dropped
         self.dropped_blocks = 0
         self.dropped_samples = 0
+        self.input_overflows = 0  # host-side input losses PortAudio reported (the microphone only)
         self.finished = threading.Event()
         self.error: str | None = None  # one line, set when the source failed mid-stream
         self.t_started: float | None = None  # perf_counter() when capture began
@@ -277,7 +278,6 @@ class MicSource(_Source):
         super().__init__(block_ms=block_ms, queue_s=queue_s, max_seconds=max_seconds)
         self.device = device
         self.device_info: DeviceInfo | None = None
-        self.input_overflows = 0
         self._stream = None
         self._stopping = False
 

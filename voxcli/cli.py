@@ -53,7 +53,8 @@ DelayOpt = Annotated[int | None, typer.Option(
 LanguageOpt = Annotated[str | None, typer.Option(
     "--language", "-l", show_default=False,
     help="Offline models (3B/24B): language hint such as en, fr, de; 'auto' detects it.")]
-OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never contact the Hugging Face hub.")]
+OfflineOpt = Annotated[bool, typer.Option(
+    "--offline", help="Never contact the Hugging Face hub: use a local directory or the cache.")]
 ServerOpt = Annotated[str | None, typer.Option(
     "--server", show_default=False,
     help="Use a vLLM server (http://HOST:PORT) as the engine; --model is then the served model name.")]
@@ -81,13 +82,14 @@ def _resolve_config(config_path: Path | None, debug: bool = False, **flags) -> C
 
 
 def _exit_with(job, debug: bool):
-    """Run a command's job; a user-caused error becomes one line and exit 1 (--debug re-raises)."""
+    """Run a command's job; a user-caused error becomes one line and exit 1, or 2 for a bad
+    configuration value found while checking the job's inputs (--debug re-raises)."""
     try:
         code = job()
     except VoxcliError as exc:
         if debug:
             raise
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
     raise typer.Exit(code)
 
 
@@ -201,7 +203,7 @@ def listen_cmd(
     save: Annotated[Path | None, typer.Option(
         "--save", show_default=False,
         help="Directory for this session's files, written as you speak: the WAV the engine heard, "
-             "per-token JSONL events, and the transcript.")] = None,
+             "per-token JSONL events, and the transcript. Created if needed; checked before the model loads.")] = None,
     max_seconds: Annotated[float | None, typer.Option(
         "--max-seconds", show_default=False, min=0.0, help="Stop after this many seconds of audio.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,

@@ -266,8 +266,7 @@ class RealtimeSession:
         self.n_tokens = 0
         self.pushed_samples = 0
         # Recent step times only: a session may run for hours (one step per 80 ms).
-        self.step_ms: deque[float] = deque(maxlen=STEP_MS_KEEP)
-        self.n_steps = 0
+        self.step_ms: deque[float] = deque(maxlen=STEP_MS_KEEP)  # decode steps, not the prefill
         self.t_first_chunk_ready: float | None = None
 
     # Audio in ---------------------------------------------------------------------------------
@@ -332,7 +331,7 @@ class RealtimeSession:
         self._buffer = self._buffer[e.next_window_start:]
         self._consumed = need - len(e._left_pad)
         self._started = True
-        return self._forward(ids, feats, t0)
+        return self._forward(ids, feats, t0, prefill=True)
 
     def _step(self) -> TokenEvent:
         e = self.engine
@@ -359,7 +358,7 @@ class RealtimeSession:
         self._feats = e.proc.log_mel(window, center=False)
         self._feats_next = 0
 
-    def _forward(self, input_ids, feats, t0: float) -> TokenEvent:
+    def _forward(self, input_ids, feats, t0: float, prefill: bool = False) -> TokenEvent:
         torch = self._torch
         e = self.engine
         model = e.model
@@ -376,8 +375,9 @@ class RealtimeSession:
         token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
         t_emitted = time.perf_counter()
         self._last_token = next_id[:, None]
-        self.step_ms.append((t_emitted - t0) * 1000.0)
-        self.n_steps += 1
+        step_ms = (t_emitted - t0) * 1000.0
+        if not prefill:
+            self.step_ms.append(step_ms)
         k = self.n_tokens
         self.n_tokens += 1
         start_s = k * TOKEN_MS / 1000.0
@@ -389,6 +389,7 @@ class RealtimeSession:
             audio_start_s=start_s,
             audio_end_s=start_s + TOKEN_MS / 1000.0,
             special=self._detok.is_special(token_id),
+            step_ms=None if prefill else step_ms,
         )
 
 
@@ -439,6 +440,7 @@ class OfflineEngine(Engine):
         ids = inputs["input_ids"]
         kwargs = {"input_features": inputs["input_features"], "attention_mask": inputs.get("attention_mask")}
         for k in range(max_new_tokens):
+            t0 = time.perf_counter()
             with torch.inference_mode():
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1,
                             **{self.cache_kwargs["cache"]: cache}, **kwargs)
@@ -447,8 +449,8 @@ class OfflineEngine(Engine):
             t_emitted = time.perf_counter()
             if token_id == self.eos_id:
                 break
-            yield TokenEvent(k, token_id, detok.push(token_id), t_emitted,
-                             special=detok.is_special(token_id))
+            yield TokenEvent(k, token_id, detok.push(token_id), t_emitted, special=detok.is_special(token_id),
+                             step_ms=(t_emitted - t0) * 1000.0 if k else None)  # step 0 is the prefill
             ids = next_id[:, None]
             kwargs = {}
         tail = detok.flush()

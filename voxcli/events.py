@@ -17,7 +17,10 @@ class TokenEvent:
     model knows it (the Realtime model: 80 ms per token, shifted by its delay; the offline model:
     the span of the segment it was generated for), else ``None``. ``special`` marks control
     tokens (e.g. the Realtime model's streaming padding): they add no text and do not count as the
-    first token.
+    first token. ``step_ms`` is how long the model step that made this token took (features,
+    forward, reading the id back); ``None`` for the first token of a stream or segment (its step
+    is the prefill, timed as ``critical_path_ms`` by ``voxcli bench``) and where the engine
+    cannot tell (a server).
     """
 
     index: int
@@ -27,8 +30,8 @@ class TokenEvent:
     audio_start_s: float | None = None
     audio_end_s: float | None = None
     segment: int = 0
-    final: bool = True
     special: bool = False
+    step_ms: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,14 +67,17 @@ class TranscriptMetrics:
         return self.total_ms / 1000.0 / self.audio_s
 
     def to_dict(self) -> dict:
-        return {
+        """The figures that exist: one that could not be measured (no token, no step time from a
+        server) is left out rather than written as null or ``{"n": 0}``."""
+        figures = {
             "audio_s": round(self.audio_s, 4),
             "n_tokens": self.n_tokens,
             "ttft_ms": _round(self.ttft_ms),
             "total_ms": _round(self.total_ms),
             "rtf": _round(self.rtf, 4),
-            "step_ms": summarize(self.step_ms),
+            "step_ms": summarize(self.step_ms) if self.step_ms else None,
         }
+        return {k: v for k, v in figures.items() if v is not None}
 
 
 def _round(value: float | None, ndigits: int = 3) -> float | None:

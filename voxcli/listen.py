@@ -89,12 +89,15 @@ class _Signals:
 
 def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     from voxcli.pipeline import LiveOptions, run_live
-    from voxcli.recorder import SessionRecorder
+    from voxcli.recorder import SessionRecorder, check_directory
 
     stdout = stdout or sys.stdout
     cfg = job.cfg
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    source = _make_source(job)  # opening errors (no device, ...) come before the model loads
+    # Everything that can be checked comes before the model loads: the input, the save directory.
+    source = _make_source(job)
+    if cfg.listen.save_dir:
+        check_directory(cfg.listen.save_dir)
     engine = load_engine(cfg, err)
     if engine.kind != "realtime":
         err.print("[dim]offline model: each utterance is transcribed when it ends[/dim]")
@@ -111,11 +114,23 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     state = {"level_db": -120.0, "backlog": 0, "t0": time.perf_counter(), "heard": 0}
     latency: list[float] = []
 
+    def notify(message: str) -> None:
+        if plain:
+            err.print(message, markup=False)
+        else:  # printing beside a live view would tear it: say it in the status line
+            view.set_status(state=message)
+
+    def saving_failed() -> None:
+        if recorder.failure and not state.get("save_failure_told"):
+            state["save_failure_told"] = True
+            notify(f"voxcli: error: {recorder.failure}")  # once; the transcript goes on
+
     def on_audio(item) -> None:
         state["level_db"], state["backlog"] = item.level_db, item.backlog_blocks
         state["heard"] += len(item.samples)
         if recorder:
             recorder.write_audio(item.samples)
+            saving_failed()
 
     def on_latency(token, emission_ms: float | None, after_ready_ms: float | None) -> None:
         if emission_ms is not None:
@@ -124,8 +139,13 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             recorder.write_event(token.event, emission_latency_ms=_round(emission_ms),
                                  emitted_after_ready_ms=_round(after_ready_ms),
                                  audio_available_s=round(token.audio_available_s, 5), flushed=token.flushed)
+            saving_failed()
 
     def on_tick(worker) -> None:
+        if worker.notice and worker.notice != state.get("notice"):
+            state["notice"] = worker.notice
+            if plain:  # no status line to show it in
+                err.print(f"voxcli: {worker.notice}", markup=False)
         lat = summarize(latency[-200:])
         step = summarize(list(islice(reversed(worker.step_ms), 50)))
         behind = step.get("p50", 0.0) > STEP_BUDGET_MS or state["backlog"] > 25
@@ -133,20 +153,16 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             level=f"{state['level_db']:.0f} dB",
             audio=f"{state['heard'] / 16000:.1f} s",
             dropped=source.dropped_blocks,
+            overflows=source.input_overflows or "",  # shown once the host has lost input
             latency=(f"p50 {lat['p50']:.0f} / p95 {lat['p95']:.0f} ms" if lat["n"] else "-"),
             step=(f"{step['p50']:.1f}/{STEP_BUDGET_MS:.0f} ms" if step["n"] else "-"),
             warning="FALLING BEHIND real time" if behind else "",
+            notice=worker.notice or "",
         )
 
     options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, silence_db=cfg.listen.silence_db)
     result = None
     try:
-        def notify(message: str) -> None:
-            if plain:
-                err.print(message, markup=False)
-            else:  # printing beside a live view would tear it: say it in the status line
-                view.set_status(state=message)
-
         with _Signals(stop, notify), view:
             result = run_live(engine, source, on_token=view.add, on_audio=on_audio, on_tick=on_tick,
                               stop=stop, options=options, on_latency=on_latency)
@@ -161,14 +177,21 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             if result is not None:
                 recorder.write_summary(_summary(result))
             recorder.close()
+    if result.notice and result.notice != state.get("notice") and plain:
+        err.print(f"voxcli: {result.notice}", markup=False)  # came after the last status tick
     if result.error:
         err.print(f"voxcli: warning: {result.error}; what was captured is kept", markup=False)
     s = _summary(result)
     lat = s["emission_latency_ms"]
     err.print(
         f"{s['audio_s']:.2f} s heard, {s['n_tokens']} tokens, emission_latency_ms "
-        f"p50 {_f(lat.get('p50'))} p95 {_f(lat.get('p95'))}, dropped blocks {s['dropped_blocks']}"
+        f"p50 {_f(lat.get('p50'))} p95 {_f(lat.get('p95'))}, dropped blocks {s['dropped_blocks']}, "
+        f"input overflows {s['input_overflows']}"
         + (f" -> {', '.join(str(p) for p in recorder.paths)}" if recorder else ""), markup=False)
+    if recorder and recorder.failure:
+        if not plain:  # plain output said it when it happened; the live view only in its status
+            err.print(f"voxcli: error: {recorder.failure}", markup=False)
+        return 1  # the transcript is whole, the files are not
     return 0
 
 
@@ -181,7 +204,9 @@ def _summary(result) -> dict:
         "emitted_after_ready_ms": summarize(result.emit_after_ready_ms),
         "step_ms": summarize(result.step_ms),
         "dropped_blocks": result.dropped_blocks,
+        "input_overflows": result.input_overflows,
         "flushes": result.flushes,
+        "notice": result.notice,
         "error": result.error,
     }
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voxcli.capture import level_db
 from voxcli.errors import ServerError
 from voxcli.events import TokenEvent, Transcript, TranscriptMetrics, clamp_span
 
@@ -120,12 +121,13 @@ def _drain_until_done(q: queue.Queue, worker: EngineThread) -> None:
 
 def transcribe_audio(engine, audio: np.ndarray, *, source: str, on_event: Callable[[TokenEvent], None],
                      language: str | None = None, stop: threading.Event | None = None) -> Transcript:
-    """Transcribe decoded audio with the engine in its own thread; time it as DESIGN.md defines:
+    """Transcribe decoded audio with the engine in its own thread; time it as docs/design.md defines:
     ``ttft_ms`` from handing the audio to the warm engine to the first non-special token id,
     ``total_ms`` to the last token."""
     events, t_start, complete = consume(lambda: engine.transcribe(audio, language=language), on_event,
                                         stop=stop)
-    metrics = TranscriptMetrics(audio_s=len(audio) / 16000, n_tokens=len(events))
+    metrics = TranscriptMetrics(audio_s=len(audio) / 16000, n_tokens=len(events),
+                                step_ms=[e.step_ms for e in events if e.step_ms is not None])
     first = next((e for e in events if not e.special), None)
     if first is not None:
         metrics.ttft_ms = (first.t_emitted - t_start) * 1000.0
@@ -169,13 +171,6 @@ class LiveOptions:
     flush_after_ms: int = 240  # quiet this long after speech -> push right padding now (0: never)
     silence_db: float = -45.0  # a block below this level counts as quiet
     max_utterance_s: float = 30.0  # offline models: longest utterance transcribed at once
-
-
-def _level_db(x: np.ndarray) -> float:
-    if not len(x):
-        return -120.0
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-    return 20.0 * np.log10(max(rms, 1e-6))
 
 
 class _CaptureClock:
@@ -271,7 +266,7 @@ class LiveEngineWorker(threading.Thread):
     def _hear(self, t_cap: float, x: np.ndarray) -> float:
         self.heard += len(x)
         self.clock.add(self.heard, t_cap)
-        level = _level_db(x)
+        level = level_db(x)
         self._put(AudioIn(x, level, self.source.blocks.qsize()))
         return level
 
@@ -281,6 +276,8 @@ class LiveEngineWorker(threading.Thread):
         end = None if event.audio_end_s is None else event.audio_end_s + shift
         event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end)
         self.n_tokens += 1
+        if event.step_ms is not None:
+            self.step_ms.append(event.step_ms)
         t_audio = None
         if end is not None:
             t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
@@ -308,13 +305,9 @@ class LiveEngineWorker(threading.Thread):
                         self._emit(event, offset, event.t_emitted)
                     continue
                 level = self._hear(t_cap, x)
-                done_steps = session.n_steps
                 session.push(x)
                 for event in session.steps():
                     self._emit(event, offset, t_cap)
-                new_steps = session.n_steps - done_steps
-                if new_steps:
-                    self.step_ms.extend(list(session.step_ms)[-new_steps:])
                 if level >= opts.silence_db:
                     speech_since_flush, quiet_ms = True, 0.0
                 else:
@@ -403,6 +396,8 @@ class LiveResult:
     dropped_blocks: int
     flushes: int
     error: str | None
+    input_overflows: int = 0
+    notice: str | None = None  # the latest problem shown while running (e.g. a reconnect)
     capture_time: Callable[[int], float] | None = None  # 16 kHz sample -> when it was captured
 
 
@@ -464,4 +459,5 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
     return LiveResult(events=events, audio_s=worker.heard / 16000, emission_latency_ms=latency,
                       emit_after_ready_ms=after_ready, step_ms=list(worker.step_ms),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
-                      capture_time=worker.clock.at)
+                      capture_time=worker.clock.at, input_overflows=source.input_overflows,
+                      notice=worker.notice)

@@ -130,8 +130,6 @@ class RemoteRealtimeSession:
         self.engine = engine
         self.pushed_samples = 0
         self.n_tokens = 0
-        self.step_ms: list[float] = []  # the server does not say
-        self.n_steps = 0
         self._inbox: queue.Queue = queue.Queue()
         self._done = threading.Event()
         self._error: str | None = None

@@ -321,21 +321,30 @@ def format_summary(transcript: Transcript) -> str:
 _STAT_COLUMNS = ("p50", "p90", "p95", "p99", "mean", "min", "max")
 
 
-def _stat(value: float | None) -> str:
-    if value is None:
+def sig3(value: float | None) -> str:
+    """A figure to 3 significant figures, never in e-notation and never wider than it must be:
+    1068.4 -> "1070", 20.94 -> "20.9", 1.264 -> "1.26", 0.1234 -> "0.123"."""
+    if value is None or not math.isfinite(value):
         return "-"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    value = float(f"{value:.2e}")  # rounded to 3 significant figures first: 9.996 -> 10.0
+    if value == 0:
+        return "0"
+    digits = math.floor(math.log10(abs(value))) + 1  # digits before the point
+    if digits >= 3:
+        return str(int(value))
+    return f"{value:.{3 - digits}f}"
 
 
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:
-    """A table of ``summarize()`` dicts, one row per metric name."""
-    table = Table(title=title)
+    """A table of ``summarize()`` dicts, one row per metric name. Every figure stays whole at 80
+    columns: 3 significant figures, and no borders (two spaces between columns)."""
+    table = Table(title=title, box=None, pad_edge=False, padding=(0, 1), header_style="bold")
     table.add_column("metric", no_wrap=True, min_width=max((len(m) for m in rows), default=6))
-    table.add_column("n", justify="right")
+    table.add_column("n", justify="right", no_wrap=True)
     for name in _STAT_COLUMNS:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for metric, stats in rows.items():
-        table.add_row(metric, str(stats.get("n", 0)), *(_stat(stats.get(k)) for k in _STAT_COLUMNS))
+        table.add_row(metric, str(stats.get("n", 0)), *(sig3(stats.get(k)) for k in _STAT_COLUMNS))
     return table
 
 
@@ -370,10 +379,10 @@ class _Layout:
 
 @dataclass(slots=True)
 class LiveState:
-    """What the live view shows. ``pieces`` holds (text, final) per displayed delta."""
+    """What the live view shows. ``pieces`` holds the text of each displayed delta."""
 
     title: str | None = None
-    pieces: list[tuple[str, bool]] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     done: bool = False
 
@@ -416,9 +425,9 @@ class _TranscriptView:
             n = 0
             while start > 0 and n < max_chars:
                 start -= 1
-                n += len(pieces[start][0])
-        for text, final in pieces[start:]:
-            body.append(text, style=None if final else "dim")
+                n += len(pieces[start])
+        for text in pieces[start:]:
+            body.append(text)
         return body
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -462,8 +471,8 @@ class LiveTranscript:
             live.set_status(tokens=42, ttft_ms=51.2)
 
     Every ``add()`` redraws synchronously (no waiting for a refresh tick) and appends
-    ``display_lag_ms`` = (clock after the redraw - ``event.t_emitted``) * 1000. Non-final
-    tokens are dim. On exit the full transcript and the status stay on the console.
+    ``display_lag_ms`` = (clock after the redraw - ``event.t_emitted``) * 1000. On exit the full
+    transcript and the status stay on the console.
     Call from one thread (the one that owns the console).
     """
 
@@ -498,7 +507,7 @@ class LiveTranscript:
             raise RuntimeError("LiveTranscript.add() called outside its 'with' block")
         text = self._layout.delta(event)
         if text:
-            self.state.pieces.append((text, event.final))
+            self.state.pieces.append(text)
             self._live.refresh()
         self.display_lag_ms.append((time.perf_counter() - event.t_emitted) * 1000.0)
 

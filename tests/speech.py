@@ -171,3 +171,64 @@ def make_png(path: str | os.PathLike[str]) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
                      + chunk(b"IEND", b""))
     return path
+
+
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Please send the quarterly report to the finance team by Friday.",
+    "We will meet again tomorrow morning to discuss the new design.",
+)
+
+
+def _level_db(x: np.ndarray) -> float:
+    return 20.0 * float(np.log10(np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-12))
+
+
+def _strip_silence(x: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """espeak pads its clips with silence: cut it, so the pauses are exactly as asked."""
+    loud = np.flatnonzero(np.abs(x) > floor)
+    return x[loud[0]:loud[-1] + 1] if len(loud) else x
+
+
+def pink_noise(seconds: float, level_dbfs: float, rate: int = 16000) -> np.ndarray:
+    """Pink noise (sox's generator, repeatable with -R) at ``level_dbfs`` RMS: room noise."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "noise.wav"
+        _run("sox", "-V1", "-R", "-n", "-r", str(rate), "-c", "1", "-b", "32", "-e", "floating-point",
+             str(out), "synth", str(seconds), "pinknoise")
+        import soundfile as sf
+
+        noise, _ = sf.read(out, dtype="float32")
+    return (noise * 10 ** ((level_dbfs - _level_db(noise)) / 20)).astype(np.float32)
+
+
+def make_paused_speech(path: str | os.PathLike[str], sentences=SENTENCES, *, pause_s: float = 1.2,
+                       lead_s: float = 0.5, tail_s: float = 0.5, snr_db: float | None = None,
+                       speech_dbfs: float | None = None, noise_dbfs: float | None = None):
+    """Sentences spoken apart by ``pause_s`` of silence, optionally made quiet (``speech_dbfs``:
+    the speech's RMS) and put in pink noise (``snr_db`` against the speech, or ``noise_dbfs``).
+    Returns (path, [(start, end) sample range of each sentence])."""
+    import soundfile as sf
+
+    path = Path(path)
+    rate = 16000
+    with tempfile.TemporaryDirectory() as tmp:
+        spoken = [_strip_silence(sf.read(make_speech(Path(tmp) / f"s{i}.wav", s), dtype="float32")[0])
+                  for i, s in enumerate(sentences)]
+    speech_level = _level_db(np.concatenate(spoken))
+    gain = 1.0 if speech_dbfs is None else 10 ** ((speech_dbfs - speech_level) / 20)
+    pieces, regions, pos = [np.zeros(int(lead_s * rate), np.float32)], [], int(lead_s * rate)
+    for i, x in enumerate(spoken):
+        if i:
+            pieces.append(np.zeros(int(pause_s * rate), np.float32))
+            pos += int(pause_s * rate)
+        pieces.append(x * gain)
+        regions.append((pos, pos + len(x)))
+        pos += len(x)
+    pieces.append(np.zeros(int(tail_s * rate), np.float32))
+    audio = np.concatenate(pieces).astype(np.float32)
+    if snr_db is not None or noise_dbfs is not None:
+        level = noise_dbfs if noise_dbfs is not None else speech_level + 20 * np.log10(gain) - snr_db
+        audio = audio + pink_noise(len(audio) / rate, level)[: len(audio)]
+    sf.write(path, np.clip(audio, -1.0, 1.0), rate, subtype="FLOAT")
+    return path, regions

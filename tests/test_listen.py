@@ -263,6 +263,8 @@ class _FlakySession:
     """A scripted remote session: one token per 80 ms pushed; the first session's connection
     drops after a quarter of a second of audio."""
 
+    finish_waits = False
+
     def __init__(self, engine) -> None:
         self.engine = engine
         self.pushed_samples = 0
@@ -318,3 +320,126 @@ def test_a_reconnect_notice_is_shown(tmp_path, capsys):
     summary = _read_jsonl(jsonl)[-1]
     assert summary["notice"] == "the vLLM server closed the connection; reconnected"
     assert summary["input_overflows"] == 0 and summary["dropped_blocks"] == 0
+
+
+# Held out: not the sentences the endpointer's default was chosen on (tests/speech.py SENTENCES).
+HELD_OUT = ("Turn left at the second light and park behind the old library.",
+            "My sister bought three green apples and a loaf of bread.",
+            "The train to the airport leaves every twenty minutes on weekdays.")
+
+
+@pytest.mark.parametrize("condition", [{}, {"snr_db": 20}, {"snr_db": 10}, {"speech_dbfs": -50, "noise_dbfs": -80}],
+                         ids=["clean", "20dB", "10dB", "quiet"])
+@pytest.mark.parametrize("kind", ["realtime", "offline"])
+def test_one_endpoint_per_pause_and_none_inside_speech(realtime_dir, offline_dir, tmp_path, kind, condition):
+    from speech import make_paused_speech
+
+    clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT, tail_s=1.0, **condition)
+    save = tmp_path / "save"
+    model = realtime_dir if kind == "realtime" else offline_dir
+    run = _listen(["--input", clip, "--speed", 0, "--model", model, "--save", save, "--plain"])
+    assert run.returncode == 0, run.stderr
+    _, jsonl, _ = _session_files(save)
+    lines = _read_jsonl(jsonl)
+    endpoints = [line for line in lines if line["type"] == "endpoint"]
+    assert [e["utterance"] for e in endpoints] == list(range(len(truth)))
+    for (a, b), nxt, e in zip(truth, [t[0] for t in truth[1:]] + [None], endpoints):
+        # Each end of speech lies in the pause after its sentence (or the silence after the last).
+        assert b / 16000 - 0.2 <= e["speech_end_s"] <= e["decided_s"]
+        if nxt is not None:
+            assert e["decided_s"] < nxt / 16000
+    tokens = [line for line in lines if line["type"] == "token"]
+    assert all("utterance" in t for t in tokens)
+    assert lines[-1]["endpoints"] == len(truth)
+    if kind == "offline":  # one transcription per sentence, each within its own sentence's audio
+        by_utterance = {}
+        for t in tokens:
+            by_utterance.setdefault(t["utterance"], set()).add((t["audio_start_s"], t["audio_end_s"]))
+        assert sorted(by_utterance) == list(range(len(truth)))
+        for u, spans in by_utterance.items():
+            (start, end), = spans
+            assert start <= truth[u][0] / 16000 and truth[u][1] / 16000 <= end + 0.1
+
+
+def test_listen_jsonl_streams_parseable_events(realtime_dir, tmp_path):
+    from speech import make_paused_speech
+
+    clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT[:2], tail_s=1.0)
+    run = _listen(["--input", clip, "--speed", 0, "--model", realtime_dir, "--format", "jsonl"])
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    kinds = [r["type"] for r in rows]
+    assert kinds[-1] == "summary" and kinds.count("endpoint") == len(truth) and "token" in kinds
+    token = next(r for r in rows if r["type"] == "token")
+    for key in ("text", "t_emitted", "audio_start_s", "audio_end_s", "utterance", "emission_latency_ms"):
+        assert key in token
+    assert rows[-1]["endpoints"] == len(truth)
+
+
+def test_listen_rejects_a_format_it_cannot_stream(realtime_dir):
+    run = _listen(["--input", HELLO, "--model", realtime_dir, "--format", "srt"])
+    assert run.returncode == 2
+    assert "text, jsonl" in run.stderr and "Traceback" not in run.stderr
+
+
+class _SlowServerSession(_FlakySession):
+    """A server that answers the final commit of a stream only once the next stream has been
+    sent a second of audio: anything that waited for the answer at a pause would never see it."""
+
+    finish_waits = True
+
+    def push(self, samples) -> None:
+        self.pushed_samples += len(samples)
+
+    ended = False
+    finished = False
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def finish(self):
+        self.ended = True
+        return iter(())
+
+    def pending(self):
+        from voxcli.events import TokenEvent
+
+        later = self.engine.opened[-1]
+        if later is not self and (later.pushed_samples >= 16000 or later.ended):
+            self.finished = True
+            yield TokenEvent(0, -1, " LAST", time.perf_counter())
+
+
+class _SlowServerEngine(_FlakyRemoteEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = []
+
+    def session(self):
+        self.sessions += 1
+        self.opened.append(_SlowServerSession(self))
+        return self.opened[-1]
+
+
+def test_a_pause_never_waits_for_the_server(tmp_path):
+    import io
+
+    from speech import make_paused_speech
+
+    from voxcli.config import load_config
+    from voxcli.listen import ListenJob, run_listen
+
+    clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT[:2], pause_s=2.0, tail_s=1.0)
+    engine = _SlowServerEngine()
+    out = io.StringIO()
+    cfg = load_config(None, {"listen.save_dir": str(tmp_path / "save")})
+    code = run_listen(ListenJob(cfg=cfg, input_path=clip, speed=0, format="jsonl"),
+                      load_engine=lambda cfg, err: engine, stdout=out)
+    assert code == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    tokens = [r for r in rows if r["type"] == "token"]
+    last_of_first = next(i for i, t in enumerate(tokens) if t["text"] == " LAST" and t["utterance"] == 0)
+    # The first stream's answer came while the second stream was already being fed and transcribed.
+    assert any(t["utterance"] == 1 for t in tokens[:last_of_first])
+    assert tokens[last_of_first]["flushed"]
+    assert sum(r["type"] == "endpoint" for r in rows) == len(truth)

@@ -183,3 +183,23 @@ def test_bench_runs_unchanged_against_a_server(vllm_offline, tmp_path):
 def test_concurrency_needs_a_server(realtime_dir):
     line = _one_error(voxcli("bench", "--model", realtime_dir, "--concurrency", 2))
     assert "--server" in line
+
+
+def test_listen_through_the_server_ends_speech_at_each_pause(vllm_realtime, tmp_path):  # noqa: F811
+    """At an end of speech the finished stream's last deltas arrive while the next stream is fed
+    (the final commit is not waited for in the engine thread), and nothing is lost."""
+    from speech import make_paused_speech
+
+    clip, truth = make_paused_speech(tmp_path / "paused.wav", ("one two three four five", "six seven eight nine ten"),
+                                     pause_s=1.5, tail_s=1.0)
+    save = tmp_path / "save"
+    run = voxcli("listen", "--input", clip, "--speed", 1, "--server", vllm_realtime.url, "--save", save, "--plain")
+    assert run.returncode == 0, run.stderr
+    wav, jsonl, _ = _session_files(save)
+    heard, rate = sf.read(wav, dtype="float32")
+    assert len(heard) / rate == pytest.approx(sf.info(clip).duration, abs=0.01)
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [line["utterance"] for line in lines if line["type"] == "endpoint"] == [0, 1]
+    tokens = [line for line in lines if line["type"] == "token"]
+    assert {t["utterance"] for t in tokens} >= {0, 1}
+    assert lines[-1]["endpoints"] == 2 and lines[-1]["notice"] is None

@@ -215,9 +215,11 @@ def detect_speech(
 
 
 def plan_segments(
-    samples: np.ndarray, sample_rate: int = SAMPLE_RATE, max_segment_s: float = 30.0
+    samples: np.ndarray, sample_rate: int = SAMPLE_RATE, max_segment_s: float = 30.0,
+    regions: list[tuple[int, int]] | None = None,
 ) -> list[tuple[int, int]]:
-    """Group detected speech into ``(start_sample, end_sample)`` segments <= ``max_segment_s``.
+    """Group speech ``regions`` (default: :func:`detect_speech`, by level; the engine passes
+    Silero's, from ``voxcli.vad``) into ``(start_sample, end_sample)`` segments <= ``max_segment_s``.
 
     The offline Voxtral model hears 30 s windows, so long files must be split, and a cut inside a
     word costs that word. Cuts therefore fall in the silences between speech regions; only a
@@ -232,7 +234,7 @@ def plan_segments(
     max_len = int(max_segment_s * sample_rate)
 
     pieces: list[tuple[int, int]] = []
-    for start, end in detect_speech(x, sample_rate):
+    for start, end in detect_speech(x, sample_rate) if regions is None else regions:
         while end - start > max_len:
             cut = _quietest_cut(x, start, max_len, sample_rate)
             pieces.append((start, cut))

@@ -154,7 +154,6 @@ def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
 
 
 def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
-    from voxcli.audio import detect_speech
     from voxcli.capture import FileSource
     from voxcli.pipeline import run_live
 
@@ -176,7 +175,9 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
 
         result = run_live(engine, source, on_token=on_token, on_audio=lambda item: None,
                           on_tick=lambda worker: None, stop=threading.Event(), on_latency=on_latency)
-    regions = detect_speech(clip.audio)
+    from voxcli.vad import speech_regions
+
+    regions = speech_regions(clip.audio)
     words = [(e, t) for e, t in drawn if e.text.strip()]
     first_word = finalize = None
     if regions and words:

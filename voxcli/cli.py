@@ -207,6 +207,16 @@ def listen_cmd(
     max_seconds: Annotated[float | None, typer.Option(
         "--max-seconds", show_default=False, min=0.0, help="Stop after this many seconds of audio.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
+    output_format: Annotated[str, typer.Option(
+        "--format", "-f", help="text: the transcript (a live view on a terminal). jsonl: one JSON event per line "
+                               "on stdout, as it happens (tokens with times and spans, endpoints, a closing "
+                               "summary), e.g. `voxcli listen --format jsonl | jq`.")] = "text",
+    vad: Annotated[str | None, typer.Option(
+        "--vad", show_default=False, help="What finds the end of speech: silero (default) or energy (a level "
+                                          "threshold; fails in noise).")] = None,
+    flush_after_ms: Annotated[int | None, typer.Option(
+        "--flush-after-ms", show_default=False,
+        help="This much non-speech ends speech (default 320; 0 never ends it).")] = None,
     model: ModelOpt = None,
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
@@ -217,6 +227,8 @@ def listen_cmd(
 
     The status line shows the input level, audio heard, dropped blocks, emission latency
     (token drawn - its audio captured) p50/p95, and the model step time against the 80 ms budget.
+    When speech ends (Silero VAD), the Realtime model flushes its delay at once, so the last
+    words appear without waiting; an offline model transcribes each utterance as it ends.
     Ctrl-C stops capture, transcribes what was captured, saves and exits 0; a second Ctrl-C quits at once.
 
     Example: `voxcli listen --save ~/voxcli-sessions`
@@ -225,11 +237,14 @@ def listen_cmd(
     cfg = _resolve_config(
         config, debug, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
         model__offline=offline or None, model__server=server, transcription__delay_ms=delay_ms, output__plain=plain or None,
-        listen__device=device, listen__save_dir=str(save) if save else None,
+        listen__device=device, listen__save_dir=str(save) if save else None, listen__vad=vad,
+        listen__flush_after_ms=flush_after_ms,
     )
-    from voxcli.listen import ListenJob, run_listen
+    from voxcli.listen import LISTEN_FORMATS, ListenJob, run_listen
 
-    job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds)
+    if output_format not in LISTEN_FORMATS:
+        raise _fail(f"--format must be one of {', '.join(LISTEN_FORMATS)} for listen; got {output_format!r}", 2)
+    job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds, format=output_format)
     _exit_with(lambda: run_listen(job, load_engine=partial(_load_engine, debug=debug)), debug)
 
 

@@ -71,10 +71,13 @@ class ListenConfig:
         "accepts_index": True})
     save_dir: str | None = field(default=None, metadata={
         "help": "directory for session files (WAV, JSONL events, transcript); null = save nothing"})
-    flush_after_ms: int = field(default=240, metadata={
-        "help": "after speech, this much quiet flushes the model's delay at once (0 = never)", "min": 0})
+    vad: str = field(default="silero", metadata=_choices(
+        "silero", "energy", help="what finds the end of speech: Silero VAD, or the energy fallback (a level threshold)"))
+    flush_after_ms: int = field(default=320, metadata={
+        "help": "this much non-speech ends speech: the Realtime model flushes its delay there, offline models "
+                "transcribe the utterance (0 = never)", "min": 0})
     silence_db: float = field(default=-45.0, metadata={
-        "help": "input level (dBFS) below which audio counts as quiet", "max": 0.0})
+        "help": "vad: energy only: input level (dBFS) below which audio counts as silence", "max": 0.0})
 
 
 @dataclass

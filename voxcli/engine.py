@@ -238,6 +238,8 @@ class RealtimeSession:
     Not thread-safe: one thread pushes and steps (the pipeline's engine thread).
     """
 
+    finish_waits = False  # finish() is compute only; a server's session waits for its answer
+
     def __init__(self, engine: RealtimeEngine, *, max_new_tokens: int | None = None) -> None:
         import torch
         from transformers import DynamicCache
@@ -411,8 +413,9 @@ class OfflineEngine(Engine):
                    segments: list[tuple[int, int]] | None = None) -> Iterator[TokenEvent]:
         """Tokens for each speech segment in turn; each event carries its segment's span.
 
-        ``segments`` (sample ranges) default to :func:`voxcli.audio.plan_segments` over the audio:
-        speech regions grouped into windows of at most 30 s, cut at silences. Silence yields nothing.
+        ``segments`` (sample ranges) default to :func:`voxcli.audio.plan_segments` over the speech
+        the endpointer (Silero VAD) finds: grouped into windows of at most 30 s, cut at silences.
+        Silence yields nothing.
         """
         audio = _validate_audio(audio)
         limit = max_new_tokens or self.max_new_tokens
@@ -466,8 +469,10 @@ def transcribe_segments(audio: np.ndarray, segments: list[tuple[int, int]] | Non
     leading space so words of segments transcribed apart stay apart."""
     if segments is None:
         from voxcli.audio import plan_segments
+        from voxcli.vad import padded_speech_regions
 
-        segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=max_segment_s)
+        segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=max_segment_s,
+                                 regions=padded_speech_regions(audio))
     index = 0
     for seg_no, (start, end) in enumerate(segments):
         needs_space = index > 0

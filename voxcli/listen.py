@@ -7,6 +7,7 @@ the session files are valid after every write, so they stay readable.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -21,9 +22,12 @@ from rich.console import Console
 from voxcli.config import Config
 from voxcli.errors import ServerError
 from voxcli.events import summarize
-from voxcli.render import LiveTranscript, PlainTranscript
+from voxcli.render import LiveTranscript, NullView, PlainTranscript
 
 STEP_BUDGET_MS = 80.0
+
+
+LISTEN_FORMATS = ("text", "jsonl")
 
 
 @dataclass
@@ -32,6 +36,7 @@ class ListenJob:
     input_path: Path | None = None
     speed: float = 1.0
     max_seconds: float | None = None
+    format: str = "text"  # text: the transcript (live view on a terminal); jsonl: one event per line
 
 
 def _make_source(job: ListenJob):
@@ -108,8 +113,19 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             "delay_ms": getattr(engine, "delay_ms", None),
             "input": str(job.input_path) if job.input_path else (cfg.listen.device or "default"),
         })
-    plain = cfg.output.plain or not stdout.isatty()
-    view = PlainTranscript(stdout) if plain else LiveTranscript(Console(file=stdout), title="listening")
+    jsonl = job.format == "jsonl"
+    plain = jsonl or cfg.output.plain or not stdout.isatty()
+    if jsonl:
+        view = NullView()  # stdout carries the events themselves
+    elif plain:
+        view = PlainTranscript(stdout)
+    else:
+        view = LiveTranscript(Console(file=stdout), title="listening")
+
+    def emit(row: dict) -> None:
+        if jsonl:
+            stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            stdout.flush()
     stop = threading.Event()
     state = {"level_db": -120.0, "backlog": 0, "t0": time.perf_counter(), "heard": 0}
     latency: list[float] = []
@@ -135,10 +151,18 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     def on_latency(token, emission_ms: float | None, after_ready_ms: float | None) -> None:
         if emission_ms is not None:
             latency.append(emission_ms)
+        extra = {"emission_latency_ms": _round(emission_ms), "emitted_after_ready_ms": _round(after_ready_ms),
+                 "audio_available_s": round(token.audio_available_s, 5), "flushed": token.flushed,
+                 "utterance": token.utterance}
+        emit({"type": "token", **token.event.to_dict(), **extra})
         if recorder:
-            recorder.write_event(token.event, emission_latency_ms=_round(emission_ms),
-                                 emitted_after_ready_ms=_round(after_ready_ms),
-                                 audio_available_s=round(token.audio_available_s, 5), flushed=token.flushed)
+            recorder.write_event(token.event, **extra)
+            saving_failed()
+
+    def on_endpoint(endpoint) -> None:
+        emit(endpoint.to_dict())
+        if recorder:
+            recorder.write_row(endpoint.to_dict())
             saving_failed()
 
     def on_tick(worker) -> None:
@@ -160,12 +184,13 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             notice=worker.notice or "",
         )
 
-    options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, silence_db=cfg.listen.silence_db)
+    options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad,
+                          silence_db=cfg.listen.silence_db)
     result = None
     try:
         with _Signals(stop, notify), view:
             result = run_live(engine, source, on_token=view.add, on_audio=on_audio, on_tick=on_tick,
-                              stop=stop, options=options, on_latency=on_latency)
+                              stop=stop, options=options, on_latency=on_latency, on_endpoint=on_endpoint)
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130
@@ -173,6 +198,8 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         saved = f"; what was captured and received is saved in {recorder.wav_path.parent}" if recorder else ""
         raise ServerError(f"{exc}{saved}") from None
     finally:
+        if result is not None:
+            emit({"type": "summary", **_summary(result)})
         if recorder:
             if result is not None:
                 recorder.write_summary(_summary(result))
@@ -206,6 +233,7 @@ def _summary(result) -> dict:
         "dropped_blocks": result.dropped_blocks,
         "input_overflows": result.input_overflows,
         "flushes": result.flushes,
+        "endpoints": result.endpoints,
         "notice": result.notice,
         "error": result.error,
     }

@@ -155,6 +155,21 @@ class LiveToken:
     t_audio: float | None
     audio_available_s: float  # audio handed to the engine when the token came out
     flushed: bool = False  # made from the right padding pushed at end of speech
+    utterance: int = 0  # which stretch of speech (0-based; a new one after each endpoint)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An end of speech, as positions in the session's audio: where the speech ended, and how
+    much audio had been heard when the endpointer knew it."""
+
+    speech_end_s: float
+    decided_s: float
+    utterance: int
+
+    def to_dict(self) -> dict:
+        return {"type": "endpoint", "speech_end_s": round(self.speech_end_s, 4),
+                "decided_s": round(self.decided_s, 4), "utterance": self.utterance}
 
 
 @dataclass(frozen=True)
@@ -168,9 +183,35 @@ class AudioIn:
 
 @dataclass
 class LiveOptions:
-    flush_after_ms: int = 240  # quiet this long after speech -> push right padding now (0: never)
-    silence_db: float = -45.0  # a block below this level counts as quiet
+    flush_after_ms: int = 320  # this much non-speech ends speech: flush / cut there (0: never)
+    vad: str = "silero"  # the endpointer's detector: silero, or the energy fallback
+    silence_db: float = -45.0  # energy only: a window below this level is silence
     max_utterance_s: float = 30.0  # offline models: longest utterance transcribed at once
+    preroll_s: float = 0.2  # offline models: audio kept before a speech start, so onsets are whole
+    tail_s: float = 0.1  # offline models: audio kept after a speech end
+
+
+class _Tape:
+    """The recent 16 kHz audio, addressable by absolute sample position (offline utterances).
+    Whole blocks are dropped from the front as they fall out of use; nothing is copied per block."""
+
+    def __init__(self) -> None:
+        self.start = 0  # absolute position of the first sample kept
+        self.end = 0
+        self._blocks: deque[np.ndarray] = deque()
+
+    def append(self, x: np.ndarray) -> None:
+        self._blocks.append(x)
+        self.end += len(x)
+
+    def slice(self, a: int, b: int) -> np.ndarray:
+        whole = np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
+        a, b = (min(max(v, self.start), self.end) - self.start for v in (a, b))
+        return whole[a:b]
+
+    def keep_from(self, a: int) -> None:
+        while self._blocks and self.start + len(self._blocks[0]) <= a:
+            self.start += len(self._blocks.popleft())
 
 
 class _CaptureClock:
@@ -200,10 +241,10 @@ class _CaptureClock:
 class LiveEngineWorker(threading.Thread):
     """The consumer of captured audio: resample, feed the engine, forward tokens and audio.
 
-    Realtime model: one session step per 80 ms chunk; when the input goes quiet after speech, the
-    session is finished at once (the right padding is pushed, so the last words come out without
-    waiting out the delay) and a new one starts at the same sample, so no audio is skipped.
-    Offline models: speech is cut into utterances by level, and each is transcribed when it ends.
+    Realtime model: one session step per 80 ms chunk; when the endpointer says speech has ended,
+    the session is finished at once (the right padding is pushed, so the last words come out
+    without waiting out the delay) and a new one starts at the same sample, so no audio is skipped.
+    Offline models: the endpointer cuts speech into utterances, each transcribed when it ends.
     On stop, what was captured is drained and flushed before the worker says it is done.
     """
 
@@ -219,6 +260,16 @@ class LiveEngineWorker(threading.Thread):
         self.clock = _CaptureClock()
         self.n_tokens = 0
         self.flushes = 0
+        self.utterance = 0
+        self.endpoints = 0
+        self._draining: list[tuple] = []  # (session, offset, utterance) finishing on a server
+        opts = self.options
+        self.endpointer = None
+        if opts.flush_after_ms:
+            from voxcli.vad import EndpointOptions, Endpointer
+
+            self.endpointer = Endpointer(EndpointOptions(detector=opts.vad, min_silence_ms=opts.flush_after_ms,
+                                                         silence_db=opts.silence_db))
         self.reconnects = 0
         self.notice: str | None = None  # the latest problem worth showing (e.g. a reconnect)
         self.step_ms: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)
@@ -263,14 +314,20 @@ class LiveEngineWorker(threading.Thread):
             if len(tail):
                 yield time.perf_counter(), tail
 
-    def _hear(self, t_cap: float, x: np.ndarray) -> float:
+    def _hear(self, t_cap: float, x: np.ndarray) -> list:
+        """Account for a block and hand it to the WAV; the endpointer's events for it."""
         self.heard += len(x)
         self.clock.add(self.heard, t_cap)
-        level = level_db(x)
-        self._put(AudioIn(x, level, self.source.blocks.qsize()))
-        return level
+        self._put(AudioIn(x, level_db(x), self.source.blocks.qsize()))
+        return self.endpointer.feed(x) if self.endpointer is not None else []
 
-    def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False) -> None:
+    def _endpoint(self, event) -> None:
+        self._put(Endpoint(event.sample / 16000, event.decided_sample / 16000, self.utterance))
+        self.endpoints += 1
+        self.utterance += 1
+
+    def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False,
+              utterance: int | None = None) -> None:
         shift = offset / 16000
         start = None if event.audio_start_s is None else event.audio_start_s + shift
         end = None if event.audio_end_s is None else event.audio_end_s + shift
@@ -283,7 +340,8 @@ class LiveEngineWorker(threading.Thread):
             t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
         if getattr(self.engine, "remote", False):
             t_ready = None
-        self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed))
+        self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed,
+                            self.utterance if utterance is None else utterance))
 
     def _run(self) -> None:
         if self.engine.kind == "realtime":
@@ -292,29 +350,30 @@ class LiveEngineWorker(threading.Thread):
             self._run_offline()
 
     def _run_realtime(self) -> None:
-        opts = self.options
         session = self.engine.session()
         offset = 0
-        quiet_ms = 0.0
-        speech_since_flush = False
         blocks = self._blocks()
         for t_cap, x in blocks:
             try:
+                self._drain()
                 if x is None:
                     for event in session.steps():  # a remote engine's deltas between blocks
                         self._emit(event, offset, event.t_emitted)
                     continue
-                level = self._hear(t_cap, x)
+                vad_events = self._hear(t_cap, x)
                 session.push(x)
                 for event in session.steps():
                     self._emit(event, offset, t_cap)
-                if level >= opts.silence_db:
-                    speech_since_flush, quiet_ms = True, 0.0
-                else:
-                    quiet_ms += len(x) / 16.0
-                if opts.flush_after_ms and speech_since_flush and quiet_ms >= opts.flush_after_ms:
-                    self._finish(session, offset)
-                    session, offset, speech_since_flush = self.engine.session(), self.heard, False
+                for vad in vad_events:
+                    if vad.kind == "end":
+                        if session.finish_waits:
+                            # A server finishes on its own time: capture must not wait for it.
+                            session.commit()
+                            self._draining.append((session, offset, self.utterance))
+                        else:
+                            self._finish(session, offset)
+                        self._endpoint(vad)
+                        session, offset = self.engine.session(), self.heard
             except ServerError as exc:
                 session, offset = self._reconnect_once(exc, blocks), self.heard
         try:
@@ -322,6 +381,24 @@ class LiveEngineWorker(threading.Thread):
         except ServerError as exc:
             self.notice = str(exc)
             raise
+        while self._draining:  # the input is over: now waiting is fine
+            self._drain()
+            time.sleep(POLL_S if self._draining else 0)
+        for vad in self.endpointer.flush() if self.endpointer is not None else []:
+            self._endpoint(vad)  # the input ended inside speech: that is its end
+
+    def _drain(self) -> None:
+        """Deltas of streams that ended at a pause and are still finishing on a server."""
+        for item in list(self._draining):
+            session, offset, utterance = item
+            try:
+                for event in session.pending():
+                    self._emit(event, offset, event.t_emitted, flushed=True, utterance=utterance)
+            except ServerError as exc:
+                self.notice = f"{exc} (at the end of utterance {utterance})"
+            if session.finished:
+                self._draining.remove(item)
+                self.flushes += 1
 
     def _reconnect_once(self, exc: ServerError, blocks):
         """A remote engine failed mid-session: try one new session at the current sample. If that
@@ -353,31 +430,31 @@ class LiveEngineWorker(threading.Thread):
 
     def _run_offline(self) -> None:
         opts = self.options
-        utterance: list[np.ndarray] = []
-        start = 0
-        quiet_ms = 0.0
-        preroll = 3200  # 0.2 s before the onset, so the first sound is not clipped
-        recent: list[np.ndarray] = []
+        tape = _Tape()
+        preroll, tail = int(opts.preroll_s * 16000), int(opts.tail_s * 16000)
+        longest = int(opts.max_utterance_s * 16000)
+        start = 0 if self.endpointer is None else None  # where the open utterance begins
         for t_cap, x in self._blocks():
             if x is None:
                 continue
-            level = self._hear(t_cap, x)
-            if level >= opts.silence_db:
-                if not utterance:
-                    pre = np.concatenate(recent)[-preroll:] if recent else np.zeros(0, np.float32)
-                    utterance, start = [pre], self.heard - len(x) - len(pre)
-                quiet_ms = 0.0
-            else:
-                quiet_ms += len(x) / 16.0
-            if utterance:
-                utterance.append(x)
-                n = sum(len(u) for u in utterance)
-                if quiet_ms >= max(opts.flush_after_ms, 400) or n >= opts.max_utterance_s * 16000:
-                    self._transcribe_utterance(np.concatenate(utterance), start)
-                    utterance, quiet_ms = [], 0.0
-            recent = (recent + [x])[-20:]
-        if utterance:
-            self._transcribe_utterance(np.concatenate(utterance), start)
+            vad_events = self._hear(t_cap, x)
+            tape.append(x)
+            for vad in vad_events:
+                if vad.kind == "start":
+                    start = max(vad.sample - preroll, tape.start)
+                elif start is not None:
+                    self._transcribe_utterance(tape.slice(start, vad.sample + tail), start)
+                    self._endpoint(vad)
+                    start = None
+            if start is not None and self.heard - start >= longest:
+                self._transcribe_utterance(tape.slice(start, self.heard), start)  # too long to wait
+                start = self.heard
+            tape.keep_from(start if start is not None else self.heard - preroll)
+        ends = self.endpointer.flush() if self.endpointer is not None else []
+        if start is not None and self.heard > start:
+            self._transcribe_utterance(tape.slice(start, self.heard), start)
+        for vad in ends:
+            self._endpoint(vad)
 
     def _transcribe_utterance(self, audio: np.ndarray, start: int) -> None:
         t_ready = time.perf_counter()
@@ -396,6 +473,7 @@ class LiveResult:
     dropped_blocks: int
     flushes: int
     error: str | None
+    endpoints: int = 0
     input_overflows: int = 0
     notice: str | None = None  # the latest problem shown while running (e.g. a reconnect)
     capture_time: Callable[[int], float] | None = None  # 16 kHz sample -> when it was captured
@@ -404,7 +482,8 @@ class LiveResult:
 def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
              on_audio: Callable[[AudioIn], None], on_tick: Callable[[LiveEngineWorker], None],
              stop: threading.Event, options: LiveOptions | None = None,
-             on_latency: Callable[[LiveToken, float | None, float | None], None] | None = None) -> LiveResult:
+             on_latency: Callable[[LiveToken, float | None, float | None], None] | None = None,
+             on_endpoint: Callable[[Endpoint], None] | None = None) -> LiveResult:
     """Capture (``source``, already configured) -> engine thread -> this thread.
 
     ``on_token`` draws a token; right after it returns, the emission latency (now - when the
@@ -443,6 +522,9 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
                     on_latency(item, emission_ms, after_ms)
             elif isinstance(item, AudioIn):
                 on_audio(item)
+            elif isinstance(item, Endpoint):
+                if on_endpoint is not None:
+                    on_endpoint(item)
             elif isinstance(item, _Done):
                 break
             elif isinstance(item, _Failed):
@@ -460,4 +542,5 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None],
                       emit_after_ready_ms=after_ready, step_ms=list(worker.step_ms),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
                       capture_time=worker.clock.at, input_overflows=source.input_overflows,
+                      endpoints=worker.endpoints,
                       notice=worker.notice)

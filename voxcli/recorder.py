@@ -139,6 +139,10 @@ class SessionRecorder:
     def write_summary(self, summary: dict) -> None:
         self._write_line({"type": "summary", **summary})
 
+    def write_row(self, row: dict) -> None:
+        """Any other JSONL row (an endpoint)."""
+        self._write_line(row)
+
     def _write_line(self, obj: dict) -> None:
         self._guard(self._jsonl, self._jsonl.append, (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
 

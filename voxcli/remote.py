@@ -124,7 +124,11 @@ class RemoteRealtimeEngine(RemoteEngine):
 
 class RemoteRealtimeSession:
     """push(samples) sends them at once; steps() yields the deltas that have arrived; finish()
-    sends the final commit and waits (bounded) for ``transcription.done``."""
+    sends the final commit and waits (bounded) for ``transcription.done``. Where waiting would
+    hold up capture (an end of speech mid-session), commit() sends the final commit and
+    pending() yields what has arrived since, without waiting, until ``finished``."""
+
+    finish_waits = True
 
     def __init__(self, engine: RemoteRealtimeEngine) -> None:
         self.engine = engine
@@ -134,6 +138,9 @@ class RemoteRealtimeSession:
         self._done = threading.Event()
         self._error: str | None = None
         self._closed = False
+        self.finished = False  # after commit(): everything has arrived
+        self._timeout_s = TIMEOUT_S
+        self._deadline = 0.0
         try:
             self._ws = engine.server.websocket("/v1/realtime")
             first = json.loads(self._ws.recv(TIMEOUT_S))
@@ -218,6 +225,34 @@ class RemoteRealtimeSession:
                 break
         self.close()
         self._raise_if_failed()
+
+    def commit(self, timeout_s: float = TIMEOUT_S) -> None:
+        """End this stream without waiting for the server's last deltas (see pending())."""
+        self._send({"type": "input_audio_buffer.commit", "final": True})
+        self._timeout_s = timeout_s
+        self._deadline = time.monotonic() + timeout_s
+
+    def pending(self) -> Iterator[TokenEvent]:
+        """After commit(): the deltas that have arrived, at once. Sets ``finished`` when the
+        server is done (or has said nothing for the timeout, which raises ServerError)."""
+        if self.finished:
+            return
+        while True:
+            try:
+                t, delta = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._deadline = time.monotonic() + self._timeout_s  # the server is still talking
+            yield self._event(t, delta)
+        if self._done.is_set() and self._inbox.empty():
+            self.finished = True
+            self.close()
+            self._raise_if_failed()
+        elif time.monotonic() > self._deadline:
+            self.finished = True
+            self._error = f"the vLLM server sent nothing for {self._timeout_s:.0f} s after the final commit"
+            self.close()
+            self._raise_if_failed()
 
     def close(self) -> None:
         if not self._closed:

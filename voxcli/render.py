@@ -27,6 +27,7 @@ __all__ = [
     "Cue",
     "LiveState",
     "LiveTranscript",
+    "NullView",
     "PlainTranscript",
     "events_to_cues",
     "format_summary",
@@ -543,3 +544,22 @@ class PlainTranscript:
 
     def set_status(self, **fields: Any) -> None:
         """Status lines would corrupt piped text: the CLI prints a summary to stderr instead."""
+
+
+class NullView:
+    """Draws nothing, with the views' interface: for when stdout carries a document or JSON
+    events instead, and stderr is no terminal to draw a live view on."""
+
+    display_lag_ms: list[float] = []
+
+    def __enter__(self) -> NullView:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def add(self, event: TokenEvent) -> None:
+        pass
+
+    def set_status(self, **fields: Any) -> None:
+        pass

@@ -20,7 +20,7 @@ from rich.console import Console
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import Transcript
-from voxcli.render import LiveTranscript, PlainTranscript, format_summary, render_transcript
+from voxcli.render import LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
 
 EXTENSIONS = {"text": "txt", "json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}
 EXIT_INTERRUPTED = 130
@@ -33,24 +33,6 @@ class FileJob:
     output: Path | None = None
     debug: bool = False
     stdout: object = field(default_factory=lambda: sys.stdout)
-
-
-class _NullView:
-    """For when the document itself goes to stdout and stderr is not a terminal: draw nothing."""
-
-    display_lag_ms: list[float] = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def add(self, event) -> None:
-        pass
-
-    def set_status(self, **fields) -> None:
-        pass
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -116,7 +98,7 @@ def _view(outputs: _Outputs, cfg: Config, title: str, stdout, err: Console):
         return PlainTranscript(stdout)
     if not plain and err.is_terminal:
         return LiveTranscript(err, title=title)
-    return _NullView()
+    return NullView()
 
 
 def run_files(job: FileJob, *, load_engine: Callable) -> int:

@@ -1,0 +1,132 @@
+"""The endpointer on real (espeak) speech in the conditions users have: clean, room noise at 20,
+10 and 0 dB SNR, a quiet microphone (-50 dBFS), run-on speech with short gaps, and noise alone.
+
+Every assertion is about where speech starts and ends, never about how fast it was found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from speech import make_paused_speech, pink_noise
+
+from voxcli.vad import WINDOW, EndpointOptions, Endpointer, padded_speech_regions, speech_regions
+
+SR = 16000
+CONDITIONS = {
+    "clean": {},
+    "20 dB SNR": {"snr_db": 20},
+    "10 dB SNR": {"snr_db": 10},
+    "0 dB SNR": {"snr_db": 0},
+    "quiet (-50 dBFS)": {"speech_dbfs": -50, "noise_dbfs": -80},
+}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vad")
+    out = {}
+    for name, kwargs in CONDITIONS.items():
+        path, regions = make_paused_speech(d / f"{name.split()[0]}.wav", tail_s=1.0, **kwargs)
+        out[name] = (sf.read(path, dtype="float32")[0], regions)
+    return out
+
+
+def _stream(audio: np.ndarray, options: EndpointOptions | None = None, block: int = 320):
+    """Feed in capture-sized blocks (20 ms), as listen does."""
+    ep = Endpointer(options)
+    events = []
+    for i in range(0, len(audio), block):
+        events += ep.feed(audio[i:i + block])
+    return events + ep.flush()
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_one_utterance_per_sentence_and_each_end_inside_its_pause(clips, condition):
+    audio, truth = clips[condition]
+    events = _stream(audio)
+    starts = [e for e in events if e.kind == "start"]
+    ends = [e for e in events if e.kind == "end"]
+    assert len(starts) == len(ends) == len(truth), events
+    for i, ((a, b), start, end) in enumerate(zip(truth, starts, ends)):
+        next_start = truth[i + 1][0] if i + 1 < len(truth) else len(audio)
+        assert a - 0.2 * SR <= start.sample <= a + 0.3 * SR  # found at the onset, not elsewhere
+        assert b - 0.2 * SR <= end.sample < next_start  # the end lies in the pause after it
+        assert end.decided_sample - end.sample >= EndpointOptions().min_silence_ms * SR // 1000
+        assert end.decided_sample <= next_start  # known before the next sentence began
+
+
+def test_energy_fallback_is_what_fails_in_noise(clips):
+    """The reason Silero is the default: a level threshold finds the pauses in clean speech
+    only; in room noise it hears one long utterance, with a quiet microphone none at all."""
+    energy = EndpointOptions(detector="energy")
+    clean, truth = clips["clean"]
+    assert len(speech_regions(clean, energy)) == len(truth)
+    assert len(speech_regions(clips["20 dB SNR"][0], energy)) < len(truth)
+    assert speech_regions(clips["quiet (-50 dBFS)"][0], energy) == []
+
+
+def test_run_on_speech_has_no_end_inside(tmp_path):
+    path, truth = make_paused_speech(tmp_path / "runon.wav", pause_s=0.25)
+    audio = sf.read(path, dtype="float32")[0]
+    regions = speech_regions(audio)
+    assert len(regions) == 1
+    assert regions[0][0] <= truth[0][0] + 0.3 * SR and regions[0][1] >= truth[-1][1] - 0.2 * SR
+
+
+def test_noise_alone_is_no_speech():
+    assert speech_regions(pink_noise(6.0, -38.0)) == []
+    assert speech_regions(np.zeros(3 * SR, np.float32)) == []
+
+
+def test_block_size_does_not_change_the_events(clips):
+    audio, _ = clips["10 dB SNR"]
+    whole = Endpointer().feed(audio)
+    for block in (1, 333, WINDOW, 4000):
+        ep = Endpointer()
+        events = []
+        for i in range(0, len(audio), block):
+            events += ep.feed(audio[i:i + block])
+        assert events == whole
+
+
+def test_input_ending_inside_speech_ends_the_utterance_there(clips):
+    audio, truth = clips["clean"]
+    cut = truth[0][0] + (truth[0][1] - truth[0][0]) // 2
+    ep = Endpointer()
+    events = ep.feed(audio[:cut])
+    assert [e.kind for e in events] == ["start"]
+    (end,) = ep.flush()
+    assert end.kind == "end" and end.sample <= cut
+    assert ep.flush() == []
+
+
+def test_padded_regions_are_disjoint_and_inside_the_clip(clips):
+    audio, truth = clips["clean"]
+    regions = padded_speech_regions(audio, pad_s=0.1)
+    assert len(regions) == len(truth)
+    assert all(0 <= a < b <= len(audio) for a, b in regions)
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(regions, regions[1:]))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"detector": "webrtc"}, "silero, energy"),
+    ({"min_silence_ms": 0}, "min_silence_ms"),
+    ({"threshold": 0.3, "neg_threshold": 0.5}, "thresholds"),
+])
+def test_bad_options_are_value_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Endpointer(EndpointOptions(**bad))
+
+
+def test_loading_silero_keeps_torchs_thread_count():
+    """silero_vad sets torch to one thread when imported: that must not slow the model down."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); from voxcli.vad import Endpointer; Endpointer(); "
+            "print(torch.get_num_threads())")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "2"

@@ -1,0 +1,194 @@
+"""The endpointer: where speech starts and ends, as audio arrives.
+
+    ep = Endpointer(EndpointOptions(detector="silero", min_silence_ms=320))
+    for event in ep.feed(samples_16k):      # any block size
+        event.kind, event.sample            # "start" / "end", a position in the stream
+    ep.flush()                              # end of stream: an open utterance ends here
+
+Silero VAD (the ``silero-vad`` package, whose wheel ships its model: no network) scores each
+512-sample window (32 ms) with a speech probability; a level meter is the explicit fallback
+(``detector="energy"``: a window counts as speech when its level is above ``silence_db``). Both
+feed one hysteresis state machine: speech starts after ``min_speech_ms`` of speech windows and
+ends after ``min_silence_ms`` without speech; the end event's ``sample`` is where the silence
+began (the end of the speech) and ``decided_sample`` is where that was known. A fixed level
+threshold is no endpointer in a real room (docs/design.md, "Voice activity"); Silero is.
+
+No threads, models of voxcli's own, or terminal here: one caller feeds it (the engine thread,
+or ``transcribe file`` planning its cuts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WINDOW = 512  # Silero's window at 16 kHz
+DETECTORS = ("silero", "energy")
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    detector: str = "silero"
+    min_silence_ms: int = 320  # this much non-speech ends speech
+    min_speech_ms: int = 96  # this much speech (3 windows) starts it: a click is not an utterance
+    threshold: float = 0.5  # Silero: speech probability that counts as speech ...
+    neg_threshold: float = 0.35  # ... and below which it counts as silence (hysteresis)
+    silence_db: float = -45.0  # energy: a window below this level is silence
+
+    def validate(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
+        if self.min_silence_ms <= 0 or self.min_speech_ms <= 0:
+            raise ValueError("min_silence_ms and min_speech_ms must be > 0")
+        if not 0.0 < self.neg_threshold <= self.threshold < 1.0:
+            raise ValueError("thresholds must satisfy 0 < neg_threshold <= threshold < 1")
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    kind: str  # "start" or "end"
+    sample: int  # where speech started / where it ended (the silence began)
+    decided_sample: int  # how much audio had been fed when this was known
+
+
+_SILERO = None
+
+
+def _silero_model():
+    """The shipped TorchScript model, loaded once per process (it is small: ~2 MB)."""
+    global _SILERO
+    if _SILERO is None:
+        import torch
+
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # its import sets torch to 1 thread: put it back
+
+        torch.set_num_threads(threads)
+        _SILERO = load_silero_vad()
+    return _SILERO
+
+
+class _Silero:
+    def __init__(self) -> None:
+        import torch
+
+        self._torch = torch
+        self.model = _silero_model()
+        self.model.reset_states()
+
+    def probability(self, window: np.ndarray) -> float:
+        with self._torch.inference_mode():
+            return float(self.model(self._torch.from_numpy(window), SAMPLE_RATE).item())
+
+    def reset(self) -> None:
+        self.model.reset_states()
+
+
+class _Energy:
+    def __init__(self, silence_db: float) -> None:
+        self.silence_db = silence_db
+
+    def probability(self, window: np.ndarray) -> float:
+        rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
+        return 1.0 if 20.0 * np.log10(max(rms, 1e-10)) >= self.silence_db else 0.0
+
+    def reset(self) -> None:
+        pass
+
+
+class Endpointer:
+    """Speech start / end events for a stream of 16 kHz mono float32 samples."""
+
+    def __init__(self, options: EndpointOptions | None = None) -> None:
+        self.options = options or EndpointOptions()
+        self.options.validate()
+        opts = self.options
+        self._detector = _Silero() if opts.detector == "silero" else _Energy(opts.silence_db)
+        self._pending = np.zeros(0, np.float32)
+        self.position = 0  # samples scored so far
+        self.in_speech = False
+        self._speech_run = 0  # consecutive speech samples while not in speech
+        self._run_start = 0
+        self._silence_start: int | None = None
+        self._min_speech = opts.min_speech_ms * SAMPLE_RATE // 1000
+        self._min_silence = opts.min_silence_ms * SAMPLE_RATE // 1000
+
+    def feed(self, samples: np.ndarray) -> list[VadEvent]:
+        samples = np.asarray(samples, dtype=np.float32)
+        if len(self._pending):
+            samples = np.concatenate([self._pending, samples])
+        n = len(samples) // WINDOW * WINDOW
+        self._pending = samples[n:].copy()
+        events: list[VadEvent] = []
+        for i in range(0, n, WINDOW):
+            event = self._step(self._detector.probability(samples[i:i + WINDOW]))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        """The stream ended: an utterance still open ends where the speech did."""
+        if not self.in_speech:
+            return []
+        self.in_speech = False
+        end = self._silence_start if self._silence_start is not None else self.position
+        self._silence_start = None
+        return [VadEvent("end", end, self.position)]
+
+    def _step(self, prob: float) -> VadEvent | None:
+        opts = self.options
+        start = self.position
+        self.position += WINDOW
+        if not self.in_speech:
+            if prob >= opts.threshold:
+                if not self._speech_run:
+                    self._run_start = start
+                self._speech_run += WINDOW
+                if self._speech_run >= self._min_speech:
+                    self.in_speech, self._speech_run, self._silence_start = True, 0, None
+                    return VadEvent("start", self._run_start, self.position)
+            elif prob < opts.neg_threshold:
+                self._speech_run = 0
+            return None
+        if prob >= opts.threshold:
+            self._silence_start = None
+        elif prob < opts.neg_threshold:
+            if self._silence_start is None:
+                self._silence_start = start
+            if self.position - self._silence_start >= self._min_silence:
+                self.in_speech = False
+                end, self._silence_start = self._silence_start, None
+                return VadEvent("end", end, self.position)
+        return None
+
+
+def speech_regions(audio: np.ndarray, options: EndpointOptions | None = None) -> list[tuple[int, int]]:
+    """(start, end) sample ranges of speech in a whole clip, with the streaming endpointer."""
+    ep = Endpointer(options)
+    events = ep.feed(audio) + ep.flush()
+    regions, start = [], None
+    for event in events:
+        if event.kind == "start":
+            start = event.sample
+        elif start is not None:
+            regions.append((start, min(event.sample, len(audio))))
+            start = None
+    return regions
+
+
+def padded_speech_regions(audio: np.ndarray, pad_s: float = 0.1,
+                          options: EndpointOptions | None = None) -> list[tuple[int, int]]:
+    """:func:`speech_regions`, each widened by ``pad_s`` (soft word edges fall below any
+    detector's threshold), clamped to the clip and merged where they touch: cut points for
+    transcribing a long clip in pieces."""
+    pad = int(pad_s * SAMPLE_RATE)
+    merged: list[tuple[int, int]] = []
+    for a, b in speech_regions(audio, options):
+        a, b = max(0, a - pad), min(len(audio), b + pad)
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged

@@ -443,3 +443,20 @@ def test_a_pause_never_waits_for_the_server(tmp_path):
     assert any(t["utterance"] == 1 for t in tokens[:last_of_first])
     assert tokens[last_of_first]["flushed"]
     assert sum(r["type"] == "endpoint" for r in rows) == len(truth)
+
+
+def test_the_engines_and_sessions_satisfy_the_written_contract(realtime_engine, offline_engine):
+    from voxcli import contract
+    from voxcli.remote import RemoteOfflineEngine, RemoteRealtimeEngine, RemoteRealtimeSession
+
+    assert isinstance(realtime_engine, contract.RealtimeEngine) and not realtime_engine.remote
+    assert isinstance(offline_engine, contract.Engine) and not offline_engine.remote
+    session = realtime_engine.session()
+    assert isinstance(session, contract.Session) and not session.finish_waits
+    for cls in (RemoteRealtimeEngine, RemoteOfflineEngine):
+        assert cls.remote and callable(cls.transcribe)
+    assert RemoteRealtimeSession.finish_waits
+    for name in ("push", "steps", "finish", "commit", "pending"):
+        assert callable(getattr(RemoteRealtimeSession, name))
+    scripted = _SlowServerEngine()
+    assert isinstance(scripted.session(), contract.WaitingSession)

@@ -55,6 +55,7 @@ class BenchOptions:
     paced: bool = False
     speed: float = 1.0
     batch_words: int = 6
+    live: object = None  # pipeline.LiveOptions for paced runs (the endpointer); None: its defaults
 
     def validate(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.batch_words < 1:
@@ -136,7 +137,7 @@ def critical_path_ms(engine, audio: np.ndarray) -> float:
 def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     from voxcli.pipeline import transcribe_audio
 
-    remote = getattr(engine, "remote", False)
+    remote = engine.remote
     console = Console(file=io.StringIO(), force_terminal=True, width=100, height=30)
     with LiveTranscript(console, title=clip.name) as view:
         transcript = transcribe_audio(engine, clip.audio, source=clip.name, on_event=view.add)
@@ -174,10 +175,13 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
                 after_ready.append(after_ms)
 
         result = run_live(engine, source, on_token=on_token, on_audio=lambda item: None,
-                          on_tick=lambda worker: None, stop=threading.Event(), on_latency=on_latency)
-    from voxcli.vad import speech_regions
+                          on_tick=lambda worker: None, stop=threading.Event(), on_latency=on_latency,
+                          options=opts.live)
+    from voxcli.audio import detect_speech
 
-    regions = speech_regions(clip.audio)
+    # Speech onsets and ends by level, on the clean clips: a reference independent of the
+    # endpointer being measured (Silero's ends lag the true end by 50-230 ms here).
+    regions = detect_speech(clip.audio)
     words = [(e, t) for e, t in drawn if e.text.strip()]
     first_word = finalize = None
     if regions and words:
@@ -196,10 +200,11 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
     """Warm-up runs (discarded) then ``runs`` measured runs of every clip, file mode and, with
     ``paced``, live mode."""
     opts.validate()
-    env = environment_remote(engine) if getattr(engine, "remote", False) else environment(engine)
+    env = environment_remote(engine) if engine.remote else environment(engine)
     report = BenchReport(environment=env, options={
         "runs": opts.runs, "warmup": opts.warmup, "paced": opts.paced, "speed": opts.speed,
-        "batch_words": opts.batch_words, "clips": {c.name: round(len(c.audio) / 16000, 4) for c in clips}})
+        "batch_words": opts.batch_words, "endpointer": _endpointer(opts.live) if opts.paced else None,
+        "clips": {c.name: round(len(c.audio) / 16000, 4) for c in clips}})
     for clip in clips:
         for i in range(opts.warmup + opts.runs):
             record = _file_run(engine, clip, opts)
@@ -216,6 +221,13 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
                     progress(f"{clip.name} paced run {i + 1}/{paced_runs}")
         report.options["paced_runs"] = paced_runs
     return report
+
+
+def _endpointer(live) -> dict:
+    from voxcli.pipeline import LiveOptions
+
+    live = live or LiveOptions()
+    return {"vad": live.vad, "flush_after_ms": live.flush_after_ms}
 
 
 def environment(engine) -> dict:

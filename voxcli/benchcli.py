@@ -42,7 +42,10 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     engine = load_engine(cfg, err)
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
-    opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words)
+    from voxcli.pipeline import LiveOptions
+
+    live = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad, silence_db=cfg.listen.silence_db)
+    opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words, live=live)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("bench", total=None)
         report = run_bench(engine, clips, opts, progress=lambda text: bar.update(task, description=text))

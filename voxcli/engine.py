@@ -124,9 +124,11 @@ class EngineInfo:
 
 
 class Engine:
-    """What both model kinds share: loading state, warm-up, detokenization."""
+    """What both model kinds share: loading state, warm-up, detokenization. Satisfies
+    :class:`voxcli.contract.Engine` (the Realtime engine also :class:`voxcli.contract.RealtimeEngine`)."""
 
     kind: str = ""
+    remote = False  # everything is measured here: token ids, audio spans, step times
 
     def __init__(self, model, processor, info: EngineInfo) -> None:
         self.model = model

@@ -338,7 +338,7 @@ class LiveEngineWorker(threading.Thread):
         t_audio = None
         if end is not None:
             t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
-        if getattr(self.engine, "remote", False):
+        if self.engine.remote:
             t_ready = None
         self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed,
                             self.utterance if utterance is None else utterance))
@@ -403,7 +403,7 @@ class LiveEngineWorker(threading.Thread):
     def _reconnect_once(self, exc: ServerError, blocks):
         """A remote engine failed mid-session: try one new session at the current sample. If that
         is not possible, stop capture, hand every block already captured to the WAV, and fail."""
-        if getattr(self.engine, "remote", False) and self.reconnects == 0:
+        if self.engine.remote and self.reconnects == 0:
             self.reconnects += 1
             self.notice = f"{exc}; reconnected"
             try:

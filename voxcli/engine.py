@@ -39,7 +39,7 @@ import numpy as np
 
 from voxcli.compat import ProcessorAdapter, cache_kwarg_names
 from voxcli.delays import TOKEN_MS, check_delay_ms
-from voxcli.errors import ModelError
+from voxcli.errors import ModelError, first_line
 from voxcli.events import TokenEvent, clamp_span
 
 log = logging.getLogger(__name__)
@@ -543,7 +543,7 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
         processor = AutoProcessor.from_pretrained(path, **common)
         net = model_cls.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, **common)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {model}: cannot load the checkpoint: {_first_line(exc)}") from exc
+        raise ModelError(f"--model {model}: cannot load the checkpoint: {first_line(exc)}") from exc
     net = net.to(device).eval()
     n_params = sum(p.numel() for p in net.parameters())
     info = EngineInfo(model=name or str(model), kind=kind, device=str(device),
@@ -564,9 +564,4 @@ def _load_config(path: Path, model: str):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {model}: cannot read its config.json: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise ModelError(f"--model {model}: cannot read its config.json: {first_line(exc)}") from exc

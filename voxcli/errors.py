@@ -19,3 +19,9 @@ class ModelError(VoxcliError):
 
 class ServerError(VoxcliError):
     """A remote (vLLM) engine that cannot be reached, refuses, or fails mid-stream."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line of text (or its type's name): what a one-line error quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

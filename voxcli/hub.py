@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from voxcli.errors import ModelError
+from voxcli.errors import ModelError, first_line
 
 HUB_TIMEOUT_S = 5.0
 # What transformers needs from a Voxtral repository; the Mistral-format weights are skipped.
@@ -116,7 +116,7 @@ def _download(model: str) -> Path:
         cached = _cached(model)
         if cached is not None:
             return cached
-        raise ModelError(f"cannot reach the Hugging Face hub ({_first_line(exc)}) and {model} is not in the "
+        raise ModelError(f"cannot reach the Hugging Face hub ({first_line(exc)}) and {model} is not in the "
                          f"local cache; connect once to download it, or pass --model PATH to a local "
                          f"checkpoint directory") from None
     names = {s.rfilename for s in (info.siblings or [])}
@@ -134,14 +134,14 @@ def _download(model: str) -> Path:
     except HfHubHTTPError as exc:
         raise ModelError(_http_error(model, exc)) from None
     except network as exc:
-        raise ModelError(f"downloading {model} failed ({_first_line(exc)}); run again to resume") from None
+        raise ModelError(f"downloading {model} failed ({first_line(exc)}); run again to resume") from None
 
 
 def _http_error(model: str, exc: BaseException) -> str:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status in (401, 403):
         return _login_hint(model, f"was refused by the hub (HTTP {status}):")
-    return f"the Hugging Face hub failed for {model}: {_first_line(exc)}"
+    return f"the Hugging Face hub failed for {model}: {first_line(exc)}"
 
 
 _GATED = "is gated: accept its terms on its page on huggingface.co, then"
@@ -149,8 +149,3 @@ _GATED = "is gated: accept its terms on its page on huggingface.co, then"
 
 def _login_hint(model: str, what: str) -> str:
     return f"{model} {what} log in with `hf auth login` (or set HF_TOKEN), or pass --model PATH to a local copy"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -198,11 +198,12 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         saved = f"; what was captured and received is saved in {recorder.wav_path.parent}" if recorder else ""
         raise ServerError(f"{exc}{saved}") from None
     finally:
-        if result is not None:
-            emit({"type": "summary", **_summary(result)})
+        summary = _summary(result) if result is not None else None
+        if summary is not None:
+            emit({"type": "summary", **summary})
         if recorder:
-            if result is not None:
-                recorder.write_summary(_summary(result))
+            if summary is not None:
+                recorder.write_summary(summary)
             recorder.close()
     if result.notice and result.notice != state.get("notice") and plain:
         err.print(f"voxcli: {result.notice}", markup=False)  # came after the last status tick

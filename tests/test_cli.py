@@ -637,3 +637,44 @@ def test_ctrl_c_writes_what_was_transcribed_and_exits_130(cli_env, realtime_dir,
     assert d["events"], "at least one token was made before Ctrl-C"
     assert d["events"][-1]["audio_end_s"] < d["metrics"]["audio_s"] - 1.0, "it did not stop early"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary file left"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors carry data; only the CLI names flags
+# ---------------------------------------------------------------------------------------------
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="needs a machine without CUDA")
+def test_an_engine_error_names_the_setting_and_each_command_its_own_flag(cli_env, realtime_dir):
+    from voxcli.engine import load_engine
+    from voxcli.errors import ModelError
+
+    with pytest.raises(ModelError) as caught:
+        load_engine(str(realtime_dir), device="cuda")
+    assert caught.value.data == {"device": "cuda"}
+    assert str(caught.value).endswith("use model.device=cpu") and "--" not in str(caught.value)
+    # The same setting is --device for transcribe and --model-device for listen (--device: the mic).
+    hello = HELLO
+    run = voxcli(cli_env, "transcribe", "file", hello, "--model", realtime_dir, "--device", "cuda")
+    assert run.code == 1 and run.stderr.strip().endswith("use --device=cpu"), run
+    run = voxcli(cli_env, "listen", "--input", hello, "--model", realtime_dir, "--model-device", "cuda")
+    assert run.code == 1 and run.stderr.strip().endswith("use --model-device=cpu"), run
+
+
+def test_a_missing_model_is_named_by_its_flag_and_in_python_by_its_key(cli_env, tmp_path):
+    from voxcli.errors import ModelError
+    from voxcli.hub import resolve_checkpoint
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelError) as caught:
+        resolve_checkpoint(str(missing))
+    assert str(caught.value).startswith(f"model.name {missing}: no such directory")
+    assert caught.value.data == {"model": str(missing)}
+    run = voxcli(cli_env, "transcribe", "file", HELLO, "--model", missing)
+    assert run.stderr.strip() == f"voxcli: error: --model {missing}: no such directory, and not a hub id (owner/name)"

@@ -230,7 +230,8 @@ def test_unreachable_hub_id_gives_one_actionable_line():
     with pytest.raises(ModelError) as err:
         load_engine("mistralai/no-such-model-voxcli-test", device="cpu", warmup=False)
     message = str(err.value)
-    assert "--model PATH" in message and "\n" not in message
+    assert "model.name=PATH" in message and "\n" not in message
+    assert "--" not in message  # the engine names settings; only the CLI words them as flags
 
 
 def test_directory_that_is_not_a_checkpoint(tmp_path):
@@ -247,7 +248,7 @@ def test_non_voxtral_checkpoint_is_refused(tmp_path):
 def test_mistral_format_directory_points_to_vllm(tmp_path):
     for name in ("params.json", "consolidated.safetensors", "tekken.json"):
         (tmp_path / name).write_text("{}")
-    with pytest.raises(ModelError, match="Mistral's own format.*--server"):
+    with pytest.raises(ModelError, match="Mistral's own format.*model.server=URL"):
         load_engine(str(tmp_path), device="cpu", warmup=False)
 
 
@@ -265,7 +266,8 @@ def test_a_model_too_big_for_free_memory_is_refused_before_its_weights_are_read(
         load_engine(str(realtime_dir), device="cpu", warmup=False)
     line = str(err.value)
     assert "\n" not in line and "GiB" in line and "0.0 GiB is of system memory available" in line
-    assert "--dtype bfloat16" in line and "--device cuda" in line
+    assert "model.dtype=bfloat16" in line and "model.device=cuda" in line and "--" not in line
+    assert err.value.data["needed_bytes"] > err.value.data["free_bytes"] == 1000
     monkeypatch.setenv("VOXCLI_SKIP_MEMORY_CHECK", "1")
     with pytest.raises(AssertionError, match="weights were read"):  # the check is skipped
         load_engine(str(realtime_dir), device="cpu", warmup=False)

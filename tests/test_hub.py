@@ -54,7 +54,7 @@ def test_no_network_and_no_cache_is_one_line_without_retries(hub_env):
     hub_env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
     run = voxcli(hub_env, "transcribe", "file", HELLO, "--device", "cpu")  # the default model
     line = assert_one_error_line(run, code=1)
-    assert "cannot reach the Hugging Face hub" in line and "--model PATH" in line
+    assert "cannot reach the Hugging Face hub" in line and "--model=PATH" in line
     assert "Retrying" not in run.stderr
 
 

@@ -59,29 +59,51 @@ ServerOpt = Annotated[str | None, typer.Option(
     "--server", show_default=False,
     help="Use a vLLM server (http://HOST:PORT) as the engine; --model is then the served model name.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+# The configuration keys the model options above set (each command adds its own device flag).
+MODEL_KEYS = {"model.name": "model", "model.dtype": "dtype", "model.threads": "threads",
+              "model.offline": "offline", "model.server": "server", "transcription.delay_ms": "delay_ms"}
 
 
 def _debug_on(debug: bool) -> bool:
     return debug or os.environ.get("VOXCLI_DEBUG", "") not in ("", "0")
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str | VoxcliError, code: int = 1, ctx: typer.Context | None = None) -> typer.Exit:
+    """One line on stderr. An error's settings are named by the flags of the running command."""
+    if isinstance(message, VoxcliError):
+        message = message.worded(ctx.meta.get(FLAG_NAMES, {}) if ctx is not None else {})
     typer.echo(f"voxcli: error: {message}", err=True)
     return typer.Exit(code)
 
 
-def _resolve_config(config_path: Path | None, debug: bool = False, **flags) -> Config:
-    """Defaults < file < flags (dotted keys spelled with ``__``); a bad key or value exits 2."""
-    overrides = {key.replace("__", "."): value for key, value in flags.items()}
+FLAG_NAMES = "voxcli.flag_names"  # click context meta: configuration key -> the flag that sets it
+
+
+def _resolve_config(ctx: typer.Context, config_path: Path | None, debug: bool = False,
+                    keys: dict[str, str] | None = None) -> Config:
+    """Defaults < file < flags; a bad key or value exits 2.
+
+    ``keys`` maps a configuration key to the parameter of the running command that sets it. An
+    unset switch (False) and an absent option (None) leave the key alone. The flags' spellings are
+    kept, so that errors naming a key are worded with this command's flag (``--model-device`` in
+    ``listen``, ``--device`` elsewhere).
+    """
+    options = {param.name: param for param in ctx.command.params}
+    overrides, names = {}, {}
+    for key, name in (keys or {}).items():
+        value = ctx.params[name]
+        overrides[key] = str(value) if isinstance(value, Path) else (None if value is False else value)
+        names[key] = max(options[name].opts, key=len)
+    ctx.meta[FLAG_NAMES] = names
     try:
         return load_config(config_path, overrides)
     except ConfigError as exc:
         if debug:
             raise
-        raise _fail(str(exc), 2) from None
+        raise _fail(exc, 2, ctx) from None
 
 
-def _exit_with(job, debug: bool):
+def _exit_with(ctx: typer.Context, job, debug: bool):
     """Run a command's job; a user-caused error becomes one line and exit 1, or 2 for a bad
     configuration value found while checking the job's inputs (--debug re-raises)."""
     try:
@@ -89,7 +111,7 @@ def _exit_with(job, debug: bool):
     except VoxcliError as exc:
         if debug:
             raise
-        raise _fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
+        raise _fail(exc, 2 if isinstance(exc, ConfigError) else 1, ctx) from None
     raise typer.Exit(code)
 
 
@@ -150,14 +172,15 @@ def _main(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 
 @app.command("config")
-def config_cmd(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
+def config_cmd(ctx: typer.Context, config: ConfigOpt = None, debug: DebugOpt = False) -> None:
     """Print the effective configuration as YAML (defaults < config file < flags)."""
-    cfg = _resolve_config(config, _debug_on(debug))
+    cfg = _resolve_config(ctx, config, _debug_on(debug))
     typer.echo(dump_yaml(cfg), nl=False)
 
 
 @transcribe_app.command("file")
 def transcribe_file(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Audio files: wav, flac, ogg, mp3 (any rate, any channels).",
                                                 show_default=False)],
     output_format: Annotated[str | None, typer.Option(
@@ -179,19 +202,18 @@ def transcribe_file(
     Example: `voxcli transcribe file talk.mp3 --format srt -o talk.srt`
     """
     debug = _debug_on(debug)
-    cfg = _resolve_config(
-        config, debug, model__name=model, model__device=device, model__dtype=dtype, model__threads=threads,
-        model__offline=offline or None, model__server=server, transcription__delay_ms=delay_ms, transcription__language=language,
-        output__format=output_format, output__plain=plain or None,
-    )
+    cfg = _resolve_config(ctx, config, debug, {
+        **MODEL_KEYS, "model.device": "device", "transcription.language": "language",
+        "output.format": "output_format", "output.plain": "plain"})
     from voxcli.transcribe import FileJob, run_files
 
     job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
-    _exit_with(lambda: run_files(job, load_engine=partial(_load_engine, debug=debug)), debug)
+    _exit_with(ctx, lambda: run_files(job, load_engine=partial(_load_engine, debug=debug)), debug)
 
 
 @app.command("listen")
 def listen_cmd(
+    ctx: typer.Context,
     device: Annotated[str | None, typer.Option(
         "--device", "-d", show_default=False,
         help="Input device: a name (or part of one) or an index from `voxcli devices`. Default: the system input.")] = None,
@@ -225,8 +247,9 @@ def listen_cmd(
 ) -> None:
     """Transcribe the microphone live, drawing every token the moment the model makes it.
 
-    The status line shows the input level, audio heard, dropped blocks, emission latency
-    (token drawn - its audio captured) p50/p95, and the model step time against the 80 ms budget.
+    The status line shows the input level, audio heard, emission latency (token drawn - its audio
+    captured) p50/p95, the model step time against the 80 ms budget, ends of speech, dropped blocks,
+    and once they happen input overflows, a falling-behind warning and notices (reconnects).
     When speech ends (Silero VAD), the Realtime model flushes its delay at once, so the last
     words appear without waiting; an offline model transcribes each utterance as it ends.
     Ctrl-C stops capture, transcribes what was captured, saves and exits 0; a second Ctrl-C quits at once.
@@ -234,22 +257,20 @@ def listen_cmd(
     Example: `voxcli listen --save ~/voxcli-sessions`
     """
     debug = _debug_on(debug)
-    cfg = _resolve_config(
-        config, debug, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
-        model__offline=offline or None, model__server=server, transcription__delay_ms=delay_ms, output__plain=plain or None,
-        listen__device=device, listen__save_dir=str(save) if save else None, listen__vad=vad,
-        listen__flush_after_ms=flush_after_ms,
-    )
+    cfg = _resolve_config(ctx, config, debug, {
+        **MODEL_KEYS, "model.device": "model_device", "output.plain": "plain", "listen.device": "device",
+        "listen.save_dir": "save", "listen.vad": "vad", "listen.flush_after_ms": "flush_after_ms"})
     from voxcli.listen import LISTEN_FORMATS, ListenJob, run_listen
 
     if output_format not in LISTEN_FORMATS:
         raise _fail(f"--format must be one of {', '.join(LISTEN_FORMATS)} for listen; got {output_format!r}", 2)
     job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds, format=output_format)
-    _exit_with(lambda: run_listen(job, load_engine=partial(_load_engine, debug=debug)), debug)
+    _exit_with(ctx, lambda: run_listen(job, load_engine=partial(_load_engine, debug=debug)), debug)
 
 
 @app.command("bench")
 def bench_cmd(
+    ctx: typer.Context,
     audio: Annotated[list[Path] | None, typer.Argument(
         help="Clips to run (default: the speech clips in examples/).", show_default=False)] = None,
     runs: Annotated[int, typer.Option("--runs", "-n", min=1, help="Measured runs per clip.")] = 20,
@@ -280,13 +301,10 @@ def bench_cmd(
     Example: `voxcli bench --runs 20 --paced --json bench.json`
     """
     debug = _debug_on(debug)
-    cfg = _resolve_config(
-        config, debug, model__name=model, model__device=model_device, model__dtype=dtype, model__threads=threads,
-        model__offline=offline or None, model__server=server, transcription__delay_ms=delay_ms,
-    )
+    cfg = _resolve_config(ctx, config, debug, {**MODEL_KEYS, "model.device": "model_device"})
     from voxcli.benchcli import run_bench_command
 
-    _exit_with(lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
+    _exit_with(ctx, lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
                                          batch_words=batch_words, json_path=json_path,
                                          load_engine=partial(_load_engine, debug=debug),
                                          concurrency=concurrency), debug)
@@ -302,7 +320,7 @@ def devices_cmd(debug: DebugOpt = False) -> None:
     except VoxcliError as exc:
         if _debug_on(debug):
             raise
-        raise _fail(str(exc)) from None
+        raise _fail(exc) from None
     if not devices:
         raise _fail("no audio input device found")
     for d in devices:

@@ -39,7 +39,7 @@ import numpy as np
 
 from voxcli.compat import ProcessorAdapter, cache_kwarg_names
 from voxcli.delays import TOKEN_MS, check_delay_ms
-from voxcli.errors import ModelError, first_line
+from voxcli.errors import ModelError, first_line, setting
 from voxcli.events import TokenEvent, clamp_span
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ SAMPLE_RATE = 16000
 KINDS = ("realtime", "offline")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+DEVICE = setting("model.device")
 DEFAULT_REALTIME_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_OFFLINE_MODEL = "mistralai/Voxtral-Mini-3B-2507"
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
@@ -68,9 +69,10 @@ def resolve_device(device: str) -> str:
     if base not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
     if base == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+        raise ModelError(f"device {device!r} was asked for but CUDA is not available here; use {DEVICE}=cpu",
+                         device=device)
     if base == "mps" and not torch.backends.mps.is_available():
-        raise ModelError("device 'mps' was asked for but MPS is not available here; use --device cpu")
+        raise ModelError(f"device 'mps' was asked for but MPS is not available here; use {DEVICE}=cpu", device=device)
     return device
 
 
@@ -543,7 +545,8 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
         processor = AutoProcessor.from_pretrained(path, **common)
         net = model_cls.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, **common)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {model}: cannot load the checkpoint: {first_line(exc)}") from exc
+        raise ModelError(f"{setting('model.name')} {model}: cannot load the checkpoint: {first_line(exc)}",
+                         model=model) from exc
     net = net.to(device).eval()
     n_params = sum(p.numel() for p in net.parameters())
     info = EngineInfo(model=name or str(model), kind=kind, device=str(device),
@@ -564,4 +567,5 @@ def _load_config(path: Path, model: str):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {model}: cannot read its config.json: {first_line(exc)}") from exc
+        raise ModelError(f"{setting('model.name')} {model}: cannot read its config.json: {first_line(exc)}",
+                         model=model) from exc

@@ -1,8 +1,39 @@
-"""Errors a user can cause. The CLI prints them as one line; everything else is a bug."""
+"""Errors a user can cause. The CLI prints them as one line; everything else is a bug.
+
+An error carries its data: the keyword arguments it was raised with are kept in ``data`` (the
+model, the server's URL, an HTTP status, ...), and a setting the message refers to is written as
+``{section.key}`` (``{model.name}``). ``str()`` shows the setting's key, which is what a Python
+caller or a config file knows; only the CLI, which knows its flags, words them as flags
+(``worded({"model.name": "--model"})``). The engine never names a flag.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_SETTING = re.compile(r"\{([a-z_]+\.[a-z_]+)\}")
 
 
 class VoxcliError(Exception):
     """Base class: its message is meant for the user, as one line."""
+
+    def __init__(self, message: str = "", **data: object) -> None:
+        super().__init__(message)
+        self.template = message
+        self.data = data
+
+    def worded(self, names: Mapping[str, str] | None = None) -> str:
+        """The message with each ``{section.key}`` named as ``names`` says (else as the key)."""
+        names = names or {}
+        return _SETTING.sub(lambda m: names.get(m[1], m[1]), self.template)
+
+    def __str__(self) -> str:
+        return self.worded()
+
+    def extended(self, more: str) -> VoxcliError:
+        """The same error, same type and data, with ``more`` appended to its message."""
+        return type(self)(self.template + more, **self.data)
 
 
 class ConfigError(VoxcliError):
@@ -19,6 +50,11 @@ class ModelError(VoxcliError):
 
 class ServerError(VoxcliError):
     """A remote (vLLM) engine that cannot be reached, refuses, or fails mid-stream."""
+
+
+def setting(key: str) -> str:
+    """How a message refers to a setting: ``f"{setting('model.name')} {name}: not found"``."""
+    return "{" + key + "}"
 
 
 def first_line(exc: BaseException) -> str:

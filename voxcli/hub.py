@@ -1,6 +1,6 @@
 """Where a checkpoint comes from: a local directory, or the Hugging Face hub (downloaded once).
 
-:func:`resolve_checkpoint` turns ``--model`` into a local directory before transformers reads
+:func:`resolve_checkpoint` turns the model setting (``--model``) into a local directory before transformers reads
 anything, so every failure a user can meet gets one line, quickly:
 
 - no network: one short metadata request (``HUB_TIMEOUT_S``) with no retries, instead of the
@@ -20,14 +20,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from voxcli.errors import ModelError, first_line
+from voxcli.errors import ModelError, first_line, setting
 
 HUB_TIMEOUT_S = 5.0
+MODEL = setting("model.name")
 # What transformers needs from a Voxtral repository; the Mistral-format weights are skipped.
 ALLOW_PATTERNS = ["*.json", "model*.safetensors", "*.jinja", "*.txt"]
 IGNORE_PATTERNS = ["consolidated*", "params.json"]
 VLLM_HINT = ("voxcli loads the transformers format (config.json + model*.safetensors); serve this one "
-             "with vLLM and pass --server URL")
+             f"with vLLM and pass {setting('model.server')}=URL")
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -50,10 +51,10 @@ def check_local_dir(path: Path, shown: str) -> Path:
     if "config.json" in names:
         return path
     if is_mistral_format(names):
-        raise ModelError(f"--model {shown} holds only Mistral's own format (params.json, "
-                         f"consolidated.safetensors, no config.json); {VLLM_HINT}")
-    raise ModelError(f"--model {shown}: no checkpoint in this directory (no config.json); pass a Voxtral "
-                     f"checkpoint directory or a hub id")
+        raise ModelError(f"{MODEL} {shown} holds only Mistral's own format (params.json, "
+                         f"consolidated.safetensors, no config.json); {VLLM_HINT}", model=shown)
+    raise ModelError(f"{MODEL} {shown}: no checkpoint in this directory (no config.json); pass a Voxtral "
+                     f"checkpoint directory or a hub id", model=shown)
 
 
 def hub_offline() -> bool:
@@ -69,19 +70,20 @@ def resolve_checkpoint(model: str, *, offline: bool = False) -> Path:
     if path.is_dir():
         return check_local_dir(path, model)
     if path.exists():
-        raise ModelError(f"--model {model!r} is a file; pass a checkpoint directory or a hub id")
+        raise ModelError(f"{MODEL} {model!r} is a file; pass a checkpoint directory or a hub id", model=model)
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(model)
     except HFValidationError:
-        raise ModelError(f"--model {model}: no such directory, and not a hub id (owner/name)") from None
+        raise ModelError(f"{MODEL} {model}: no such directory, and not a hub id (owner/name)",
+                         model=model) from None
     if offline or hub_offline():
         cached = _cached(model)
         if cached is None:
             raise ModelError(f"{model} is not in the local Hugging Face cache and the hub is off "
-                             f"(--offline or HF_HUB_OFFLINE); run once with network to download it, "
-                             f"or pass --model PATH")
+                             f"({setting('model.offline')} or HF_HUB_OFFLINE); run once with network to "
+                             f"download it, or pass {MODEL}=PATH", model=model)
         return cached
     return _download(model)
 
@@ -117,8 +119,8 @@ def _download(model: str) -> Path:
         if cached is not None:
             return cached
         raise ModelError(f"cannot reach the Hugging Face hub ({first_line(exc)}) and {model} is not in the "
-                         f"local cache; connect once to download it, or pass --model PATH to a local "
-                         f"checkpoint directory") from None
+                         f"local cache; connect once to download it, or pass {MODEL}=PATH to a local "
+                         f"checkpoint directory", model=model) from None
     names = {s.rfilename for s in (info.siblings or [])}
     if names and is_mistral_format(names):
         raise ModelError(f"{model} on the hub holds only Mistral's own format (params.json, "
@@ -148,4 +150,4 @@ _GATED = "is gated: accept its terms on its page on huggingface.co, then"
 
 
 def _login_hint(model: str, what: str) -> str:
-    return f"{model} {what} log in with `hf auth login` (or set HF_TOKEN), or pass --model PATH to a local copy"
+    return f"{model} {what} log in with `hf auth login` (or set HF_TOKEN), or pass {MODEL}=PATH to a local copy"

@@ -83,7 +83,7 @@ def available_bytes(device: str) -> tuple[int, str] | None:
 
 def check_fits(config, kind: str, dtype, device: str, model: str) -> MemoryEstimate | None:
     """Raise ModelError (one line, both figures, what to try) when the model will not fit."""
-    from voxcli.errors import ModelError
+    from voxcli.errors import ModelError, setting
 
     if os.environ.get(SKIP_ENV, "") not in ("", "0"):
         return None
@@ -94,12 +94,12 @@ def check_fits(config, kind: str, dtype, device: str, model: str) -> MemoryEstim
     dtype_name = str(dtype).removeprefix("torch.")
     tries = []
     if est.dtype_bytes > 2:
-        tries.append("--dtype bfloat16 (half the weights)")
+        tries.append(f"{setting('model.dtype')}=bfloat16 (half the weights)")
     if not device.startswith("cuda"):
-        tries.append("a GPU (--device cuda)")
+        tries.append(f"a GPU ({setting('model.device')}=cuda)")
     tries.append("a smaller model")
     raise ModelError(
         f"{model} needs about {est.total_bytes / GIB:.1f} GiB in {dtype_name} ({est.n_params / 1e9:.2f} B "
         f"parameters = {est.weights_bytes / GIB:.1f} GiB, caches {est.cache_bytes / GIB:.1f} GiB), but only "
         f"{free[0] / GIB:.1f} GiB is {free[1]}; try {', or '.join(tries)} "
-        f"({SKIP_ENV}=1 loads it anyway)")
+        f"({SKIP_ENV}=1 loads it anyway)", model=model, needed_bytes=est.total_bytes, free_bytes=free[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxcli.errors import ConfigError
+from voxcli.errors import ConfigError, setting
 from voxcli.events import TokenEvent
 
 SAMPLE_RATE = 16000
@@ -34,8 +34,8 @@ def check_directory(directory: str | Path) -> Path:
         probe.unlink()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"session directory {directory} (--save, listen.save_dir) cannot be written: "
-                          f"{reason}") from None
+        raise ConfigError(f"session directory {directory} ({setting('listen.save_dir')}) cannot be written: "
+                          f"{reason}", path=str(directory)) from None
     return path
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from voxcli.config import DEFAULT_MODEL
 from voxcli.engine import EngineInfo, transcribe_segments
-from voxcli.errors import ServerError
+from voxcli.errors import ServerError, setting
 from voxcli.events import TokenEvent
 from voxcli.netproto import WebSocket, WebSocketClosed, multipart, sse_data
 
@@ -42,7 +42,8 @@ class _Server:
     def __init__(self, url: str, timeout_s: float = TIMEOUT_S) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "ws") or not parts.hostname:
-            raise ServerError(f"--server {url!r}: expected http://HOST:PORT (TLS is not supported)")
+            raise ServerError(f"{setting('model.server')} {url!r}: expected http://HOST:PORT (TLS is not supported)",
+                              url=url)
         self.url = f"http://{parts.hostname}:{parts.port or 80}"
         self.host, self.port = parts.hostname, parts.port or 80
         self.timeout_s = timeout_s
@@ -326,10 +327,10 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto",
     if model not in served:
         if model is not None and not (model == DEFAULT_MODEL and len(served) == 1):
             raise ServerError(f"the vLLM server at {server.url} does not serve {model!r}; it serves: "
-                              f"{', '.join(served)} (pass one with --model)")
+                              f"{', '.join(served)} (pass one as {setting('model.name')})", url=server.url)
         if len(served) > 1:
             raise ServerError(f"the vLLM server at {server.url} serves several models ({', '.join(served)}); "
-                              f"pick one with --model")
+                              f"pick one as {setting('model.name')}", url=server.url)
         model = served[0]  # the default name was not the user's choice: take what is served
     if kind == "auto":
         kind = _probe_kind(server)

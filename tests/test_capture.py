@@ -19,8 +19,8 @@ import pytest
 
 from speech import make_speech, trim
 
-from voxcli.audio import load_audio
-from voxcli.capture import FileSource, MicSource, level_db, list_input_devices
+from voxcli.audio import load_audio, resample
+from voxcli.capture import FileSource, MicSource, _Source, level_db, list_input_devices
 from voxcli.errors import AudioError
 
 RATE = 16000
@@ -306,3 +306,47 @@ def test_level_db():
     assert level_db(np.full(320, 0.5, np.float32)) == pytest.approx(-6.02, abs=0.01)
     assert level_db(np.zeros(320, np.float32)) == pytest.approx(-200.0)
     assert level_db(np.zeros(0, np.float32)) == pytest.approx(-200.0)
+
+
+# --------------------------------------------------------------------------------------------
+# 16 kHz out, whatever the device's rate
+
+
+class _ScriptedSource(_Source):
+    """A source at any rate, fed by the test: the consumer side (``stream``) is what is tested."""
+
+    def __init__(self, rate: int, blocks: list[np.ndarray]) -> None:
+        super().__init__(block_ms=20, queue_s=60.0, max_seconds=None)
+        self._rate, self._script = rate, blocks
+
+    def start(self) -> None:
+        self._begin(self._rate)
+        for block in self._script:
+            self._offer(time.perf_counter(), block)
+        self.finished.set()
+
+    def stop(self) -> None:
+        self.finished.set()
+
+
+@pytest.mark.parametrize("rate", [48000, 44100, RATE])
+def test_stream_delivers_16k_whatever_the_device_rate(rate):
+    t = np.arange(3 * rate) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    block = rate // 50
+    src = _ScriptedSource(rate, [tone[i:i + block] for i in range(0, len(tone), block)])
+    src.start()
+    items = [item for item in src.stream(0.01) if item is not None]
+    got = joined(items)
+    assert got.dtype == np.float32
+    assert len(got) == 3 * RATE  # every sample, the resampler's look-ahead included
+    # The same audio as resampling the whole recording at once, away from its two edges.
+    whole = resample(tone, rate, RATE)
+    assert np.max(np.abs(got[800:-800] - whole[800:-800])) < 1e-3
+    if rate == RATE:
+        assert np.array_equal(got, tone)  # nothing touched at the model's own rate
+
+
+def test_stream_before_start_is_an_error():
+    with pytest.raises(RuntimeError):
+        next(FileSource("x.wav").stream(0.01))

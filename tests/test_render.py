@@ -10,7 +10,7 @@ import time
 import pytest
 from rich.console import Console
 
-from voxcli.events import TokenEvent, Transcript, TranscriptMetrics, summarize
+from voxcli.events import FileStatus, LiveStatus, TokenEvent, Transcript, TranscriptMetrics, summarize
 from voxcli.render import (
     FORMATS,
     Cue,
@@ -21,6 +21,7 @@ from voxcli.render import (
     metrics_table,
     sig3,
     render_transcript,
+    status_text,
 )
 
 # Sub-word pieces as an incremental detokenizer yields them: leading spaces on word starts,
@@ -360,18 +361,39 @@ def test_long_transcript_is_cropped_live_and_printed_in_full_on_exit():
     with LiveTranscript(console, title="long.wav") as live:
         for i, event in enumerate(events):
             live.add(event)
-            live.set_status(tokens=i + 1, ttft_ms=51.25, elapsed=None)
+            live.set_status(FileStatus("long.wav", audio_s=12.0, tokens=i + 1, ttft_ms=51.25))
         live_frame = plain(last_render(buf.getvalue()))
     # While live: the frame fits the terminal, shows the newest words and the status line.
     assert len(live_frame.splitlines()) < 12
     assert "w399" in live_frame and "w000" not in live_frame
-    assert "tokens 400" in live_frame and "ttft_ms 51.2" in live_frame and "elapsed -" in live_frame
+    assert "tokens 400" in live_frame and "ttft_ms 51.2" in live_frame and "total_ms -" in live_frame
     # On exit: the whole transcript stays on screen once, with the status line below it.
     final = plain(last_render(buf.getvalue()))
     assert norm(final).split()[1:401] == [w.strip() for w in words]
     assert final.count("w000") == 1
     assert final.index("w399") < final.index("tokens 400")
     assert len(live.display_lag_ms) == 400
+
+
+def test_live_status_line_is_a_pure_function_of_the_status():
+    quiet = LiveStatus(heard_s=3.04, level_db=-31.6, latency_ms=(212.4, 340.0), step_ms=3.14)
+    line = status_text(quiet).plain
+    assert line == "level -32 dB  audio 3.0 s  latency p50 212 / p95 340 ms  step 3.1/80 ms  dropped 0"
+    assert status_text(quiet).plain == line  # nothing is kept between calls
+    # Problems show once they exist: lost input, lost blocks, a slow step, a reconnect, stopping.
+    busy = LiveStatus(heard_s=60.0, step_ms=95.0, dropped_blocks=4, input_overflows=2, endpoints=3,
+                      notice="the server dropped the connection; reconnected", state="stopping")
+    line = status_text(busy).plain
+    for part in ("endpoints 3", "dropped 4", "overflows 2", "FALLING BEHIND real time",
+                 "notice the server dropped the connection; reconnected", "state stopping", "latency -"):
+        assert part in line, part
+    assert LiveStatus(backlog_blocks=26).behind and not LiveStatus(backlog_blocks=25).behind
+
+
+def test_file_status_shows_figures_once_there_are_tokens():
+    assert status_text(FileStatus("a.wav", audio_s=4.321)).plain == "file a.wav  audio_s 4.32"
+    done = status_text(FileStatus("a.wav", audio_s=4.321, tokens=0)).plain
+    assert done == "file a.wav  audio_s 4.32  tokens 0  ttft_ms -  total_ms -"
 
 
 def test_live_add_outside_with_is_an_error():
@@ -417,7 +439,7 @@ def test_plain_writes_and_flushes_each_delta_at_once():
             assert stream.getvalue() == expected
             if event.text:
                 assert stream.flushes > flushes
-        out.set_status(tokens=3)  # no-op: nothing may pollute piped text
+        out.set_status(FileStatus("a.wav", audio_s=1.0, tokens=3))  # no-op: nothing may pollute piped text
         assert stream.getvalue() == expected
     assert stream.getvalue() == make_transcript(events).text + "\n"
     assert len(out.display_lag_ms) == len(events)

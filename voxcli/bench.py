@@ -33,10 +33,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from voxcli.events import TokenEvent, pool, summarize
+from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
 from voxcli.render import LiveTranscript
 
-STEP_BUDGET_MS = 80.0
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
 
@@ -55,7 +54,7 @@ class BenchOptions:
     paced: bool = False
     speed: float = 1.0
     batch_words: int = 6
-    live: object = None  # pipeline.LiveOptions for paced runs (the endpointer); None: its defaults
+    live: object = None  # live.LiveOptions for paced runs (the endpointer); None: its defaults
 
     def validate(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.batch_words < 1:
@@ -143,7 +142,7 @@ def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
         transcript = transcribe_audio(engine, clip.audio, source=clip.name, on_event=view.add)
     m = transcript.metrics
     events = transcript.events
-    t_start = events[-1].t_emitted - m.total_ms / 1000.0 if events else time.perf_counter()
+    t_start = transcript.t_start
     gaps = [(b.t_emitted - a.t_emitted) * 1000.0 for a, b in zip(events, events[1:])]
     return {
         "clip": clip.name, "mode": "file", "audio_s": round(m.audio_s, 4), "n_tokens": m.n_tokens,
@@ -174,9 +173,8 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
             if after_ms is not None:
                 after_ready.append(after_ms)
 
-        result = run_live(engine, source, on_token=on_token, on_audio=lambda item: None,
-                          on_tick=lambda worker: None, stop=threading.Event(), on_latency=on_latency,
-                          options=opts.live)
+        result = run_live(engine, source, on_token=on_token, stop=threading.Event(), options=opts.live,
+                          on_latency=on_latency)
     from voxcli.audio import detect_speech
 
     # Speech onsets and ends by level, on the clean clips: a reference independent of the
@@ -224,7 +222,7 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
 
 
 def _endpointer(live) -> dict:
-    from voxcli.pipeline import LiveOptions
+    from voxcli.live import LiveOptions
 
     live = live or LiveOptions()
     return {"vad": live.vad, "flush_after_ms": live.flush_after_ms}
@@ -281,7 +279,7 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
     """One client session against a server: stream the clip (paced at real speed or as fast as
     possible), time every delta. Never raises: a failure is recorded in the result."""
     record: dict = {"clip": clip.name, "audio_s": round(len(clip.audio) / 16000, 4), "error": None}
-    times: list[float] = []
+    events: list[TokenEvent] = []
     t0 = time.perf_counter()
     t_audio_end = t0
     try:
@@ -292,20 +290,24 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
                 if paced:
                     time.sleep(max(0.0, t0 + (i + step) / 16000 - time.perf_counter()))
                 session.push(clip.audio[i:i + step])
-                times += [e.t_emitted for e in session.steps() if e.text]
+                events += session.steps()
                 if time.perf_counter() - t0 > LOAD_TIMEOUT_S:
                     raise TimeoutError(f"session exceeded {LOAD_TIMEOUT_S:.0f} s")
             t_audio_end = time.perf_counter()
-            times += [e.t_emitted for e in session.finish() if e.text]
+            events += session.finish()
         else:
             t_audio_end = t0
-            times = [e.t_emitted for e in engine.transcribe(clip.audio) if e.text]
+            events = list(engine.transcribe(clip.audio))
     except Exception as exc:  # noqa: BLE001 - a failed session is a result of a load test
         record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     end = time.perf_counter()
+    # ttft as everywhere (TranscriptMetrics.measure), counted from the session's start: paced, that
+    # is when its first audio went out, not when the clip was complete.
+    ttft_ms = TranscriptMetrics.measure(events, t0, audio_s=len(clip.audio) / 16000).ttft_ms
+    times = [e.t_emitted for e in events if e.text]
     record.update(
         n_deltas=len(times),
-        ttft_ms=(times[0] - t0) * 1000.0 if times else None,
+        ttft_ms=ttft_ms,
         total_ms=(end - t0) * 1000.0,
         finalize_ms=(times[-1] - t_audio_end) * 1000.0 if times and paced else None,
         delta_interval_ms=[(b - a) * 1000.0 for a, b in zip(times, times[1:])],

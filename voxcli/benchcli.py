@@ -8,9 +8,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from voxcli.bench import STEP_BUDGET_MS, BenchOptions, Clip, run_bench
+from voxcli.bench import BenchOptions, Clip, run_bench
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
+from voxcli.events import STEP_BUDGET_MS
 from voxcli.render import metrics_table
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -42,7 +43,7 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     engine = load_engine(cfg, err)
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
-    from voxcli.pipeline import LiveOptions
+    from voxcli.live import LiveOptions
 
     live = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad, silence_db=cfg.listen.silence_db)
     opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words, live=live)

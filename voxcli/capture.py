@@ -3,10 +3,14 @@
 Both sources share one contract, which is all the consumer (the engine thread) relies on::
 
     source.start()                      # AudioError (one line) if it cannot start
-    rate = source.sample_rate           # blocks arrive at this rate; the consumer resamples
-    t_captured, block = source.blocks.get(timeout=...)   # float32 mono, len <= block size
-    if source.finished.is_set() and source.blocks.empty(): ...  # everything has been delivered
+    for item in source.stream(poll_s):  # until everything captured has been delivered
+        if item is None: ...            # nothing came within poll_s: do other work
+        t_captured, samples = item      # float32 mono at 16 kHz, whatever the device's rate
     source.stop()                       # idempotent, thread-safe; what is queued stays queued
+
+A device that refuses 16 kHz is opened at its own rate (``sample_rate``) and resampled in
+``stream()`` with soxr's streaming resampler, in the consumer's thread: the PortAudio callback only
+copies and enqueues. ``blocks`` is the raw queue at ``sample_rate`` underneath.
 
 ``t_captured`` is ``time.perf_counter()`` when the block became available: for the microphone,
 on entry to the PortAudio callback, i.e. just after the block's last sample was recorded plus the
@@ -30,6 +34,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,6 +232,38 @@ class _Source:
             self.dropped_samples += len(block)
         if last:
             self.finished.set()
+
+    @property
+    def backlog(self) -> int:
+        """Blocks captured and not yet taken by the consumer."""
+        return self.blocks.qsize()
+
+    def stream(self, poll_s: float) -> Iterator[tuple[float, np.ndarray] | None]:
+        """Everything captured, as ``(t_captured, samples)`` with 16 kHz mono float32 samples,
+        until the source has delivered all it will; ``None`` whenever no block came within
+        ``poll_s``. Call ``stop()`` between items to end capture: what is queued still comes."""
+        if self.sample_rate is None:
+            raise RuntimeError("the source has not been started")
+        resampler = None
+        if self.sample_rate != SAMPLE_RATE:
+            import soxr
+
+            resampler = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32")
+        while True:
+            try:
+                t_captured, block = self.blocks.get(timeout=poll_s)
+            except queue.Empty:
+                if self.finished.is_set() and self.blocks.empty():
+                    break
+                yield None
+                continue
+            samples = block if resampler is None else resampler.resample_chunk(block)
+            if len(samples):
+                yield t_captured, samples
+        if resampler is not None:  # the resampler's look-ahead, kept until now
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            if len(tail):
+                yield time.perf_counter(), tail
 
     def _fail(self, message: str) -> None:
         if self.error is None:

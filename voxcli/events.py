@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+STEP_BUDGET_MS = 80.0  # one Realtime step per 80 ms chunk keeps up with real time
+
 
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
@@ -59,6 +61,19 @@ class TranscriptMetrics:
     total_ms: float | None = None
     step_ms: list[float] = field(default_factory=list)
 
+    @classmethod
+    def measure(cls, events: list[TokenEvent], t_start: float, audio_s: float) -> TranscriptMetrics:
+        """The one definition of ``ttft_ms`` and ``total_ms`` (docs/design.md), from ``t_start``,
+        the moment the complete audio was handed to the warm engine."""
+        metrics = cls(audio_s=audio_s, n_tokens=len(events),
+                      step_ms=[e.step_ms for e in events if e.step_ms is not None])
+        first = first_token(events)
+        if first is not None:
+            metrics.ttft_ms = (first.t_emitted - t_start) * 1000.0
+        if events:
+            metrics.total_ms = (events[-1].t_emitted - t_start) * 1000.0
+        return metrics
+
     @property
     def rtf(self) -> float | None:
         """Compute time over audio duration: below 1 is faster than real time."""
@@ -78,6 +93,11 @@ class TranscriptMetrics:
             "step_ms": summarize(self.step_ms) if self.step_ms else None,
         }
         return {k: v for k, v in figures.items() if v is not None}
+
+
+def first_token(events) -> TokenEvent | None:
+    """The first token that counts for time-to-first-token: the first one that is not special."""
+    return next((e for e in events if not e.special), None)
 
 
 def _round(value: float | None, ndigits: int = 3) -> float | None:
@@ -133,6 +153,7 @@ class Transcript:
     events: list[TokenEvent] = field(default_factory=list)
     metrics: TranscriptMetrics = field(default_factory=TranscriptMetrics)
     complete: bool = True  # False when interrupted (Ctrl-C) before the end of the audio
+    t_start: float | None = None  # perf_counter() when the audio was handed to the engine
 
     @property
     def text(self) -> str:
@@ -147,3 +168,45 @@ class Transcript:
             "metrics": self.metrics.to_dict(),
             "events": [e.to_dict() for e in self.events],
         }
+
+
+# ------------------------------------------------------------------------------------ status lines
+
+
+@dataclass(frozen=True, slots=True)
+class FileStatus:
+    """What ``transcribe file`` shows under its live transcript."""
+
+    file: str
+    audio_s: float
+    tokens: int | None = None
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStatus:
+    """What ``listen`` shows under its live transcript, refreshed about ten times a second.
+
+    ``latency_ms``: emission latency (p50, p95) of recent tokens; ``step_ms``: the median of recent
+    decode steps, against ``budget_ms`` (one step per 80 ms chunk keeps up with real time).
+    ``notice``: the latest problem worth seeing (a reconnect); ``state``: what the session is
+    doing when it is not simply listening (stopping).
+    """
+
+    heard_s: float = 0.0
+    level_db: float = -120.0
+    latency_ms: tuple[float, float] | None = None
+    step_ms: float | None = None
+    budget_ms: float = STEP_BUDGET_MS
+    backlog_blocks: int = 0
+    dropped_blocks: int = 0
+    input_overflows: int = 0
+    endpoints: int = 0
+    notice: str | None = None
+    state: str | None = None
+
+    @property
+    def behind(self) -> bool:
+        """Steps slower than the audio, or captured blocks piling up (half a second of them)."""
+        return (self.step_ms or 0.0) > self.budget_ms or self.backlog_blocks > 25

@@ -11,21 +11,16 @@ import json
 import signal
 import sys
 import threading
-import time
-from itertools import islice
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from voxcli.config import Config
 from voxcli.errors import ServerError
-from voxcli.events import summarize
+from voxcli.events import LiveStatus, summarize
 from voxcli.render import LiveTranscript, NullView, PlainTranscript
-
-STEP_BUDGET_MS = 80.0
-
 
 LISTEN_FORMATS = ("text", "jsonl")
 
@@ -93,7 +88,8 @@ class _Signals:
 
 
 def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
-    from voxcli.pipeline import LiveOptions, run_live
+    from voxcli.live import LiveOptions
+    from voxcli.pipeline import run_live
     from voxcli.recorder import SessionRecorder, check_directory
 
     stdout = stdout or sys.stdout
@@ -127,30 +123,29 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
             stdout.flush()
     stop = threading.Event()
-    state = {"level_db": -120.0, "backlog": 0, "t0": time.perf_counter(), "heard": 0}
-    latency: list[float] = []
+    shown = {"status": LiveStatus(), "state": None, "save_failure_told": False}
+
+    def show() -> None:
+        view.set_status(replace(shown["status"], state=shown["state"]))
 
     def notify(message: str) -> None:
         if plain:
             err.print(message, markup=False)
         else:  # printing beside a live view would tear it: say it in the status line
-            view.set_status(state=message)
+            shown["state"] = message
+            show()
 
     def saving_failed() -> None:
-        if recorder.failure and not state.get("save_failure_told"):
-            state["save_failure_told"] = True
+        if recorder.failure and not shown["save_failure_told"]:
+            shown["save_failure_told"] = True
             notify(f"voxcli: error: {recorder.failure}")  # once; the transcript goes on
 
     def on_audio(item) -> None:
-        state["level_db"], state["backlog"] = item.level_db, item.backlog_blocks
-        state["heard"] += len(item.samples)
         if recorder:
             recorder.write_audio(item.samples)
             saving_failed()
 
     def on_latency(token, emission_ms: float | None, after_ready_ms: float | None) -> None:
-        if emission_ms is not None:
-            latency.append(emission_ms)
         extra = {"emission_latency_ms": _round(emission_ms), "emitted_after_ready_ms": _round(after_ready_ms),
                  "audio_available_s": round(token.audio_available_s, 5), "flushed": token.flushed,
                  "utterance": token.utterance}
@@ -165,38 +160,28 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             recorder.write_row(endpoint.to_dict())
             saving_failed()
 
-    def on_tick(worker) -> None:
-        if worker.notice and worker.notice != state.get("notice"):
-            state["notice"] = worker.notice
-            if plain:  # no status line to show it in
-                err.print(f"voxcli: {worker.notice}", markup=False)
-        lat = summarize(latency[-200:])
-        step = summarize(list(islice(reversed(worker.step_ms), 50)))
-        behind = step.get("p50", 0.0) > STEP_BUDGET_MS or state["backlog"] > 25
-        view.set_status(
-            level=f"{state['level_db']:.0f} dB",
-            audio=f"{state['heard'] / 16000:.1f} s",
-            dropped=source.dropped_blocks,
-            overflows=source.input_overflows or "",  # shown once the host has lost input
-            latency=(f"p50 {lat['p50']:.0f} / p95 {lat['p95']:.0f} ms" if lat["n"] else "-"),
-            step=(f"{step['p50']:.1f}/{STEP_BUDGET_MS:.0f} ms" if step["n"] else "-"),
-            warning="FALLING BEHIND real time" if behind else "",
-            notice=worker.notice or "",
-        )
+    def on_notice(text: str) -> None:
+        if plain:  # no status line to show it in
+            err.print(f"voxcli: {text}", markup=False)
+
+    def on_status(status: LiveStatus) -> None:
+        shown["status"] = status
+        show()
 
     options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad,
                           silence_db=cfg.listen.silence_db)
     result = None
     try:
         with _Signals(stop, notify), view:
-            result = run_live(engine, source, on_token=view.add, on_audio=on_audio, on_tick=on_tick,
-                              stop=stop, options=options, on_latency=on_latency, on_endpoint=on_endpoint)
+            result = run_live(engine, source, on_token=view.add, stop=stop, options=options,
+                              on_audio=on_audio, on_latency=on_latency, on_endpoint=on_endpoint,
+                              on_notice=on_notice, on_status=on_status)
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130
     except ServerError as exc:
         saved = f"; what was captured and received is saved in {recorder.wav_path.parent}" if recorder else ""
-        raise ServerError(f"{exc}{saved}") from None
+        raise exc.extended(saved) from None
     finally:
         summary = _summary(result) if result is not None else None
         if summary is not None:
@@ -205,8 +190,6 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             if summary is not None:
                 recorder.write_summary(summary)
             recorder.close()
-    if result.notice and result.notice != state.get("notice") and plain:
-        err.print(f"voxcli: {result.notice}", markup=False)  # came after the last status tick
     if result.error:
         err.print(f"voxcli: warning: {result.error}; what was captured is kept", markup=False)
     s = _summary(result)

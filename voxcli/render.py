@@ -20,7 +20,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from voxcli.events import TokenEvent, Transcript
+from voxcli.events import FileStatus, LiveStatus, TokenEvent, Transcript
 
 __all__ = [
     "FORMATS",
@@ -33,6 +33,7 @@ __all__ = [
     "format_summary",
     "metrics_table",
     "render_transcript",
+    "status_text",
     "view",
 ]
 
@@ -384,28 +385,49 @@ class LiveState:
 
     title: str | None = None
     pieces: list[str] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
+    status: LiveStatus | FileStatus | None = None
     done: bool = False
 
 
-def _status_text(status: dict[str, Any]) -> Text:
+def _fields(pairs: Iterable[tuple[str, str | None]]) -> Text:
+    """``key value`` pairs on one dim line, values bold; a pair whose value is None is left out."""
     text = Text(style="dim")
-    shown_any = False
-    for key, value in status.items():
-        if value == "":
-            continue  # an empty value means "nothing to say now" (e.g. no warning)
-        if shown_any:
-            text.append("  ")
-        shown_any = True
+    for key, value in pairs:
         if value is None:
-            shown = "-"
-        elif isinstance(value, float):
-            shown = f"{value:.1f}"
-        else:
-            shown = str(value)
+            continue
+        if text.plain:
+            text.append("  ")
         text.append(f"{key} ")
-        text.append(shown, style="bold")
+        text.append(value, style="bold")
     return text
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def status_text(status: LiveStatus | FileStatus) -> Text:
+    """The status line under a live transcript: a pure function of the status."""
+    if isinstance(status, FileStatus):
+        return _fields([
+            ("file", status.file), ("audio_s", f"{status.audio_s:.2f}"),
+            ("tokens", None if status.tokens is None else str(status.tokens)),
+            ("ttft_ms", None if status.tokens is None else _ms(status.ttft_ms)),
+            ("total_ms", None if status.tokens is None else _ms(status.total_ms)),
+        ])
+    s = status
+    return _fields([
+        ("level", f"{s.level_db:.0f} dB"),
+        ("audio", f"{s.heard_s:.1f} s"),
+        ("latency", f"p50 {s.latency_ms[0]:.0f} / p95 {s.latency_ms[1]:.0f} ms" if s.latency_ms else "-"),
+        ("step", f"{s.step_ms:.1f}/{s.budget_ms:.0f} ms" if s.step_ms is not None else "-"),
+        ("endpoints", str(s.endpoints) if s.endpoints else None),
+        ("dropped", str(s.dropped_blocks)),  # always shown: 0 is worth knowing
+        ("overflows", str(s.input_overflows) if s.input_overflows else None),  # once the host lost input
+        ("warning", "FALLING BEHIND real time" if s.behind else None),
+        ("notice", s.notice),
+        ("state", s.state),
+    ])
 
 
 class _TranscriptView:
@@ -439,7 +461,7 @@ class _TranscriptView:
             return console.render_lines(renderable, options, pad=False)
 
         head = render(Text(state.title, style="bold")) if state.title else []
-        foot = render(_status_text(state.status)) if state.status else []
+        foot = render(status_text(state.status)) if state.status is not None else []
         if state.done:
             body = render(self._body(None))
         else:
@@ -469,7 +491,7 @@ class LiveTranscript:
         with LiveTranscript(console, title="a.wav") as live:
             for event in events:
                 live.add(event)
-            live.set_status(tokens=42, ttft_ms=51.2)
+            live.set_status(FileStatus("a.wav", audio_s=3.1, tokens=42, ttft_ms=51.2))
 
     Every ``add()`` redraws synchronously (no waiting for a refresh tick) and appends
     ``display_lag_ms`` = (clock after the redraw - ``event.t_emitted``) * 1000. On exit the full
@@ -512,8 +534,8 @@ class LiveTranscript:
             self._live.refresh()
         self.display_lag_ms.append((time.perf_counter() - event.t_emitted) * 1000.0)
 
-    def set_status(self, **fields: Any) -> None:
-        self.state.status.update(fields)
+    def set_status(self, status: LiveStatus | FileStatus) -> None:
+        self.state.status = status
         if self._live.is_started:
             self._live.refresh()
 
@@ -542,7 +564,7 @@ class PlainTranscript:
             self.stream.flush()
         self.display_lag_ms.append((time.perf_counter() - event.t_emitted) * 1000.0)
 
-    def set_status(self, **fields: Any) -> None:
+    def set_status(self, status: LiveStatus | FileStatus) -> None:
         """Status lines would corrupt piped text: the CLI prints a summary to stderr instead."""
 
 
@@ -561,5 +583,5 @@ class NullView:
     def add(self, event: TokenEvent) -> None:
         pass
 
-    def set_status(self, **fields: Any) -> None:
+    def set_status(self, status: LiveStatus | FileStatus) -> None:
         pass

@@ -12,14 +12,14 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
-from voxcli.events import Transcript
+from voxcli.events import FileStatus, Transcript
 from voxcli.render import LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
 
 EXTENSIONS = {"text": "txt", "json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}
@@ -124,11 +124,12 @@ def run_files(job: FileJob, *, load_engine: Callable) -> int:
             if outputs.many and outputs.streams_text_to_stdout:
                 job.stdout.write(f"==> {path} <==\n")
             with _view(outputs, job.cfg, path.name, job.stdout, err) as view:
-                view.set_status(file=path.name, audio_s=round(len(audio) / 16000, 2))
+                status = FileStatus(path.name, audio_s=len(audio) / 16000)
+                view.set_status(status)
                 transcript = transcribe_audio(engine, audio, source=str(path), on_event=view.add,
                                               language=language, stop=threading.Event())
                 m = transcript.metrics
-                view.set_status(tokens=m.n_tokens, ttft_ms=_r(m.ttft_ms), total_ms=_r(m.total_ms))
+                view.set_status(replace(status, tokens=m.n_tokens, ttft_ms=m.ttft_ms, total_ms=m.total_ms))
             written = outputs.emit(transcript, path)
             err.print(format_summary(transcript) + (f" -> {written}" if written else ""), markup=False)
             if not transcript.complete:
@@ -140,7 +141,3 @@ def run_files(job: FileJob, *, load_engine: Callable) -> int:
     finally:
         outputs.close()
     return 1 if failed else 0
-
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)

@@ -1,0 +1,316 @@
+"""The live engine worker: captured 16 kHz audio in, tokens, audio and endpoints out.
+
+It runs in the engine thread (``voxcli.pipeline`` gives it one) and hands everything it makes to
+``put``: the audio as it was heard (for the WAV), each token with the moments its latency counts
+from, each end of speech, and notices worth showing. It never draws and never waits for the screen.
+
+Realtime model: one session step per 80 ms chunk; when the endpointer (``voxcli.vad``) says speech
+has ended, the session is finished at once (the right padding is pushed, so the last words come out
+without waiting out the delay) and a new one starts at the same sample, so no audio is skipped.
+Offline models: the endpointer cuts speech into utterances, each transcribed when it ends.
+On stop, what was captured is drained and flushed before the worker returns.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxcli.capture import level_db
+from voxcli.contract import Engine
+from voxcli.errors import ServerError
+from voxcli.events import TokenEvent, clamp_span
+
+POLL_S = 0.05  # how long the worker waits for a block before looking at a server's deltas again
+
+
+@dataclass(frozen=True)
+class LiveToken:
+    """A token on its way to the screen, with the two moments its latency is measured from.
+
+    ``t_ready``: when the audio block that let the model take this step was captured (the chunk
+    became available). ``t_audio``: when the last sample of the audio the token covers was
+    captured. Emission latency = time drawn - ``t_audio``. Both are ``None`` when unknown: a
+    remote server says neither which audio a delta covers nor which chunk produced it.
+    """
+
+    event: TokenEvent
+    t_ready: float | None
+    t_audio: float | None
+    audio_available_s: float  # audio handed to the engine when the token came out
+    flushed: bool = False  # made from the right padding pushed at end of speech
+    utterance: int = 0  # which stretch of speech (0-based; a new one after each endpoint)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An end of speech, as positions in the session's audio: where the speech ended, and how
+    much audio had been heard when the endpointer knew it."""
+
+    speech_end_s: float
+    decided_s: float
+    utterance: int
+
+    def to_dict(self) -> dict:
+        return {"type": "endpoint", "speech_end_s": round(self.speech_end_s, 4),
+                "decided_s": round(self.decided_s, 4), "utterance": self.utterance}
+
+
+@dataclass(frozen=True)
+class AudioIn:
+    """16 kHz samples exactly as handed to the engine (for the WAV), with their level."""
+
+    samples: np.ndarray
+    level_db: float
+    backlog_blocks: int
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A problem worth showing while the session goes on (a reconnect, a server error at a pause)."""
+
+    text: str
+
+
+@dataclass
+class LiveOptions:
+    flush_after_ms: int = 320  # this much non-speech ends speech: flush / cut there (0: never)
+    vad: str = "silero"  # the endpointer's detector: silero, or the energy fallback
+    silence_db: float = -45.0  # energy only: a window below this level is silence
+    max_utterance_s: float = 30.0  # offline models: longest utterance transcribed at once
+    preroll_s: float = 0.2  # offline models: audio kept before a speech start, so onsets are whole
+    tail_s: float = 0.1  # offline models: audio kept after a speech end
+
+
+class _Tape:
+    """The recent 16 kHz audio, addressable by absolute sample position (offline utterances).
+    Whole blocks are dropped from the front as they fall out of use; nothing is copied per block."""
+
+    def __init__(self) -> None:
+        self.start = 0  # absolute position of the first sample kept
+        self.end = 0
+        self._blocks: deque[np.ndarray] = deque()
+
+    def append(self, x: np.ndarray) -> None:
+        self._blocks.append(x)
+        self.end += len(x)
+
+    def slice(self, a: int, b: int) -> np.ndarray:
+        whole = np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
+        a, b = (min(max(v, self.start), self.end) - self.start for v in (a, b))
+        return whole[a:b]
+
+    def keep_from(self, a: int) -> None:
+        while self._blocks and self.start + len(self._blocks[0]) <= a:
+            self.start += len(self._blocks.popleft())
+
+
+class _CaptureClock:
+    """Maps a 16 kHz sample position to the moment it was captured (for latency figures).
+
+    Only recent blocks are remembered (bounded for sessions of any length); older positions map
+    to the oldest time kept.
+    """
+
+    def __init__(self, keep_blocks: int = 30000) -> None:
+        self._ends: deque[int] = deque(maxlen=keep_blocks)
+        self._times: deque[float] = deque(maxlen=keep_blocks)
+
+    def add(self, end_sample: int, t_captured: float) -> None:
+        self._ends.append(end_sample)
+        self._times.append(t_captured)
+
+    def at(self, sample: int) -> float:
+        if not self._times:
+            return time.perf_counter()
+        i = bisect.bisect_left(self._ends, sample)
+        return self._times[min(i, len(self._times) - 1)]
+
+
+class LiveWorker:
+    """The consumer of captured audio: feed the engine, hand tokens, audio and endpoints to ``put``.
+
+    ``run(put)`` is the engine thread's whole work; ``put`` may block briefly (a bounded queue) but
+    the capture never waits for it: the source counts what it has to drop.
+    """
+
+    def __init__(self, engine: Engine, source, stop: threading.Event, options: LiveOptions | None = None) -> None:
+        self.engine = engine
+        self.source = source
+        self.stop_event = stop
+        self.options = options or LiveOptions()
+        self.heard = 0  # 16 kHz samples handed to the engine
+        self.clock = _CaptureClock()
+        self.n_tokens = 0
+        self.flushes = 0
+        self.utterance = 0
+        self.reconnects = 0
+        self._put: Callable[[object], None] = lambda item: None
+        self._draining: list[tuple] = []  # (session, offset, utterance) finishing on a server
+        opts = self.options
+        self.endpointer = None
+        if opts.flush_after_ms:
+            from voxcli.vad import EndpointOptions, Endpointer
+
+            self.endpointer = Endpointer(EndpointOptions(detector=opts.vad, min_silence_ms=opts.flush_after_ms,
+                                                         silence_db=opts.silence_db))
+
+    def run(self, put: Callable[[object], None]) -> None:
+        self._put = put
+        if self.engine.kind == "realtime":
+            self._run_realtime()
+        else:
+            self._run_offline()
+
+    def _blocks(self):
+        """Captured 16 kHz blocks until the source ends; ``(None, None)`` when none came within the
+        poll interval, so a remote engine's deltas, which arrive on their own schedule, are still
+        drawn between blocks. A stop request ends capture; what is already queued is still heard."""
+        for item in self.source.stream(POLL_S):
+            yield item if item is not None else (None, None)
+            if self.stop_event.is_set():
+                self.source.stop()
+
+    def _notice(self, text: str) -> None:
+        self._put(Notice(text))
+
+    def _hear(self, t_cap: float, x: np.ndarray) -> list:
+        """Account for a block and hand it to the WAV; the endpointer's events for it."""
+        self.heard += len(x)
+        self.clock.add(self.heard, t_cap)
+        self._put(AudioIn(x, level_db(x), self.source.backlog))
+        return self.endpointer.feed(x) if self.endpointer is not None else []
+
+    def _endpoint(self, event) -> None:
+        self._put(Endpoint(event.sample / 16000, event.decided_sample / 16000, self.utterance))
+        self.utterance += 1
+
+    def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False,
+              utterance: int | None = None) -> None:
+        shift = offset / 16000
+        start = None if event.audio_start_s is None else event.audio_start_s + shift
+        end = None if event.audio_end_s is None else event.audio_end_s + shift
+        event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end)
+        self.n_tokens += 1
+        t_audio = None
+        if end is not None:
+            t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
+        if self.engine.remote:
+            t_ready = None
+        self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed,
+                            self.utterance if utterance is None else utterance))
+
+    def _run_realtime(self) -> None:
+        session = self.engine.session()
+        offset = 0
+        blocks = self._blocks()
+        for t_cap, x in blocks:
+            try:
+                self._drain()
+                if x is None:
+                    for event in session.steps():  # a remote engine's deltas between blocks
+                        self._emit(event, offset, event.t_emitted)
+                    continue
+                vad_events = self._hear(t_cap, x)
+                session.push(x)
+                for event in session.steps():
+                    self._emit(event, offset, t_cap)
+                for vad in vad_events:
+                    if vad.kind == "end":
+                        if session.finish_waits:
+                            # A server finishes on its own time: capture must not wait for it.
+                            session.commit()
+                            self._draining.append((session, offset, self.utterance))
+                        else:
+                            self._finish(session, offset)
+                        self._endpoint(vad)
+                        session, offset = self.engine.session(), self.heard
+            except ServerError as exc:
+                session, offset = self._reconnect_once(exc, blocks), self.heard
+        self._finish(session, offset)
+        while self._draining:  # the input is over: now waiting is fine
+            self._drain()
+            time.sleep(POLL_S if self._draining else 0)
+        for vad in self.endpointer.flush() if self.endpointer is not None else []:
+            self._endpoint(vad)  # the input ended inside speech: that is its end
+
+    def _drain(self) -> None:
+        """Deltas of streams that ended at a pause and are still finishing on a server."""
+        for item in list(self._draining):
+            session, offset, utterance = item
+            try:
+                for event in session.pending():
+                    self._emit(event, offset, event.t_emitted, flushed=True, utterance=utterance)
+            except ServerError as exc:
+                self._notice(f"{exc} (at the end of utterance {utterance})")
+            if session.finished:
+                self._draining.remove(item)
+                self.flushes += 1
+
+    def _reconnect_once(self, exc: ServerError, blocks):
+        """A remote engine failed mid-session: try one new session at the current sample. If that
+        is not possible, stop capture, hand every block already captured to the WAV, and fail."""
+        if self.engine.remote and self.reconnects == 0:
+            self.reconnects += 1
+            self._notice(f"{exc}; reconnected")
+            try:
+                return self.engine.session()
+            except ServerError as again:
+                exc = again
+        self.stop_event.set()
+        for t_cap, x in blocks:
+            if x is not None:
+                self._hear(t_cap, x)
+        raise exc
+
+    def _finish(self, session, offset: int) -> None:
+        # Padding chunks exist the moment the flush starts; each is ready once the step before it
+        # is done, so that is what a flushed token's latency counts from.
+        t_ready = time.perf_counter()
+        end_s = session.pushed_samples / 16000
+        for event in session.finish():
+            event = clamp_span(event, end_s)
+            self._emit(event, offset, t_ready, flushed=True)
+            t_ready = event.t_emitted
+        self.flushes += 1
+
+    def _run_offline(self) -> None:
+        opts = self.options
+        tape = _Tape()
+        preroll, tail = int(opts.preroll_s * 16000), int(opts.tail_s * 16000)
+        longest = int(opts.max_utterance_s * 16000)
+        start = 0 if self.endpointer is None else None  # where the open utterance begins
+        for t_cap, x in self._blocks():
+            if x is None:
+                continue
+            vad_events = self._hear(t_cap, x)
+            tape.append(x)
+            for vad in vad_events:
+                if vad.kind == "start":
+                    start = max(vad.sample - preroll, tape.start)
+                elif start is not None:
+                    self._transcribe_utterance(tape.slice(start, vad.sample + tail), start)
+                    self._endpoint(vad)
+                    start = None
+            if start is not None and self.heard - start >= longest:
+                self._transcribe_utterance(tape.slice(start, self.heard), start)  # too long to wait
+                start = self.heard
+            tape.keep_from(start if start is not None else self.heard - preroll)
+        ends = self.endpointer.flush() if self.endpointer is not None else []
+        if start is not None and self.heard > start:
+            self._transcribe_utterance(tape.slice(start, self.heard), start)
+        for vad in ends:
+            self._endpoint(vad)
+
+    def _transcribe_utterance(self, audio: np.ndarray, start: int) -> None:
+        t_ready = time.perf_counter()
+        for event in self.engine.transcribe(audio, segments=[(0, len(audio))]):
+            self._emit(event, start, t_ready)
+        self.flushes += 1

@@ -12,7 +12,7 @@ with_tests=0
 
 # PortAudio is not in sounddevice's Linux wheel: without libportaudio2 there is no microphone.
 packages=(libportaudio2)
-(( with_tests )) && packages+=(espeak-ng sox libsox-fmt-mp3)
+(( with_tests )) && packages+=(espeak-ng sox libsox-fmt-mp3 openssl)  # openssl: the https test server's certificate
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
 
 missing=()
@@ -31,9 +31,9 @@ fi
 # One tested torch release. From PyPI on Linux this is a CUDA build (what a GPU user wants).
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 if (( with_tests )); then
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,report]"
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q -e ".[report]"
 fi
 if (( with_tests )); then
   # The tests that run voxcli against a real vLLM server need vLLM's CPU build in its own venv

@@ -9,6 +9,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("VOXCLI_API_KEY", None)  # a developer's own key must not reach the tests
 
 import pytest
 from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module

@@ -603,6 +603,9 @@ def test_ctrl_c_writes_what_was_transcribed_and_exits_130(cli_env, realtime_dir,
         [sys.executable, "-m", "voxcli", "transcribe", "file", str(long_wav), "--model", str(realtime_dir),
          "--format", "json", "-o", str(out)],
         env=cli_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # A shell's background job starts with SIGINT ignored, and Python then keeps it so (as a
+        # program run under nohup should): give the child the terminal's default, as a user has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     stderr_lines: list[str] = []
     loaded = threading.Event()

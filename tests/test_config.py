@@ -367,3 +367,25 @@ def test_a_bad_value_leaves_no_half_applied_state_visible(tmp_path):
     with pytest.raises(ConfigError):
         load_config(write(tmp_path, "model:\n  device: cpu\n  dtype: nope\n"))
     assert load_config() == Config()
+
+
+def test_the_api_key_comes_from_the_environment_below_flags_and_is_never_dumped(monkeypatch, tmp_path):
+    from voxcli.config import dump_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  api_key: from-file\n")
+    assert load_config(path).model.api_key == "from-file"
+    monkeypatch.setenv("VOXCLI_API_KEY", "from-env")
+    assert load_config(path).model.api_key == "from-env"
+    cfg = load_config(path, {"model.api_key": "from-flag"})
+    assert cfg.model.api_key == "from-flag"
+    dumped = dump_yaml(cfg)
+    assert "from-flag" not in dumped and "api_key: <hidden>" in dumped
+    monkeypatch.delenv("VOXCLI_API_KEY")
+    assert "api_key: null" in dump_yaml(load_config(None))
+
+
+def test_network_bounds_must_be_positive():
+    with pytest.raises(ConfigError, match=r"model.timeout_s must be a number >= 1.0"):
+        load_config(None, {"model.timeout_s": 0})
+    assert load_config(None, {"model.reconnect_s": 0}).model.reconnect_s == 0.0

@@ -287,6 +287,13 @@ class _FlakySession:
     def finish(self):
         return iter(())
 
+    @property
+    def answered_samples(self) -> int:
+        return self._emitted * 1280
+
+    def close(self) -> None:
+        pass
+
 
 class _FlakyRemoteEngine:
     kind = "realtime"
@@ -297,13 +304,15 @@ class _FlakyRemoteEngine:
 
         self.info = EngineInfo(model="scripted", kind="realtime", device="server", dtype="-", n_params=0, load_s=0.0)
         self.sessions = 0
+        self.opened = []
 
     def session(self):
         self.sessions += 1
-        return _FlakySession(self)
+        self.opened.append(_FlakySession(self))
+        return self.opened[-1]
 
 
-def test_a_reconnect_notice_is_shown(tmp_path, capsys):
+def test_a_lost_server_is_reconnected_with_a_row_and_notices(tmp_path, capsys):
     import io
 
     from voxcli.config import load_config
@@ -313,13 +322,59 @@ def test_a_reconnect_notice_is_shown(tmp_path, capsys):
     cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(tmp_path / "save")})
     code = run_listen(ListenJob(cfg=cfg, input_path=HELLO, speed=0), load_engine=lambda cfg, err: engine,
                       stdout=io.StringIO())
-    assert code == 0 and engine.sessions >= 2
+    assert code == 0 and engine.sessions >= 2  # one more per end of speech
     err = capsys.readouterr().err
-    assert "voxcli: the vLLM server closed the connection; reconnected" in err
+    assert "voxcli: the vLLM server closed the connection; reconnecting for up to 120 s, the audio is kept" in err
+    assert "voxcli: reconnected after " in err
     _, jsonl, _ = _session_files(tmp_path / "save")
-    summary = _read_jsonl(jsonl)[-1]
-    assert summary["notice"] == "the vLLM server closed the connection; reconnected"
+    rows = _read_jsonl(jsonl)
+    (reconnect,) = [r for r in rows if r["type"] == "reconnect"]
+    assert reconnect["error"] == "the vLLM server closed the connection" and reconnect["attempts"] == 1
+    # The first session had answered 3 tokens (3840 samples): less the 480 ms delay, that is
+    # nothing, so everything heard before the drop went to the new session again.
+    assert reconnect["replayed_s"] >= reconnect["lost_at_s"] > 0.25
+    assert engine.opened[1].pushed_samples >= round(reconnect["replayed_s"] * 16000)
+    summary = rows[-1]
+    assert summary["reconnects"] == 1 and summary["notice"].startswith("reconnected after ")
     assert summary["input_overflows"] == 0 and summary["dropped_blocks"] == 0
+
+
+class _GoneServerEngine(_FlakyRemoteEngine):
+    """A server that drops the first session and never answers again."""
+
+    def session(self):
+        if self.sessions:
+            from voxcli.errors import ServerError
+
+            self.sessions += 1
+            raise ServerError("cannot reach the vLLM server at http://scripted (Connection refused)")
+        return super().session()
+
+
+def test_a_server_gone_for_good_fails_in_one_line_after_the_window_with_every_sample_saved(tmp_path):
+    import io
+
+    import soundfile as sf
+
+    from voxcli.config import load_config
+    from voxcli.errors import ServerError
+    from voxcli.listen import ListenJob, run_listen
+
+    engine = _GoneServerEngine()
+    save = tmp_path / "save"
+    cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(save), "model.reconnect_s": 1.0})
+    with pytest.raises(ServerError) as caught:
+        run_listen(ListenJob(cfg=cfg, input_path=HELLO, speed=0), load_engine=lambda cfg, err: engine,
+                   stdout=io.StringIO())
+    line = str(caught.value)
+    assert line.startswith("lost the vLLM server (the vLLM server closed the connection), and it did not "
+                           "come back within 1 s (last try: cannot reach")
+    assert "\n" not in line and str(save) in line
+    assert engine.sessions >= 3  # it kept trying, backing off
+    wav, jsonl, _ = _session_files(save)
+    heard, rate = sf.read(wav, dtype="float32")
+    source, _ = sf.read(HELLO, dtype="float32")
+    assert rate == 16000 and np.allclose(heard, source, atol=1e-4)  # all of the input
 
 
 # Held out: not the sentences the endpointer's default was chosen on (tests/speech.py SENTENCES).
@@ -411,10 +466,6 @@ class _SlowServerSession(_FlakySession):
 
 
 class _SlowServerEngine(_FlakyRemoteEngine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.opened = []
-
     def session(self):
         self.sessions += 1
         self.opened.append(_SlowServerSession(self))

@@ -29,6 +29,8 @@ HELLO = ROOT / "examples" / "hello.wav"
 def _env() -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("VOXCLI_DEBUG", None)
+    env.pop("VOXCLI_API_KEY", None)
+    env.pop("SSL_CERT_FILE", None)
     return env
 
 
@@ -105,51 +107,112 @@ def test_bad_language_is_one_line(vllm_offline):
     assert "xx" in line
 
 
-def test_killing_the_server_mid_listen_keeps_audio_and_text(tmp_path):
-    """A server of its own, killed while `listen` streams to it: the WAV holds everything
-    captured, the text received so far is saved, and one clear line says what happened."""
+def _long_input(tmp_path: Path, repeats: int) -> tuple[Path, np.ndarray]:
+    clip = make_speech(tmp_path / "clip.wav", "one two three four five six seven eight nine ten")
+    audio, rate = sf.read(clip, dtype="float32")
+    source = np.tile(audio, repeats)
+    path = tmp_path / "long.wav"
+    sf.write(path, source, rate)
+    return path, source
+
+
+def _listen_until_text(server, args, save: Path, env=None) -> subprocess.Popen:
+    """Start `listen` on ``server`` and return once the server's first text is in the session."""
+    proc = subprocess.Popen([sys.executable, "-m", "voxcli", "listen", "--server", server.url, "--save", save,
+                             "--plain", *map(str, args)], env=env or _env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        txts = list(save.glob("*.txt")) if save.exists() else []
+        if txts and txts[0].read_text().strip():
+            return proc
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("no text arrived from the server")
+
+
+def _assert_whole_wav(save: Path, source: np.ndarray) -> list[dict]:
+    wav, jsonl, txt = _session_files(save)
+    heard, rate = sf.read(wav, dtype="float32")
+    assert rate == 16000 and len(heard) == len(source)  # all of the input, nothing lost or doubled
+    assert np.allclose(heard, source, atol=1e-4)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    tokens = [r for r in rows if r["type"] == "token"]
+    assert txt.read_bytes().decode("utf-8").strip() == "".join(t["text"] for t in tokens).strip()
+    return rows
+
+
+def test_a_server_gone_for_good_ends_listen_in_one_line_with_the_whole_wav(tmp_path):
+    """A server of its own, killed while `listen` streams to it, never back: after
+    model.reconnect_s the session ends (exit 1) with one line; the WAV holds all of the input and
+    the text received is saved."""
     # A short directory: vLLM's IPC socket paths must fit in 107 characters.
     workdir = Path(tempfile.mkdtemp(prefix="vxk-"))
     server = start_vllm_server("realtime", workdir, python=vllm_python())
-    clip = make_speech(tmp_path / "clip.wav", "one two three four five six seven eight nine ten")
-    audio, rate = sf.read(clip, dtype="float32")
-    long = tmp_path / "long.wav"
-    sf.write(long, np.tile(audio, 6), rate)
+    long, source = _long_input(tmp_path, 12)
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  reconnect_s: 5\n")
     save = tmp_path / "save"
-    proc = subprocess.Popen([sys.executable, "-m", "voxcli", "listen", "--input", long, "--server", server.url,
-                             "--save", save, "--plain"], env=_env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = None
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            txts = list(save.glob("*.txt")) if save.exists() else []
-            if txts and txts[0].read_text().strip():  # text has arrived from the server
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        else:
-            raise AssertionError("no text arrived from the server")
-        time.sleep(0.5)
+        # As fast as possible: all of the input is captured before the server goes.
+        proc = _listen_until_text(server, ["--input", long, "--speed", 0, "--config", config], save)
         server.kill()
+        t_killed = time.monotonic()
         out, err = proc.communicate(timeout=120)
     finally:
         server.kill()
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         shutil.rmtree(workdir, ignore_errors=True)
     assert proc.returncode == 1, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("voxcli: error:")]
-    assert len(errors) == 1 and "server" in errors[0], err
-    wav, jsonl, txt = _session_files(save)
-    heard, rate = sf.read(wav, dtype="float32")
-    assert rate == 16000 and len(heard) > 0
-    # Everything captured is in the WAV: exactly the start of the input, without gaps.
-    source = np.tile(audio, 6)
-    assert np.allclose(heard, source[: len(heard)], atol=1e-4)
-    tokens = [json.loads(line) for line in jsonl.read_text().splitlines() if '"type": "token"' in line]
-    assert tokens
-    assert txt.read_bytes().decode("utf-8").strip() == "".join(t["text"] for t in tokens).strip()
+    assert time.monotonic() - t_killed < 5 + 40  # the window, plus one bounded attempt
+    line = _one_error(proc_run(proc, err))
+    assert "did not come back within 5 s" in line and str(save) in line, line
+    assert "reconnecting for up to 5 s" in err  # said when it happened
+    rows = _assert_whole_wav(save, source)
+    assert any(r["type"] == "token" for r in rows)
+
+
+def proc_run(proc, err):
+    """A finished Popen as _one_error reads a run."""
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+
+def test_a_server_restarted_mid_listen_loses_nothing(tmp_path):
+    """The server is killed while `listen` streams to it and started again on the same port about a
+    minute later: capture goes on, the audio captured meanwhile is replayed, and the session ends
+    well (exit 0) with a reconnect row, text after it, and every sample of the input in the WAV."""
+    workdir = Path(tempfile.mkdtemp(prefix="vxr-"))
+    server = start_vllm_server("realtime", workdir, python=vllm_python())
+    long, source = _long_input(tmp_path, 8)  # about half a minute, at real speed
+    save = tmp_path / "save"
+    proc = None
+    try:
+        proc = _listen_until_text(server, ["--input", long], save)
+        server.kill()
+        time.sleep(1.0)
+        again = start_vllm_server("realtime", workdir, python=vllm_python(), port=server.port)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        server.kill()
+        if "again" in locals():
+            again.kill()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "voxcli: error" not in err
+    assert "reconnecting for up to 120 s" in err and "voxcli: reconnected after" in err
+    rows = _assert_whole_wav(save, source)
+    kinds = [r["type"] for r in rows]
+    (at,) = [i for i, kind in enumerate(kinds) if kind == "reconnect"]
+    reconnect = rows[at]
+    assert reconnect["down_s"] > 10 and reconnect["attempts"] >= 2
+    assert reconnect["replayed_s"] > 5  # what was captured while the server was away
+    assert any(r["type"] == "token" and r["text"] for r in rows[at:])  # text after it: no hole
+    assert rows[-1]["type"] == "summary" and rows[-1]["reconnects"] == 1
 
 
 def test_bench_concurrency_reports_every_session(vllm_realtime, tmp_path):
@@ -203,3 +266,192 @@ def test_listen_through_the_server_ends_speech_at_each_pause(vllm_realtime, tmp_
     tokens = [line for line in lines if line["type"] == "token"]
     assert {t["utterance"] for t in tokens} >= {0, 1}
     assert lines[-1]["endpoints"] == 2 and lines[-1]["notice"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# https and an API key: one server started with both
+# ---------------------------------------------------------------------------------------------
+
+KEY = "voxcli-test-key-5f3e9a"
+
+
+@pytest.fixture(scope="module")
+def vllm_keyed_tls(tmp_path_factory):
+    from vllm_server import self_signed_certificate
+
+    python = vllm_python()
+    workdir = Path(tempfile.mkdtemp(prefix="vxt-"))
+    tls = self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    server = start_vllm_server("realtime", workdir, python=python, tls=tls, extra_args=("--api-key", KEY))
+    try:
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _voxcli_env(extra: dict, *args):
+    return subprocess.run([sys.executable, "-m", "voxcli", *map(str, args)], env={**_env(), **extra},
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory) -> dict:
+    """A config with a long network bound: three vLLM servers share our two cores here, and a
+    fresh one can take over 30 s to answer its first realtime session."""
+    home = tmp_path_factory.mktemp("patient")
+    (home / "voxcli").mkdir()
+    (home / "voxcli" / "config.yaml").write_text("model:\n  timeout_s: 120\n")
+    return {"XDG_CONFIG_HOME": str(home)}  # the user's default config file
+
+
+def test_https_with_a_key_by_flag_and_by_environment(vllm_keyed_tls, patient, tmp_path):
+    trusted = {"SSL_CERT_FILE": str(vllm_keyed_tls.cafile), **patient}
+    url = vllm_keyed_tls.url
+    assert url.startswith("https://")
+    by_flag = _voxcli_env(trusted, "transcribe", "file", HELLO, "--server", url, "--api-key", KEY,
+                          "--format", "json")
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert json.loads(by_flag.stdout)["metrics"]["n_tokens"] > 0
+    save = tmp_path / "save"
+    by_env = _voxcli_env({**trusted, "VOXCLI_API_KEY": KEY}, "listen", "--input", HELLO, "--speed", 0,
+                         "--server", url, "--save", save, "--format", "jsonl")
+    assert by_env.returncode == 0, by_env.stderr
+    assert any(json.loads(line)["type"] == "token" for line in by_env.stdout.splitlines())
+    # The key is in nothing voxcli writes or prints.
+    shown = _voxcli_env({"VOXCLI_API_KEY": KEY, **patient}, "config")
+    assert "api_key: <hidden>" in shown.stdout
+    for text in (by_flag.stdout, by_flag.stderr, by_env.stdout, by_env.stderr, shown.stdout,
+                 *(f.read_text(errors="replace") for f in save.iterdir() if f.suffix != ".wav")):
+        assert KEY not in text
+
+
+def test_https_without_the_key_or_with_a_wrong_one_is_one_line(vllm_keyed_tls, patient):
+    trusted = {"SSL_CERT_FILE": str(vllm_keyed_tls.cafile), **patient}
+    url = vllm_keyed_tls.url
+    line = _one_error(_voxcli_env(trusted, "transcribe", "file", HELLO, "--server", url))
+    assert line == (f"voxcli: error: the vLLM server at {url} wants an API key (HTTP 401); pass it as "
+                    f"--api-key or set VOXCLI_API_KEY")
+    line = _one_error(_voxcli_env(trusted, "listen", "--input", HELLO, "--server", url, "--api-key", "wrong"))
+    assert "refused the API key (HTTP 401); check --api-key or VOXCLI_API_KEY" in line and "wrong" not in line
+
+
+def test_an_unverifiable_certificate_is_one_line(vllm_keyed_tls, patient):
+    line = _one_error(_voxcli_env(patient, "transcribe", "file", HELLO, "--server", vllm_keyed_tls.url,
+                                  "--api-key", KEY))
+    assert f"cannot verify the TLS certificate of {vllm_keyed_tls.url}" in line and "SSL_CERT_FILE" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# No call can hang: servers that accept and then stall (no vLLM needed)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_server_that_accepts_and_never_answers_fails_within_the_bound(tmp_path):
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  timeout_s: 2\n")
+    try:
+        t0 = time.monotonic()
+        run = subprocess.run([sys.executable, "-X", "importtime", "-m", "voxcli", "transcribe", "file", HELLO,
+                              "--server", f"http://127.0.0.1:{listener.getsockname()[1]}", "--config", config],
+                             env=_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+        took = time.monotonic() - t0
+    finally:
+        listener.close()
+    line = _one_error(run)
+    assert "did not answer within 2 s" in line
+    assert took < 2 + 20  # the bound, plus start-up
+    # The client side of a server needs neither torch nor transformers.
+    imported = {ln.split("|")[-1].strip().split(".")[0] for ln in run.stderr.splitlines() if "import time:" in ln}
+    assert "websockets" in imported and "httpx2" in imported
+    assert not imported & {"torch", "transformers"}, sorted(imported & {"torch", "transformers"})
+
+
+_STALLING_SERVER = """
+import json, socket, sys
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+from websockets.sync.server import serve
+
+def process_request(connection, request):
+    if request.path == "/v1/models":
+        body = json.dumps({"data": [{"id": "stall"}]}).encode()
+        return Response(200, "OK", Headers({"Content-Type": "application/json",
+                                            "Content-Length": str(len(body))}), body)
+
+def handler(ws):
+    ws.send(json.dumps({"type": "session.created", "id": "sess-stall", "created": 0}))
+    print("session", flush=True)
+    for _ in ws:  # reads everything, answers nothing
+        pass
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+print(sock.getsockname()[1], flush=True)
+serve(handler, sock=sock, process_request=process_request).serve_forever()
+"""
+
+
+class _StallingServer:
+    """A server with vLLM's shape that stalls on purpose: /v1/models answers, the realtime
+    WebSocket opens and then reads but never answers (``stop="sending"``), or the whole process is
+    frozen with SIGSTOP once the session is open, as a hung machine would be (``stop="reading"``)."""
+
+    def __init__(self, stop: str) -> None:
+        import threading
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _STALLING_SERVER], stdout=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+        def freeze_when_open() -> None:
+            for line in self.proc.stdout:
+                if line.strip() == "session" and stop == "reading":
+                    self.proc.send_signal(signal.SIGSTOP)
+
+        threading.Thread(target=freeze_when_open, daemon=True).start()
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("stop", ["reading", "sending"])
+def test_a_server_that_stalls_mid_stream_ends_in_one_line_within_the_bound(stop):
+    from voxcli.errors import ServerError
+    from voxcli.remote import connect_engine
+
+    server = _StallingServer(stop)
+    try:
+        engine = connect_engine(server.url, kind="realtime", timeout_s=1.0)
+        # Noise (permessage-deflate would shrink silence to nothing): 10 MB, more than socket buffers hold.
+        audio = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 240).astype(np.float32)
+        t0 = time.monotonic()
+        with pytest.raises(ServerError) as caught:
+            list(engine.transcribe(audio))
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    if stop == "reading":
+        assert message.endswith("stopped reading: a write waited 1 s")
+    else:
+        assert message.endswith("sent nothing for 1 s after the final commit")
+    assert took < 30  # bounded: writing it all out is fast, and each wait is 1 s
+
+
+def test_refusals_are_worded_by_what_the_status_means():
+    from voxcli.remote import _Server
+
+    bare, keyed = _Server("http://127.0.0.1:9"), _Server("https://127.0.0.1:9", api_key=KEY)
+    assert "wants an API key (HTTP 401)" in str(bare.refused(401, "x"))
+    assert "wants an API key (HTTP 403)" in str(bare.refused(403, "x"))  # a proxy's way of saying it
+    assert "refused the API key (HTTP 401); check model.api_key or VOXCLI_API_KEY" in str(keyed.refused(401, "x"))
+    offline = bare.refused(403, "no realtime endpoint", websocket=True)  # how an offline server answers
+    assert str(offline) == "no realtime endpoint (HTTP 403)" and offline.data["status"] == 403
+    assert KEY not in repr(keyed) and keyed.url == "https://127.0.0.1:9" and keyed.ws_url == "wss://127.0.0.1:9"

@@ -1,9 +1,8 @@
-"""voxcli's remote-engine protocols against a real vLLM server, with only the standard library.
-
-The client side uses http.client, socket, base64 and json: voxcli's remote engine must need
-neither torch nor new dependencies, and these tests prove both vLLM protocols can be spoken so.
+"""voxcli's remote-engine protocols against a real vLLM server, spoken with the client libraries
+voxcli's remote engine uses (websockets' sync client, httpx2), and nothing of voxcli itself:
+what the server sends, in what order, pinned down here so that voxcli.remote can rely on it.
 - offline kind: POST /v1/audio/transcriptions (multipart, stream=true) -> SSE chunks -> [DONE];
-- realtime kind: the /v1/realtime WebSocket (a minimal RFC 6455 client below).
+- realtime kind: the /v1/realtime WebSocket.
 The servers come from tests/vllm_server.py (skipped without VOXCLI_VLLM_PYTHON, except in CI).
 Random weights: assert the shapes of messages and their order, never the words.
 """
@@ -11,22 +10,16 @@ Random weights: assert the shapes of messages and their order, never the words.
 from __future__ import annotations
 
 import base64
-import hashlib
-import http.client
 import json
-import socket
-import struct
 import sys
 import threading
 import time
 import wave
 from pathlib import Path
 
-import pytest
+import httpx2
 from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - the fixtures
-
-from voxcli.netproto import (_WS_GUID, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WebSocket,
-                             WebSocketClosed, multipart, sse_data)
+from websockets.sync.client import connect
 
 HELLO_WAV = Path(__file__).resolve().parent.parent / "examples" / "hello.wav"
 SAMPLE_RATE = 16000
@@ -46,104 +39,36 @@ def pcm16_chunks(path: Path = HELLO_WAV, chunk_samples: int = CHUNK_SAMPLES) -> 
     return [pcm[i:i + step] for i in range(0, len(pcm), step)]
 
 
-def post_transcription(server, model: str, **fields: str) -> http.client.HTTPResponse:
-    body, content_type = multipart({"model": model, **fields},
-                                   {"file": ("hello.wav", HELLO_WAV.read_bytes(), "audio/wav")})
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=TIMEOUT_S)
-    conn.request("POST", "/v1/audio/transcriptions", body=body,
-                 headers={"Content-Type": content_type})
-    return conn.getresponse()
+def post_transcription(server, model: str, **fields: str) -> tuple[httpx2.Response, list[tuple[float, str]]]:
+    """The response and its SSE ``data:`` payloads, each with its arrival time (s from the request)."""
+    events = []
+    start = time.perf_counter()
+    with httpx2.stream("POST", f"{server.url}/v1/audio/transcriptions", data={"model": model, **fields},
+                       files={"file": ("hello.wav", HELLO_WAV.read_bytes(), "audio/wav")},
+                       timeout=TIMEOUT_S) as response:
+        if response.status_code != 200:
+            response.read()
+            return response, []
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                events.append((time.perf_counter() - start, line[5:].strip()))
+    return response, events
 
 
-def ws_url(server) -> str:
-    return f"ws://{server.host}:{server.port}/v1/realtime"
+def ws(server):
+    return connect(f"ws://{server.host}:{server.port}/v1/realtime", open_timeout=TIMEOUT_S)
+
+
+def send_json(ws, message: dict) -> None:
+    ws.send(json.dumps(message))
+
+
+def recv_json(ws) -> dict:
+    return json.loads(ws.recv(TIMEOUT_S))
 
 
 def report(*lines: str) -> None:
     print("\n" + "\n".join(f"[vllm probe] {line}" for line in lines), file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------
-# The WebSocket client against a scripted peer (no vLLM needed): frame lengths of 7, 16 and 64
-# bits, fragmentation with a ping in between, masking, and the closing handshake.
-# ---------------------------------------------------------------------------------------------
-
-def _server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    n = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    if n < 126:
-        return struct.pack("!BB", first, n) + payload
-    if n < 1 << 16:
-        return struct.pack("!BBH", first, 126, n) + payload
-    return struct.pack("!BBQ", first, 127, n) + payload
-
-
-def _read_client_frame(conn: socket.socket) -> tuple[int, bool, bytes]:
-    def exact(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            more = conn.recv(n - len(data))
-            assert more, "client closed early"
-            data += more
-        return data
-
-    b0, b1 = exact(2)
-    n = b1 & 0x7F
-    if n == 126:
-        (n,) = struct.unpack("!H", exact(2))
-    elif n == 127:
-        (n,) = struct.unpack("!Q", exact(8))
-    mask = exact(4) if b1 & 0x80 else b""
-    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(exact(n))) if mask else exact(n)
-    return b0 & 0x0F, bool(b1 & 0x80), payload
-
-
-def test_websocket_client_framing():
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    seen: dict = {}
-
-    def peer() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(4096)
-            key = next(line.split(":", 1)[1].strip() for line in request.decode().split("\r\n")
-                       if line.lower().startswith("sec-websocket-key:"))
-            accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
-            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                         + accept.encode() + b"\r\n\r\n")
-            for size, char in ((10, b"a"), (300, b"b"), (70000, b"c")):
-                conn.sendall(_server_frame(OP_TEXT, char * size))
-            conn.sendall(_server_frame(OP_TEXT, b"hel", fin=False)
-                         + _server_frame(OP_PING, b"are you there")
-                         + _server_frame(OP_CONT, b"lo"))
-            seen["pong"] = _read_client_frame(conn)
-            seen["echo"] = frame = _read_client_frame(conn)
-            conn.sendall(_server_frame(OP_TEXT, frame[2]))
-            conn.sendall(_server_frame(OP_CLOSE, struct.pack("!H", 1000) + b"bye"))
-            seen["close"] = _read_client_frame(conn)
-
-    thread = threading.Thread(target=peer, daemon=True)
-    thread.start()
-    try:
-        with WebSocket(f"ws://127.0.0.1:{port}/v1/realtime", timeout_s=10) as ws:
-            assert [ws.recv() for _ in range(3)] == ["a" * 10, "b" * 300, "c" * 70000]
-            assert ws.recv() == "hello"
-            big = json.dumps({"audio": "d" * 70000})
-            ws.send_text(big)
-            assert ws.recv() == big
-            with pytest.raises(WebSocketClosed) as closed:
-                ws.recv()
-            assert (closed.value.code, closed.value.reason) == (1000, "bye")
-        thread.join(10)
-    finally:
-        listener.close()
-    assert seen["pong"] == (OP_PONG, True, b"are you there")
-    assert seen["echo"] == (OP_TEXT, True, big.encode())  # masked on the wire, as required
-    assert seen["close"][:2] == (OP_CLOSE, True) and seen["close"][2][:2] == b"\x03\xe8"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,11 +78,10 @@ def test_websocket_client_framing():
 def test_transcriptions_stream_sse(vllm_offline):
     # A random model never says </s>: cap the tokens. With stream_include_usage a last chunk
     # carries the usage (and no choices).
-    response = post_transcription(vllm_offline, vllm_offline.model, stream="true",
-                                  max_completion_tokens="40", stream_include_usage="true")
-    assert response.status == 200, response.read()[:500]
-    assert response.getheader("Content-Type", "").startswith("text/event-stream")
-    events = list(sse_data(response))
+    response, events = post_transcription(vllm_offline, vllm_offline.model, stream="true",
+                                          max_completion_tokens="40", stream_include_usage="true")
+    assert response.status_code == 200, response.text[:500]
+    assert response.headers.get("Content-Type", "").startswith("text/event-stream")
     assert events, "no data: lines"
     assert events[-1][1] == "[DONE]"
     assert all(payload != "[DONE]" for _, payload in events[:-1])
@@ -182,10 +106,9 @@ def test_transcriptions_stream_sse(vllm_offline):
 def test_transcriptions_wrong_model_probe(vllm_offline):
     """Reports (does not assert) what a wrong model name gets, streaming and not."""
     for stream in ("true", "false"):
-        response = post_transcription(vllm_offline, "no-such-model", stream=stream)
-        body = response.read()
-        report(f"offline wrong model, stream={stream}: HTTP {response.status} "
-               f"{response.getheader('Content-Type')}: {body[:400].decode(errors='replace')}")
+        response, _ = post_transcription(vllm_offline, "no-such-model", stream=stream)
+        report(f"offline wrong model, stream={stream}: HTTP {response.status_code} "
+               f"{response.headers.get('Content-Type')}: {response.text[:400]}")
     assert vllm_offline.alive()
 
 
@@ -199,16 +122,16 @@ def _stream_file(server, *, pace_s: float = 0.0) -> dict:
     chunks = pcm16_chunks()
     events: list[tuple[float, dict]] = []
     failure: list[BaseException] = []
-    with WebSocket(ws_url(server)) as ws:
-        created = ws.recv_json()
-        ws.send_json({"type": "session.update", "model": server.model})
-        ws.send_json({"type": "input_audio_buffer.commit"})
+    with ws(server) as conn:
+        created = recv_json(conn)
+        send_json(conn, {"type": "session.update", "model": server.model})
+        send_json(conn, {"type": "input_audio_buffer.commit"})
         start = time.perf_counter()
 
         def read() -> None:
             try:
                 while True:
-                    event = ws.recv_json()
+                    event = json.loads(conn.recv())
                     events.append((time.perf_counter() - start, event))
                     if event.get("type") in ("transcription.done", "error"):
                         return
@@ -218,12 +141,12 @@ def _stream_file(server, *, pace_s: float = 0.0) -> dict:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         for chunk in chunks:
-            ws.send_json({"type": "input_audio_buffer.append",
-                          "audio": base64.b64encode(chunk).decode()})
+            send_json(conn, {"type": "input_audio_buffer.append",
+                             "audio": base64.b64encode(chunk).decode()})
             if pace_s:
                 time.sleep(pace_s)
         sent_s = time.perf_counter() - start
-        ws.send_json({"type": "input_audio_buffer.commit", "final": True})
+        send_json(conn, {"type": "input_audio_buffer.commit", "final": True})
         reader.join(TIMEOUT_S)
     if failure:
         raise failure[0]
@@ -257,17 +180,17 @@ def test_realtime_websocket(vllm_realtime):
 def test_realtime_errors_probe(vllm_realtime):
     """Reports (does not assert) the error events for a wrong model and for a commit before any
     session.update; the connection stays usable afterwards."""
-    with WebSocket(ws_url(vllm_realtime)) as ws:
-        ws.recv_json()
-        ws.send_json({"type": "input_audio_buffer.commit"})
-        before_update = ws.recv_json()
-        ws.send_json({"type": "session.update", "model": "no-such-model"})
-        wrong_model = ws.recv_json()
-        ws.send_json({"type": "no.such.event"})
-        unknown = ws.recv_json()
-        ws.send_json({"type": "session.update", "model": vllm_realtime.model})
-        ws.send_json({"type": "input_audio_buffer.append", "audio": "!!"})
-        bad_audio = ws.recv_json()
+    with ws(vllm_realtime) as conn:
+        recv_json(conn)
+        send_json(conn, {"type": "input_audio_buffer.commit"})
+        before_update = recv_json(conn)
+        send_json(conn, {"type": "session.update", "model": "no-such-model"})
+        wrong_model = recv_json(conn)
+        send_json(conn, {"type": "no.such.event"})
+        unknown = recv_json(conn)
+        send_json(conn, {"type": "session.update", "model": vllm_realtime.model})
+        send_json(conn, {"type": "input_audio_buffer.append", "audio": "!!"})
+        bad_audio = recv_json(conn)
     report(f"realtime commit before session.update: {json.dumps(before_update)}",
            f"realtime wrong model: {json.dumps(wrong_model)}",
            f"realtime unknown event: {json.dumps(unknown)}",

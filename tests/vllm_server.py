@@ -20,6 +20,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,10 +46,11 @@ class VllmServer:
     proc: subprocess.Popen
     log_path: Path
     startup_s: float = field(default=float("nan"))  # launch -> /health 200
+    cafile: Path | None = None  # served over TLS, with a certificate this CA file verifies
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.cafile else 'http'}://{self.host}:{self.port}"
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -110,8 +112,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _health(host: str, port: int) -> int | None:
-    conn = http.client.HTTPConnection(host, port, timeout=2)
+def _health(host: str, port: int, cafile: Path | None = None) -> int | None:
+    if cafile is None:
+        conn = http.client.HTTPConnection(host, port, timeout=2)
+    else:
+        conn = http.client.HTTPSConnection(host, port, timeout=2,
+                                           context=ssl.create_default_context(cafile=str(cafile)))
     try:
         conn.request("GET", "/health")
         return conn.getresponse().status
@@ -123,14 +129,18 @@ def _health(host: str, port: int) -> int | None:
 
 def start_vllm_server(kind: str, workdir: Path, *, python: str | None = None,
                       host: str = "127.0.0.1", timeout_s: float = START_TIMEOUT_S,
-                      extra_args: tuple[str, ...] = ()) -> VllmServer:
-    """Write a tiny model of ``kind`` into ``workdir``, start vLLM on a free port and wait until
-    /health answers 200. Fails (with the log's tail) if it exits or takes over ``timeout_s``."""
+                      extra_args: tuple[str, ...] = (), port: int | None = None,
+                      tls: tuple[Path, Path] | None = None) -> VllmServer:
+    """Write a tiny model of ``kind`` into ``workdir``, start vLLM on a free port (or ``port``: a
+    restart) and wait until /health answers 200. ``tls``: (certificate, key) to serve https with;
+    the certificate is its own CA. Fails (with the log's tail) if it exits or takes over ``timeout_s``."""
     from voxcli.tiny_mistral import make_tiny_mistral_model
 
     python = python or vllm_python()
     workdir = Path(workdir)
-    model_dir = make_tiny_mistral_model(workdir / "model", kind)
+    model_dir = workdir / "model"
+    if not (model_dir / "params.json").exists():  # a restart serves the same model
+        model_dir = make_tiny_mistral_model(model_dir, kind)
     tmp = workdir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -145,26 +155,28 @@ def start_vllm_server(kind: str, workdir: Path, *, python: str | None = None,
         "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
         "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor-cache"),
     }
-    port = free_port(host)
+    port = port or free_port(host)
+    if tls is not None:
+        extra_args = (*extra_args, "--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1]))
     cmd = [python, "-m", "vllm.entrypoints.launchers.api_server.entry",
            "--model", str(model_dir), "--host", host, "--port", str(port),
            "--tokenizer-mode", "mistral", "--config-format", "mistral",
            "--load-format", "mistral", "--max-model-len", "2048", "--enforce-eager",
            *extra_args]
-    log_path = workdir / "server.log"
+    log_path = workdir / f"server-{time.time_ns()}.log"
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, cwd=workdir,
                                 start_new_session=True)
     server = VllmServer(kind=kind, model=str(model_dir), model_dir=model_dir, host=host,
-                        port=port, proc=proc, log_path=log_path)
+                        port=port, proc=proc, log_path=log_path, cafile=tls[0] if tls else None)
     deadline = started + timeout_s
     while True:
         if not server.alive():
             pytest.fail(f"vLLM ({kind}) exited with {proc.returncode} while starting; "
                         f"log {log_path}:\n{server.log_tail()}", pytrace=False)
-        if _health(host, port) == 200:
+        if _health(host, port, server.cafile) == 200:
             break
         if time.perf_counter() > deadline:
             server.kill()
@@ -192,3 +204,12 @@ def _server_fixture(kind: str):
 
 vllm_realtime = _server_fixture("realtime")
 vllm_offline = _server_fixture("offline")
+
+
+def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """(certificate, key) for ``host``, made with the openssl command; the certificate is its own CA."""
+    cert, key = directory / "server.crt", directory / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key

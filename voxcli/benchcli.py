@@ -25,7 +25,8 @@ def default_clips() -> list[Path]:
 
 
 def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int, paced: bool,
-                      batch_words: int, json_path: Path | None, load_engine, concurrency: int = 0) -> int:
+                      batch_words: int, json_path: Path | None, load_engine, concurrency: int = 0,
+                      plot_path: Path | None = None) -> int:
     from voxcli.audio import load_audio
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -40,6 +41,12 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
         raise VoxcliError("--concurrency measures a server: add --server URL")
     if json_path is not None and not json_path.parent.exists():
         raise VoxcliError(f"--json {json_path}: directory {json_path.parent} does not exist")
+    if plot_path is not None:
+        if concurrency:
+            raise VoxcliError("--plot draws bench runs, not a load test (--concurrency)")
+        from voxcli.report import check_output
+
+        check_output(plot_path)  # before the model loads
     engine = load_engine(cfg, err)
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
@@ -62,6 +69,11 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     if json_path is not None:
         json_path.write_text(json.dumps(report.to_dict(), indent=1, default=float))
         err.print(f"raw samples, summary and environment -> {json_path}")
+    if plot_path is not None:
+        from voxcli.report import draw_bench, save
+
+        save(draw_bench([{"source": json_path or plot_path, **report.to_dict()}]), plot_path)
+        err.print(f"picture -> {plot_path}")
     return 0
 
 

@@ -57,11 +57,17 @@ OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never contact the Hugging Face hub: use a local directory or the cache.")]
 ServerOpt = Annotated[str | None, typer.Option(
     "--server", show_default=False,
-    help="Use a vLLM server (http://HOST:PORT) as the engine; --model is then the served model name.")]
+    help="Use a vLLM server (http://HOST:PORT, or https:// with its certificate checked) as the engine; "
+         "--model is then the served model name.")]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", show_default=False,
+    help="With --server: the key of a server started with `vllm serve --api-key`. VOXCLI_API_KEY does "
+         "the same and keeps the key out of the process list.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 # The configuration keys the model options above set (each command adds its own device flag).
 MODEL_KEYS = {"model.name": "model", "model.dtype": "dtype", "model.threads": "threads",
-              "model.offline": "offline", "model.server": "server", "transcription.delay_ms": "delay_ms"}
+              "model.offline": "offline", "model.server": "server", "model.api_key": "api_key",
+              "transcription.delay_ms": "delay_ms"}
 
 
 def _debug_on(debug: bool) -> bool:
@@ -141,7 +147,8 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
         from voxcli.remote import connect_engine
 
         engine = connect_engine(cfg.model.server, cfg.model.name, kind=cfg.model.server_kind,
-                                max_new_tokens=cfg.model.max_new_tokens)
+                                max_new_tokens=cfg.model.max_new_tokens, api_key=cfg.model.api_key,
+                                timeout_s=cfg.model.timeout_s)
         status_console.print(f"[dim]{engine.info.model}: {engine.kind} on {engine.info.device}[/dim]",
                              highlight=False)
         return engine
@@ -192,7 +199,7 @@ def transcribe_file(
     plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
     model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
     delay_ms: DelayOpt = None, language: LanguageOpt = None, offline: OfflineOpt = False,
-    server: ServerOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe audio files, streaming each token to the screen as the model makes it.
 
@@ -226,6 +233,9 @@ def listen_cmd(
         "--save", show_default=False,
         help="Directory for this session's files, written as you speak: the WAV the engine heard, "
              "per-token JSONL events, and the transcript. Created if needed; checked before the model loads.")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", show_default=False, help="With --save: draw the session into this picture when it ends "
+        "(.png or .svg; as `voxcli report` does).")] = None,
     max_seconds: Annotated[float | None, typer.Option(
         "--max-seconds", show_default=False, min=0.0, help="Stop after this many seconds of audio.")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
@@ -243,7 +253,7 @@ def listen_cmd(
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, server: ServerOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe the microphone live, drawing every token the moment the model makes it.
 
@@ -264,7 +274,10 @@ def listen_cmd(
 
     if output_format not in LISTEN_FORMATS:
         raise _fail(f"--format must be one of {', '.join(LISTEN_FORMATS)} for listen; got {output_format!r}", 2)
-    job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds, format=output_format)
+    if report is not None and not cfg.listen.save_dir:
+        raise _fail("--report draws the saved session: add --save DIR", 2)
+    job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds, format=output_format,
+                    report_path=report)
     _exit_with(ctx, lambda: run_listen(job, load_engine=partial(_load_engine, debug=debug)), debug)
 
 
@@ -280,6 +293,9 @@ def bench_cmd(
                         "first word, finalize.")] = False,
     batch_words: Annotated[int, typer.Option(
         "--batch-words", min=1, help="Word batch size for first_chunk_ms (6 reproduces the old word-batching display).")] = 6,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", show_default=False, help="Also draw the figures into this picture (.png or .svg; "
+        "as `voxcli report` does).")] = None,
     json_path: Annotated[Path | None, typer.Option(
         "--json", show_default=False, help="Write every raw sample, the summary and the environment here.")] = None,
     concurrency: Annotated[int, typer.Option(
@@ -289,7 +305,7 @@ def bench_cmd(
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, server: ServerOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Measure latency as percentiles (n, p50, p90, p95, p99, mean, min, max).
 
@@ -307,7 +323,37 @@ def bench_cmd(
     _exit_with(ctx, lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
                                          batch_words=batch_words, json_path=json_path,
                                          load_engine=partial(_load_engine, debug=debug),
-                                         concurrency=concurrency), debug)
+                                         concurrency=concurrency, plot_path=plot), debug)
+
+
+@app.command("report")
+def report_cmd(
+    paths: Annotated[list[Path], typer.Argument(
+        help="A session directory or JSONL (`listen --save`), or `bench --json` files (several: compared).",
+        show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The picture: FILE.png or FILE.svg.",
+                                         show_default=False)],
+    debug: DebugOpt = False,
+) -> None:
+    """Draw a live session or benchmarks as one picture.
+
+    A session: the waveform with speech and endpoints, every token on the audio timeline at the
+    moment it came out (the model's delay is its height above the diagonal; flushed tokens marked),
+    the emission-latency CDF with p50/p95, and the step time against the 80 ms budget. Bench
+    files: ttft_ms, first_chunk_ms, total_ms and display_lag_ms per clip (p50 bars, p90 and p99
+    marks), and step headroom; several files side by side. Needs matplotlib (`pip install 'voxcli[report]'`).
+
+    Example: `voxcli report ~/voxcli-sessions -o session.png`
+    """
+    from voxcli.report import write_report
+
+    try:
+        written = write_report(paths, output)
+    except VoxcliError as exc:
+        if _debug_on(debug):
+            raise
+        raise _fail(exc) from None
+    typer.echo(f"voxcli: wrote {written}", err=True)
 
 
 @app.command("devices")

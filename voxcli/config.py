@@ -23,6 +23,8 @@ from voxcli.errors import ConfigError
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 OUTPUT_FORMATS = ("text", "json", "jsonl", "srt", "vtt")
+API_KEY_ENV = "VOXCLI_API_KEY"
+HIDDEN = "<hidden>"  # what `voxcli config` shows for a secret that is set
 
 
 def _choices(*values, help: str) -> dict:
@@ -43,9 +45,18 @@ class ModelConfig:
     max_new_tokens: int = field(default=500, metadata={
         "help": "offline models: most tokens generated per segment of up to 30 s", "min": 1})
     server: str | None = field(default=None, metadata={
-        "help": "a vLLM server (http://HOST:PORT) to use as the engine instead of the local GPU; null = local"})
+        "help": "a vLLM server (http://HOST:PORT or https://HOST:PORT) to use as the engine instead of the "
+                "local GPU; null = local"})
     server_kind: str = field(default="auto", metadata=_choices(
         "auto", "realtime", "offline", help="with server: the served model's kind; auto asks the server"))
+    api_key: str | None = field(default=None, metadata={
+        "help": f"with server: the key of a server started with `vllm serve --api-key`, sent as "
+                f"Authorization: Bearer; {API_KEY_ENV} sets it too; never written out", "secret": True})
+    timeout_s: float = field(default=30.0, metadata={
+        "help": "with server: the longest a connect, a read or a write may take before it fails", "min": 1.0})
+    reconnect_s: float = field(default=120.0, metadata={
+        "help": "with server: how long listen keeps reconnecting after losing the server, audio kept and "
+                "replayed (0 = give up at once)", "min": 0.0})
 
 
 @dataclass
@@ -98,12 +109,14 @@ def default_config_path() -> Path:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file (``path``, else the user's default file if it exists), then
-    ``overrides`` given as dotted keys (``{"model.device": "cpu"}``; ``None`` values mean "not given")."""
+    $VOXCLI_API_KEY, then ``overrides`` given as dotted keys (``{"model.device": "cpu"}``; ``None`` values mean "not given")."""
     config = Config()
     if path is None and default_config_path().is_file():
         path = default_config_path()
     if path is not None:
         apply_mapping(config, read_yaml(Path(path)), source=str(path))
+    if os.environ.get(API_KEY_ENV):
+        config.model.api_key = os.environ[API_KEY_ENV]
     for key, value in (overrides or {}).items():
         if value is not None:
             set_key(config, key, value, source="command line")
@@ -182,7 +195,8 @@ def _allowed(f: dataclasses.Field) -> str:
     elif base == "int":
         text = f"an integer >= {meta['min']}" if "min" in meta else "an integer"
     elif base == "float":
-        text = f"a number <= {meta['max']}" if "max" in meta else "a number"
+        text = (f"a number <= {meta['max']}" if "max" in meta else
+                f"a number >= {meta['min']}" if "min" in meta else "a number")
     elif meta.get("accepts_index"):
         text = "a device name or index"
     else:
@@ -212,7 +226,7 @@ def _valid(base: str, meta: dict, value: Any) -> bool:
         return ok and (is_allowed_delay_ms(value) if meta.get("delay") else True)
     if base == "float":
         return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                and value <= meta.get("max", math.inf))
+                and meta.get("min", -math.inf) <= value <= meta.get("max", math.inf))
     if not isinstance(value, str) or not value:
         return False
     if "choices" in meta:
@@ -223,7 +237,13 @@ def _valid(base: str, meta: dict, value: Any) -> bool:
 
 
 def dump_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    """The configuration as YAML, with every secret that is set shown as <hidden>."""
+    data = config.to_dict()
+    for section in fields(Config):
+        for f in fields(section.default_factory()):
+            if f.metadata.get("secret") and data[section.name][f.name] is not None:
+                data[section.name][f.name] = HIDDEN
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def describe() -> list[tuple[str, Any, str]]:

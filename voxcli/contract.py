@@ -38,7 +38,12 @@ class Session(Protocol):
 
 @runtime_checkable
 class WaitingSession(Session, Protocol):
+    """A stream on a server. ``answered_samples``: how much audio had been pushed when the server
+    last answered, i.e. how far it is known to have listened; after a lost connection, a new
+    session replays the audio from there (less the model's delay)."""
+
     finished: bool
+    answered_samples: int
 
     def commit(self) -> None: ...
 

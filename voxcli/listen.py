@@ -32,6 +32,7 @@ class ListenJob:
     speed: float = 1.0
     max_seconds: float | None = None
     format: str = "text"  # text: the transcript (live view on a terminal); jsonl: one event per line
+    report_path: Path | None = None  # draw the saved session here at the end (needs save_dir)
 
 
 def _make_source(job: ListenJob):
@@ -99,6 +100,10 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     source = _make_source(job)
     if cfg.listen.save_dir:
         check_directory(cfg.listen.save_dir)
+    if job.report_path is not None:
+        from voxcli.report import check_output
+
+        check_output(job.report_path)  # needs save_dir: the CLI sees to that
     engine = load_engine(cfg, err)
     if engine.kind != "realtime":
         err.print("[dim]offline model: each utterance is transcribed when it ends[/dim]")
@@ -154,10 +159,10 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             recorder.write_event(token.event, **extra)
             saving_failed()
 
-    def on_endpoint(endpoint) -> None:
-        emit(endpoint.to_dict())
+    def on_row(row) -> None:  # an endpoint or a reconnect
+        emit(row.to_dict())
         if recorder:
-            recorder.write_row(endpoint.to_dict())
+            recorder.write_row(row.to_dict())
             saving_failed()
 
     def on_notice(text: str) -> None:
@@ -169,13 +174,13 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         show()
 
     options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad,
-                          silence_db=cfg.listen.silence_db)
+                          silence_db=cfg.listen.silence_db, reconnect_s=cfg.model.reconnect_s)
     result = None
     try:
         with _Signals(stop, notify), view:
             result = run_live(engine, source, on_token=view.add, stop=stop, options=options,
-                              on_audio=on_audio, on_latency=on_latency, on_endpoint=on_endpoint,
-                              on_notice=on_notice, on_status=on_status)
+                              on_audio=on_audio, on_latency=on_latency, on_endpoint=on_row,
+                              on_reconnect=on_row, on_notice=on_notice, on_status=on_status)
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130
@@ -199,6 +204,11 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         f"p50 {_f(lat.get('p50'))} p95 {_f(lat.get('p95'))}, dropped blocks {s['dropped_blocks']}, "
         f"input overflows {s['input_overflows']}"
         + (f" -> {', '.join(str(p) for p in recorder.paths)}" if recorder else ""), markup=False)
+    if job.report_path is not None and recorder and not recorder.failure:
+        from voxcli.report import read_session, draw_session, save
+
+        save(draw_session(read_session(recorder.jsonl_path)), job.report_path)
+        err.print(f"picture -> {job.report_path}", markup=False)
     if recorder and recorder.failure:
         if not plain:  # plain output said it when it happened; the live view only in its status
             err.print(f"voxcli: error: {recorder.failure}", markup=False)
@@ -218,6 +228,7 @@ def _summary(result) -> dict:
         "input_overflows": result.input_overflows,
         "flushes": result.flushes,
         "endpoints": result.endpoints,
+        "reconnects": result.reconnects,
         "notice": result.notice,
         "error": result.error,
     }

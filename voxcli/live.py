@@ -25,10 +25,11 @@ import numpy as np
 
 from voxcli.capture import level_db
 from voxcli.contract import Engine
-from voxcli.errors import ServerError
+from voxcli.errors import ServerError, first_line
 from voxcli.events import TokenEvent, clamp_span
 
 POLL_S = 0.05  # how long the worker waits for a block before looking at a server's deltas again
+RECONNECT_MAX_WAIT_S = 5.0  # reconnect attempts back off from 0.5 s to this
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,55 @@ class Notice:
     text: str
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """A server lost and found again: where in the session's audio, for how long, what was replayed."""
+
+    lost_at_s: float
+    down_s: float
+    replayed_s: float
+    attempts: int
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"type": "reconnect", "lost_at_s": round(self.lost_at_s, 4), "down_s": round(self.down_s, 3),
+                "replayed_s": round(self.replayed_s, 4), "attempts": self.attempts, "error": self.error}
+
+
+@dataclass
+class _Outage:
+    t_lost: float  # time.monotonic()
+    lost_at_s: float  # position in the session's audio
+    replay_from: int  # absolute 16 kHz sample: a new session starts here
+    error: ServerError
+    attempts: int = 0
+    next_try: float = 0.0
+    wait: float = 0.5
+    attempt: _Attempt | None = None  # the connection being opened now
+
+    def __post_init__(self) -> None:
+        self.first_error = self.error
+
+
+class _Attempt(threading.Thread):
+    """``engine.session()`` in the background: a new connection, or the error that prevented it."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(name="voxcli-reconnect", daemon=True)
+        self.engine = engine
+        self.session = None
+        self.error: ServerError | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.session = self.engine.session()
+        except ServerError as exc:
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 - no thread dies silently: it becomes this attempt's error
+            self.error = ServerError(f"reconnecting failed: {type(exc).__name__}: {first_line(exc)}")
+
+
 @dataclass
 class LiveOptions:
     flush_after_ms: int = 320  # this much non-speech ends speech: flush / cut there (0: never)
@@ -87,6 +137,8 @@ class LiveOptions:
     max_utterance_s: float = 30.0  # offline models: longest utterance transcribed at once
     preroll_s: float = 0.2  # offline models: audio kept before a speech start, so onsets are whole
     tail_s: float = 0.1  # offline models: audio kept after a speech end
+    reconnect_s: float = 120.0  # a server: how long to keep reconnecting after losing it (0: fail at once)
+    replay_overlap_ms: int = 480  # a server: the model's delay, replayed after a reconnect (vLLM: the checkpoint's)
 
 
 class _Tape:
@@ -151,7 +203,6 @@ class LiveWorker:
         self.n_tokens = 0
         self.flushes = 0
         self.utterance = 0
-        self.reconnects = 0
         self._put: Callable[[object], None] = lambda item: None
         self._draining: list[tuple] = []  # (session, offset, utterance) finishing on a server
         opts = self.options
@@ -208,38 +259,71 @@ class LiveWorker:
                             self.utterance if utterance is None else utterance))
 
     def _run_realtime(self) -> None:
-        session = self.engine.session()
-        offset = 0
-        blocks = self._blocks()
+        remote = self.engine.remote
+        tape = _Tape()  # a server's stream: the audio it may not have heard yet, for a replay
+        session, offset = self.engine.session(), 0
+        outage: _Outage | None = None
+        self._block_iter = blocks = self._blocks()
         for t_cap, x in blocks:
-            try:
-                self._drain()
-                if x is None:
-                    for event in session.steps():  # a remote engine's deltas between blocks
-                        self._emit(event, offset, event.t_emitted)
-                    continue
+            self._drain()
+            vad_events = []
+            if x is not None:
                 vad_events = self._hear(t_cap, x)
-                session.push(x)
+                if remote:
+                    tape.append(x)
+            if outage is not None:  # capture goes on; the server gets it all once it is back
+                session, offset = self._retry(outage, tape)
+                if session is None:
+                    for vad in vad_events:
+                        if vad.kind == "end":
+                            self._endpoint(vad)
+                    continue
+                outage = None
+            try:
+                if x is not None:
+                    session.push(x)
                 for event in session.steps():
-                    self._emit(event, offset, t_cap)
+                    self._emit(event, offset, t_cap if x is not None else event.t_emitted)
                 for vad in vad_events:
                     if vad.kind == "end":
-                        if session.finish_waits:
-                            # A server finishes on its own time: capture must not wait for it.
-                            session.commit()
-                            self._draining.append((session, offset, self.utterance))
-                        else:
-                            self._finish(session, offset)
+                        self._end_stream(session, offset)
                         self._endpoint(vad)
-                        session, offset = self.engine.session(), self.heard
+                        session, offset = None, self.heard
+                        session = self.engine.session()
             except ServerError as exc:
-                session, offset = self._reconnect_once(exc, blocks), self.heard
-        self._finish(session, offset)
-        while self._draining:  # the input is over: now waiting is fine
+                outage, session = self._lost(exc, session, offset), None
+                continue
+            if remote:
+                tape.keep_from(offset + max(0, session.answered_samples - self._overlap))
+        while True:  # the input is over: now waiting is fine
+            while outage is not None:
+                time.sleep(POLL_S)
+                session, offset = self._retry(outage, tape)
+                if session is not None:
+                    outage = None
+            try:
+                self._finish(session, offset)
+                break
+            except ServerError as exc:
+                outage = self._lost(exc, session, offset)
+        while self._draining:
             self._drain()
             time.sleep(POLL_S if self._draining else 0)
         for vad in self.endpointer.flush() if self.endpointer is not None else []:
             self._endpoint(vad)  # the input ended inside speech: that is its end
+
+    @property
+    def _overlap(self) -> int:
+        return int(self.options.replay_overlap_ms * 16)
+
+    def _end_stream(self, session, offset: int) -> None:
+        """End of speech: flush the stream. A server finishes on its own time, and capture must not
+        wait for it: its last deltas are collected between blocks (``_drain``)."""
+        if session.finish_waits:
+            session.commit()
+            self._draining.append((session, offset, self.utterance))
+        else:
+            self._finish(session, offset)
 
     def _drain(self) -> None:
         """Deltas of streams that ended at a pause and are still finishing on a server."""
@@ -254,21 +338,67 @@ class LiveWorker:
                 self._draining.remove(item)
                 self.flushes += 1
 
-    def _reconnect_once(self, exc: ServerError, blocks):
-        """A remote engine failed mid-session: try one new session at the current sample. If that
-        is not possible, stop capture, hand every block already captured to the WAV, and fail."""
-        if self.engine.remote and self.reconnects == 0:
-            self.reconnects += 1
-            self._notice(f"{exc}; reconnected")
+    def _lost(self, exc: ServerError, session, offset: int) -> _Outage:
+        """The server went away mid-stream. Keep capturing; replay from where it last answered,
+        less the model's delay (the audio whose text had not come yet)."""
+        if not self.engine.remote or self.options.reconnect_s <= 0:
+            self._give_up(exc, None)
+        replay_from = offset
+        if session is not None:
+            replay_from = offset + max(0, session.answered_samples - self._overlap)
+            _close_quietly(session)
+        self._notice(f"{first_line(exc)}; reconnecting for up to {self.options.reconnect_s:.0f} s, "
+                     f"the audio is kept")
+        return _Outage(t_lost=time.monotonic(), lost_at_s=self.heard / 16000, replay_from=replay_from,
+                       error=exc)
+
+    def _retry(self, outage: _Outage, tape: _Tape):
+        """Reconnect attempts, each in a thread of its own (a server that is starting may accept
+        the connection and answer only much later, and capture must not wait for it). When one
+        succeeds, the kept audio is replayed into the new session as fast as the server takes it.
+        ``(None, None)`` while the server is still away."""
+        now = time.monotonic()
+        attempt = outage.attempt
+        if attempt is None:
+            if now >= outage.next_try:
+                outage.attempts += 1
+                outage.attempt = _Attempt(self.engine)
+            return None, None
+        if attempt.is_alive():
+            return None, None
+        outage.attempt = None
+        session, exc = attempt.session, attempt.error
+        if session is not None:
+            replay = tape.slice(outage.replay_from, self.heard)
             try:
-                return self.engine.session()
-            except ServerError as again:
-                exc = again
+                session.push(replay)
+            except ServerError as failed:
+                _close_quietly(session)
+                session, exc = None, failed
+        if session is None:
+            outage.error = exc
+            if now - outage.t_lost >= self.options.reconnect_s:
+                self._give_up(exc, outage)
+            outage.next_try = now + outage.wait
+            outage.wait = min(2 * outage.wait, RECONNECT_MAX_WAIT_S)
+            return None, None
+        row = Reconnect(lost_at_s=outage.lost_at_s, down_s=now - outage.t_lost, replayed_s=len(replay) / 16000,
+                        attempts=outage.attempts, error=first_line(outage.first_error))
+        self._put(row)
+        self._notice(f"reconnected after {row.down_s:.1f} s; {row.replayed_s:.1f} s of audio replayed")
+        return session, outage.replay_from
+
+    def _give_up(self, exc: ServerError, outage: _Outage | None):
+        """Stop capture, hand every block already captured to the WAV, and fail in one line."""
         self.stop_event.set()
-        for t_cap, x in blocks:
+        for t_cap, x in self._block_iter:
             if x is not None:
                 self._hear(t_cap, x)
-        raise exc
+        if outage is None:
+            raise exc
+        raise ServerError(f"lost the vLLM server ({first_line(outage.first_error)}), and it did not come back "
+                          f"within {self.options.reconnect_s:.0f} s (last try: {first_line(exc)})",
+                          **exc.data) from None
 
     def _finish(self, session, offset: int) -> None:
         # Padding chunks exist the moment the flush starts; each is ready once the step before it
@@ -314,3 +444,10 @@ class LiveWorker:
         for event in self.engine.transcribe(audio, segments=[(0, len(audio))]):
             self._emit(event, start, t_ready)
         self.flushes += 1
+
+
+def _close_quietly(session) -> None:
+    try:
+        session.close()
+    except Exception:  # noqa: BLE001 - a broken connection may fail to close; nothing is lost
+        pass

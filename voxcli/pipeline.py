@@ -8,7 +8,7 @@ queue and is raised again in the consumer's thread: no thread dies silently.
 
 - ``transcribe_audio``: decoded audio -> engine thread -> ``on_event`` for each token, timed.
 - ``run_live``: a capture source -> ``voxcli.live.LiveWorker`` in the engine thread -> callbacks
-  here for tokens, audio (the WAV), endpoints, notices and the status line.
+  here for tokens, audio (the WAV), endpoints, reconnects, notices and the status line.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.events import LiveStatus, TokenEvent, Transcript, TranscriptMetrics, summarize
-from voxcli.live import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker, Notice
+from voxcli.live import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker, Notice, Reconnect
 
 QUEUE_SIZE = 256  # tokens of a file in flight between the engine and the screen
 LIVE_QUEUE_SIZE = 8192  # a live session's tokens and audio blocks in flight (minutes of them)
@@ -173,6 +173,7 @@ class LiveResult:
     endpoints: int = 0
     input_overflows: int = 0
     notice: str | None = None  # the latest problem shown while running (e.g. a reconnect)
+    reconnects: int = 0  # times a lost server was found again
     capture_time: Callable[[int], float] | None = None  # 16 kHz sample -> when it was captured
 
 
@@ -182,6 +183,7 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
              on_latency: Callable[[LiveToken, float | None, float | None], None] | None = None,
              on_endpoint: Callable[[Endpoint], None] | None = None,
              on_notice: Callable[[str], None] | None = None,
+             on_reconnect: Callable[[Reconnect], None] | None = None,
              on_status: Callable[[LiveStatus], None] | None = None) -> LiveResult:
     """Capture (``source``, checked, not started) -> engine thread -> this thread.
 
@@ -195,7 +197,7 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
     latency: list[float] = []
     after_ready: list[float] = []
     steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)
-    now = {"heard": 0, "level_db": -120.0, "backlog": 0, "endpoints": 0, "notice": None}
+    now = {"heard": 0, "level_db": -120.0, "backlog": 0, "endpoints": 0, "notice": None, "reconnects": 0}
 
     def status() -> LiveStatus:
         recent = summarize(latency[-200:])
@@ -236,6 +238,10 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
                     now["endpoints"] += 1
                     if on_endpoint is not None:
                         on_endpoint(item)
+                elif isinstance(item, Reconnect):
+                    now["reconnects"] += 1
+                    if on_reconnect is not None:
+                        on_reconnect(item)
                 elif isinstance(item, Notice):
                     now["notice"] = item.text
                     if on_notice is not None:
@@ -252,4 +258,4 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
                       emit_after_ready_ms=after_ready, step_ms=list(steps),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
                       capture_time=worker.clock.at, input_overflows=source.input_overflows,
-                      endpoints=now["endpoints"], notice=now["notice"])
+                      endpoints=now["endpoints"], notice=now["notice"], reconnects=now["reconnects"])

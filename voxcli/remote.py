@@ -1,10 +1,17 @@
 """A vLLM server as voxcli's engine: same interface and events as voxcli.engine, no torch.
 
-- Voxtral Realtime through the ``/v1/realtime`` WebSocket: audio is appended as it is captured
-  (16 kHz PCM16, base64), deltas become TokenEvents the moment they arrive, a final commit ends
-  the utterance. :class:`RemoteRealtimeSession` has the local session's push/steps/finish shape,
-  so ``listen``, ``transcribe file`` and ``bench`` run unchanged.
-- Voxtral 3B/24B through ``/v1/audio/transcriptions`` with ``stream=true`` (SSE).
+- Voxtral Realtime through the ``/v1/realtime`` WebSocket (``websockets``' sync client): audio is
+  appended as it is captured (16 kHz PCM16, base64), deltas become TokenEvents the moment they
+  arrive, a final commit ends the utterance. :class:`RemoteRealtimeSession` has the local
+  session's push/steps/finish shape, so ``listen``, ``transcribe file`` and ``bench`` run unchanged.
+- Voxtral 3B/24B through ``/v1/audio/transcriptions`` with ``stream=true``: ``httpx2`` (httpx's
+  continuation, the client huggingface_hub already brings) posts the multipart form and reads the
+  server-sent events line by line.
+
+``https://`` servers are reached over TLS (``wss://`` for the WebSocket) with certificates checked
+against the system's CAs, or the bundle named by ``SSL_CERT_FILE``. An API key goes out as
+``Authorization: Bearer`` and nowhere else. Every network step is bounded by ``timeout_s``:
+connecting, each read and each write (a server that stops reading cannot block ``push``).
 
 Events carry ``t_emitted`` = when the delta arrived here. What a server cannot tell is absent,
 not invented: no token ids (``-1``) and no per-token audio spans (the offline endpoint's events
@@ -14,59 +21,124 @@ carry their segment's span, which the client knows).
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import queue
+import ssl
 import threading
 import time
 import wave
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import httpx2
 import numpy as np
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.sync.client import ClientConnection, connect
 
-from voxcli.config import DEFAULT_MODEL
+from voxcli.config import API_KEY_ENV, DEFAULT_MODEL
 from voxcli.engine import EngineInfo, transcribe_segments
-from voxcli.errors import ServerError, setting
+from voxcli.errors import ServerError, first_line, setting
 from voxcli.events import TokenEvent
-from voxcli.netproto import WebSocket, WebSocketClosed, multipart, sse_data
 
 SAMPLE_RATE = 16000
 KINDS = ("auto", "realtime", "offline")
 TIMEOUT_S = 30.0
 APPEND_SAMPLES = 1280  # 80 ms per append message: what one Realtime token covers
+KEY = setting("model.api_key")
 
 
 class _Server:
-    def __init__(self, url: str, timeout_s: float = TIMEOUT_S) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "ws") or not parts.hostname:
-            raise ServerError(f"{setting('model.server')} {url!r}: expected http://HOST:PORT (TLS is not supported)",
-                              url=url)
-        self.url = f"http://{parts.hostname}:{parts.port or 80}"
-        self.host, self.port = parts.hostname, parts.port or 80
-        self.timeout_s = timeout_s
+    """Where the server is and how to talk to it: URL, TLS context, key, bounds."""
 
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = TIMEOUT_S) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+            raise ServerError(f"{setting('model.server')} {url!r}: expected http://HOST:PORT or https://HOST:PORT",
+                              url=url)
+        self.tls = parts.scheme in ("https", "wss")
+        port = parts.port or (443 if self.tls else 80)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{port}"
+        self.ws_url = f"{'wss' if self.tls else 'ws'}://{host}:{port}"
+        # One context for both clients: the system's CAs, or SSL_CERT_FILE / SSL_CERT_DIR.
+        self.ssl = ssl.create_default_context() if self.tls else None
+        self.keyed = bool(api_key)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout_s = timeout_s
+        self.http = httpx2.Client(base_url=self.url, headers=self.headers, verify=self.ssl or False,
+                                  timeout=httpx2.Timeout(timeout_s))
+
+    def __repr__(self) -> str:  # never the key
+        return f"_Server({self.url!r}, keyed={self.keyed})"
+
+    # -- errors, worded once for both clients --
+
+    def refused(self, status: int, what: str, *, websocket: bool = False) -> ServerError:
+        # 401 is what vLLM's --api-key answers, on HTTP and WebSocket alike; a proxy in front may
+        # say 403. On the WebSocket a 403 means no realtime endpoint (an offline model).
+        if status == 401 or (status == 403 and not websocket):
+            if self.keyed:
+                return ServerError(f"the vLLM server at {self.url} refused the API key (HTTP {status}); "
+                                   f"check {KEY} or {API_KEY_ENV}", url=self.url, status=status)
+            return ServerError(f"the vLLM server at {self.url} wants an API key (HTTP {status}); pass it as "
+                               f"{KEY} or set {API_KEY_ENV}", url=self.url, status=status)
+        return ServerError(f"{what} (HTTP {status})", url=self.url, status=status)
+
+    def unreachable(self, exc: BaseException, doing: str = "reach") -> ServerError:
+        cert = _certificate_error(exc)
+        if cert is not None:
+            return ServerError(f"cannot verify the TLS certificate of {self.url} ({cert}); if a private CA "
+                               f"signed it, set SSL_CERT_FILE to that CA's certificate", url=self.url)
+        if isinstance(exc, (TimeoutError, httpx2.TimeoutException)):
+            return ServerError(f"the vLLM server at {self.url} did not answer within {self.timeout_s:.0f} s "
+                               f"(while trying to {doing} it)", url=self.url)
+        return ServerError(f"cannot {doing} the vLLM server at {self.url} ({first_line(exc)}); is it running?",
+                           url=self.url)
+
+    # -- HTTP --
 
     def get_json(self, path: str) -> dict:
-        conn = self.connection()
         try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            body = response.read()
-        except OSError as exc:
-            raise ServerError(f"cannot reach the vLLM server at {self.url} ({exc}); is it running?") from None
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise ServerError(f"{self.url}{path} answered HTTP {response.status}")
-        return json.loads(body)
+            response = self.http.get(path)
+        except httpx2.HTTPError as exc:
+            raise self.unreachable(exc) from None
+        if response.status_code != 200:
+            raise self.refused(response.status_code, f"{self.url}{path} answered")
+        try:
+            return response.json()
+        except ValueError:
+            raise ServerError(f"{self.url}{path} did not answer JSON; is it a vLLM server?", url=self.url) from None
 
-    def websocket(self, path: str) -> WebSocket:
-        return WebSocket(f"ws://{self.host}:{self.port}{path}", timeout_s=self.timeout_s)
+    # -- WebSocket --
+
+    def websocket(self, path: str) -> ClientConnection:
+        """An open WebSocket whose writes are bounded too (see module docstring)."""
+        try:
+            ws = connect(self.ws_url + path, ssl=self.ssl, additional_headers=self.headers,
+                         open_timeout=self.timeout_s, close_timeout=2.0, ping_interval=self.timeout_s / 2,
+                         ping_timeout=self.timeout_s, max_size=2 ** 22, proxy=None, legacy=True)
+        except InvalidStatus as exc:
+            raise self.refused(exc.response.status_code, f"{self.ws_url}{path} refused the WebSocket",
+                               websocket=True) from None
+        except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
+            raise self.unreachable(exc, "open a realtime session on") from None
+        # websockets' own reader thread waits in select() before every recv, so a socket timeout
+        # bounds only our sendall(): a server that stops reading fails the write, not the caller.
+        ws.socket.settimeout(self.timeout_s)
+        return ws
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The reason, when ``exc`` (or what caused it) is a failed certificate check."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or first_line(seen)
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return first_line(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def pcm16_base64(samples: np.ndarray) -> str:
@@ -127,42 +199,47 @@ class RemoteRealtimeSession:
     """push(samples) sends them at once; steps() yields the deltas that have arrived; finish()
     sends the final commit and waits (bounded) for ``transcription.done``. Where waiting would
     hold up capture (an end of speech mid-session), commit() sends the final commit and
-    pending() yields what has arrived since, without waiting, until ``finished``."""
+    pending() yields what has arrived since, without waiting, until ``finished``.
+
+    ``answered_samples``: how much audio had been sent when the latest delta arrived, which is
+    how far the server is known to have listened (a reconnect replays from there)."""
 
     finish_waits = True
 
     def __init__(self, engine: RemoteRealtimeEngine) -> None:
         self.engine = engine
         self.pushed_samples = 0
+        self.answered_samples = 0
         self.n_tokens = 0
         self._inbox: queue.Queue = queue.Queue()
         self._done = threading.Event()
         self._error: str | None = None
         self._closed = False
         self.finished = False  # after commit(): everything has arrived
-        self._timeout_s = TIMEOUT_S
+        self._timeout_s = engine.server.timeout_s
         self._deadline = 0.0
+        server = engine.server
+        self._ws = server.websocket("/v1/realtime")
         try:
-            self._ws = engine.server.websocket("/v1/realtime")
-            first = json.loads(self._ws.recv(TIMEOUT_S))
+            first = json.loads(self._ws.recv(self._timeout_s))
             if first.get("type") != "session.created":
-                raise ServerError(f"vLLM realtime: expected session.created, got {first.get('type')!r}")
-            self._ws.send_json({"type": "session.update", "model": engine.model_name})
-            self._ws.send_json({"type": "input_audio_buffer.commit"})  # starts generation
-        except (OSError, ConnectionError) as exc:
-            raise ServerError(f"cannot open a realtime session on the vLLM server at {engine.server.url} ({exc})") from None
+                raise ServerError(f"vLLM realtime: expected session.created, got {first.get('type')!r}",
+                                  url=server.url)
+            self._ws.send(json.dumps({"type": "session.update", "model": engine.model_name}))
+            self._ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # starts generation
+        except (ConnectionClosed, OSError, TimeoutError, ValueError) as exc:
+            self._ws.close()
+            raise server.unreachable(exc, "open a realtime session on") from None
         self._reader = threading.Thread(target=self._read, name="voxcli-ws-reader", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         try:
-            while not self._closed:
-                try:
-                    message = json.loads(self._ws.recv(None))
-                except TimeoutError:
-                    continue
+            for raw in self._ws:  # ends when the connection closes
+                message = json.loads(raw)
                 kind = message.get("type")
                 if kind == "transcription.delta":
+                    self.answered_samples = self.pushed_samples
                     self._inbox.put((time.perf_counter(), message.get("delta", "")))
                 elif kind == "transcription.done":
                     self._done.set()
@@ -171,10 +248,13 @@ class RemoteRealtimeSession:
                     self._error = f"vLLM server error: {message.get('error')} ({message.get('code')})"
                     self._done.set()
                     return
-        except (WebSocketClosed, OSError, ConnectionError, ValueError) as exc:
             if not self._closed:
-                self._error = f"the vLLM server dropped the realtime connection ({exc})"
-            self._done.set()
+                self._error = f"the vLLM server at {self.engine.server.url} closed the realtime connection"
+        except (ConnectionClosed, OSError, ValueError) as exc:
+            if not self._closed:
+                self._error = f"the vLLM server at {self.engine.server.url} dropped the realtime connection " \
+                              f"({first_line(exc)})"
+        self._done.set()
 
     def push(self, samples: np.ndarray) -> None:
         for i in range(0, len(samples), APPEND_SAMPLES):
@@ -185,14 +265,21 @@ class RemoteRealtimeSession:
     def _send(self, message: dict) -> None:
         self._raise_if_failed()
         try:
-            self._ws.send_json(message)
-        except OSError as exc:
-            self._error = f"the vLLM server dropped the realtime connection ({exc})"
-            self._raise_if_failed()
+            self._ws.send(json.dumps(message))
+        except (ConnectionClosed, OSError) as exc:
+            # websockets reports a write that timed out as a closed connection caused by it.
+            if isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError):
+                self._error = (f"the vLLM server at {self.engine.server.url} stopped reading: a write waited "
+                               f"{self._timeout_s:.0f} s")
+            else:
+                self._error = f"the vLLM server at {self.engine.server.url} dropped the realtime connection " \
+                              f"({first_line(exc)})"
+            self._abort()
+        self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise ServerError(self._error)
+            raise ServerError(self._error, url=self.engine.server.url)
 
     def steps(self) -> Iterator[TokenEvent]:
         while True:
@@ -208,30 +295,17 @@ class RemoteRealtimeSession:
         self.n_tokens += 1
         return event
 
-    def finish(self, timeout_s: float = TIMEOUT_S) -> Iterator[TokenEvent]:
-        self._send({"type": "input_audio_buffer.commit", "final": True})
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                t, delta = self._inbox.get(timeout=0.05)
-                yield self._event(t, delta)
-                deadline = time.monotonic() + timeout_s  # the server is still talking
-                continue
-            except queue.Empty:
-                pass
-            if self._done.is_set() and self._inbox.empty():
-                break
-            if time.monotonic() > deadline:
-                self._error = f"the vLLM server sent nothing for {timeout_s:.0f} s after the final commit"
-                break
-        self.close()
-        self._raise_if_failed()
+    def finish(self) -> Iterator[TokenEvent]:
+        self.commit()
+        while not self.finished:
+            yield from self.pending()
+            if not self.finished:
+                time.sleep(0.01)
 
-    def commit(self, timeout_s: float = TIMEOUT_S) -> None:
+    def commit(self) -> None:
         """End this stream without waiting for the server's last deltas (see pending())."""
         self._send({"type": "input_audio_buffer.commit", "final": True})
-        self._timeout_s = timeout_s
-        self._deadline = time.monotonic() + timeout_s
+        self._deadline = time.monotonic() + self._timeout_s
 
     def pending(self) -> Iterator[TokenEvent]:
         """After commit(): the deltas that have arrived, at once. Sets ``finished`` when the
@@ -251,9 +325,16 @@ class RemoteRealtimeSession:
             self._raise_if_failed()
         elif time.monotonic() > self._deadline:
             self.finished = True
-            self._error = f"the vLLM server sent nothing for {self._timeout_s:.0f} s after the final commit"
-            self.close()
+            self._error = (f"the vLLM server at {self.engine.server.url} sent nothing for "
+                           f"{self._timeout_s:.0f} s after the final commit")
+            self._abort()
             self._raise_if_failed()
+
+    def _abort(self) -> None:
+        """Drop the connection without a closing handshake: the server is not listening."""
+        self._closed = True
+        self._ws.socket.close()
+        self._done.set()
 
     def close(self) -> None:
         if not self._closed:
@@ -278,52 +359,60 @@ class RemoteOfflineEngine(RemoteEngine):
         yield from transcribe_segments(audio, segments, clip_events, max_segment_s=self.MAX_SEGMENT_S)
 
     def _request(self, clip: np.ndarray, language: str | None, max_new_tokens: int) -> Iterator[tuple[float, str]]:
+        server = self.server
         fields = {"model": self.model_name, "stream": "true", "max_completion_tokens": str(max_new_tokens)}
         if language:
             fields["language"] = language
-        body, content_type = multipart(fields, {"file": ("audio.wav", _wav_bytes(clip), "audio/wav")})
-        conn = self.server.connection()
+        files = {"file": ("audio.wav", _wav_bytes(clip), "audio/wav")}
         try:
-            conn.request("POST", "/v1/audio/transcriptions", body=body, headers={"Content-Type": content_type})
-            response = conn.getresponse()
-            if response.status != 200:
-                raise ServerError(_http_error(self.server.url, response))
-            for t, payload in sse_data(response):
-                if payload == "[DONE]":
-                    return
-                chunk = json.loads(payload)
-                if "error" in chunk:
-                    raise ServerError(f"vLLM server error: {chunk['error']}")
-                for choice in chunk.get("choices", []):
-                    text = (choice.get("delta") or {}).get("content")
-                    if text is not None:
-                        yield t, text
-            raise ServerError(f"the vLLM server at {self.server.url} closed the stream before [DONE]")
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServerError(f"lost the vLLM server at {self.server.url} ({exc})") from None
-        finally:
-            conn.close()
+            with server.http.stream("POST", "/v1/audio/transcriptions", data=fields, files=files) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise server.refused(response.status_code, _http_error(server.url, response))
+                for line in response.iter_lines():
+                    t = time.perf_counter()
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, other SSE fields
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    chunk = json.loads(payload)
+                    if "error" in chunk:
+                        raise ServerError(f"vLLM server error: {chunk['error']}", url=server.url)
+                    for choice in chunk.get("choices", []):
+                        text = (choice.get("delta") or {}).get("content")
+                        if text is not None:
+                            yield t, text
+            raise ServerError(f"the vLLM server at {server.url} closed the stream before [DONE]", url=server.url)
+        except httpx2.ReadTimeout:
+            raise ServerError(f"the vLLM server at {server.url} sent nothing for {server.timeout_s:.0f} s",
+                              url=server.url) from None
+        except httpx2.WriteTimeout:
+            raise ServerError(f"the vLLM server at {server.url} stopped reading: a write waited "
+                              f"{server.timeout_s:.0f} s", url=server.url) from None
+        except httpx2.HTTPError as exc:
+            raise server.unreachable(exc) from None
 
 
 def _http_error(url: str, response) -> str:
     try:
-        message = json.loads(response.read())["error"]["message"]
+        message = response.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
-        message = response.reason
-    return f"vLLM server {url} answered HTTP {response.status}: {message}"
+        message = response.reason_phrase
+    return f"vLLM server {url} answered: {message}"
 
 
-def connect_engine(url: str, model: str | None = None, *, kind: str = "auto",
-                   max_new_tokens: int = 500) -> RemoteEngine:
+def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", max_new_tokens: int = 500,
+                   api_key: str | None = None, timeout_s: float = TIMEOUT_S) -> RemoteEngine:
     """Check the server is up and serves ``model`` (default: the only model it serves), tell the
     model kind (a server for an offline model refuses the realtime WebSocket), and return an engine."""
     t0 = time.perf_counter()
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    server = _Server(url)
+    server = _Server(url, api_key=api_key, timeout_s=timeout_s)
     served = [m["id"] for m in server.get_json("/v1/models").get("data", [])]
     if not served:
-        raise ServerError(f"the vLLM server at {server.url} serves no model")
+        raise ServerError(f"the vLLM server at {server.url} serves no model", url=server.url)
     if model not in served:
         if model is not None and not (model == DEFAULT_MODEL and len(served) == 1):
             raise ServerError(f"the vLLM server at {server.url} does not serve {model!r}; it serves: "
@@ -339,13 +428,12 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto",
 
 
 def _probe_kind(server: _Server) -> str:
+    """A server for an offline model has no /v1/realtime: its handshake is refused (403/404)."""
     try:
         ws = server.websocket("/v1/realtime")
-    except ConnectionError as exc:
-        if "403" in str(exc) or "404" in str(exc):
+    except ServerError as exc:
+        if exc.data.get("status") in (403, 404):
             return "offline"
-        raise ServerError(f"cannot reach the vLLM server at {server.url} ({exc})") from None
-    except OSError as exc:
-        raise ServerError(f"cannot reach the vLLM server at {server.url} ({exc})") from None
+        raise
     ws.close()
     return "realtime"

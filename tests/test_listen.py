@@ -511,3 +511,56 @@ def test_the_engines_and_sessions_satisfy_the_written_contract(realtime_engine, 
         assert callable(getattr(RemoteRealtimeSession, name))
     scripted = _SlowServerEngine()
     assert isinstance(scripted.session(), contract.WaitingSession)
+
+
+def test_two_pass_streams_each_equal_a_single_session_at_its_delay(realtime_dir, tmp_path):
+    save = tmp_path / "save"
+    run = _listen(["--input", HELLO, "--speed", 0, "--model", realtime_dir, "--flush-after-ms", 0,
+                   "--delay-ms", 240, "--final-delay-ms", 960, "--save", save, "--format", "jsonl"])
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    streams = {name: [r["token_id"] for r in rows if r["type"] == "token" and r.get("stream") == name]
+               for name in ("provisional", "final")}
+    for name, delay in (("provisional", 240), ("final", 960)):
+        single = subprocess.run([sys.executable, "-m", "voxcli", "transcribe", "file", str(HELLO), "--model", str(realtime_dir),
+                                 "--delay-ms", str(delay), "--format", "json"], env=_env(), cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert single.returncode == 0, single.stderr
+        assert streams[name] == [e["token_id"] for e in json.loads(single.stdout)["events"]], name
+    summary = rows[-1]
+    final_text = "".join(r["text"] for r in rows if r.get("stream") == "final")
+    assert summary["text"] == final_text.strip()
+    figures = summary["two_pass"]
+    assert figures["final_word_latency_ms"]["n"] > 0 and figures["provisional_word_latency_ms"]["n"] > 0
+    assert figures["replacements"] == sum(r["type"] == "replacement" for r in rows) > 0
+    assert 0 <= figures["revision_rate"] <= 1
+    # The transcript file holds the final text; the session file both streams and the replacements.
+    _, jsonl, txt = _session_files(save)
+    assert txt.read_bytes().decode("utf-8").strip() == final_text.strip()
+    assert sum('"stream": "provisional"' in line for line in jsonl.read_text().splitlines()) == len(streams["provisional"])
+
+
+def test_two_pass_needs_a_longer_final_delay(realtime_dir):
+    run = _listen(["--input", HELLO, "--model", realtime_dir, "--delay-ms", 480, "--final-delay-ms", 480])
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == ("voxcli: error: --final-delay-ms 480 must be longer than the "
+                                                   "provisional stream's delay (480 ms, --delay-ms)")
+
+
+def test_an_offline_final_pass_covers_every_utterance_once(realtime_dir, offline_dir, tmp_path):
+    run = _listen(["--input", HELLO, "--speed", 0, "--model", realtime_dir, "--final-model", offline_dir,
+                   "--format", "jsonl"], timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    endpoints = [r["utterance"] for r in rows if r["type"] == "endpoint"]
+    assert endpoints == list(range(len(endpoints))) and endpoints
+    final = [r for r in rows if r["type"] == "token" and r.get("stream") == "final"]
+    # One pass per utterance, each whole (its tokens together, in order), none twice.
+    runs = [u for i, u in enumerate(r["utterance"] for r in final) if i == 0 or final[i - 1]["utterance"] != u]
+    assert runs == endpoints
+    # Each pass comes once its utterance has ended: after its endpoint row.
+    for u in endpoints:
+        first = next(i for i, r in enumerate(rows) if r.get("stream") == "final" and r["utterance"] == u)
+        assert rows.index(next(r for r in rows if r["type"] == "endpoint" and r["utterance"] == u)) < first
+    assert rows[-1]["two_pass"]["final_word_latency_ms"]["n"] > 0
+    assert any(r["type"] == "replacement" for r in rows)

@@ -498,3 +498,81 @@ def test_metrics_table_keeps_every_figure_whole_at_80_columns():
                                                                            "min", "max"))]
     assert sig3(1068.4) == "1070" and sig3(9.996) == "10.0" and sig3(0.1234) == "0.123"
     assert sig3(123456.7) == "123000" and sig3(None) == "-" and sig3(0.0) == "0"
+
+# ---------------------------------------------------------------------------------------------
+# Two-pass: final text, then the provisional words beyond it
+# ---------------------------------------------------------------------------------------------
+
+
+def _tok(text: str, end_s: float) -> TokenEvent:
+    return TokenEvent(0, -1, text, time.perf_counter(), audio_start_s=end_s - 0.08, audio_end_s=end_s)
+
+
+def test_provisional_words_go_whole_once_final_text_covers_their_audio():
+    from voxcli.twopass import TwoPassText
+
+    two = TwoPassText()
+    for text, end in ((" the", 0.08), (" quick", 0.16), (" bro", 0.24), ("wn", 0.32), (" fox", 0.40)):
+        assert two.add(_tok(text, end), "provisional") is None
+    assert two.tail == " the quick brown fox"
+    first = two.add(_tok(" the", 0.20), "final")
+    assert first.words == 2  # " the" and " quick" end by 0.20
+    assert first.final == ""  # the final " the" ends after " quick": it is set against what follows
+    assert two.tail == " brown fox"
+    # "brown" ends at 0.32: covered at 0.30 only in part, so it stays, whole.
+    assert two.add(_tok(" quack", 0.30), "final") is None and two.tail == " brown fox"
+    replaced = two.add(_tok(" brown", 0.34), "final")
+    # Set against final text over the same audio (up to 0.32): " the quack", which lacks "brown".
+    assert (replaced.provisional, replaced.final, replaced.words, replaced.changed) == (" brown", " the quack", 1, 1)
+    # The word still being written is never taken, however far the final text has gone.
+    assert two.add(_tok(" fox", 0.50), "final") is None and two.tail == " fox"
+    # ... until speech ends: then it is whole, and covered.
+    sealed = two.seal()
+    assert sealed.provisional == " fox" and two.tail == ""
+
+
+def test_replacement_never_loses_or_duplicates_a_word():
+    import random
+
+    from voxcli.twopass import TwoPassText
+
+    rng = random.Random(7)
+    for trial in range(200):
+        two = TwoPassText()
+        final_text, provisional_text, replaced_text = "", "", ""
+        t_prov = t_final = 0.0
+        for _ in range(rng.randint(1, 60)):
+            if rng.random() < 0.55:
+                t_prov += 0.08
+                piece = rng.choice([" w", "x", "", " y", "z!"])
+                provisional_text += piece
+                two.add(_tok(piece, t_prov), "provisional")
+            elif t_final < t_prov:
+                t_final += 0.08
+                piece = rng.choice([" a", "b", " c", ""])
+                final_text += piece
+                r = two.add(_tok(piece, t_final), "final")
+                if r is not None:
+                    replaced_text += r.provisional
+                    assert 0 <= r.changed <= r.words
+        # Every provisional piece is either replaced or still shown, once, in order.
+        assert replaced_text + two.tail == provisional_text, trial
+
+
+def test_the_live_view_draws_final_text_then_the_provisional_tail_dim():
+    buf, console = capture_console(height=12)
+    with LiveTranscript(console, title="two-pass") as live:
+        live.add(_tok(" Final words", 0.4))
+        live.set_tail(" and provisional ones")
+        frame = last_render(buf.getvalue())
+        assert "Final words and provisional ones" in plain(frame)
+        assert "\x1b[2m" in frame  # the tail is dim
+        live.add(_tok(" and", 0.5))
+        live.set_tail(" provisional ones")
+        frame = plain(last_render(buf.getvalue()))
+        assert "Final words and provisional ones" in frame and frame.count("and") == 1
+
+
+def test_two_pass_status_shows_both_steps_against_the_budget():
+    line = status_text(LiveStatus(step_ms=30.0, final_step_ms=55.0)).plain
+    assert "step 30.0 + final 55.0 = 85.0/80 ms" in line and "FALLING BEHIND real time" in line

@@ -35,9 +35,12 @@ from rich.console import Console
 
 from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
 from voxcli.render import LiveTranscript
+from voxcli.twopass import TwoPassText, two_pass_figures, word_latencies
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
+# With a final stream (two-pass); the paced figures above are then the provisional stream's.
+TWO_PASS_METRICS = ("provisional_word_latency_ms", "final_word_latency_ms", "revision_rate", "final_step_ms")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class BenchOptions:
     speed: float = 1.0
     batch_words: int = 6
     live: object = None  # live.LiveOptions for paced runs (the endpointer); None: its defaults
+    final_delay_ms: int | None = None  # paced runs: two-pass, a final stream at this delay
 
     def validate(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.batch_words < 1:
@@ -72,6 +76,7 @@ class BenchReport:
 
     def summary(self) -> dict:
         metrics = FILE_METRICS + (PACED_METRICS if self.options.get("paced") else ())
+        metrics += TWO_PASS_METRICS if self.options.get("final_delay_ms") else ()
         clips = sorted({r["clip"] for r in self.runs})
         return {
             "all": {m: summarize(self.samples(m)) for m in metrics},
@@ -162,19 +167,35 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     emission: list[float] = []
     after_ready: list[float] = []
     source = FileSource(clip.path, speed=opts.speed, queue_s=max(10.0, len(clip.audio) / 16000 + 1))
+    final_engine = engine.with_delay(opts.final_delay_ms) if opts.final_delay_ms else None
+    two = TwoPassText() if final_engine is not None else None
+    tokens: list[tuple[str, str, float | None, float | None]] = []
+    replacements = []
     with LiveTranscript(console, title=clip.name) as view:
-        def on_token(event: TokenEvent) -> None:
-            view.add(event)
-            drawn.append((event, time.perf_counter()))
+        def on_token(event: TokenEvent, stream: str = "") -> None:
+            if two is not None:  # drawn as listen draws it: final text, the provisional tail
+                if (replacement := two.add(event, stream)) is not None:
+                    replacements.append(replacement)
+                if stream == "final":
+                    view.add(event)
+                view.set_tail(two.tail)
+            else:
+                view.add(event)
+            if stream != "final":  # the figures below are the first (provisional) stream's
+                drawn.append((event, time.perf_counter()))
 
         def on_latency(token, emission_ms: float | None, after_ms: float | None) -> None:
+            if token.stream:
+                tokens.append((token.stream, token.event.text, emission_ms, token.event.step_ms))
+            if token.stream == "final":
+                return
             if emission_ms is not None:
                 emission.append(emission_ms)
             if after_ms is not None:
                 after_ready.append(after_ms)
 
         result = run_live(engine, source, on_token=on_token, stop=threading.Event(), options=opts.live,
-                          on_latency=on_latency)
+                          on_latency=on_latency, final_engine=final_engine)
     from voxcli.audio import detect_speech
 
     # Speech onsets and ends by level, on the clean clips: a reference independent of the
@@ -190,6 +211,17 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
         "emission_latency_ms": emission, "emitted_after_ready_ms": after_ready,
         "first_word_ms": first_word, "finalize_ms": finalize, "live_step_ms": list(result.step_ms),
         "dropped_blocks": result.dropped_blocks, "flushes": result.flushes,
+        **(_two_pass_record(tokens, replacements) if two is not None else {}),
+    }
+
+
+def _two_pass_record(tokens, replacements) -> dict:
+    figures = two_pass_figures(tokens, replacements)
+    return {
+        "provisional_word_latency_ms": word_latencies(tokens, "provisional"),
+        "final_word_latency_ms": word_latencies(tokens, "final"),
+        "revision_rate": figures["revision_rate"],
+        "final_step_ms": [t[3] for t in tokens if t[0] == "final" and t[3] is not None],
     }
 
 
@@ -202,6 +234,7 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
     report = BenchReport(environment=env, options={
         "runs": opts.runs, "warmup": opts.warmup, "paced": opts.paced, "speed": opts.speed,
         "batch_words": opts.batch_words, "endpointer": _endpointer(opts.live) if opts.paced else None,
+        "final_delay_ms": opts.final_delay_ms,
         "clips": {c.name: round(len(c.audio) / 16000, 4) for c in clips}})
     for clip in clips:
         for i in range(opts.warmup + opts.runs):

@@ -26,7 +26,7 @@ def default_clips() -> list[Path]:
 
 def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int, paced: bool,
                       batch_words: int, json_path: Path | None, load_engine, concurrency: int = 0,
-                      plot_path: Path | None = None) -> int:
+                      plot_path: Path | None = None, final_delay_ms: int | None = None) -> int:
     from voxcli.audio import load_audio
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -53,7 +53,14 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     from voxcli.live import LiveOptions
 
     live = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad, silence_db=cfg.listen.silence_db)
-    opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words, live=live)
+    if final_delay_ms is not None:
+        if not paced or engine.kind != "realtime" or engine.remote:
+            raise VoxcliError("--final-delay-ms measures two-pass live transcription: it needs --paced and a local "
+                              "Realtime model")
+        if final_delay_ms <= engine.delay_ms:
+            raise VoxcliError(f"--final-delay-ms {final_delay_ms} must be longer than --delay-ms ({engine.delay_ms})")
+    opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words, live=live,
+                        final_delay_ms=final_delay_ms)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("bench", total=None)
         report = run_bench(engine, clips, opts, progress=lambda text: bar.update(task, description=text))

@@ -233,6 +233,15 @@ def listen_cmd(
         "--save", show_default=False,
         help="Directory for this session's files, written as you speak: the WAV the engine heard, "
              "per-token JSONL events, and the transcript. Created if needed; checked before the model loads.")] = None,
+    final_delay_ms: Annotated[int | None, typer.Option(
+        "--final-delay-ms", show_default=False,
+        help="Two-pass: a second Realtime stream at this longer delay is fed the same audio; its final "
+             "text replaces the provisional words (drawn dim until then) at word boundaries, aligned by "
+             "audio position. E.g. --delay-ms 240 --final-delay-ms 960.")] = None,
+    final_model: Annotated[str | None, typer.Option(
+        "--final-model", show_default=False,
+        help="Two-pass: an offline model (hub id or directory: Voxtral Mini 3B / Small 24B) loaded beside "
+             "the Realtime one re-transcribes each utterance when it ends; its text replaces the provisional words.")] = None,
     report: Annotated[Path | None, typer.Option(
         "--report", show_default=False, help="With --save: draw the session into this picture when it ends "
         "(.png or .svg; as `voxcli report` does).")] = None,
@@ -269,7 +278,8 @@ def listen_cmd(
     debug = _debug_on(debug)
     cfg = _resolve_config(ctx, config, debug, {
         **MODEL_KEYS, "model.device": "model_device", "output.plain": "plain", "listen.device": "device",
-        "listen.save_dir": "save", "listen.vad": "vad", "listen.flush_after_ms": "flush_after_ms"})
+        "listen.save_dir": "save", "listen.vad": "vad", "listen.flush_after_ms": "flush_after_ms",
+        "transcription.final_delay_ms": "final_delay_ms", "transcription.final_model": "final_model"})
     from voxcli.listen import LISTEN_FORMATS, ListenJob, run_listen
 
     if output_format not in LISTEN_FORMATS:
@@ -293,6 +303,10 @@ def bench_cmd(
                         "first word, finalize.")] = False,
     batch_words: Annotated[int, typer.Option(
         "--batch-words", min=1, help="Word batch size for first_chunk_ms (6 reproduces the old word-batching display).")] = 6,
+    final_delay_ms: Annotated[int | None, typer.Option(
+        "--final-delay-ms", show_default=False,
+        help="With --paced: two-pass, as `listen --final-delay-ms`: provisional and final word latency, "
+             "the revision rate and both step times.")] = None,
     plot: Annotated[Path | None, typer.Option(
         "--plot", show_default=False, help="Also draw the figures into this picture (.png or .svg; "
         "as `voxcli report` does).")] = None,
@@ -323,7 +337,8 @@ def bench_cmd(
     _exit_with(ctx, lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
                                          batch_words=batch_words, json_path=json_path,
                                          load_engine=partial(_load_engine, debug=debug),
-                                         concurrency=concurrency, plot_path=plot), debug)
+                                         concurrency=concurrency, plot_path=plot,
+                                         final_delay_ms=final_delay_ms), debug)
 
 
 @app.command("report")

@@ -64,6 +64,14 @@ class TranscriptionConfig:
     delay_ms: int | None = field(default=None, metadata={
         "help": f"Realtime model: transcription delay in ms, {DELAYS_TEXT}; null = the checkpoint's (480)",
         "delay": True})
+    final_delay_ms: int | None = field(default=None, metadata={
+        "help": "listen, Realtime model: two-pass transcription, a second stream at this longer delay "
+                "(allowed as delay_ms) whose final text replaces the provisional words; null = one stream",
+        "delay": True})
+    final_model: str | None = field(default=None, metadata={
+        "help": "listen, Realtime model: two-pass with an offline model (hub id or directory: Mini 3B, Small "
+                "24B) that re-transcribes each utterance when it ends; its text replaces the provisional words; "
+                "null = none"})
     language: str = field(default="auto", metadata={
         "help": "offline models: ISO 639-1 language hint (en, fr, ...) or auto to detect"})
 

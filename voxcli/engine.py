@@ -209,6 +209,12 @@ class RealtimeEngine(Engine):
         self.next_window_start = prefill_frames * proc.hop_length - proc.win_length // 2
         info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens)
 
+    def with_delay(self, delay_ms: int) -> "RealtimeEngine":
+        """The same loaded weights at another delay (the delay is a prompt, not a model): the
+        second stream of two-pass transcription costs no memory beyond its caches."""
+        info = dataclasses.replace(self.info, extra=dict(self.info.extra))
+        return RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms)
+
     def session(self, *, max_new_tokens: int | None = None) -> "RealtimeSession":
         """A push-based streaming session: push audio as it arrives, pull tokens as they exist."""
         return RealtimeSession(self, max_new_tokens=max_new_tokens)

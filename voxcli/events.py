@@ -198,6 +198,7 @@ class LiveStatus:
     level_db: float = -120.0
     latency_ms: tuple[float, float] | None = None
     step_ms: float | None = None
+    final_step_ms: float | None = None  # two-pass: the final stream's step (the same thread runs both)
     budget_ms: float = STEP_BUDGET_MS
     backlog_blocks: int = 0
     dropped_blocks: int = 0
@@ -209,4 +210,4 @@ class LiveStatus:
     @property
     def behind(self) -> bool:
         """Steps slower than the audio, or captured blocks piling up (half a second of them)."""
-        return (self.step_ms or 0.0) > self.budget_ms or self.backlog_blocks > 25
+        return (self.step_ms or 0.0) + (self.final_step_ms or 0.0) > self.budget_ms or self.backlog_blocks > 25

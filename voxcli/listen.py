@@ -7,6 +7,7 @@ the session files are valid after every write, so they stay readable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -18,9 +19,10 @@ from pathlib import Path
 from rich.console import Console
 
 from voxcli.config import Config
-from voxcli.errors import ServerError
+from voxcli.errors import ConfigError, ServerError, setting
 from voxcli.events import LiveStatus, summarize
 from voxcli.render import LiveTranscript, NullView, PlainTranscript
+from voxcli.twopass import TwoPassText, two_pass_figures
 
 LISTEN_FORMATS = ("text", "jsonl")
 
@@ -107,11 +109,17 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     engine = load_engine(cfg, err)
     if engine.kind != "realtime":
         err.print("[dim]offline model: each utterance is transcribed when it ends[/dim]")
+    final_engine = _final_engine(engine, cfg, load_engine, err)
+    two_pass = TwoPassText() if final_engine is not None else None
+    tokens_seen: list[tuple[str, str, float | None, float | None]] = []  # two-pass: stream, text, latency, step
+    replacements: list = []
     recorder = None
     if cfg.listen.save_dir:
         recorder = SessionRecorder(cfg.listen.save_dir, meta={
             "model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
             "delay_ms": getattr(engine, "delay_ms", None),
+            **({"final_model": final_engine.info.model, "final_delay_ms": getattr(final_engine, "delay_ms", None)}
+               if final_engine is not None else {}),
             "input": str(job.input_path) if job.input_path else (cfg.listen.device or "default"),
         })
     jsonl = job.format == "jsonl"
@@ -150,20 +158,44 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             recorder.write_audio(item.samples)
             saving_failed()
 
+    def on_token(event, stream: str = "") -> None:
+        if two_pass is None:
+            view.add(event)
+            return
+        replacement = two_pass.add(event, stream)
+        if stream == "final":
+            view.add(event)  # final text is drawn as one stream is
+        view.set_tail(two_pass.tail)
+        if replacement is not None:
+            replacements.append(replacement)
+            on_row(replacement)
+
     def on_latency(token, emission_ms: float | None, after_ready_ms: float | None) -> None:
         extra = {"emission_latency_ms": _round(emission_ms), "emitted_after_ready_ms": _round(after_ready_ms),
                  "audio_available_s": round(token.audio_available_s, 5), "flushed": token.flushed,
                  "utterance": token.utterance}
+        if token.stream:
+            extra["stream"] = token.stream
+            tokens_seen.append((token.stream, token.event.text, emission_ms, token.event.step_ms))
         emit({"type": "token", **token.event.to_dict(), **extra})
         if recorder:
-            recorder.write_event(token.event, **extra)
+            recorder.write_event(token.event, transcript=token.stream != "provisional", **extra)
             saving_failed()
 
-    def on_row(row) -> None:  # an endpoint or a reconnect
+    def on_row(row) -> None:  # an endpoint, a reconnect, a replacement
         emit(row.to_dict())
         if recorder:
             recorder.write_row(row.to_dict())
             saving_failed()
+
+    def on_endpoint(endpoint) -> None:
+        on_row(endpoint)
+        if two_pass is not None:  # speech ended: the last provisional word is whole
+            replacement = two_pass.seal()
+            view.set_tail(two_pass.tail)
+            if replacement is not None:
+                replacements.append(replacement)
+                on_row(replacement)
 
     def on_notice(text: str) -> None:
         if plain:  # no status line to show it in
@@ -174,12 +206,13 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         show()
 
     options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad,
-                          silence_db=cfg.listen.silence_db, reconnect_s=cfg.model.reconnect_s)
+                          silence_db=cfg.listen.silence_db, reconnect_s=cfg.model.reconnect_s,
+                          language=None if cfg.transcription.language == "auto" else cfg.transcription.language)
     result = None
     try:
         with _Signals(stop, notify), view:
-            result = run_live(engine, source, on_token=view.add, stop=stop, options=options,
-                              on_audio=on_audio, on_latency=on_latency, on_endpoint=on_row,
+            result = run_live(engine, source, on_token=on_token, stop=stop, options=options, final_engine=final_engine,
+                              on_audio=on_audio, on_latency=on_latency, on_endpoint=on_endpoint,
                               on_reconnect=on_row, on_notice=on_notice, on_status=on_status)
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
@@ -188,7 +221,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         saved = f"; what was captured and received is saved in {recorder.wav_path.parent}" if recorder else ""
         raise exc.extended(saved) from None
     finally:
-        summary = _summary(result) if result is not None else None
+        summary = _summary(result, tokens_seen, replacements) if result is not None else None
         if summary is not None:
             emit({"type": "summary", **summary})
         if recorder:
@@ -197,7 +230,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             recorder.close()
     if result.error:
         err.print(f"voxcli: warning: {result.error}; what was captured is kept", markup=False)
-    s = _summary(result)
+    s = summary
     lat = s["emission_latency_ms"]
     err.print(
         f"{s['audio_s']:.2f} s heard, {s['n_tokens']} tokens, emission_latency_ms "
@@ -216,11 +249,46 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     return 0
 
 
-def _summary(result) -> dict:
+def _final_engine(engine, cfg: Config, load_engine: Callable, err):
+    """Two-pass: the same weights at the longer delay, or an offline model loaded beside; None for
+    one stream."""
+    final_delay_ms, final_model = cfg.transcription.final_delay_ms, cfg.transcription.final_model
+    if final_delay_ms is None and final_model is None:
+        return None
+    if final_delay_ms is not None and final_model is not None:
+        raise ConfigError(f"two-pass takes {setting('transcription.final_delay_ms')} or "
+                          f"{setting('transcription.final_model')}, not both")
+    if engine.remote:
+        raise ConfigError("two-pass needs a local Realtime model: a vLLM server's delay is fixed per server, "
+                          "and a second server as the final stream is not supported yet")
+    if final_model is not None:
+        if engine.kind != "realtime":
+            raise ConfigError(f"{setting('transcription.final_model')} is a final pass for a Realtime model's "
+                              f"live text; {engine.info.model} is already an offline model")
+        model = dataclasses.replace(cfg.model, name=final_model, server=None)
+        final = load_engine(dataclasses.replace(cfg, model=model), err)
+        if final.kind != "offline":
+            raise ConfigError(f"{setting('transcription.final_model')} {final_model} must be an offline model "
+                              f"(Voxtral Mini 3B or Small 24B); for a second Realtime stream use "
+                              f"{setting('transcription.final_delay_ms')}")
+        return final
+    if engine.kind != "realtime":
+        raise ConfigError(f"{setting('transcription.final_delay_ms')} needs a Realtime model; {engine.info.model} "
+                          f"is an offline one")
+    if final_delay_ms <= engine.delay_ms:
+        raise ConfigError(f"{setting('transcription.final_delay_ms')} {final_delay_ms} must be longer than the "
+                          f"provisional stream's delay ({engine.delay_ms} ms, {setting('transcription.delay_ms')})")
+    return engine.with_delay(final_delay_ms)
+
+
+def _summary(result, tokens=(), replacements=()) -> dict:
+    two_pass = bool(tokens)
+    final = [text for kind, text, _, _ in tokens if kind == "final"]
     return {
         "audio_s": round(result.audio_s, 3),
         "n_tokens": len(result.events),
-        "text": "".join(e.text for e in result.events).strip(),
+        "text": ("".join(final) if two_pass else "".join(e.text for e in result.events)).strip(),
+        **({"two_pass": two_pass_figures(tokens, replacements)} if two_pass else {}),
         "emission_latency_ms": summarize(result.emission_latency_ms),
         "emitted_after_ready_ms": summarize(result.emit_after_ready_ms),
         "step_ms": summarize(result.step_ms),

@@ -48,6 +48,7 @@ class LiveToken:
     audio_available_s: float  # audio handed to the engine when the token came out
     flushed: bool = False  # made from the right padding pushed at end of speech
     utterance: int = 0  # which stretch of speech (0-based; a new one after each endpoint)
+    stream: str = ""  # two-pass: "provisional" or "final"; one stream: ""
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class LiveOptions:
     preroll_s: float = 0.2  # offline models: audio kept before a speech start, so onsets are whole
     tail_s: float = 0.1  # offline models: audio kept after a speech end
     reconnect_s: float = 120.0  # a server: how long to keep reconnecting after losing it (0: fail at once)
+    language: str | None = None  # offline models (and an offline final pass): the language hint
     replay_overlap_ms: int = 480  # a server: the model's delay, replayed after a reconnect (vLLM: the checkpoint's)
 
 
@@ -193,8 +195,12 @@ class LiveWorker:
     the capture never waits for it: the source counts what it has to drop.
     """
 
-    def __init__(self, engine: Engine, source, stop: threading.Event, options: LiveOptions | None = None) -> None:
+    def __init__(self, engine: Engine, source, stop: threading.Event, options: LiveOptions | None = None,
+                 final_engine: Engine | None = None) -> None:
         self.engine = engine
+        # Two-pass: a second Realtime stream at a longer delay, fed the same audio here.
+        self.final_engine = final_engine
+        self._first_stream = "provisional" if final_engine is not None else ""
         self.source = source
         self.stop_event = stop
         self.options = options or LiveOptions()
@@ -244,7 +250,7 @@ class LiveWorker:
         self.utterance += 1
 
     def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False,
-              utterance: int | None = None) -> None:
+              utterance: int | None = None, stream: str | None = None) -> None:
         shift = offset / 16000
         start = None if event.audio_start_s is None else event.audio_start_s + shift
         end = None if event.audio_end_s is None else event.audio_end_s + shift
@@ -256,12 +262,16 @@ class LiveWorker:
         if self.engine.remote:
             t_ready = None
         self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed,
-                            self.utterance if utterance is None else utterance))
+                            self.utterance if utterance is None else utterance,
+                            self._first_stream if stream is None else stream))
 
     def _run_realtime(self) -> None:
         remote = self.engine.remote
-        tape = _Tape()  # a server's stream: the audio it may not have heard yet, for a replay
+        tape = _Tape()  # a server's: audio it may not have heard yet (a replay); an offline final pass's: the utterance
         session, offset = self.engine.session(), 0
+        second = self.final_engine
+        final = second.session() if second is not None and second.kind == "realtime" else None
+        final_pass = second if second is not None and second.kind == "offline" else None  # per utterance
         outage: _Outage | None = None
         self._block_iter = blocks = self._blocks()
         for t_cap, x in blocks:
@@ -269,7 +279,7 @@ class LiveWorker:
             vad_events = []
             if x is not None:
                 vad_events = self._hear(t_cap, x)
-                if remote:
+                if remote or final_pass is not None:
                     tape.append(x)
             if outage is not None:  # capture goes on; the server gets it all once it is back
                 session, offset = self._retry(outage, tape)
@@ -284,10 +294,20 @@ class LiveWorker:
                     session.push(x)
                 for event in session.steps():
                     self._emit(event, offset, t_cap if x is not None else event.t_emitted)
+                if final is not None and x is not None:  # the same audio, in this thread, at the longer delay
+                    final.push(x)
+                    for event in final.steps():
+                        self._emit(event, offset, t_cap, stream="final")
                 for vad in vad_events:
                     if vad.kind == "end":
                         self._end_stream(session, offset)
+                        if final is not None:
+                            self._finish(final, offset, stream="final")
+                            final = self.final_engine.session()
                         self._endpoint(vad)
+                        if final_pass is not None:
+                            self._final_pass(final_pass, tape.slice(offset, self.heard), offset, self.utterance - 1)
+                            tape.keep_from(self.heard)
                         session, offset = None, self.heard
                         session = self.engine.session()
             except ServerError as exc:
@@ -303,14 +323,19 @@ class LiveWorker:
                     outage = None
             try:
                 self._finish(session, offset)
+                if final is not None:
+                    self._finish(final, offset, stream="final")
                 break
             except ServerError as exc:
                 outage = self._lost(exc, session, offset)
         while self._draining:
             self._drain()
             time.sleep(POLL_S if self._draining else 0)
+        last = self.utterance
         for vad in self.endpointer.flush() if self.endpointer is not None else []:
             self._endpoint(vad)  # the input ended inside speech: that is its end
+        if final_pass is not None and self.heard > offset:
+            self._final_pass(final_pass, tape.slice(offset, self.heard), offset, last)
 
     @property
     def _overlap(self) -> int:
@@ -400,14 +425,20 @@ class LiveWorker:
                           f"within {self.options.reconnect_s:.0f} s (last try: {first_line(exc)})",
                           **exc.data) from None
 
-    def _finish(self, session, offset: int) -> None:
+    def _final_pass(self, engine: Engine, audio: np.ndarray, offset: int, utterance: int) -> None:
+        """Two-pass with an offline model: the utterance that just ended, transcribed whole."""
+        t_ready = time.perf_counter()
+        for event in engine.transcribe(audio, language=self.options.language, segments=[(0, len(audio))]):
+            self._emit(event, offset, t_ready, stream="final", utterance=utterance)
+
+    def _finish(self, session, offset: int, stream: str | None = None) -> None:
         # Padding chunks exist the moment the flush starts; each is ready once the step before it
         # is done, so that is what a flushed token's latency counts from.
         t_ready = time.perf_counter()
         end_s = session.pushed_samples / 16000
         for event in session.finish():
             event = clamp_span(event, end_s)
-            self._emit(event, offset, t_ready, flushed=True)
+            self._emit(event, offset, t_ready, flushed=True, stream=stream)
             t_ready = event.t_emitted
         self.flushes += 1
 

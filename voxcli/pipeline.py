@@ -184,28 +184,32 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
              on_endpoint: Callable[[Endpoint], None] | None = None,
              on_notice: Callable[[str], None] | None = None,
              on_reconnect: Callable[[Reconnect], None] | None = None,
-             on_status: Callable[[LiveStatus], None] | None = None) -> LiveResult:
+             on_status: Callable[[LiveStatus], None] | None = None,
+             final_engine=None) -> LiveResult:
     """Capture (``source``, checked, not started) -> engine thread -> this thread.
 
-    ``on_token`` draws a token; right after it returns, the emission latency (now - when the
+    ``on_token(event, stream)`` draws a token; right after it returns, the emission latency (now - when the
     token's audio was captured) is recorded and passed to ``on_latency``, so the figure includes
-    our own drawing. ``on_status`` gets a fresh ``LiveStatus`` about every 100 ms. Setting ``stop``
+    our own drawing. ``final_engine``: two-pass, a second Realtime stream at a longer delay
+    (tokens come with ``stream`` "provisional" / "final"). ``on_status`` gets a fresh ``LiveStatus`` about every 100 ms. Setting ``stop``
     ends capture; everything captured is still transcribed and flushed before this returns.
     """
-    worker = LiveWorker(engine, source, stop, options)
+    worker = LiveWorker(engine, source, stop, options, final_engine=final_engine)
     events: list[TokenEvent] = []
     latency: list[float] = []
     after_ready: list[float] = []
     steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)
+    final_steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)  # two-pass: the final stream's
     now = {"heard": 0, "level_db": -120.0, "backlog": 0, "endpoints": 0, "notice": None, "reconnects": 0}
 
     def status() -> LiveStatus:
         recent = summarize(latency[-200:])
         step = summarize(list(islice(reversed(steps), 50)))
+        final_step = summarize(list(islice(reversed(final_steps), 50)))
         return LiveStatus(
             heard_s=now["heard"] / 16000, level_db=now["level_db"],
             latency_ms=(recent["p50"], recent["p95"]) if recent["n"] else None,
-            step_ms=step.get("p50"), backlog_blocks=now["backlog"],
+            step_ms=step.get("p50"), final_step_ms=final_step.get("p50"), backlog_blocks=now["backlog"],
             dropped_blocks=source.dropped_blocks, input_overflows=source.input_overflows,
             endpoints=now["endpoints"], notice=now["notice"])
 
@@ -215,11 +219,11 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
         try:
             for item in runner.items():
                 if isinstance(item, LiveToken):
-                    on_token(item.event)
+                    on_token(item.event, item.stream)
                     t_drawn = time.perf_counter()
                     events.append(item.event)
                     if item.event.step_ms is not None:
-                        steps.append(item.event.step_ms)
+                        (final_steps if item.stream == "final" else steps).append(item.event.step_ms)
                     emission_ms = after_ms = None
                     if item.t_audio is not None:
                         emission_ms = (t_drawn - item.t_audio) * 1000.0

@@ -131,9 +131,11 @@ class SessionRecorder:
         self._wav.overwrite(4, struct.pack("<I", 36 + self.n_samples * 4))
         self._wav.overwrite(40, struct.pack("<I", self.n_samples * 4))
 
-    def write_event(self, event: TokenEvent, **extra) -> None:
+    def write_event(self, event: TokenEvent, *, transcript: bool = True, **extra) -> None:
+        """A token row; its text also goes to the transcript unless ``transcript`` is False (the
+        provisional stream of two-pass transcription: the transcript holds the final text)."""
         self._write_line({"type": "token", **event.to_dict(), **extra})
-        if event.text:
+        if event.text and transcript:
             self._guard(self._text, self._text.append, event.text.encode("utf-8"))
 
     def write_summary(self, summary: dict) -> None:

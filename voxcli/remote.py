@@ -115,9 +115,10 @@ class _Server:
     def websocket(self, path: str) -> ClientConnection:
         """An open WebSocket whose writes are bounded too (see module docstring)."""
         try:
-            ws = connect(self.ws_url + path, ssl=self.ssl, additional_headers=self.headers,
-                         open_timeout=self.timeout_s, close_timeout=2.0, ping_interval=self.timeout_s / 2,
-                         ping_timeout=self.timeout_s, max_size=2 ** 22, proxy=None, legacy=True)
+            ws = _bounded(lambda: connect(
+                self.ws_url + path, ssl=self.ssl, additional_headers=self.headers, open_timeout=self.timeout_s,
+                close_timeout=2.0, ping_interval=self.timeout_s / 2, ping_timeout=self.timeout_s,
+                max_size=2 ** 22, proxy=None, legacy=True), self.timeout_s + 2.0)
         except InvalidStatus as exc:
             raise self.refused(exc.response.status_code, f"{self.ws_url}{path} refused the WebSocket",
                                websocket=True) from None
@@ -127,6 +128,29 @@ class _Server:
         # bounds only our sendall(): a server that stops reading fails the write, not the caller.
         ws.socket.settimeout(self.timeout_s)
         return ws
+
+
+def _bounded(call, seconds: float):
+    """``call()`` in a thread of its own, given up on after ``seconds``: websockets' own opening
+    timeout can be outlived when a TLS read that started before it never returns (its clean-up
+    waits for that read), and no call of ours may hang."""
+    done: list = []
+
+    def run() -> None:
+        try:
+            done.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            done.append((False, exc))
+
+    thread = threading.Thread(target=run, name="voxcli-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not done:
+        raise TimeoutError(f"no answer within {seconds:.0f} s")
+    ok, value = done[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _certificate_error(exc: BaseException) -> str | None:
@@ -172,10 +196,15 @@ class RemoteEngine:
 
 
 class RemoteRealtimeEngine(RemoteEngine):
-    """Voxtral Realtime served by vLLM; one WebSocket connection per session."""
+    """Voxtral Realtime served by vLLM; one WebSocket connection per session. The connection that
+    told the kind apart (``server_kind: auto``) is kept for the first session, rather than closed
+    and opened again at once."""
+
+    spare: ClientConnection | None = None
 
     def session(self, *, max_new_tokens: int | None = None) -> "RemoteRealtimeSession":
-        return RemoteRealtimeSession(self)
+        ws, self.spare = self.spare, None
+        return RemoteRealtimeSession(self, ws)
 
     def stream(self, blocks, *, max_new_tokens: int | None = None) -> Iterator[TokenEvent]:
         session = self.session()
@@ -206,7 +235,7 @@ class RemoteRealtimeSession:
 
     finish_waits = True
 
-    def __init__(self, engine: RemoteRealtimeEngine) -> None:
+    def __init__(self, engine: RemoteRealtimeEngine, ws: ClientConnection | None = None) -> None:
         self.engine = engine
         self.pushed_samples = 0
         self.answered_samples = 0
@@ -219,7 +248,7 @@ class RemoteRealtimeSession:
         self._timeout_s = engine.server.timeout_s
         self._deadline = 0.0
         server = engine.server
-        self._ws = server.websocket("/v1/realtime")
+        self._ws = ws if ws is not None else server.websocket("/v1/realtime")
         try:
             first = json.loads(self._ws.recv(self._timeout_s))
             if first.get("type") != "session.created":
@@ -421,19 +450,23 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", ma
             raise ServerError(f"the vLLM server at {server.url} serves several models ({', '.join(served)}); "
                               f"pick one as {setting('model.name')}", url=server.url)
         model = served[0]  # the default name was not the user's choice: take what is served
+    spare = None
     if kind == "auto":
-        kind = _probe_kind(server)
+        kind, spare = _probe_kind(server)
     cls = RemoteRealtimeEngine if kind == "realtime" else RemoteOfflineEngine
-    return cls(server, model, kind, time.perf_counter() - t0, max_new_tokens)
+    engine = cls(server, model, kind, time.perf_counter() - t0, max_new_tokens)
+    if spare is not None:
+        engine.spare = spare
+    return engine
 
 
-def _probe_kind(server: _Server) -> str:
-    """A server for an offline model has no /v1/realtime: its handshake is refused (403/404)."""
+def _probe_kind(server: _Server) -> tuple[str, ClientConnection | None]:
+    """A server for an offline model has no /v1/realtime: its handshake is refused (403/404).
+    A realtime server's connection is returned open, for the first session."""
     try:
         ws = server.websocket("/v1/realtime")
     except ServerError as exc:
         if exc.data.get("status") in (403, 404):
-            return "offline"
+            return "offline", None
         raise
-    ws.close()
-    return "realtime"
+    return "realtime", ws

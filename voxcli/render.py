@@ -385,6 +385,7 @@ class LiveState:
 
     title: str | None = None
     pieces: list[str] = field(default_factory=list)
+    tail: str = ""  # two-pass: provisional words beyond the final text, drawn dim
     status: LiveStatus | FileStatus | None = None
     done: bool = False
 
@@ -420,7 +421,8 @@ def status_text(status: LiveStatus | FileStatus) -> Text:
         ("level", f"{s.level_db:.0f} dB"),
         ("audio", f"{s.heard_s:.1f} s"),
         ("latency", f"p50 {s.latency_ms[0]:.0f} / p95 {s.latency_ms[1]:.0f} ms" if s.latency_ms else "-"),
-        ("step", f"{s.step_ms:.1f}/{s.budget_ms:.0f} ms" if s.step_ms is not None else "-"),
+        ("step", "-" if s.step_ms is None else f"{s.step_ms:.1f}/{s.budget_ms:.0f} ms" if s.final_step_ms is None
+         else f"{s.step_ms:.1f} + final {s.final_step_ms:.1f} = {s.step_ms + s.final_step_ms:.1f}/{s.budget_ms:.0f} ms"),
         ("endpoints", str(s.endpoints) if s.endpoints else None),
         ("dropped", str(s.dropped_blocks)),  # always shown: 0 is worth knowing
         ("overflows", str(s.input_overflows) if s.input_overflows else None),  # once the host lost input
@@ -451,6 +453,8 @@ class _TranscriptView:
                 n += len(pieces[start])
         for text in pieces[start:]:
             body.append(text)
+        if self.state.tail:
+            body.append(self.state.tail if pieces else self.state.tail.lstrip(), style="dim")
         return body
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -468,7 +472,7 @@ class _TranscriptView:
             # One spare row so the cursor parked after the view never scrolls the terminal.
             rows = max(1, options.size.height - len(head) - len(foot) - 1)
             body = render(self._body(width * (rows + 2)))[-rows:]
-        if not state.pieces:
+        if not state.pieces and not state.tail:
             body = []
         lines = [*head, *body, *foot]
         new_line = Segment.line()
@@ -525,6 +529,13 @@ class LiveTranscript:
         self.state.done = True
         self._live.stop()  # its final draw shows the whole transcript, not just the tail
 
+    def set_tail(self, text: str) -> None:
+        """Two-pass: the provisional words after the final text (dim)."""
+        if text != self.state.tail:
+            self.state.tail = text
+            if self._live.is_started:
+                self._live.refresh()
+
     def add(self, event: TokenEvent) -> None:
         if not self._live.is_started:
             raise RuntimeError("LiveTranscript.add() called outside its 'with' block")
@@ -564,6 +575,9 @@ class PlainTranscript:
             self.stream.flush()
         self.display_lag_ms.append((time.perf_counter() - event.t_emitted) * 1000.0)
 
+    def set_tail(self, text: str) -> None:
+        """Provisional words cannot be taken back from a pipe: only final text is written."""
+
     def set_status(self, status: LiveStatus | FileStatus) -> None:
         """Status lines would corrupt piped text: the CLI prints a summary to stderr instead."""
 
@@ -581,6 +595,9 @@ class NullView:
         return None
 
     def add(self, event: TokenEvent) -> None:
+        pass
+
+    def set_tail(self, text: str) -> None:
         pass
 
     def set_status(self, status: LiveStatus | FileStatus) -> None:

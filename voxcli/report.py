@@ -181,11 +181,16 @@ def draw_session(data: SessionData):
     # 2. Every token on the audio timeline at the moment it came out: the model's delay is the
     # height above the diagonal.
     if len(data.token_audio_s):
-        plain = ~data.token_flushed
+        final = np.array([stream == "final" for stream in data.token_stream], bool)
+        plain = ~data.token_flushed & ~final
         timeline.scatter(data.token_audio_s[plain], data.token_heard_s[plain], s=12, marker="o",
-                         facecolors="none", edgecolors="black", label="token")
+                         facecolors="none", edgecolors="black", label="provisional token" if final.any() else "token")
         timeline.scatter(data.token_audio_s[data.token_flushed], data.token_heard_s[data.token_flushed], s=28,
                          marker="x", color="black", label="flushed at end of speech")
+        if final.any():  # two-pass: the final stream apart
+            keep = final & ~data.token_flushed
+            timeline.scatter(data.token_audio_s[keep], data.token_heard_s[keep], s=14, marker="s",
+                             color="0.4", label="final token")
         top = float(max(data.token_heard_s.max(), data.token_audio_s.max()))
         timeline.plot([0, top], [0, top], linestyle="--", color="0.5", label="no delay")
         timeline.legend(loc="upper left", fontsize=8)

@@ -35,7 +35,7 @@ from rich.console import Console
 
 from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
 from voxcli.render import LiveTranscript
-from voxcli.twopass import TwoPassText, two_pass_figures, word_latencies
+from voxcli.twopass import TwoPassText, draw, two_pass_figures, word_latencies
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
@@ -174,11 +174,8 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     with LiveTranscript(console, title=clip.name) as view:
         def on_token(event: TokenEvent, stream: str = "") -> None:
             if two is not None:  # drawn as listen draws it: final text, the provisional tail
-                if (replacement := two.add(event, stream)) is not None:
+                if (replacement := draw(two, view, event, stream)) is not None:
                     replacements.append(replacement)
-                if stream == "final":
-                    view.add(event)
-                view.set_tail(two.tail)
             else:
                 view.add(event)
             if stream != "final":  # the figures below are the first (provisional) stream's

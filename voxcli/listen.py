@@ -22,7 +22,7 @@ from voxcli.config import Config
 from voxcli.errors import ConfigError, ServerError, setting
 from voxcli.events import LiveStatus, summarize
 from voxcli.render import LiveTranscript, NullView, PlainTranscript
-from voxcli.twopass import TwoPassText, two_pass_figures
+from voxcli.twopass import TwoPassText, draw, two_pass_figures
 
 LISTEN_FORMATS = ("text", "jsonl")
 
@@ -162,10 +162,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         if two_pass is None:
             view.add(event)
             return
-        replacement = two_pass.add(event, stream)
-        if stream == "final":
-            view.add(event)  # final text is drawn as one stream is
-        view.set_tail(two_pass.tail)
+        replacement = draw(two_pass, view, event, stream)
         if replacement is not None:
             replacements.append(replacement)
             on_row(replacement)

@@ -90,6 +90,16 @@ class TwoPassText:
         return Replacement(replaced, final, self.covered_s, len(old), len(old) - kept)
 
 
+def draw(two: TwoPassText, view, event: TokenEvent, stream: str) -> Replacement | None:
+    """One token of a two-pass session on a view: final text drawn as one stream is, the
+    provisional words beyond it as the view's (dim) tail. The replacement it made, if any."""
+    replacement = two.add(event, stream)
+    if stream == "final":
+        view.add(event)
+    view.set_tail(two.tail)
+    return replacement
+
+
 def _word_groups(events: list[TokenEvent]) -> list[list[int]]:
     """Indices of ``events`` word by word (a word starts at whitespace; empty pieces join it)."""
     groups: list[list[int]] = []

@@ -14,8 +14,12 @@ noise) and varying gain, so the encoder sees speech, pauses and room noise, not 
     python bench/soak.py                              # tiny random model (hidden 64, 2 layers), 60 min
     python bench/soak.py --minutes 5 --json /tmp/soak.json --csv /tmp/soak.csv
     python bench/soak.py --model DIR                  # any local Realtime checkpoint
+    python bench/soak.py --offset-hours 8 --minutes 1 # hour 8 vs a fresh session (tokens, logits)
 
-Diagnostics, off by default:
+The session runs voxcli's default step (``--step static``: fixed ring buffers, positions
+re-anchored); ``--step hf`` runs transformers' forward, which the diagnostics below patch.
+
+Diagnostics, off by default (with ``--step hf``):
 
     --demo-fix step-ms-bounded   replace session.step_ms (a list, one float per 80 ms forever)
                                  with a bounded deque, as proposed for voxcli/engine.py
@@ -93,6 +97,15 @@ def cache_state(session) -> dict:
     """Length (what is stored), position counter (what RoPE and the mask see) and bytes of every
     cache the session owns."""
     e = session.engine
+    if session._state is not None:  # the static step: ring buffers of fixed size
+        state = session._state
+        out = {}
+        for label, ring in (("text", state.dec), ("encoder", state.enc)):
+            out[label] = {"kv_len": min(ring.host_written, ring.size), "pos": ring.host_pos,
+                          "bytes": sum(t.numel() * t.element_size() for t in (*ring.k, *ring.v)),
+                          "layer_types": ["ring"], "sliding_window": [ring.window]}
+        out["padding_bytes"] = sum(t.numel() * t.element_size() for t in (state.conv1_pad, state.conv2_pad))
+        return out
     out = {}
     names = {"text": e.cache_kwargs["cache"], "encoder": e.cache_kwargs["encoder_cache"]}
     for label, key in names.items():
@@ -316,13 +329,16 @@ def run(args) -> dict:
     try:
         model_path = build_model(args, tmp)
         t0 = time.perf_counter()
-        engine = load_engine(model_path, device=args.device, dtype=args.dtype, threads=args.threads)
+        engine = load_engine(model_path, device=args.device, dtype=args.dtype, threads=args.threads,
+                             step=args.step, compile="off")
         load_s = time.perf_counter() - t0
     finally:
         if not args.model and not args.keep_model:
             shutil.rmtree(tmp, ignore_errors=True)
     if engine.kind != "realtime":
         raise SystemExit(f"soak needs a Realtime checkpoint, {model_path} is {engine.kind}")
+    if args.offset_hours:
+        return {"offset_check": offset_check(engine, audio_track(), args.offset_hours, args.minutes * 60)}
     cfg = engine.model.config
     n_push = int(round(args.minutes * 60 * SAMPLE_RATE / PUSH_SAMPLES))
     per_window = max(1, int(round(args.every_s * SAMPLE_RATE / PUSH_SAMPLES)))
@@ -502,6 +518,44 @@ def run(args) -> dict:
                               "max_abs_logit_diff": {"median": pct(d, 50), "p99": pct(d, 99), "max": float(d.max())},
                               "logit_std_median": pct(np.array(scales), 50)}
     return result
+
+
+def offset_check(engine, track: np.ndarray, hours: float, seconds: float) -> dict:
+    """A session that starts at a position offset worth ``hours`` of audio (as if it had run that
+    long, re-anchoring all the way) against a fresh one, on the same ``seconds`` of audio: token
+    ids and logits. For contrast, the same offset with re-anchoring off (RoPE positions as they
+    come, beyond the 131072 the text model was built for)."""
+    offset = int(hours * 3600 * 1000 / 80)
+    n = int(round(seconds * SAMPLE_RATE / PUSH_SAMPLES))
+
+    def run_one(**kw):
+        session = engine.session(keep_logits=True, **kw)
+        ids = []
+        for block in pushes(track, n):
+            session.push(block)
+            ids += [ev.token_id for ev in session.steps()]
+        ids += [ev.token_id for ev in session.finish() if ev.token_id >= 0]
+        state = session._state
+        return ids, session.logits, {"text_pos": state.dec.host_pos, "text_shifted": state.dec.shifted,
+                                     "encoder_pos": state.enc.host_pos, "encoder_shifted": state.enc.shifted}
+
+    def compare(a, b) -> dict:
+        diff = max(float((x - y).abs().max()) for x, y in zip(a[1], b[1]))
+        scale = max(float(x.abs().max()) for x in a[1])
+        mismatches = sum(x != y for x, y in zip(a[0], b[0])) + abs(len(a[0]) - len(b[0]))
+        return {"tokens": len(a[0]), "token_mismatches": mismatches,
+                "max_abs_logit_diff": diff, "largest_logit": scale, "positions_at_end": b[2]}
+
+    fresh = run_one()
+    late = run_one(position_offset=offset)
+    static = engine.static
+    static.reanchor = False
+    try:
+        raw = run_one(position_offset=offset)
+    finally:
+        static.reanchor = True
+    return {"hours": hours, "offset_tokens": offset, "seconds": seconds, "fresh_positions_at_end": fresh[2],
+            "reanchored": compare(fresh, late), "not_reanchored": compare(fresh, raw)}
 
 
 def interleave_check(engine, session, track: np.ndarray, seconds: float) -> dict:
@@ -718,13 +772,35 @@ def main(argv: list[str] | None = None) -> int:
                    help="after the soak, alternate this many seconds of steps between the long session and a "
                         "fresh one to compare their cost under the same load (0: skip; default 60)")
     p.add_argument("--tracemalloc", action="store_true", help="Python allocation diff steady -> end (slow)")
+    p.add_argument("--step", choices=("static", "hf"), default="static",
+                   help="the engine's step (default static; the demo fixes patch the hf one)")
+    p.add_argument("--offset-hours", type=float, default=0.0,
+                   help="instead of the soak: start a session at a position offset worth this many hours and "
+                        "compare its tokens and logits with a fresh one over --minutes of audio (static step)")
     p.add_argument("--quiet", action="store_true", help="no per-window lines")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.every_s <= 0:
         p.error("--minutes and --every-s must be positive")
     if args.lockstep_baseline and not args.demo_fix:
         p.error("--lockstep-baseline compares a --demo-fix session with an unpatched one")
+    if args.demo_fix and args.step != "hf":
+        p.error("--demo-fix patches the transformers step: add --step hf (the static step re-anchors itself)")
+    if args.offset_hours and args.step != "static":
+        p.error("--offset-hours needs the static step")
     result = run(args)
+    if "offset_check" in result:
+        check = result["offset_check"]
+        print(json.dumps(check, indent=1))
+        late, raw = check["reanchored"], check["not_reanchored"]
+        ok = late["token_mismatches"] == 0
+        print(f"hour {check['hours']:g} vs a fresh session, {check['seconds']:g} s of audio: "
+              f"{'SAME TOKENS' if ok else 'TOKENS DIFFER'}, max logit difference "
+              f"{late['max_abs_logit_diff']:.2g} (largest logit {late['largest_logit']:.3g}); "
+              f"without re-anchoring: {raw['token_mismatches']} token(s) differ, "
+              f"max logit difference {raw['max_abs_logit_diff']:.2g}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        return 0 if ok else 1
     print(report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))

@@ -68,7 +68,7 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     env = report.environment
     if "n_params" in env:
         title = (f"{env['model']} ({env['kind']}, {env['n_params'] / 1e6:.1f}M params) on {env['device_name']}, "
-                 f"{env['dtype']}, {env['torch_threads']} threads; {runs} runs x {len(clips)} clips")
+                 f"{env['dtype']}, {env['torch_threads']} threads{_step_words(env)}; {runs} runs x {len(clips)} clips")
     else:
         title = f"{env['model']} ({env['kind']}) on {env['device']}; {runs} runs x {len(clips)} clips"
     out.print(metrics_table(title, {k: v for k, v in summary.items() if v.get("n")}))
@@ -82,6 +82,13 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
         save(draw_bench([{"source": json_path or plot_path, **report.to_dict()}]), plot_path)
         err.print(f"picture -> {plot_path}")
     return 0
+
+
+def _step_words(env: dict) -> str:
+    if not env.get("step"):
+        return ""
+    compiled = f", compiled in {env['compile_s']:.1f} s" if env.get("compile_s") is not None else ""
+    return f", {env['step']} step{compiled}"
 
 
 def _verdicts(summary: dict, batch_words: int) -> str:

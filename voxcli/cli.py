@@ -63,11 +63,19 @@ ApiKeyOpt = Annotated[str | None, typer.Option(
     "--api-key", show_default=False,
     help="With --server: the key of a server started with `vllm serve --api-key`. VOXCLI_API_KEY does "
          "the same and keeps the key out of the process list.")]
+StepOpt = Annotated[str | None, typer.Option(
+    "--step", show_default=False,
+    help="Realtime model: static (default: preallocated ring buffers, compilable) or hf (transformers' "
+         "eager forward, the reference).")]
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", show_default=False,
+    help="Static step: torch.compile it (CUDA graphs on a GPU). Default: on for CUDA, off on the CPU. "
+         "Compiling takes seconds to minutes at start-up, reported apart.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 # The configuration keys the model options above set (each command adds its own device flag).
 MODEL_KEYS = {"model.name": "model", "model.dtype": "dtype", "model.threads": "threads",
               "model.offline": "offline", "model.server": "server", "model.api_key": "api_key",
-              "transcription.delay_ms": "delay_ms"}
+              "transcription.delay_ms": "delay_ms", "model.step": "step", "model.compile": "compile"}
 
 
 def _debug_on(debug: bool) -> bool:
@@ -98,6 +106,8 @@ def _resolve_config(ctx: typer.Context, config_path: Path | None, debug: bool = 
     overrides, names = {}, {}
     for key, name in (keys or {}).items():
         value = ctx.params[name]
+        if isinstance(value, bool) and options[name].secondary_opts:  # --x/--no-x: a choice, both ways
+            value = "on" if value else "off"
         overrides[key] = str(value) if isinstance(value, Path) else (None if value is False else value)
         names[key] = max(options[name].opts, key=len)
     ctx.meta[FLAG_NAMES] = names
@@ -162,13 +172,22 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
         engine = load_engine(
             str(path), name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
             delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
-            max_new_tokens=cfg.model.max_new_tokens,
+            max_new_tokens=cfg.model.max_new_tokens, step=cfg.model.step, compile=cfg.model.compile,
         )
     info = engine.info
     status_console.print(
         f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}; "
-        f"loaded in {info.load_s:.1f} s, warm-up {info.warmup_s * 1000:.0f} ms[/dim]", highlight=False)
+        f"{_step_text(info)}loaded in {info.load_s:.1f} s, warm-up {info.warmup_s * 1000:.0f} ms[/dim]",
+        highlight=False)
     return engine
+
+
+def _step_text(info) -> str:
+    step = info.extra.get("step")
+    if not step:
+        return ""
+    compiled = info.extra.get("compile_s")
+    return f"{step} step{f' (compiled in {compiled:.1f} s)' if compiled is not None else ''}; "
 
 
 @app.callback(invoke_without_command=True)
@@ -199,7 +218,8 @@ def transcribe_file(
     plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
     model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
     delay_ms: DelayOpt = None, language: LanguageOpt = None, offline: OfflineOpt = False,
-    server: ServerOpt = None, api_key: ApiKeyOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None, compile: CompileOpt = None,
+    config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe audio files, streaming each token to the screen as the model makes it.
 
@@ -262,7 +282,8 @@ def listen_cmd(
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None,
+    compile: CompileOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe the microphone live, drawing every token the moment the model makes it.
 
@@ -319,7 +340,8 @@ def bench_cmd(
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None,
+    compile: CompileOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Measure latency as percentiles (n, p50, p90, p95, p99, mean, min, max).
 

@@ -42,6 +42,12 @@ class ModelConfig:
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0 keeps torch's default", "min": 0})
     offline: bool = field(default=False, metadata={
         "help": "never contact the Hugging Face hub; use only local files and the cache"})
+    step: str = field(default="static", metadata=_choices(
+        "static", "hf", help="Realtime model: how a step runs; static = voxcli's preallocated step (ring buffers, "
+                             "compilable), hf = transformers' eager forward (the reference, slower)"))
+    compile: str = field(default="auto", metadata=_choices(
+        "auto", "on", "off", help="static step: torch.compile it (CUDA graphs on a GPU); auto = on for CUDA, "
+                                  "off on the CPU, where compiling takes longer than a session saves"))
     max_new_tokens: int = field(default=500, metadata={
         "help": "offline models: most tokens generated per segment of up to 30 s", "min": 1})
     server: str | None = field(default=None, metadata={

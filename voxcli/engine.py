@@ -30,6 +30,7 @@ import codecs
 import dataclasses
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ DEVICE = setting("model.device")
 DEFAULT_REALTIME_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_OFFLINE_MODEL = "mistralai/Voxtral-Mini-3B-2507"
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
+STEPS = ("static", "hf")  # the Realtime step: voxcli.static's, or transformers' eager forward (the reference)
 FEATURE_BATCH_STEPS = 64  # most steps whose features are computed in one call (5.1 s of audio)
 
 
@@ -177,8 +179,21 @@ class RealtimeEngine(Engine):
 
     kind = "realtime"
 
-    def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None) -> None:
+    def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None,
+                 step: str = "static", compile: bool = False, static=None) -> None:
         super().__init__(model, processor, info)
+        if step not in STEPS:
+            raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
+        self.step = step
+        # The static path: one StaticModel per loaded model (weights shared, compiled functions and
+        # session states reused by every session and by with_delay()); features on the device.
+        self.static = None
+        self.log_mel = self.proc.log_mel
+        if step == "static":
+            from voxcli.static import DeviceLogMel, StaticModel
+
+            self.static = static or StaticModel(model, compile=compile)
+            self.log_mel = DeviceLogMel(self.proc.frontend, model.device)
         proc = self.proc
         audio_cfg = proc.audio_config
         if delay_ms is None:
@@ -207,17 +222,44 @@ class RealtimeEngine(Engine):
         # samples back instead of 240) still runs, but the model hears shifted audio.
         prefill_frames = len(self._prompt_ids) * proc.frames_per_token
         self.next_window_start = prefill_frames * proc.hop_length - proc.win_length // 2
-        info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens)
+        info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens, step=self.step_name)
+
+    @property
+    def step_name(self) -> str:
+        """Which path runs a step: ``hf eager``, ``static eager`` or ``static compiled``."""
+        return self.static.name if self.static is not None else "hf eager"
 
     def with_delay(self, delay_ms: int) -> "RealtimeEngine":
         """The same loaded weights at another delay (the delay is a prompt, not a model): the
         second stream of two-pass transcription costs no memory beyond its caches."""
         info = dataclasses.replace(self.info, extra=dict(self.info.extra))
-        return RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms)
+        other = RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms, step=self.step,
+                               static=self.static)
+        if self.static is not None and self.static.compiled:
+            other.warmup()  # this delay's prefill compiles now, not inside the first session
+        return other
 
-    def session(self, *, max_new_tokens: int | None = None) -> "RealtimeSession":
-        """A push-based streaming session: push audio as it arrives, pull tokens as they exist."""
-        return RealtimeSession(self, max_new_tokens=max_new_tokens)
+    def warmup(self, *, spans: list[int] | None = None) -> float:
+        """The base warm-up; on the compiled path also every step graph (or those for ``spans``
+        only, see :meth:`voxcli.static.StaticModel.spans`). Compile time is kept apart in
+        ``info.extra["compile_s"]``, and included in ``warmup_s``."""
+        t0 = time.perf_counter()
+        super().warmup()
+        if self.static is not None and self.static.compiled:
+            self.static.precompile(self.num_delay_tokens, spans=spans)
+            self.info.extra["compile_s"] = round(sum(self.static.compile_s.values()), 3)
+        self.info.warmup_s = time.perf_counter() - t0
+        return self.info.warmup_s
+
+    def session(self, *, max_new_tokens: int | None = None, position_offset: int = 0,
+                keep_logits: bool = False) -> "RealtimeSession":
+        """A push-based streaming session: push audio as it arrives, pull tokens as they exist.
+
+        ``position_offset`` (static step): start as if that many tokens had already gone by, to
+        check that a session hours long computes like a fresh one. ``keep_logits``: keep each
+        step's logits (a copy, on the host) in ``session.logits``, for comparisons."""
+        return RealtimeSession(self, max_new_tokens=max_new_tokens, position_offset=position_offset,
+                               keep_logits=keep_logits)
 
     def stream(self, blocks: Iterable[np.ndarray], *, max_new_tokens: int | None = None) -> Iterator[TokenEvent]:
         """Tokens for audio arriving in blocks of any size; the stream's end flushes the delay."""
@@ -250,12 +292,14 @@ class RealtimeSession:
 
     finish_waits = False  # finish() is compute only; a server's session waits for its answer
 
-    def __init__(self, engine: RealtimeEngine, *, max_new_tokens: int | None = None) -> None:
+    def __init__(self, engine: RealtimeEngine, *, max_new_tokens: int | None = None, position_offset: int = 0,
+                 keep_logits: bool = False) -> None:
         import torch
         from transformers import DynamicCache
 
         self._torch = torch
         self.engine = engine
+        self.logits: list | None = [] if keep_logits else None
         self._max_new_tokens = max_new_tokens
         self._buffer = engine._left_pad.copy()  # samples not yet consumed, starting at _buffer_start
         self._consumed = 0  # samples of real audio (no left pad) fully handed to the model
@@ -265,13 +309,23 @@ class RealtimeSession:
         from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
             VoxtralRealtimeConv1dPaddingCache)
 
-        # All three caches are updated in place by the forward pass, so one set serves the session.
-        config = engine.model.config
-        self._caches = {
-            engine.cache_kwargs["cache"]: DynamicCache(config=config.text_config),
-            engine.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
-            "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
-        }
+        self._state = None
+        self._caches: dict = {}
+        if engine.static is not None:
+            # Preallocated buffers, reset in place; back to the pool at finish() (or when the
+            # session is dropped unfinished).
+            self._state = engine.static.acquire(engine.num_delay_tokens, position_offset=position_offset)
+            self._release = weakref.finalize(self, engine.static.release, self._state)
+        elif position_offset:
+            raise ValueError("position_offset needs the static step")
+        else:
+            # All three caches are updated in place by the forward pass, so one set serves the session.
+            config = engine.model.config
+            self._caches = {
+                engine.cache_kwargs["cache"]: DynamicCache(config=config.text_config),
+                engine.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
+                "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
+            }
         self._last_token = None
         self._feats = np.zeros((1, 0, 0), dtype=np.float32)  # features computed ahead, per step
         self._feats_next = 0
@@ -322,6 +376,8 @@ class RealtimeSession:
         self._buffer = np.concatenate([self._buffer, np.zeros(pad, dtype=np.float32)])
         yield from self.steps()
         self._finished = True
+        if self._state is not None:
+            self._release()
         tail = self._detok.flush()
         if tail:
             # A dangling partial character at the very end: emit it rather than lose it, on the
@@ -338,7 +394,7 @@ class RealtimeSession:
         self.t_first_chunk_ready = time.perf_counter()
         t0 = time.perf_counter()
         window = self._buffer[:need]
-        feats = e.proc.log_mel(window, center=True)
+        feats = e.log_mel(window, center=True)
         ids = torch.tensor([e._prompt_ids], device=e.device)
         self._buffer = self._buffer[e.next_window_start:]
         self._consumed = need - len(e._left_pad)
@@ -367,7 +423,7 @@ class RealtimeSession:
         window = np.zeros(n * e.hop_samples + (e.chunk_samples - e.hop_samples), dtype=np.float32)
         used = min(len(window), len(self._buffer))  # the last hop is never read (dropped frame)
         window[:used] = self._buffer[:used]
-        self._feats = e.proc.log_mel(window, center=False)
+        self._feats = e.log_mel(window, center=False)
         self._feats_next = 0
 
     def _forward(self, input_ids, feats, t0: float, prefill: bool = False) -> TokenEvent:
@@ -375,16 +431,25 @@ class RealtimeSession:
         e = self.engine
         model = e.model
         with torch.inference_mode():
-            out = model(
-                input_ids=input_ids,
-                input_features=feats.to(model.device, model.dtype),
-                use_cache=True,
-                **self._caches,
-                num_delay_tokens=e.num_delay_tokens,
-                logits_to_keep=1,
-            )
-            next_id = out.logits[:, -1].argmax(-1)
+            if self._state is not None:
+                if prefill:
+                    next_id, logits = e.static.prefill(self._state, input_ids, feats)
+                else:
+                    next_id, logits = e.static.step(self._state, feats)
+            else:
+                out = model(
+                    input_ids=input_ids,
+                    input_features=feats.to(model.device, model.dtype),
+                    use_cache=True,
+                    **self._caches,
+                    num_delay_tokens=e.num_delay_tokens,
+                    logits_to_keep=1,
+                )
+                logits = out.logits[:, -1]
+                next_id = logits.argmax(-1)
         token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
+        if self.logits is not None:
+            self.logits.append(logits.float().cpu().clone())
         t_emitted = time.perf_counter()
         self._last_token = next_id[:, None]
         step_ms = (t_emitted - t0) * 1000.0
@@ -513,7 +578,8 @@ def detect_kind(config) -> str:
 
 def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dtype: str = "auto",
                 delay_ms: int | None = None, threads: int = 0, warmup: bool = True,
-                offline: bool = False, max_new_tokens: int = 500, name: str | None = None) -> Engine:
+                offline: bool = False, max_new_tokens: int = 500, name: str | None = None,
+                step: str = "static", compile: str = "auto") -> Engine:
     """Load a Voxtral checkpoint from a hub id or a local directory and warm it up.
 
     Safetensors only, no remote code. The first use of a hub id downloads it (with progress
@@ -559,12 +625,26 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
                       dtype=str(torch_dtype).removeprefix("torch."), n_params=n_params,
                       load_s=time.perf_counter() - t0)
     if kind == "realtime":
-        engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms)
+        engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step,
+                                        compile=step == "static" and wants_compile(compile, str(device)))
     else:
         engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens)
     if warmup:
         engine.warmup()
     return engine
+
+
+def wants_compile(mode: str, device: str) -> bool:
+    """``model.compile``: ``on``, ``off``, or ``auto``: compiled on CUDA (CUDA graphs: one launch
+    a step instead of thousands), eager on the CPU, where compiling takes longer than a typical
+    session saves (bench/RESULTS.md, "The static step")."""
+    from voxcli.static import COMPILE_MODES
+
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return device.startswith("cuda")
+    return mode == "on"
 
 
 def _load_config(path: Path, model: str):

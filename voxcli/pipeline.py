@@ -115,8 +115,11 @@ class Runner:
 
 
 def consume(produce: Callable[[], Iterator[TokenEvent]], on_event: Callable[[TokenEvent], None],
-            *, stop: threading.Event | None = None) -> tuple[list[TokenEvent], float, bool]:
-    """Run ``produce`` in an engine thread; call ``on_event`` in this thread for every event.
+            *, stop: threading.Event | None = None,
+            on_idle: Callable[[], None] | None = None) -> tuple[list[TokenEvent], float, bool]:
+    """Run ``produce`` in an engine thread; call ``on_event`` in this thread for every event, and
+    ``on_idle`` each time no event came within the poll interval, and at the end (a view that
+    draws at most so often draws what is left there).
 
     Returns (events, t_start, complete), ``t_start`` being when ``produce`` was called.
     ``complete`` is False after Ctrl-C: the engine stops after its current step.
@@ -139,19 +142,25 @@ def consume(produce: Callable[[], Iterator[TokenEvent]], on_event: Callable[[Tok
                 if item is not None:
                     events.append(item)
                     on_event(item)
+                elif on_idle is not None:
+                    on_idle()
         except KeyboardInterrupt:
             complete = False
         finally:
             stop.set()
+            if on_idle is not None:
+                on_idle()
     return events, started[0] if started else time.perf_counter(), complete
 
 
 def transcribe_audio(engine, audio: np.ndarray, *, source: str, on_event: Callable[[TokenEvent], None],
-                     language: str | None = None, stop: threading.Event | None = None) -> Transcript:
+                     language: str | None = None, stop: threading.Event | None = None,
+                     on_idle: Callable[[], None] | None = None) -> Transcript:
     """Transcribe decoded audio with the engine in its own thread, timed from the moment the audio
-    is handed to the warm engine (``TranscriptMetrics.measure``)."""
+    is handed to the warm engine (``TranscriptMetrics.measure``). ``on_idle``: as in
+    :func:`consume`."""
     events, t_start, complete = consume(lambda: engine.transcribe(audio, language=language), on_event,
-                                        stop=stop)
+                                        stop=stop, on_idle=on_idle)
     metrics = TranscriptMetrics.measure(events, t_start, audio_s=len(audio) / 16000)
     return Transcript(source=source, model=engine.info.model, events=events, metrics=metrics,
                       complete=complete, t_start=t_start)

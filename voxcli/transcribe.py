@@ -20,7 +20,7 @@ from rich.console import Console
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import FileStatus, Transcript
-from voxcli.render import LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
+from voxcli.render import FILE_REDRAW_S, LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
 
 EXTENSIONS = {"text": "txt", "json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}
 EXIT_INTERRUPTED = 130
@@ -94,10 +94,10 @@ def _view(outputs: _Outputs, cfg: Config, title: str, stdout, err: Console):
     plain = cfg.output.plain
     if outputs.streams_text_to_stdout:
         if not plain and stdout.isatty():
-            return LiveTranscript(Console(file=stdout), title=title)
+            return LiveTranscript(Console(file=stdout), title=title, min_redraw_s=FILE_REDRAW_S)
         return PlainTranscript(stdout)
     if not plain and err.is_terminal:
-        return LiveTranscript(err, title=title)
+        return LiveTranscript(err, title=title, min_redraw_s=FILE_REDRAW_S)
     return NullView()
 
 
@@ -127,7 +127,7 @@ def run_files(job: FileJob, *, load_engine: Callable) -> int:
                 status = FileStatus(path.name, audio_s=len(audio) / 16000)
                 view.set_status(status)
                 transcript = transcribe_audio(engine, audio, source=str(path), on_event=view.add,
-                                              language=language, stop=threading.Event())
+                                              on_idle=view.draw, language=language, stop=threading.Event())
                 m = transcript.metrics
                 view.set_status(replace(status, tokens=m.n_tokens, ttft_ms=m.ttft_ms, total_ms=m.total_ms))
             written = outputs.emit(transcript, path)

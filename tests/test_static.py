@@ -1,0 +1,219 @@
+"""The static Realtime step (voxcli/static.py) against transformers' eager forward, the reference.
+
+Token ids must be identical and logits close: on the tiny model, on a mid-size one, and on a
+held-out model whose sliding windows (decoder 24 tokens, encoder 40 positions) wrap and re-anchor
+many times inside the clip, so a ring-buffer bug that shows only on wrapping is caught. Through
+the engine, through ``transcribe file`` and ``listen --input``, compiled and not.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from voxcli.audio import load_audio
+from voxcli.cli import app
+from voxcli.engine import load_engine, wants_compile
+
+HELLO = "examples/hello.wav"
+HOURS_8 = 8 * 3600 * 1000 // 80  # tokens in 8 hours of audio
+
+
+@pytest.fixture(scope="session")
+def wrap_dir(tmp_path_factory):
+    from voxcli.tiny import make_tiny_model
+
+    # Held out: a seed no other test uses, and windows far smaller than the clip.
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-wrap"), "realtime", seed=11,
+                           text_sliding_window=24, audio_sliding_window=40)
+
+
+@pytest.fixture(scope="session")
+def mid_dir(tmp_path_factory):
+    from voxcli.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("mid-realtime"), "realtime", hidden_size=256, num_layers=4, seed=3)
+
+
+@pytest.fixture(scope="session")
+def hello():
+    return load_audio(HELLO)
+
+
+def run_session(engine, audio, **session_kwargs):
+    session = engine.session(keep_logits=True, **session_kwargs)
+    events = []
+    for i in range(0, len(audio), 1280):  # as live audio arrives: 80 ms at a time
+        session.push(audio[i:i + 1280])
+        events += session.steps()
+    events += session.finish()
+    session.events = events
+    return session
+
+
+def ids(session) -> list[int]:
+    return [e.token_id for e in session.events if e.token_id >= 0]
+
+
+def assert_same(a, b, *, rtol: float = 1e-4):
+    assert ids(a) == ids(b)
+    assert len(a.logits) == len(b.logits) > 0
+    scale = max(float(x.abs().max()) for x in a.logits)
+    worst = max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits))
+    assert worst <= rtol * scale, f"logits differ by {worst:.3g} (largest logit {scale:.3g})"
+
+
+@pytest.mark.parametrize("model, delays", [
+    ("tiny", (80, 480, 2400)), ("mid", (80, 480, 2400)), ("wrap", (160, 480, 2400))])
+def test_static_step_gives_the_reference_token_ids(model, delays, realtime_dir, mid_dir, wrap_dir, hello):
+    path = {"tiny": realtime_dir, "mid": mid_dir, "wrap": wrap_dir}[model]
+    for delay in delays:
+        ref = run_session(load_engine(str(path), device="cpu", delay_ms=delay, step="hf"), hello)
+        fast_engine = load_engine(str(path), device="cpu", delay_ms=delay, step="static", compile="off")
+        assert fast_engine.step_name == "static eager" and fast_engine.info.extra["step"] == "static eager"
+        fast = run_session(fast_engine, hello)
+        assert_same(ref, fast)
+
+
+def test_the_held_out_windows_wrap_and_re_anchor_inside_the_clip(wrap_dir, hello):
+    engine = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off")
+    session = run_session(engine, hello)
+    state = session._state
+    assert state.dec.host_written > 2 * state.dec.size and state.enc.host_written > 2 * state.enc.size
+    assert state.dec.shifted > 0 and state.enc.shifted > 0
+    # Bounded: positions stay below twice the window however long the session runs.
+    assert state.dec.host_pos < 2 * state.dec.window and state.enc.host_pos < 2 * state.enc.window + 4
+
+
+def test_a_session_reuses_the_buffers_of_the_last(realtime_engine, hello):
+    static = realtime_engine.static
+    first = realtime_engine.session()
+    state = first._state
+    pointers = [t.data_ptr() for t in state.dec.k]
+    first.push(hello[:16000])
+    list(first.steps())
+    list(first.finish())
+    second = realtime_engine.session()
+    assert second._state is state and [t.data_ptr() for t in second._state.dec.k] == pointers
+    assert int(state.dec.pos.item()) == 0 and int((state.dec.slot_pos >= 0).sum()) == 0  # reset, not reallocated
+    third = realtime_engine.session()  # while the second is open: another state
+    assert third._state is not state
+    del second, third
+    gc.collect()  # dropped unfinished: both states go back to the pool
+    assert len(static._free) >= 2
+
+
+def test_hour_8_computes_like_minute_0(wrap_dir, realtime_dir, hello):
+    for path in (realtime_dir, wrap_dir):
+        engine = load_engine(str(path), device="cpu", delay_ms=480, compile="off")
+        fresh = run_session(engine, hello)
+        tokens_seen = fresh._state.dec.host_written  # (the next session reuses this state)
+        late = run_session(engine, hello, position_offset=HOURS_8)
+        assert late._state.dec.shifted + late._state.dec.host_pos == HOURS_8 + tokens_seen
+        assert late._state.dec.host_pos < 2 * late._state.dec.window
+        assert_same(fresh, late, rtol=1e-3)
+
+
+def test_position_offset_needs_the_static_step(realtime_dir):
+    engine = load_engine(str(realtime_dir), device="cpu", step="hf")
+    with pytest.raises(ValueError, match="static"):
+        engine.session(position_offset=10)
+
+
+def test_compile_modes():
+    assert wants_compile("auto", "cuda") and wants_compile("auto", "cuda:1")
+    assert not wants_compile("auto", "cpu") and wants_compile("on", "cpu") and not wants_compile("off", "cuda")
+    with pytest.raises(ValueError, match="auto, on, off"):
+        wants_compile("maybe", "cpu")
+
+
+def test_compiled_step_gives_the_eager_token_ids_and_never_recompiles_per_step(wrap_dir, hello):
+    import torch._dynamo.utils
+
+    counters = torch._dynamo.utils.counters
+    for delay in (160, 480, 2400):
+        eager = run_session(load_engine(str(wrap_dir), device="cpu", delay_ms=delay, compile="off"), hello)
+        engine = load_engine(str(wrap_dir), device="cpu", delay_ms=delay, compile="on")
+        assert engine.step_name == "static compiled" and engine.info.extra["compile_s"] > 0
+        compiled = run_session(engine, hello)
+        assert_same(eager, compiled)
+        frames = dict(counters["stats"])
+        again = run_session(engine, hello)  # a second session: no compile at all
+        assert dict(counters["stats"]) == frames
+        assert ids(again) == ids(compiled)
+
+
+def invoke(*args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def listen_ids(path, *flags) -> list[int]:
+    out = invoke("listen", "--input", HELLO, "--speed", "0", "--model", path, "--format", "jsonl",
+                 "--flush-after-ms", "0", "--plain", *flags)
+    return [r["token_id"] for r in map(json.loads, out.splitlines()) if r.get("type") == "token"]
+
+
+def file_ids(path, *flags) -> list[int]:
+    doc = json.loads(invoke("transcribe", "file", HELLO, "--model", path, "--format", "json", *flags))
+    return [e["token_id"] for e in doc["events"]]
+
+
+@pytest.mark.parametrize("delay", ["160", "480", "2400"])
+def test_both_commands_give_the_reference_token_ids(delay, wrap_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    for ids_of in (file_ids, listen_ids):
+        ref = ids_of(wrap_dir, "--step", "hf", "--delay-ms", delay)
+        assert len(ref) > 40
+        assert ids_of(wrap_dir, "--no-compile", "--delay-ms", delay) == ref
+
+
+def test_bench_names_the_step_that_ran(realtime_dir):
+    from voxcli.bench import environment
+
+    assert environment(load_engine(str(realtime_dir), device="cpu", step="hf"))["step"] == "hf eager"
+    assert environment(load_engine(str(realtime_dir), device="cpu", compile="off"))["step"] == "static eager"
+
+
+def test_device_log_mel_is_the_extractors(realtime_engine, hello):
+    window = hello[:1520 + 1280 * 5 + 160]
+    ref = realtime_engine.proc.log_mel(window, center=False)
+    ours = realtime_engine.log_mel(window, center=False)
+    assert ours.shape == ref.shape and np.array_equal(ours.cpu().numpy(), ref.numpy())
+
+
+def script(*args, timeout: float = 300) -> str:
+    run = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+def test_soak_offset_check_finds_hour_8_like_a_fresh_session(realtime_dir):
+    out = script("bench/soak.py", "--model", realtime_dir, "--offset-hours", "8", "--minutes", "0.5")
+    check = json.loads(out[: out.rindex("}") + 1])
+    assert check["offset_tokens"] == HOURS_8
+    assert check["reanchored"]["token_mismatches"] == 0 and check["reanchored"]["tokens"] > 300
+    assert check["reanchored"]["positions_at_end"]["text_pos"] < 2 * 8192
+    assert check["not_reanchored"]["positions_at_end"]["text_pos"] > 131072  # what re-anchoring avoids
+    assert "SAME TOKENS" in out
+
+
+def test_gpu_bench_script_runs_on_a_tiny_model_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    script("bench/gpu.py", "--tiny", "--device", "cpu", "--paths", "hf,static", "--runs", "1", "--clip-s", "2",
+           "--max-sessions", "2", "--json", out)
+    result = json.loads(out.read_text())
+    assert set(result["paths"]) == {"hf", "static"}
+    for entry in result["paths"].values():
+        assert entry["step_ms"]["p50"] > 0 and entry["ttft_ms"]["p50"] > 0 and entry["critical_path_ms"]["p50"] > 0
+    assert result["paths"]["static"]["step"] == "static eager" and result["sessions"]["keep_real_time"] >= 1
+    assert result["speedup_vs_hf"]["hf"] == 1.0

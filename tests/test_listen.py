@@ -564,3 +564,21 @@ def test_an_offline_final_pass_covers_every_utterance_once(realtime_dir, offline
         assert rows.index(next(r for r in rows if r["type"] == "endpoint" and r["utterance"] == u)) < first
     assert rows[-1]["two_pass"]["final_word_latency_ms"]["n"] > 0
     assert any(r["type"] == "replacement" for r in rows)
+
+
+def test_a_final_model_that_will_not_fit_beside_the_realtime_one_says_so(realtime_engine, monkeypatch, tmp_path):
+    from voxcli.config import load_config
+    from voxcli.errors import ModelError
+    from voxcli.listen import _final_engine
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    cfg = load_config(None, {"transcription.final_model": "mistralai/Voxtral-Mini-3B-2507"})
+
+    def load(cfg, err):  # what the memory check raises once the Realtime model has taken its share
+        raise ModelError("mistralai/Voxtral-Mini-3B-2507 needs about 9.0 GiB, but only 2.0 GiB is free",
+                         needed_bytes=9, free_bytes=2)
+
+    with pytest.raises(ModelError) as caught:
+        _final_engine(realtime_engine, cfg, load, None)
+    assert str(caught.value).endswith(f"beside {realtime_engine.info.model}, already loaded on cpu")
+    assert caught.value.data["needed_bytes"] == 9

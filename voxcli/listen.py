@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from voxcli.config import Config
-from voxcli.errors import ConfigError, ServerError, setting
+from voxcli.errors import ConfigError, ModelError, ServerError, setting
 from voxcli.events import LiveStatus, summarize
 from voxcli.render import LiveTranscript, NullView, PlainTranscript
 from voxcli.twopass import TwoPassText, draw, two_pass_figures
@@ -263,7 +263,14 @@ def _final_engine(engine, cfg: Config, load_engine: Callable, err):
             raise ConfigError(f"{setting('transcription.final_model')} is a final pass for a Realtime model's "
                               f"live text; {engine.info.model} is already an offline model")
         model = dataclasses.replace(cfg.model, name=final_model, server=None)
-        final = load_engine(dataclasses.replace(cfg, model=model), err)
+        try:
+            final = load_engine(dataclasses.replace(cfg, model=model), err)
+        except ModelError as exc:
+            if "needed_bytes" not in exc.data:
+                raise
+            # The memory check ran with the Realtime model (and its session buffers) already loaded.
+            raise exc.extended(f"; the free memory counted is what is left beside {engine.info.model}, "
+                               f"already loaded on {engine.info.device}") from None
         if final.kind != "offline":
             raise ConfigError(f"{setting('transcription.final_model')} {final_model} must be an offline model "
                               f"(Voxtral Mini 3B or Small 24B); for a second Realtime stream use "

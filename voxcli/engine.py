@@ -20,6 +20,10 @@ Both decode with a hand-written greedy loop (prefill, then one step per token) i
 current token over, which makes every live token one chunk (80 ms) late. Here a token is yielded
 the moment its id is on the host, before the next chunk is even requested.
 
+A Realtime step runs through :mod:`voxcli.static` (``step="static"``, the default: buffers
+allocated once, compilable) or through transformers' forward (``step="hf"``, the reference it
+is tested against); the session around it (buffering, features, timing, text) is the same.
+
 This module knows nothing about YAML, flags or the terminal; errors a user can cause are raised
 as :class:`voxcli.errors.ModelError` / ``ValueError``.
 """

@@ -140,9 +140,12 @@ class StaticState:
         self.ada = torch.zeros(m.dec_layers, 1, 1, m.dec_hidden, device=dev, dtype=dt)
         self.token = torch.zeros(1, 1, device=dev, dtype=torch.long)  # the last token, fed to the next step
         self.mel = torch.zeros(1, m.mel_bins, m.frames_per_token, device=dev, dtype=torch.float32)  # a step's input
+        # A step's convolution inputs, padding and new frames side by side (no cat per step).
+        self.conv1_in = torch.zeros(1, m.mel_bins, m.conv1_left + m.frames_per_token, device=dev, dtype=dt)
+        self.conv2_in = torch.zeros(1, m.enc_hidden, m.conv2_left + m.frames_per_token, device=dev, dtype=dt)
         self.delay_tokens: int | None = None
         self.reanchors = 0
-        buffers = (self.conv1_pad, self.conv2_pad, self.ada, self.token, self.mel)
+        buffers = (self.conv1_pad, self.conv2_pad, self.conv1_in, self.conv2_in, self.ada, self.token, self.mel)
         for t in (*self.enc.tensors(), *self.dec.tensors(), *buffers):
             _mark_static(t)
 
@@ -435,11 +438,17 @@ def _stack(layers, x, ring: Ring, rotary, n_heads: int, n_kv: int, head_dim: int
     return x
 
 
-def _conv(conv, x, pad):
-    """A causal convolution continuing from ``pad`` (its last inputs); updates ``pad`` in place."""
+def _conv(conv, x, pad, buf=None):
+    """A causal convolution continuing from ``pad`` (its last inputs); updates ``pad`` in place.
+    A step assembles its input in ``buf`` (the state's); the prefill, once a session, concatenates."""
     torch = _torch()
     left = pad.shape[-1]
-    full = torch.cat([pad, x], dim=-1)  # a few frames: fused by the compiler, no cache grows
+    if buf is None:
+        full = torch.cat([pad, x], dim=-1)
+    else:
+        buf[..., :left].copy_(pad)
+        buf[..., left:].copy_(x)
+        full = buf
     pad.copy_(full[..., full.shape[-1] - left:])
     return torch.nn.functional.conv1d(full, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
@@ -448,8 +457,8 @@ def _audio_embeds(m: StaticModel, s: StaticState, mel, prefill: bool):
     torch = _torch()
     gelu = torch.nn.functional.gelu
     mel = mel.to(m.dtype)
-    x = gelu(_conv(m.tower.embedder.conv1, mel, s.conv1_pad))
-    x = gelu(_conv(m.tower.embedder.conv2, x, s.conv2_pad)).permute(0, 2, 1)
+    x = gelu(_conv(m.tower.embedder.conv1, mel, s.conv1_pad, None if prefill else s.conv1_in))
+    x = gelu(_conv(m.tower.embedder.conv2, x, s.conv2_pad, None if prefill else s.conv2_in)).permute(0, 2, 1)
     x = _stack(m.tower.layers, x, s.enc, m.tower.rotary_emb, m.enc_heads, m.enc_kv_heads, m.enc_head_dim, prefill)
     x = m.tower.norm(x)
     x = x.reshape(1, -1, m.enc_hidden * m.downsample)

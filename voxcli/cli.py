@@ -168,7 +168,7 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
 
     # Outside the spinner: a first run's download draws the hub's own progress bars.
     path = resolve_checkpoint(cfg.model.name, offline=cfg.model.offline)
-    with status_console.status(f"loading {cfg.model.name} ...", spinner="dots"):
+    with status_console.status(_loading_text(cfg), spinner="dots"):
         engine = load_engine(
             str(path), name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
             delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
@@ -180,6 +180,23 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
         f"{_step_text(info)}loaded in {info.load_s:.1f} s, warm-up {info.warmup_s * 1000:.0f} ms[/dim]",
         highlight=False)
     return engine
+
+
+def _loading_text(cfg: Config) -> str:
+    """What the spinner says while the model loads; compiling can take minutes, so it says that too."""
+    text = f"loading {cfg.model.name} ..."
+    if cfg.model.step != "static" or cfg.model.compile == "off":
+        return text
+    from voxcli.engine import resolve_device, wants_compile
+
+    try:
+        compiled = wants_compile(cfg.model.compile, resolve_device(cfg.model.device))
+    except (VoxcliError, ValueError):
+        return text  # load_engine says what is wrong
+    if not compiled:
+        return text
+    return (f"loading {cfg.model.name} ... (a Realtime model's step is compiled on the way: minutes on a GPU the "
+            f"first time, --no-compile skips it)")
 
 
 def _step_text(info) -> str:

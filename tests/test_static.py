@@ -217,3 +217,11 @@ def test_gpu_bench_script_runs_on_a_tiny_model_on_the_cpu(tmp_path):
         assert entry["step_ms"]["p50"] > 0 and entry["ttft_ms"]["p50"] > 0 and entry["critical_path_ms"]["p50"] > 0
     assert result["paths"]["static"]["step"] == "static eager" and result["sessions"]["keep_real_time"] >= 1
     assert result["speedup_vs_hf"]["hf"] == 1.0
+
+
+def test_both_commands_compiled_give_the_reference_token_ids(realtime_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    for ids_of in (file_ids, listen_ids):
+        ref = ids_of(realtime_dir, "--step", "hf", "--delay-ms", "240")
+        assert len(ref) > 40
+        assert ids_of(realtime_dir, "--compile", "--delay-ms", "240") == ref

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,7 @@ ENCODER_STEP = 4  # encoder positions per text token (8 mel frames, conv stride 
 FIRST_SPAN = 512
 SPAN_GROWTH = 4
 COMPILE_MODES = ("auto", "on", "off")
-_COMPILED: "weakref.WeakSet[StaticModel]" = weakref.WeakSet()  # compiled models alive in this process
+_COMPILED = [0]  # compiled models made in this process (their graphs stay in dynamo's cache)
 
 
 def _torch():
@@ -236,7 +235,7 @@ class StaticModel:
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on a GPU
             self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
             self._step = torch.compile(decode_one, fullgraph=True, dynamic=False, mode=mode)
-            _COMPILED.add(self)
+            _COMPILED[0] += 1
         self._seen: set = set()
 
     @property
@@ -322,10 +321,11 @@ class StaticModel:
         """Once every graph exists, dynamo's guard checks are ~90 us a call (measured on the tiny
         model: its whole compiled step is ~700 us); with one compiled model in the process, the
         only thing that tells its step graphs apart is ``span``, so only those guards are checked
-        (for the step only: a prefill at a new delay must still compile). With two compiled models
-        in one process (their graphs share one code object), every guard is checked."""
+        (for the step only: a prefill at a new delay must still compile). Once a process has
+        compiled a second model (graphs of both share one code object, and a constant such as a
+        window size may tell them apart), every guard is checked."""
         torch = _torch()
-        if self.compiled and len(_COMPILED) == 1 and all(("step", n) in self._seen for n in self.spans()):
+        if self.compiled and _COMPILED[0] == 1 and all(("step", n) in self._seen for n in self.spans()):
             return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
         return contextlib.nullcontext()
 

@@ -143,7 +143,6 @@ class StaticState:
         self.conv1_in = torch.zeros(1, m.mel_bins, m.conv1_left + m.frames_per_token, device=dev, dtype=dt)
         self.conv2_in = torch.zeros(1, m.enc_hidden, m.conv2_left + m.frames_per_token, device=dev, dtype=dt)
         self.delay_tokens: int | None = None
-        self.reanchors = 0
         buffers = (self.conv1_pad, self.conv2_pad, self.conv1_in, self.conv2_in, self.ada, self.token, self.mel)
         for t in (*self.enc.tensors(), *self.dec.tensors(), *buffers):
             _mark_static(t)
@@ -161,7 +160,6 @@ class StaticState:
             self.delay_tokens = num_delay_tokens
         self.enc.reset(0)
         self.dec.reset(0)
-        self.reanchors = 0
         if position_offset and not m.reanchor:  # positions as they come: the case re-anchoring avoids
             self.dec.reset(position_offset)
             self.enc.reset(position_offset * ENCODER_STEP)
@@ -181,7 +179,6 @@ class StaticState:
             if self.model.reanchor and ring.host_pos >= 2 * ring.window:
                 windows = (ring.host_pos - ring.window) // ring.window  # back into [window, 2 x window)
                 self.model.reanchor_ring(ring, ring is self.enc, windows * ring.window)
-                self.reanchors += 1
 
 
 def _mark_static(t) -> None:
@@ -201,7 +198,6 @@ class StaticModel:
 
     def __init__(self, hf_model, *, compile: bool = False, reanchor: bool = True) -> None:
         torch = _torch()
-        self.hf = hf_model
         inner = hf_model.model
         self.tower = inner.audio_tower
         self.lm = inner.language_model

@@ -12,7 +12,7 @@ from voxcli.bench import BenchOptions, Clip, run_bench
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import STEP_BUDGET_MS
-from voxcli.render import metrics_table
+from voxcli.render import metrics_table, step_words
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -68,7 +68,7 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     env = report.environment
     if "n_params" in env:
         title = (f"{env['model']} ({env['kind']}, {env['n_params'] / 1e6:.1f}M params) on {env['device_name']}, "
-                 f"{env['dtype']}, {env['torch_threads']} threads{_step_words(env)}; {runs} runs x {len(clips)} clips")
+                 f"{env['dtype']}, {env['torch_threads']} threads{_comma(step_words(env.get('step'), env.get('compile_s')))}; {runs} runs x {len(clips)} clips")
     else:
         title = f"{env['model']} ({env['kind']}) on {env['device']}; {runs} runs x {len(clips)} clips"
     out.print(metrics_table(title, {k: v for k, v in summary.items() if v.get("n")}))
@@ -84,11 +84,8 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     return 0
 
 
-def _step_words(env: dict) -> str:
-    if not env.get("step"):
-        return ""
-    compiled = f", compiled in {env['compile_s']:.1f} s" if env.get("compile_s") is not None else ""
-    return f", {env['step']} step{compiled}"
+def _comma(words: str) -> str:
+    return f", {words}" if words else ""
 
 
 def _verdicts(summary: dict, batch_words: int) -> str:

@@ -200,11 +200,10 @@ def _loading_text(cfg: Config) -> str:
 
 
 def _step_text(info) -> str:
-    step = info.extra.get("step")
-    if not step:
-        return ""
-    compiled = info.extra.get("compile_s")
-    return f"{step} step{f' (compiled in {compiled:.1f} s)' if compiled is not None else ''}; "
+    from voxcli.render import step_words
+
+    words = step_words(info.extra.get("step"), info.extra.get("compile_s"))
+    return f"{words}; " if words else ""
 
 
 @app.callback(invoke_without_command=True)

@@ -490,6 +490,13 @@ def view(state: LiveState) -> _TranscriptView:
 FILE_REDRAW_S = 1 / 60  # a file, transcribed faster than real time: at most 60 redraws a second
 
 
+def step_words(step: str | None, compile_s: float | None) -> str:
+    """Which Realtime step ran, e.g. ``static compiled step (compiled in 7.0 s)``; "" if none."""
+    if not step:
+        return ""
+    return f"{step} step" + (f" (compiled in {compile_s:.1f} s)" if compile_s is not None else "")
+
+
 class LiveTranscript:
     """Draws each token the moment it is added, with a status line below.
 
@@ -547,8 +554,8 @@ class LiveTranscript:
         """Two-pass: the provisional words after the final text (dim)."""
         if text != self.state.tail:
             self.state.tail = text
-            if self._live.is_started:
-                self._live.refresh()
+            self._dirty = True
+            self.draw()
 
     def add(self, event: TokenEvent) -> None:
         if not self._live.is_started:
@@ -571,10 +578,10 @@ class LiveTranscript:
         self._undrawn.clear()
 
     def set_status(self, status: LiveStatus | FileStatus) -> None:
+        # One redraw path: tokens waiting for a redraw are shown by this one, and timed by it.
         self.state.status = status
-        if self._live.is_started:
-            self._live.refresh()
-
+        self._dirty = True
+        self.draw()
 
 
 class PlainTranscript:

@@ -11,7 +11,7 @@ the machine is shared. Compile time is reported apart from every step figure.
     python bench/steps.py --tiny                            # builds the tiny model (hidden 64, 2 layers)
     python bench/steps.py --tiny --hidden-size 256 --layers 4   # the "mid" model
 
-Prints a markdown table (bench/RESULTS.md's "The static step" was pasted from it) and, with
+Prints a markdown table (bench/RESULTS.md's section 5 was pasted from it) and, with
 ``--json``, every raw sample per path.
 """
 

@@ -451,11 +451,11 @@ class RealtimeSession:
                 )
                 logits = out.logits[:, -1]
                 next_id = logits.argmax(-1)
+                self._last_token = next_id[:, None]  # the static step keeps it in its state
         token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
-        if self.logits is not None:
-            self.logits.append(logits.float().cpu().clone())
         t_emitted = time.perf_counter()
-        self._last_token = next_id[:, None]
+        if self.logits is not None:  # after the clock: a comparison's copy is not the step's time
+            self.logits.append(logits.float().cpu().clone())
         step_ms = (t_emitted - t0) * 1000.0
         if not prefill:
             self.step_ms.append(step_ms)
@@ -641,7 +641,7 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
 def wants_compile(mode: str, device: str) -> bool:
     """``model.compile``: ``on``, ``off``, or ``auto``: compiled on CUDA (CUDA graphs: one launch
     a step instead of thousands), eager on the CPU, where compiling takes longer than a typical
-    session saves (bench/RESULTS.md, "The static step")."""
+    session saves (bench/RESULTS.md, section 5)."""
     from voxcli.static import COMPILE_MODES
 
     if mode not in COMPILE_MODES:

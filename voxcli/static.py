@@ -3,8 +3,8 @@ compilable (``torch.compile``; CUDA graphs on a GPU).
 
 transformers' eager forward (the reference, ``model.step: hf``) grows and slices its sliding-window
 caches with ``cat`` on every step and rebuilds the attention masks each time: hundreds of small
-ops on a tiny model, ~3,600 on the full-size one (docs/design.md, "Speed"). Here the same weights
-run through a few functions shaped like gpt-fast's ``prefill`` / ``decode_one_token``:
+ops on a tiny model, ~3,600 on the full-size one (docs/design.md, "The Realtime step"). Here the
+same weights run through a few functions shaped like gpt-fast's ``prefill`` / ``decode_one_token``:
 
 - :class:`StaticState` holds one session's state, allocated once and reset in place: a ring
   buffer per sliding window (encoder: its window + 3 slots, because a step writes 4 encoder
@@ -14,10 +14,11 @@ run through a few functions shaped like gpt-fast's ``prefill`` / ``decode_one_to
 - :func:`prefill` and :func:`decode_one` are the model: encoder (conv front end, 4 positions per
   token), projector, decoder, greedy argmax. They take only tensors that live in the state, so
   a compiled (graph-captured) step replays with the same addresses every time.
-- Positions stay bounded (:meth:`StaticState.reanchor`): once a ring's position reaches twice
-  its window, every position is lowered by one window and the cached keys are rotated back by
-  the same angle. RoPE scores depend only on the difference of positions, so attention is
-  unchanged, and hour 8 of a session computes with the positions of minute 11 (bench/soak.py).
+- Positions stay bounded (:meth:`StaticState.advance`, :meth:`StaticModel.reanchor_ring`): once
+  a ring's position reaches twice its window, every position is lowered by whole windows and the
+  cached keys are rotated back by the same angle. RoPE scores depend only on the difference of
+  positions, so attention is unchanged, and hour 8 of a session computes with the positions of
+  minute 11 (bench/soak.py).
 
 The modules are transformers' own (norms, projections, MLPs, rotary embeddings), so weights are
 shared with the loaded model and numerics match it. Not thread-safe: one thread steps a state.
@@ -103,13 +104,13 @@ class Ring:
     @classmethod
     def allocate(cls, layers: int, kv_heads: int, head_dim: int, window: int, size: int, device, dtype):
         torch = _torch()
+
         def zeros():
             return [torch.zeros(1, kv_heads, size, head_dim, device=device, dtype=dtype) for _ in range(layers)]
 
-        ring = cls(k=zeros(), v=zeros(), slot_pos=torch.full((size,), EMPTY, device=device, dtype=torch.long),
+        return cls(k=zeros(), v=zeros(), slot_pos=torch.full((size,), EMPTY, device=device, dtype=torch.long),
                    pos=torch.zeros(1, device=device, dtype=torch.long),
                    written=torch.zeros(1, device=device, dtype=torch.long), window=window, size=size)
-        return ring
 
     def tensors(self):
         return (*self.k, *self.v, self.slot_pos, self.pos, self.written)
@@ -123,8 +124,8 @@ class Ring:
 
 
 class StaticState:
-    """One Realtime session's whole state, allocated once (:meth:`StaticModel.new_state`) and
-    reset in place for every session that uses it."""
+    """One Realtime session's whole state, allocated once (by :meth:`StaticModel.acquire`, when
+    the pool is empty) and reset in place for every session that uses it."""
 
     def __init__(self, model: "StaticModel") -> None:
         torch = _torch()
@@ -158,17 +159,12 @@ class StaticState:
         if self.delay_tokens != num_delay_tokens:
             self.ada.copy_(m.ada_scale(num_delay_tokens))
             self.delay_tokens = num_delay_tokens
-        self.enc.reset(0)
-        self.dec.reset(0)
-        if position_offset and not m.reanchor:  # positions as they come: the case re-anchoring avoids
-            self.dec.reset(position_offset)
-            self.enc.reset(position_offset * ENCODER_STEP)
-        elif position_offset:
-            # Where an unbroken session would stand after ``position_offset`` tokens of re-anchoring.
-            self.dec.reset(m.bounded(position_offset, m.dec_window))
-            self.dec.shifted = position_offset - self.dec.host_pos
-            self.enc.reset(m.bounded(position_offset * ENCODER_STEP, m.enc_window))
-            self.enc.shifted = position_offset * ENCODER_STEP - self.enc.host_pos
+        for ring, absolute in ((self.dec, position_offset), (self.enc, position_offset * ENCODER_STEP)):
+            # Where an unbroken session would stand after that many positions of re-anchoring (or,
+            # with re-anchoring off, the positions as they come: the case it avoids).
+            start = m.bounded(absolute, ring.window) if m.reanchor else absolute
+            ring.reset(start)
+            ring.shifted = absolute - start
 
     def advance(self, enc_tokens: int, dec_tokens: int) -> None:
         """Host-side bookkeeping after a forward, then re-anchor a ring whose positions reached
@@ -233,6 +229,12 @@ class StaticModel:
             self._step = torch.compile(decode_one, fullgraph=True, dynamic=False, mode=mode)
             _COMPILED[0] += 1
         self._seen: set = set()
+        spans, span = [], FIRST_SPAN
+        while span < self.dec_window:
+            spans.append(span)
+            span *= SPAN_GROWTH
+        self._spans = (*spans, self.dec_window)
+        self._all_steps_compiled = False  # every span's step graph exists (set by _note_compile)
 
     @property
     def name(self) -> str:
@@ -286,15 +288,11 @@ class StaticModel:
 
     def spans(self) -> list[int]:
         """Every decoder span a session can use, smallest first."""
-        out, span = [], FIRST_SPAN
-        while span < self.dec_window:
-            out.append(span)
-            span *= SPAN_GROWTH
-        return out + [self.dec_window]
+        return list(self._spans)
 
     def span(self, written: int) -> int:
         """The decoder slots a step attends over once ``written`` tokens are in the ring."""
-        return next(s for s in self.spans() if s >= min(written, self.dec_window))
+        return next(s for s in self._spans if s >= min(written, self.dec_window))
 
     def precompile(self, num_delay_tokens: int, *, spans: list[int] | None = None) -> None:
         """Compile the step for every span (or those given) now, at warm-up, so that no session
@@ -321,7 +319,7 @@ class StaticModel:
         compiled a second model (graphs of both share one code object, and a constant such as a
         window size may tell them apart), every guard is checked."""
         torch = _torch()
-        if self.compiled and _COMPILED[0] == 1 and all(("step", n) in self._seen for n in self.spans()):
+        if self._all_steps_compiled and _COMPILED[0] == 1:
             return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
         return contextlib.nullcontext()
 
@@ -329,6 +327,7 @@ class StaticModel:
         if self.compiled and key not in self._seen:
             self._seen.add(key)
             self.compile_s[" ".join(map(str, key))] = time.perf_counter() - t0
+            self._all_steps_compiled = all(("step", n) in self._seen for n in self._spans)
 
     # Positions ----------------------------------------------------------------------------------
 

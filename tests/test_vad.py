@@ -130,3 +130,39 @@ def test_loading_silero_keeps_torchs_thread_count():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "2"
+
+
+def test_two_endpointers_in_two_threads_each_hear_only_their_own_stream(clips):
+    """Each endpointer has its own detector state: fed side by side from two threads (bench's
+    concurrent sessions, two-pass's final pass beside the live endpointer, a server), each gives
+    exactly the events it gives alone. With one shared Silero model this gave wrong ends, a
+    segfault or heap corruption."""
+    import threading
+
+    a, _ = clips["clean"]
+    b, _ = clips["10 dB SNR"]
+    alone = {"a": _stream(a), "b": _stream(b)}
+    assert alone["a"] and alone["b"] and alone["a"] != alone["b"]
+    for _ in range(3):
+        together: dict = {}
+        threads = [threading.Thread(target=lambda k=k, x=x: together.__setitem__(k, _stream(x)))
+                   for k, x in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert together == alone
+
+
+def test_interleaved_endpointers_do_not_reset_each_other(clips):
+    """One thread, two endpointers fed in turn (the live endpointer and a final pass's region
+    finding): neither one's state leaks into the other's."""
+    a, _ = clips["clean"]
+    b, _ = clips["20 dB SNR"]
+    first, second = Endpointer(), Endpointer()
+    got_a, got_b = [], []
+    for i in range(0, max(len(a), len(b)), 320):
+        got_a += first.feed(a[i:i + 320])
+        Endpointer()  # a third, made mid-stream, must not reset the others
+        got_b += second.feed(b[i:i + 320])
+    assert got_a + first.flush() == _stream(a) and got_b + second.flush() == _stream(b)

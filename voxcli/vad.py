@@ -13,12 +13,15 @@ ends after ``min_silence_ms`` without speech; the end event's ``sample`` is wher
 began (the end of the speech) and ``decided_sample`` is where that was known. A fixed level
 threshold is no endpointer in a real room (docs/design.md, "Voice activity"); Silero is.
 
-No threads, models of voxcli's own, or terminal here: one caller feeds it (the engine thread,
-or ``transcribe file`` planning its cuts).
+No threads or terminal here: one caller feeds an endpointer (the engine thread, or ``transcribe
+file`` planning its cuts), and every endpointer has a detector state of its own, so several may
+run side by side in different threads (bench's concurrent sessions, two-pass, a server).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,21 +56,32 @@ class VadEvent:
     decided_sample: int  # how much audio had been fed when this was known
 
 
-_SILERO = None
+_SILERO = None  # the shipped model as loaded: never run, only copied
+_SILERO_LOCK = threading.Lock()
 
 
 def _silero_model():
-    """The shipped TorchScript model, loaded once per process (it is small: ~2 MB)."""
+    """A Silero model of this endpointer's own. The TorchScript model keeps its RNN state inside
+    itself, so one model shared by two endpointers mixes their streams (wrong ends; fed from two
+    threads, a crash): each gets a copy of the one loaded per process (a copy takes ~20 ms, a
+    load from the wheel ~0.1-1.4 s)."""
     global _SILERO
-    if _SILERO is None:
-        import torch
+    with _SILERO_LOCK:
+        if _SILERO is None:
+            import torch
 
-        threads = torch.get_num_threads()
-        from silero_vad import load_silero_vad  # its import sets torch to 1 thread: put it back
+            threads = torch.get_num_threads()
+            from silero_vad import load_silero_vad  # its import sets torch to 1 thread: put it back
 
-        torch.set_num_threads(threads)
-        _SILERO = load_silero_vad()
-    return _SILERO
+            torch.set_num_threads(threads)
+            _SILERO = load_silero_vad()
+        return copy.deepcopy(_SILERO)
+
+
+def preload(detector: str = "silero") -> None:
+    """Load the detector now (at warm-up), not inside the first file's or session's timing."""
+    if detector == "silero":
+        _silero_model()
 
 
 class _Silero:

@@ -192,7 +192,7 @@ def test_offline_silence_gives_nothing(offline_engine):
 # ------------------------------------------------------------------------------------- loading
 
 
-def test_device_and_dtype_resolution():
+def test_device_and_dtype_resolution(monkeypatch):
     import torch
 
     has_cuda = torch.cuda.is_available()
@@ -200,7 +200,13 @@ def test_device_and_dtype_resolution():
     assert resolve_device("auto") == ("cuda" if has_cuda else "mps" if has_mps else "cpu")
     assert resolve_device("cpu") == "cpu"
     assert resolve_dtype("auto", "cpu") == torch.float32
-    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16 and resolve_dtype("auto", "mps") == torch.bfloat16
+    # A GPU without bfloat16 (V100, T4): float16, not an emulated or refused bfloat16.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "cuda:1") == torch.float16
+    assert resolve_dtype("bfloat16", "cuda") == torch.bfloat16  # asked for: given
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="auto, cuda, mps, cpu"):
         resolve_device("tpu")
     if has_cuda:
@@ -289,3 +295,28 @@ def test_json_metrics_carry_step_times_and_no_empty_figure(realtime_engine, offl
     assert all(v is not None and v != {"n": 0} for v in metrics.values())
     silent = transcribe_audio(engine, np.zeros(SR, np.float32), source="q.wav", on_event=lambda e: None)
     assert all(v is not None and v != {"n": 0} for v in silent.metrics.to_dict().values())
+
+
+def test_the_memory_check_counts_two_pass_states_graphs_and_host_ram(monkeypatch):
+    """Full size, bf16, on the meta device: the items ``--debug`` prints, and the one line when
+    the weights would not pass through system memory on their way to the GPU."""
+    from voxcli import memory
+    from voxcli.errors import ModelError
+    from voxcli.tiny import realtime_config
+
+    config = realtime_config()
+    one = memory.estimate(config, "realtime", 2)
+    two = memory.estimate(config, "realtime", 2, sessions=2, graphs=True)
+    assert two.cache_bytes == 2 * one.cache_bytes and two.graph_bytes > 0 == one.graph_bytes
+    # decoder ring 8192 slots (~0.81 GiB) + encoder ring 753 slots (~0.18 GiB) per session
+    assert one.cache_bytes / memory.GIB == pytest.approx(0.81 + 0.18, abs=0.02)
+    names = [name for name, _, _ in two.items("cuda")]
+    assert names == ["weights", "session states", "graph pool", "CUDA context", "host RAM while loading"]
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda device: (64 * memory.GIB, "free on a GPU") if device.startswith("cuda")
+                        else (4 * memory.GIB, "of system memory available"))
+    import torch
+
+    with pytest.raises(ModelError, match="passes its 8.3 GiB of weights through system memory while loading, "
+                                         "but only 4.0 GiB of system memory available"):
+        memory.check_fits(config, "realtime", torch.bfloat16, "cuda", "full")

@@ -136,6 +136,7 @@ def _quiet_libraries(debug: bool) -> None:
     the hub's download progress bars stay, so a first run shows its download."""
     if debug:
         logging.basicConfig(level=logging.INFO)
+        logging.getLogger("voxcli.memory").setLevel(logging.DEBUG)  # what the memory check counted, item by item
         return
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -173,10 +174,12 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
             str(path), name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
             delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
             max_new_tokens=cfg.model.max_new_tokens, step=cfg.model.step, compile=cfg.model.compile,
+            sessions=2 if cfg.transcription.final_delay_ms is not None else 1,
         )
     info = engine.info
     status_console.print(
-        f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}; "
+        f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}"
+        f"{' (' + info.extra['dtype_why'] + ')' if 'dtype_why' in info.extra else ''}; "
         f"{_step_text(info)}loaded in {info.load_s:.1f} s, warm-up {info.warmup_s * 1000:.0f} ms[/dim]",
         highlight=False)
     return engine

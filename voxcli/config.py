@@ -38,7 +38,8 @@ class ModelConfig:
     device: str = field(default="auto", metadata={
         "help": "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu", "device": True})
     dtype: str = field(default="auto", metadata=_choices(
-        "auto", "bfloat16", "float16", "float32", help="auto: bfloat16 on a GPU, float32 on the CPU"))
+        "auto", "bfloat16", "float16", "float32",
+        help="auto: bfloat16 on a GPU that has it, else float16 (V100, T4); float32 on the CPU"))
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0 keeps torch's default", "min": 0})
     offline: bool = field(default=False, metadata={
         "help": "never contact the Hugging Face hub; use only local files and the cache"})
@@ -103,6 +104,9 @@ class ListenConfig:
                 "transcribe the utterance (0 = never)", "min": 0})
     silence_db: float = field(default=-45.0, metadata={
         "help": "vad: energy only: input level (dBFS) below which audio counts as silence", "max": 0.0})
+    blank_run_s: float = field(default=3.0, metadata={
+        "help": "Realtime: speech this long with no text restarts the stream, replaying it (doubling each time, "
+                "at most 3 in a row; 0 = never)", "min": 0.0})
 
 
 @dataclass

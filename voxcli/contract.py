@@ -23,7 +23,10 @@ class Session(Protocol):
     yields what remains. ``finish_waits`` tells whether that waits on someone else (a server);
     such a session also offers ``commit()`` (end the stream, return at once) and ``pending()``
     (what has arrived since, without waiting; ``finished`` once all of it has), so that the end
-    of speech never holds up capture.
+    of speech never holds up capture. ``close()`` drops the stream without finishing it (a
+    restart after a run of blanks; a lost server). A stream whose model said end of sequence
+    with audio left restarts on its own (a local session), or raises
+    :class:`voxcli.errors.StreamEnded` (a server's), and the caller opens a new one.
     """
 
     finish_waits: bool
@@ -34,6 +37,8 @@ class Session(Protocol):
     def steps(self) -> Iterator[TokenEvent]: ...
 
     def finish(self) -> Iterator[TokenEvent]: ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable

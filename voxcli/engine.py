@@ -83,13 +83,19 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """``auto`` is bfloat16 on a GPU and float32 on the CPU (bf16 matmuls are slow on most CPUs)."""
+    """``auto`` is bfloat16 on a GPU that has it, float16 on a CUDA GPU that does not (V100, T4:
+    bfloat16 there is emulated, or refused), and float32 on the CPU (bf16 matmuls are slow on
+    most CPUs)."""
     import torch
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        if device == "cpu":
+            return torch.float32
+        if device.startswith("cuda") and not torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.float16
+        return torch.bfloat16
     return getattr(torch, dtype)
 
 
@@ -291,6 +297,14 @@ class RealtimeSession:
     buffered audio allows, one model step per 80 ms chunk; ``finish()`` pushes the right padding
     (silence worth the delay plus a margin) so the last words come out, and drains.
 
+    End of sequence: at each position the model emits a text token, the blank
+    ([STREAMING_PAD]) or EOS (vLLM ends its request there; voxtral.c stops its decoder). EOS is
+    never fed back. If it comes while real audio remains (mid-clip, live), a new stream starts at
+    the first sample the ended one had not transcribed (its EOS token's position, at least one
+    token on), replayed from the audio kept here, so no audio is skipped; the EOS event carries
+    ``restart_at_s``. EOS in the right padding (after every real sample was heard) simply ends the
+    session: nothing more comes out of it.
+
     Not thread-safe: one thread pushes and steps (the pipeline's engine thread).
     """
 
@@ -299,22 +313,15 @@ class RealtimeSession:
     def __init__(self, engine: RealtimeEngine, *, max_new_tokens: int | None = None, position_offset: int = 0,
                  keep_logits: bool = False) -> None:
         import torch
-        from transformers import DynamicCache
 
         self._torch = torch
         self.engine = engine
         self.logits: list | None = [] if keep_logits else None
         self._max_new_tokens = max_new_tokens
-        self._buffer = engine._left_pad.copy()  # samples not yet consumed, starting at _buffer_start
-        self._consumed = 0  # samples of real audio (no left pad) fully handed to the model
-        self._started = False
         self._finished = False
-        self._detok = engine.detokenizer()
-        from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
-            VoxtralRealtimeConv1dPaddingCache)
-
+        self._finishing = False  # the right padding has been pushed
+        self._ended = False  # EOS in the right padding: the session has nothing more to say
         self._state = None
-        self._caches: dict = {}
         if engine.static is not None:
             # Preallocated buffers, reset in place; back to the pool at finish() (or when the
             # session is dropped unfinished).
@@ -322,22 +329,51 @@ class RealtimeSession:
             self._release = weakref.finalize(self, engine.static.release, self._state)
         elif position_offset:
             raise ValueError("position_offset needs the static step")
-        else:
-            # All three caches are updated in place by the forward pass, so one set serves the session.
-            config = engine.model.config
-            self._caches = {
-                engine.cache_kwargs["cache"]: DynamicCache(config=config.text_config),
-                engine.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
-                "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
-            }
-        self._last_token = None
-        self._feats = np.zeros((1, 0, 0), dtype=np.float32)  # features computed ahead, per step
-        self._feats_next = 0
+        # Real audio already handed to the model, kept for a restart's replay: the most a restart
+        # can reach back behind the buffer is the first chunk (its position, counted in tokens,
+        # is where the text is; the model has heard a delay further).
+        self._history: deque[np.ndarray] = deque()
+        self._history_len = 0
+        self._keep = engine.first_chunk_samples + engine.hop_samples
         self.n_tokens = 0
         self.pushed_samples = 0
+        self.restarts = 0
         # Recent step times only: a session may run for hours (one step per 80 ms).
         self.step_ms: deque[float] = deque(maxlen=STEP_MS_KEEP)  # decode steps, not the prefill
         self.t_first_chunk_ready: float | None = None
+        self._open_stream(0, np.zeros(0, np.float32), fresh=True)
+
+    def _open_stream(self, start: int, audio: np.ndarray, *, fresh: bool = False) -> None:
+        """A stream from sample ``start`` of the session's audio (``audio``: what was pushed from
+        there on): prompt and left pad again, every cache cleared."""
+        e = self.engine
+        self._stream_start = start
+        self._stream_tokens = 0
+        self._buffer = np.concatenate([e._left_pad, audio])  # samples not yet consumed
+        self._buffer_start = -len(e._left_pad)  # position of _buffer[0] in the stream's real audio
+        self._history.clear()
+        self._history_len = 0
+        self._started = False
+        self._detok = e.detokenizer()
+        self._last_token = None
+        self._feats = np.zeros((1, 0, 0), dtype=np.float32)  # features computed ahead, per step
+        self._feats_next = 0
+        if self._state is not None:
+            if not fresh:
+                self._state.reset(e.num_delay_tokens)
+            self._caches: dict = {}
+        else:
+            from transformers import DynamicCache
+            from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
+                VoxtralRealtimeConv1dPaddingCache)
+
+            # All three caches are updated in place by the forward pass, so one set serves the stream.
+            config = e.model.config
+            self._caches = {
+                e.cache_kwargs["cache"]: DynamicCache(config=config.text_config),
+                e.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
+                "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
+            }
 
     # Audio in ---------------------------------------------------------------------------------
 
@@ -362,22 +398,22 @@ class RealtimeSession:
                 need = len(e._left_pad) + e.first_chunk_samples
                 if len(self._buffer) < need:
                     return
-                yield self._prefill(need)
+                event = self._prefill(need)
             else:
                 # Each later chunk is a window of 8 mel frames advancing 1280 samples (80 ms).
                 if len(self._buffer) < e.window_samples:
                     return
-                yield self._step()
+                event = self._step()
+            if event.token_id == e.eos_id:
+                event = self._end_of_sequence(event)
+            yield event
 
     def finish(self) -> Iterator[TokenEvent]:
         """End of audio: pad to a whole chunk, push the right padding, drain, close the text."""
         if self._finished:
             return
-        e = self.engine
-        # Pad exactly as mistral-common pads a whole clip: up to a whole 80 ms token, then the
-        # right padding. Everything pushed so far plus this is what the model hears in total.
-        pad = (-self.pushed_samples) % e.hop_samples + e.num_right_pad_tokens * e.hop_samples
-        self._buffer = np.concatenate([self._buffer, np.zeros(pad, dtype=np.float32)])
+        self._finishing = True
+        self._pad()
         yield from self.steps()
         self._finished = True
         if self._state is not None:
@@ -386,22 +422,72 @@ class RealtimeSession:
         if tail:
             # A dangling partial character at the very end: emit it rather than lose it, on the
             # span of the token that began it.
-            end_s = self.n_tokens * TOKEN_MS / 1000.0
+            end_s = (self._stream_start / SAMPLE_RATE) + self._stream_tokens * TOKEN_MS / 1000.0
             yield TokenEvent(self.n_tokens, -1, tail, time.perf_counter(), max(0.0, end_s - TOKEN_MS / 1000.0), end_s)
 
+    def close(self) -> None:
+        """Drop the stream unfinished (its state goes back to the pool now, not when collected)."""
+        self._finished = True
+        if self._state is not None:
+            self._release()
+
+    def _pad(self) -> None:
+        """Pad exactly as mistral-common pads a whole clip: up to a whole 80 ms token, then the
+        right padding. The stream's real audio plus this is what the model hears in total."""
+        e = self.engine
+        pad = (-(self.pushed_samples - self._stream_start)) % e.hop_samples + e.num_right_pad_tokens * e.hop_samples
+        self._buffer = np.concatenate([self._buffer, np.zeros(pad, dtype=np.float32)])
+
     def _done(self) -> bool:
-        return self._max_new_tokens is not None and self.n_tokens >= self._max_new_tokens
+        return self._ended or (self._max_new_tokens is not None and self.n_tokens >= self._max_new_tokens)
+
+    def _end_of_sequence(self, event: TokenEvent) -> TokenEvent:
+        """The stream said EOS: never fed back. With real audio left, a new stream starts at the
+        first sample this one had not transcribed (at least a token on, so a model that says EOS
+        at once still moves forward); in the right padding, the session ends."""
+        e = self.engine
+        at = self._stream_start + max(self._stream_tokens - 1, 1) * e.hop_samples
+        if at >= self.pushed_samples or self._heard_padding():
+            self._ended = True
+            return event
+        kept = np.concatenate([*self._history, self._buffer])
+        kept_start = self._stream_start + self._buffer_start - self._history_len  # session position of kept[0]
+        replay = kept[at - kept_start:self.pushed_samples - kept_start]
+        self.restarts += 1
+        self._open_stream(at, replay)
+        if self._finishing:
+            self._pad()
+        return dataclasses.replace(event, restart_at_s=at / SAMPLE_RATE)
+
+    def _heard_padding(self) -> bool:
+        """Has the last step read past the last real sample, into the right padding? (A step's
+        window ends ``window_samples - hop_samples`` past where the next one starts.)"""
+        e = self.engine
+        heard_to = self._stream_start + self._buffer_start + e.window_samples - e.hop_samples
+        return self._finishing and heard_to > self.pushed_samples
+
+    def _drop(self, n: int) -> None:
+        """``n`` samples handed to the model: out of the buffer, the real ones into the history."""
+        gone = self._buffer[:n]
+        real = gone[max(0, -self._buffer_start):]
+        self._buffer = self._buffer[n:]
+        self._buffer_start += n
+        if len(real):
+            self._history.append(real)
+            self._history_len += len(real)
+            while self._history_len - len(self._history[0]) >= self._keep:
+                self._history_len -= len(self._history.popleft())
 
     def _prefill(self, need: int) -> TokenEvent:
         torch = self._torch
         e = self.engine
-        self.t_first_chunk_ready = time.perf_counter()
+        if self.t_first_chunk_ready is None:
+            self.t_first_chunk_ready = time.perf_counter()
         t0 = time.perf_counter()
         window = self._buffer[:need]
         feats = e.log_mel(window, center=True)
         ids = torch.tensor([e._prompt_ids], device=e.device)
-        self._buffer = self._buffer[e.next_window_start:]
-        self._consumed = need - len(e._left_pad)
+        self._drop(e.next_window_start)
         self._started = True
         return self._forward(ids, feats, t0, prefill=True)
 
@@ -413,10 +499,8 @@ class RealtimeSession:
         frames = e.frames_per_token
         feats = self._feats[..., self._feats_next:self._feats_next + frames]
         self._feats_next += frames
-        self._buffer = self._buffer[e.hop_samples:]
-        self._consumed += e.hop_samples
+        self._drop(e.hop_samples)
         return self._forward(self._last_token, feats, t0)
-
     def _extract_features(self) -> None:
         """Mel features for every step the buffered audio allows (up to FEATURE_BATCH_STEPS) in
         one call. Live, that is one step at a time; for a file it amortises the extractor's
@@ -461,7 +545,9 @@ class RealtimeSession:
             self.step_ms.append(step_ms)
         k = self.n_tokens
         self.n_tokens += 1
-        start_s = k * TOKEN_MS / 1000.0
+        # Token j of a stream covers the j-th 80 ms of the audio the stream started at.
+        start_s = self._stream_start / SAMPLE_RATE + self._stream_tokens * TOKEN_MS / 1000.0
+        self._stream_tokens += 1
         return TokenEvent(
             index=k,
             token_id=token_id,
@@ -583,7 +669,7 @@ def detect_kind(config) -> str:
 def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dtype: str = "auto",
                 delay_ms: int | None = None, threads: int = 0, warmup: bool = True,
                 offline: bool = False, max_new_tokens: int = 500, name: str | None = None,
-                step: str = "static", compile: str = "auto") -> Engine:
+                step: str = "static", compile: str = "auto", sessions: int = 1) -> Engine:
     """Load a Voxtral checkpoint from a hub id or a local directory and warm it up.
 
     Safetensors only, no remote code. The first use of a hub id downloads it (with progress
@@ -591,6 +677,7 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
     are read, the memory the model needs is compared with what the device has free. Raises
     :class:`ModelError` with one actionable line when any of that cannot work. ``name`` is how
     reports name the model (default: ``model``), e.g. the hub id of an already resolved path.
+    ``sessions``: Realtime session states the memory check counts (two-pass holds two).
     """
     t0 = time.perf_counter()
     from voxcli.hub import resolve_checkpoint
@@ -608,7 +695,8 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
     torch_dtype = resolve_dtype(dtype, device)
     config = _load_config(path, model)
     kind = detect_kind(config)
-    check_fits(config, kind, torch_dtype, device, model)
+    compiled = step == "static" and wants_compile(compile, str(device))
+    check_fits(config, kind, torch_dtype, device, model, sessions=sessions, graphs=kind == "realtime" and compiled)
     try:
         from transformers import AutoProcessor
 
@@ -628,9 +716,10 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
     info = EngineInfo(model=name or str(model), kind=kind, device=str(device),
                       dtype=str(torch_dtype).removeprefix("torch."), n_params=n_params,
                       load_s=time.perf_counter() - t0)
+    if dtype == "auto" and torch_dtype == torch.float16:
+        info.extra["dtype_why"] = "this GPU has no bfloat16"  # the load line says why it is not bf16
     if kind == "realtime":
-        engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step,
-                                        compile=step == "static" and wants_compile(compile, str(device)))
+        engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step, compile=compiled)
     else:
         engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens)
     if warmup:

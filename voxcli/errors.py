@@ -52,6 +52,11 @@ class ServerError(VoxcliError):
     """A remote (vLLM) engine that cannot be reached, refuses, or fails mid-stream."""
 
 
+class StreamEnded(ServerError):
+    """A server ended a realtime stream (``transcription.done``: its model said end of sequence)
+    before the audio did: the rest goes to a new session."""
+
+
 def setting(key: str) -> str:
     """How a message refers to a setting: ``f"{setting('model.name')} {name}: not found"``."""
     return "{" + key + "}"

@@ -22,7 +22,9 @@ class TokenEvent:
     first token. ``step_ms`` is how long the model step that made this token took (features,
     forward, reading the id back); ``None`` for the first token of a stream or segment (its step
     is the prefill, timed as ``critical_path_ms`` by ``voxcli bench``) and where the engine
-    cannot tell (a server).
+    cannot tell (a server). ``restart_at_s``: this token is the end of sequence of a Realtime
+    stream that had real audio left, and a new stream starts at that position of the audio (see
+    :class:`voxcli.engine.RealtimeSession`); ``None`` for every other token.
     """
 
     index: int
@@ -34,9 +36,38 @@ class TokenEvent:
     segment: int = 0
     special: bool = False
     step_ms: float | None = None
+    restart_at_s: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+RESTART_REASONS = ("eos", "blank_run")
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """A Realtime stream ended and a new one began at ``at_s`` of the audio: the model said end of
+    sequence with audio left (``eos``), or it gave no text over a long stretch of speech
+    (``blank_run``, in ``listen``)."""
+
+    reason: str
+    at_s: float
+
+    def to_dict(self) -> dict:
+        return {"type": "restart", "reason": self.reason, "at_s": round(self.at_s, 4)}
+
+
+def restart_sample(offset: int, answered: int, overlap: int) -> int:
+    """Where a new session starts after a server ended its stream early (end of sequence): where
+    it had last answered, less the model's delay (audio whose text had not come yet), but at least
+    one 80 ms token (1280 samples) on, so a server that ends every stream at once still moves on."""
+    return offset + max(answered - overlap, 1280)
+
+
+def restarts(events) -> list[Restart]:
+    """The end-of-sequence restarts among ``events``."""
+    return [Restart("eos", e.restart_at_s) for e in events if e.restart_at_s is not None]
 
 
 def clamp_span(event: TokenEvent, end_s: float) -> TokenEvent:
@@ -166,6 +197,7 @@ class Transcript:
             "text": self.text,
             "complete": self.complete,
             "metrics": self.metrics.to_dict(),
+            "restarts": [r.to_dict() for r in restarts(self.events)],
             "events": [e.to_dict() for e in self.events],
         }
 

@@ -179,7 +179,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             recorder.write_event(token.event, transcript=token.stream != "provisional", **extra)
             saving_failed()
 
-    def on_row(row) -> None:  # an endpoint, a reconnect, a replacement
+    def on_row(row) -> None:  # an endpoint, a reconnect, a restart, a replacement
         emit(row.to_dict())
         if recorder:
             recorder.write_row(row.to_dict())
@@ -204,13 +204,14 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
 
     options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad,
                           silence_db=cfg.listen.silence_db, reconnect_s=cfg.model.reconnect_s,
+                          blank_run_s=cfg.listen.blank_run_s,
                           language=None if cfg.transcription.language == "auto" else cfg.transcription.language)
     result = None
     try:
         with _Signals(stop, notify), view:
             result = run_live(engine, source, on_token=on_token, stop=stop, options=options, final_engine=final_engine,
                               on_audio=on_audio, on_latency=on_latency, on_endpoint=on_endpoint,
-                              on_reconnect=on_row, on_notice=on_notice, on_status=on_status)
+                              on_reconnect=on_row, on_restart=on_row, on_notice=on_notice, on_status=on_status)
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130
@@ -301,6 +302,7 @@ def _summary(result, tokens=(), replacements=()) -> dict:
         "flushes": result.flushes,
         "endpoints": result.endpoints,
         "reconnects": result.reconnects,
+        "restarts": result.restarts,
         "notice": result.notice,
         "error": result.error,
     }

@@ -7,7 +7,13 @@ from, each end of speech, and notices worth showing. It never draws and never wa
 Realtime model: one session step per 80 ms chunk; when the endpointer (``voxcli.vad``) says speech
 has ended, the session is finished at once (the right padding is pushed, so the last words come out
 without waiting out the delay) and a new one starts at the same sample, so no audio is skipped.
-Offline models: the endpointer cuts speech into utterances, each transcribed when it ends.
+A stream that ends itself (end of sequence) starts again where it stopped transcribing: a local
+session does that itself, a server's gets a new session; either way a ``Restart`` row says so. A
+stream that gives no text over ``blank_run_s`` of speech (vLLM #47614: a real session can emit only
+blanks for minutes) is restarted with the audio since the run began, backing off.
+Offline models: the endpointer cuts speech into utterances, each transcribed when it ends; no
+stretch the endpointer heard no speech in is ever sent to one (Voxtral 3B invents text over
+silence).
 On stop, what was captured is drained and flushed before the worker returns.
 """
 
@@ -25,11 +31,12 @@ import numpy as np
 
 from voxcli.capture import level_db
 from voxcli.contract import Engine
-from voxcli.errors import ServerError, first_line
-from voxcli.events import TokenEvent, clamp_span
+from voxcli.errors import ServerError, StreamEnded, first_line
+from voxcli.events import Restart, TokenEvent, clamp_span, restart_sample
 
 POLL_S = 0.05  # how long the worker waits for a block before looking at a server's deltas again
 RECONNECT_MAX_WAIT_S = 5.0  # reconnect attempts back off from 0.5 s to this
+BLANK_RESTARTS = 3  # blank-run restarts in a row (each after twice the speech of the last) before giving up
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class _Outage:
     next_try: float = 0.0
     wait: float = 0.5
     attempt: _Attempt | None = None  # the connection being opened now
+    ended: bool = False  # the server ended the stream itself (end of sequence): a restart, not a reconnect
 
     def __post_init__(self) -> None:
         self.first_error = self.error
@@ -141,6 +149,7 @@ class LiveOptions:
     reconnect_s: float = 120.0  # a server: how long to keep reconnecting after losing it (0: fail at once)
     language: str | None = None  # offline models (and an offline final pass): the language hint
     replay_overlap_ms: int = 480  # a server: the model's delay, replayed after a reconnect (vLLM: the checkpoint's)
+    blank_run_s: float = 3.0  # speech with no text for this long restarts the stream (0: never)
 
 
 class _Tape:
@@ -211,6 +220,10 @@ class LiveWorker:
         self.utterance = 0
         self._put: Callable[[object], None] = lambda item: None
         self._draining: list[tuple] = []  # (session, offset, utterance) finishing on a server
+        self.restarts = 0
+        self._speech_from: int | None = None  # where the speech now going on began (None: not in speech)
+        self._text_at = 0  # where the first stream last gave text (or was restarted)
+        self._blank_restarts = 0  # blank-run restarts since the last text
         opts = self.options
         self.endpointer = None
         if opts.flush_after_ms:
@@ -243,7 +256,10 @@ class LiveWorker:
         self.heard += len(x)
         self.clock.add(self.heard, t_cap)
         self._put(AudioIn(x, level_db(x), self.source.backlog))
-        return self.endpointer.feed(x) if self.endpointer is not None else []
+        events = self.endpointer.feed(x) if self.endpointer is not None else []
+        for vad in events:
+            self._speech_from = vad.sample if vad.kind == "start" else None
+        return events
 
     def _endpoint(self, event) -> None:
         self._put(Endpoint(event.sample / 16000, event.decided_sample / 16000, self.utterance))
@@ -254,8 +270,13 @@ class LiveWorker:
         shift = offset / 16000
         start = None if event.audio_start_s is None else event.audio_start_s + shift
         end = None if event.audio_end_s is None else event.audio_end_s + shift
-        event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end)
+        restart_at = None if event.restart_at_s is None else event.restart_at_s + shift
+        event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end,
+                                    restart_at_s=restart_at)
         self.n_tokens += 1
+        first_stream = (self._first_stream if stream is None else stream) == self._first_stream
+        if first_stream and event.text.strip():
+            self._text_at, self._blank_restarts = self.heard, 0
         t_audio = None
         if end is not None:
             t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
@@ -264,14 +285,24 @@ class LiveWorker:
         self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed,
                             self.utterance if utterance is None else utterance,
                             self._first_stream if stream is None else stream))
+        if restart_at is not None:  # a local stream said end of sequence and started again there
+            self._restarted("eos", int(round(restart_at * 16000)))
+
+    def _restarted(self, reason: str, at: int) -> None:
+        self.restarts += 1
+        self._text_at = max(self._text_at, at)  # the new stream's run without text starts here
+        self._put(Restart(reason, at / 16000))
 
     def _run_realtime(self) -> None:
         remote = self.engine.remote
-        tape = _Tape()  # a server's: audio it may not have heard yet (a replay); an offline final pass's: the utterance
+        # Audio that may be needed again: a server's replay after a reconnect, a restart after a
+        # run of blanks, an offline final pass's utterance.
+        tape = _Tape()
         session, offset = self.engine.session(), 0
         second = self.final_engine
         final = second.session() if second is not None and second.kind == "realtime" else None
         final_pass = second if second is not None and second.kind == "offline" else None  # per utterance
+        utterance_from: int | None = None  # final pass: where the open utterance's speech began
         outage: _Outage | None = None
         self._block_iter = blocks = self._blocks()
         for t_cap, x in blocks:
@@ -279,8 +310,11 @@ class LiveWorker:
             vad_events = []
             if x is not None:
                 vad_events = self._hear(t_cap, x)
-                if remote or final_pass is not None:
-                    tape.append(x)
+                tape.append(x)
+                for vad in vad_events:
+                    if vad.kind == "start" and utterance_from is None:
+                        utterance_from = vad.sample
+            replayed = False
             if outage is not None:  # capture goes on; the server gets it all once it is back
                 session, offset = self._retry(outage, tape)
                 if session is None:
@@ -288,9 +322,9 @@ class LiveWorker:
                         if vad.kind == "end":
                             self._endpoint(vad)
                     continue
-                outage = None
+                outage, replayed = None, True  # the replay ended with this block
             try:
-                if x is not None:
+                if x is not None and not replayed:
                     session.push(x)
                 for event in session.steps():
                     self._emit(event, offset, t_cap if x is not None else event.t_emitted)
@@ -305,16 +339,21 @@ class LiveWorker:
                             self._finish(final, offset, stream="final")
                             final = self.final_engine.session()
                         self._endpoint(vad)
-                        if final_pass is not None:
-                            self._final_pass(final_pass, tape.slice(offset, self.heard), offset, self.utterance - 1)
-                            tape.keep_from(self.heard)
+                        if final_pass is not None and utterance_from is not None:
+                            self._final_pass(final_pass, tape, max(offset, utterance_from - self._preroll),
+                                             self.utterance - 1)
+                        utterance_from = None
                         session, offset = None, self.heard
                         session = self.engine.session()
+                if x is not None and self._blank_run_over():
+                    session, offset = self._restart_blank(session, offset, tape)
             except ServerError as exc:
                 outage, session = self._lost(exc, session, offset), None
                 continue
+            keep = [self.heard, offset if final_pass is not None else self.heard, self._blank_run_from()]
             if remote:
-                tape.keep_from(offset + max(0, session.answered_samples - self._overlap))
+                keep.append(offset + max(0, session.answered_samples - self._overlap))
+            tape.keep_from(min(keep))
         while True:  # the input is over: now waiting is fine
             while outage is not None:
                 time.sleep(POLL_S)
@@ -334,8 +373,44 @@ class LiveWorker:
         last = self.utterance
         for vad in self.endpointer.flush() if self.endpointer is not None else []:
             self._endpoint(vad)  # the input ended inside speech: that is its end
-        if final_pass is not None and self.heard > offset:
-            self._final_pass(final_pass, tape.slice(offset, self.heard), offset, last)
+        # Only an utterance the endpointer heard (or, without one, whatever was heard) goes to the
+        # offline model: trailing silence after the last end of speech is never sent.
+        if final_pass is not None and self.heard > offset and (utterance_from is not None or self.endpointer is None):
+            start = offset if utterance_from is None else max(offset, utterance_from - self._preroll)
+            self._final_pass(final_pass, tape, start, last)
+
+    @property
+    def _preroll(self) -> int:
+        return int(self.options.preroll_s * 16000)
+
+    def _blank_run_from(self) -> int:
+        """Where the stream's run without text, inside speech, began (``heard`` when there is none
+        to watch)."""
+        if not self.options.blank_run_s or self._speech_from is None or self._blank_restarts > BLANK_RESTARTS:
+            return self.heard
+        return max(self._speech_from, self._text_at)
+
+    def _blank_run_over(self) -> bool:
+        """Speech has gone on for the blank-run limit (doubled after each restart in a row) and the
+        stream has given no text in it."""
+        limit = self.options.blank_run_s * 2 ** self._blank_restarts
+        return self.heard - self._blank_run_from() >= limit * 16000 > 0
+
+    def _restart_blank(self, session, offset: int, tape: _Tape):
+        """A stream that heard speech and said nothing: a new one, replayed from where the run
+        began. After BLANK_RESTARTS in a row, one line, and no more restarts until text comes."""
+        self._blank_restarts += 1
+        if self._blank_restarts > BLANK_RESTARTS:
+            self._notice(f"the model gave no text over {(self.heard - self._text_at) / 16000:.0f} s of speech "
+                         f"after {BLANK_RESTARTS} restarts; not restarting again until it does (is the "
+                         f"checkpoint right?)")
+            return session, offset
+        at = self._blank_run_from()
+        _close_quietly(session)
+        session = self.engine.session()
+        session.push(tape.slice(at, self.heard))
+        self._restarted("blank_run", at)
+        return session, at
 
     @property
     def _overlap(self) -> int:
@@ -366,16 +441,21 @@ class LiveWorker:
     def _lost(self, exc: ServerError, session, offset: int) -> _Outage:
         """The server went away mid-stream. Keep capturing; replay from where it last answered,
         less the model's delay (the audio whose text had not come yet)."""
-        if not self.engine.remote or self.options.reconnect_s <= 0:
+        ended = isinstance(exc, StreamEnded)  # not lost: the model said end of sequence
+        if not self.engine.remote or (self.options.reconnect_s <= 0 and not ended):
             self._give_up(exc, None)
         replay_from = offset
         if session is not None:
-            replay_from = offset + max(0, session.answered_samples - self._overlap)
+            if ended:
+                replay_from = restart_sample(offset, session.answered_samples, self._overlap)
+            else:
+                replay_from = offset + max(0, session.answered_samples - self._overlap)
             _close_quietly(session)
-        self._notice(f"{first_line(exc)}; reconnecting for up to {self.options.reconnect_s:.0f} s, "
-                     f"the audio is kept")
+        if not ended:
+            self._notice(f"{first_line(exc)}; reconnecting for up to {self.options.reconnect_s:.0f} s, "
+                         f"the audio is kept")
         return _Outage(t_lost=time.monotonic(), lost_at_s=self.heard / 16000, replay_from=replay_from,
-                       error=exc)
+                       error=exc, ended=ended)
 
     def _retry(self, outage: _Outage, tape: _Tape):
         """Reconnect attempts, each in a thread of its own (a server that is starting may accept
@@ -407,6 +487,9 @@ class LiveWorker:
             outage.next_try = now + outage.wait
             outage.wait = min(2 * outage.wait, RECONNECT_MAX_WAIT_S)
             return None, None
+        if outage.ended:
+            self._restarted("eos", outage.replay_from)
+            return session, outage.replay_from
         row = Reconnect(lost_at_s=outage.lost_at_s, down_s=now - outage.t_lost, replayed_s=len(replay) / 16000,
                         attempts=outage.attempts, error=first_line(outage.first_error))
         self._put(row)
@@ -425,8 +508,10 @@ class LiveWorker:
                           f"within {self.options.reconnect_s:.0f} s (last try: {first_line(exc)})",
                           **exc.data) from None
 
-    def _final_pass(self, engine: Engine, audio: np.ndarray, offset: int, utterance: int) -> None:
-        """Two-pass with an offline model: the utterance that just ended, transcribed whole."""
+    def _final_pass(self, engine: Engine, tape: _Tape, offset: int, utterance: int) -> None:
+        """Two-pass with an offline model: the utterance that just ended, transcribed whole (from
+        its speech's start, less the preroll, to now)."""
+        audio = tape.slice(offset, self.heard)
         t_ready = time.perf_counter()
         for event in engine.transcribe(audio, language=self.options.language, segments=[(0, len(audio))]):
             self._emit(event, offset, t_ready, stream="final", utterance=utterance)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxcli.events import LiveStatus, TokenEvent, Transcript, TranscriptMetrics, summarize
+from voxcli.events import LiveStatus, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
 from voxcli.live import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker, Notice, Reconnect
 
 QUEUE_SIZE = 256  # tokens of a file in flight between the engine and the screen
@@ -183,6 +183,7 @@ class LiveResult:
     input_overflows: int = 0
     notice: str | None = None  # the latest problem shown while running (e.g. a reconnect)
     reconnects: int = 0  # times a lost server was found again
+    restarts: int = 0  # streams that ended themselves (end of sequence) or gave only blanks, started again
     capture_time: Callable[[int], float] | None = None  # 16 kHz sample -> when it was captured
 
 
@@ -193,6 +194,7 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
              on_endpoint: Callable[[Endpoint], None] | None = None,
              on_notice: Callable[[str], None] | None = None,
              on_reconnect: Callable[[Reconnect], None] | None = None,
+             on_restart: Callable[[Restart], None] | None = None,
              on_status: Callable[[LiveStatus], None] | None = None,
              final_engine=None) -> LiveResult:
     """Capture (``source``, checked, not started) -> engine thread -> this thread.
@@ -209,7 +211,8 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
     after_ready: list[float] = []
     steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)
     final_steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)  # two-pass: the final stream's
-    now = {"heard": 0, "level_db": -120.0, "backlog": 0, "endpoints": 0, "notice": None, "reconnects": 0}
+    now = {"heard": 0, "level_db": -120.0, "backlog": 0, "endpoints": 0, "notice": None, "reconnects": 0,
+           "restarts": 0}
 
     def status() -> LiveStatus:
         recent = summarize(latency[-200:])
@@ -255,6 +258,10 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
                     now["reconnects"] += 1
                     if on_reconnect is not None:
                         on_reconnect(item)
+                elif isinstance(item, Restart):
+                    now["restarts"] += 1
+                    if on_restart is not None:
+                        on_restart(item)
                 elif isinstance(item, Notice):
                     now["notice"] = item.text
                     if on_notice is not None:
@@ -271,4 +278,5 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
                       emit_after_ready_ms=after_ready, step_ms=list(steps),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
                       capture_time=worker.clock.at, input_overflows=source.input_overflows,
-                      endpoints=now["endpoints"], notice=now["notice"], reconnects=now["reconnects"])
+                      endpoints=now["endpoints"], notice=now["notice"], reconnects=now["reconnects"],
+                      restarts=now["restarts"])

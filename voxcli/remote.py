@@ -38,13 +38,14 @@ from websockets.sync.client import ClientConnection, connect
 
 from voxcli.config import API_KEY_ENV, DEFAULT_MODEL
 from voxcli.engine import EngineInfo, transcribe_segments
-from voxcli.errors import ServerError, first_line, setting
-from voxcli.events import TokenEvent
+from voxcli.errors import ServerError, StreamEnded, first_line, setting
+from voxcli.events import restart_sample, TokenEvent
 
 SAMPLE_RATE = 16000
 KINDS = ("auto", "realtime", "offline")
 TIMEOUT_S = 30.0
 APPEND_SAMPLES = 1280  # 80 ms per append message: what one Realtime token covers
+REPLAY_OVERLAP_SAMPLES = 480 * 16  # the checkpoint's default delay (480 ms): a replay starts this far back
 KEY = setting("model.api_key")
 
 
@@ -218,10 +219,30 @@ class RemoteRealtimeEngine(RemoteEngine):
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
                    segments=None) -> Iterator[TokenEvent]:
-        """All of ``audio`` as fast as the server takes it, then the final commit."""
+        """All of ``audio`` as fast as the server takes it, then the final commit. A stream the
+        server ends early (end of sequence) goes on in a new session from where it had answered,
+        less the model's delay, marked by an empty event carrying ``restart_at_s``."""
         audio = np.asarray(audio, dtype=np.float32)
-        blocks = (audio[i:i + APPEND_SAMPLES] for i in range(0, len(audio), APPEND_SAMPLES))
-        yield from self.stream(blocks)
+        start = 0
+        while True:
+            rest = audio[start:]
+            blocks = (rest[i:i + APPEND_SAMPLES] for i in range(0, len(rest), APPEND_SAMPLES))
+            session = self.session()
+            try:
+                for block in blocks:
+                    session.push(block)
+                    yield from session.steps()
+                yield from session.finish()
+                return
+            except StreamEnded:
+                start = restart_sample(start, session.answered_samples, REPLAY_OVERLAP_SAMPLES)
+                if start >= len(audio):
+                    return
+                yield TokenEvent(index=-1, token_id=-1, text="", t_emitted=time.perf_counter(), special=True,
+                                 restart_at_s=start / 16000)
+            finally:
+                session.close()
+
 
 
 class RemoteRealtimeSession:
@@ -243,6 +264,8 @@ class RemoteRealtimeSession:
         self._inbox: queue.Queue = queue.Queue()
         self._done = threading.Event()
         self._error: str | None = None
+        self._committed = False  # the final commit was sent
+        self._ended_early = False  # the server said transcription.done before that
         self._closed = False
         self.finished = False  # after commit(): everything has arrived
         self._timeout_s = engine.server.timeout_s
@@ -271,6 +294,9 @@ class RemoteRealtimeSession:
                     self.answered_samples = self.pushed_samples
                     self._inbox.put((time.perf_counter(), message.get("delta", "")))
                 elif kind == "transcription.done":
+                    # Before the final commit: the model said end of sequence with audio still
+                    # coming (vLLM ends the request there). The caller opens a new session.
+                    self._ended_early = not self._committed
                     self._done.set()
                     return
                 elif kind == "error":
@@ -309,6 +335,9 @@ class RemoteRealtimeSession:
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise ServerError(self._error, url=self.engine.server.url)
+        if self._ended_early and self._inbox.empty():
+            raise StreamEnded(f"the vLLM server at {self.engine.server.url} ended the stream (end of sequence) "
+                              f"before the audio did", url=self.engine.server.url)
 
     def steps(self) -> Iterator[TokenEvent]:
         while True:
@@ -334,6 +363,7 @@ class RemoteRealtimeSession:
     def commit(self) -> None:
         """End this stream without waiting for the server's last deltas (see pending())."""
         self._send({"type": "input_audio_buffer.commit", "final": True})
+        self._committed = True
         self._deadline = time.monotonic() + self._timeout_s
 
     def pending(self) -> Iterator[TokenEvent]:

@@ -20,7 +20,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from voxcli.events import FileStatus, LiveStatus, TokenEvent, Transcript
+from voxcli.events import FileStatus, LiveStatus, Restart, TokenEvent, Transcript
 
 __all__ = [
     "FORMATS",
@@ -275,7 +275,11 @@ def render_transcript(transcript: Transcript, fmt: str) -> str:
         return _json(transcript.to_dict(), indent=2) + "\n"
     if fmt == "jsonl":
         source = transcript.source
-        lines = [_json({"type": "token", "source": source, **e.to_dict()}) for e in transcript.events]
+        lines = []
+        for e in transcript.events:
+            lines.append(_json({"type": "token", "source": source, **e.to_dict()}))
+            if e.restart_at_s is not None:  # the stream it ended starts again here
+                lines.append(_json({**Restart("eos", e.restart_at_s).to_dict(), "source": source}))
         summary = {
             "type": "summary",
             "source": transcript.source,

@@ -153,9 +153,12 @@ def offline_config(*, vocab_size: int | None = None, hidden_size: int | None = N
     return config
 
 
-def _randomize(model, std: float = 0.3) -> None:
+def _randomize(model, std: float = 0.3, eos_std: float = 0.0) -> None:
     """Re-draw the weights wide enough that the output depends on the audio, then zero the
     special-token rows of the tied embedding so random logits favour printable text.
+    ``eos_std``: draw the end-of-sequence row (id 2) instead, this wide, so that the model says
+    EOS now and then, as a real one does (a zeroed row never wins, which would hide what a
+    stream must do after EOS).
 
     With the default init (std 0.02) a tiny model emits one token forever, which would hide
     detokenization and segmentation bugs; std 0.3 gives varied text, multi-byte characters included.
@@ -171,12 +174,19 @@ def _randomize(model, std: float = 0.3) -> None:
         out = model.get_output_embeddings()
         if out is not None and out.weight.data_ptr() != emb.data_ptr():
             out.weight[:NUM_SPECIAL_TOKENS] = 0.0
+        if eos_std:
+            eos = REAL_SPECIAL_IDS["</s>"]
+            emb[eos].normal_(0.0, eos_std)
+            if out is not None and out.weight.data_ptr() != emb.data_ptr():
+                out.weight[eos] = emb[eos]
 
 
 def make_tiny_model(path: str | Path, kind: str = "realtime", *, hidden_size: int = 64,
                     num_layers: int = 2, delay_ms: int = 480, seed: int = 0,
-                    text_sliding_window: int | None = None, audio_sliding_window: int | None = None) -> Path:
-    """Write a tiny random Voxtral checkpoint (model + processor + tekken.json) into ``path``."""
+                    text_sliding_window: int | None = None, audio_sliding_window: int | None = None,
+                    eos_std: float = 0.0) -> Path:
+    """Write a tiny random Voxtral checkpoint (model + processor + tekken.json) into ``path``.
+    ``eos_std`` > 0: a model that says end of sequence now and then (see :func:`_randomize`)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     import torch
@@ -200,7 +210,7 @@ def make_tiny_model(path: str | Path, kind: str = "realtime", *, hidden_size: in
 
         config = offline_config(**sizes)
         model = VoxtralForConditionalGeneration(config)
-    _randomize(model)
+    _randomize(model, eos_std=eos_std)
     model.save_pretrained(path)
     processor = realtime_processor(path) if kind == "realtime" else offline_processor(path)
     processor.save_pretrained(path)

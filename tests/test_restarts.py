@@ -1,0 +1,300 @@
+"""A Realtime stream that ends itself: end of sequence (EOS) mid-clip and in the right padding,
+runs of blanks over speech, a server that says ``transcription.done`` early, and an offline model
+that must never be handed silence.
+
+Random tiny models never say EOS (their special rows are zeroed) or only blanks, so these tests
+build models that do: one whose EOS row is drawn wide enough that it says EOS now and then
+mid-clip, as a real checkpoint does, and the tiny model with its output forced to the blank.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from voxcli.audio import load_audio
+from voxcli.cli import app
+from voxcli.engine import EngineInfo, load_engine
+from voxcli.events import TokenEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG = str(ROOT / "examples" / "long.wav")  # 16.1 s of speech
+EOS, BLANK = 2, 32
+
+
+@pytest.fixture(scope="module")
+def eos_dir(tmp_path_factory):
+    from voxcli.tiny import make_tiny_model
+
+    # seed 5, EOS row std 0.6: five EOS mid-clip in long.wav (1.4, 5.0, 9.4, 10.5 and 13.9 s).
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-eos"), "realtime", seed=5, eos_std=0.6)
+
+
+@pytest.fixture(scope="module")
+def long_audio():
+    return load_audio(LONG)
+
+
+def streams(events) -> list[list[TokenEvent]]:
+    """The events cut after each EOS that restarted its stream."""
+    out = [[]]
+    for e in events:
+        out[-1].append(e)
+        if e.restart_at_s is not None:
+            out.append([])
+    return out
+
+
+@pytest.mark.parametrize("step", ["static", "hf"])
+def test_after_an_eos_a_new_stream_hears_the_rest_as_if_it_began_there(eos_dir, long_audio, step):
+    engine = load_engine(str(eos_dir), device="cpu", step=step, compile="off")
+    events = list(engine.transcribe(long_audio))
+    parts = streams(events)
+    assert len(parts) >= 4, "the EOS model should restart several times in this clip"
+    for before, after in zip(parts, parts[1:]):
+        eos = before[-1]
+        assert eos.token_id == EOS and eos.special and eos.text == ""
+        assert EOS not in [e.token_id for e in before[:-1]]  # each stream ends at its first EOS
+        at = eos.restart_at_s
+        assert after[0].audio_start_s == pytest.approx(at)  # the new stream starts where the old one stopped
+        # Never fed back: what follows is exactly a fresh stream over the rest of the audio.
+        fresh = streams(engine.transcribe(long_audio[int(round(at * 16000)):]))[0]
+        assert [e.token_id for e in after] == [e.token_id for e in fresh]
+        assert [e.text for e in after] == [e.text for e in fresh]
+    assert any(e.text.strip() for e in parts[-1])  # text after the last restart
+    # Every stream's spans continue one another, and the last reaches the end of the clip.
+    assert np.all(np.diff([e.audio_start_s for e in events]) >= -1e-9)
+    assert events[-1].audio_end_s == pytest.approx(len(long_audio) / 16000, abs=0.08)
+
+
+def test_both_steps_restart_at_the_same_tokens(eos_dir, long_audio):
+    ids = [[(e.token_id, e.restart_at_s) for e in load_engine(str(eos_dir), device="cpu", step=step,
+                                                                compile="off").transcribe(long_audio)]
+           for step in ("hf", "static")]
+    assert ids[0] == ids[1]
+
+
+def _force(engine, token_id: int, from_call: int = 0):
+    """Make the model's output ``token_id`` from its ``from_call``-th step on (a forward hook on
+    the head, which both steps call)."""
+    calls = [0]
+
+    def hook(module, args, output):
+        calls[0] += 1
+        if calls[0] > from_call:
+            output = output.clone()
+            output[..., token_id] = output.max() + 10.0
+        return output
+
+    return engine.model.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("step", ["static", "hf"])
+def test_an_eos_in_the_right_padding_simply_ends_the_session(realtime_dir, step):
+    engine = load_engine(str(realtime_dir), device="cpu", step=step, compile="off")
+    clip = load_audio(str(ROOT / "examples" / "short.wav"))
+    plain = list(engine.transcribe(clip))
+    # The last 17 tokens come from the right padding (480 ms delay: (6 + 1) + 10 tokens); say EOS
+    # from 3 before the end on.
+    handle = _force(engine, EOS, from_call=len(plain) - 3)
+    try:
+        events = list(engine.transcribe(clip))
+    finally:
+        handle.remove()
+    assert [e.token_id for e in events[:-1]] == [e.token_id for e in plain[:len(events) - 1]]
+    assert events[-1].token_id == EOS and events[-1].restart_at_s is None
+    assert len(events) == len(plain) - 2  # nothing after it: no restart, no more padding steps
+
+
+def invoke(*args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_transcribe_file_lists_the_restarts_and_covers_the_clip(eos_dir, long_audio, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    doc = json.loads(invoke("transcribe", "file", LONG, "--model", eos_dir, "--format", "json"))
+    events = doc["events"]
+    restarts = doc["restarts"]
+    eos_events = [e for e in events if e["token_id"] == EOS]
+    assert len(restarts) == len(eos_events) >= 4
+    assert restarts == [{"type": "restart", "reason": "eos", "at_s": round(e["restart_at_s"], 4)} for e in eos_events]
+    for r in restarts:  # text after each, from the position it names
+        after = [e for e in events if e["audio_start_s"] >= r["at_s"] - 1e-6 and e["text"].strip()]
+        assert after
+    assert max(e["audio_end_s"] for e in events) == pytest.approx(len(long_audio) / 16000, abs=0.08)
+    rows = [json.loads(line) for line in invoke("transcribe", "file", LONG, "--model", eos_dir, "-f", "jsonl")
+            .splitlines()]
+    assert [r for r in rows if r["type"] == "restart"] == [{**r, "source": LONG} for r in restarts]
+
+
+def test_listen_writes_a_restart_row_at_each_eos_and_goes_on(eos_dir, long_audio, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    save = tmp_path / "save"
+    out = invoke("listen", "--input", LONG, "--speed", "0", "--model", eos_dir, "--format", "jsonl",
+                 "--flush-after-ms", "0", "--plain", "--save", save)
+    rows = [json.loads(line) for line in out.splitlines()]
+    restarts = [i for i, r in enumerate(rows) if r["type"] == "restart"]
+    assert len(restarts) >= 4 and all(rows[i]["reason"] == "eos" for i in restarts)
+    for i in restarts:
+        eos = rows[i - 1]
+        assert eos["type"] == "token" and eos["token_id"] == EOS and eos["restart_at_s"] == rows[i]["at_s"]
+        nxt = next(r for r in rows[i + 1:] if r["type"] == "token")
+        assert nxt["audio_start_s"] == pytest.approx(rows[i]["at_s"])
+    tokens = [r for r in rows if r["type"] == "token"]
+    assert any(t["text"].strip() for t in tokens[tokens.index(rows[restarts[-1] - 1]) + 1:])
+    assert max(t["audio_end_s"] for t in tokens) == pytest.approx(len(long_audio) / 16000, abs=0.08)
+    assert rows[-1]["type"] == "summary" and rows[-1]["restarts"] == len(restarts)
+    (jsonl,) = save.glob("*.jsonl")
+    saved = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r for r in saved if r["type"] == "restart"] == [rows[i] for i in restarts]
+    # The same tokens as transcribe file: a live stream restarts exactly where a file's does.
+    doc = json.loads(invoke("transcribe", "file", LONG, "--model", eos_dir, "--format", "json"))
+    assert [t["token_id"] for t in tokens] == [e["token_id"] for e in doc["events"]]
+
+
+# ------------------------------------------------------------------------------------ blank runs
+
+
+class _BlankSession:
+    """A scripted session that hears and never speaks: one blank per 80 ms pushed."""
+
+    finish_waits = False
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.pushed_samples = 0
+        self._emitted = 0
+        self.closed = False
+
+    def push(self, samples) -> None:
+        self.pushed_samples += len(samples)
+
+    def steps(self):
+        while (self._emitted + 1) * 1280 <= self.pushed_samples:
+            self._emitted += 1
+            yield TokenEvent(self._emitted - 1, BLANK, "", time.perf_counter(), (self._emitted - 1) * 0.08,
+                             self._emitted * 0.08, special=True)
+
+    def finish(self):
+        return self.steps()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _BlankEngine:
+    kind = "realtime"
+    remote = False
+
+    def __init__(self) -> None:
+        self.info = EngineInfo(model="scripted", kind="realtime", device="cpu", dtype="-", n_params=0, load_s=0.0)
+        self.opened: list[_BlankSession] = []
+
+    def session(self):
+        self.opened.append(_BlankSession(self))
+        return self.opened[-1]
+
+
+def _listen_rows(engine, tmp_path, capsys, **settings) -> tuple[list[dict], str]:
+    from voxcli.config import load_config
+    from voxcli.listen import ListenJob, run_listen
+
+    cfg = load_config(None, {"output.plain": True, **settings})
+    out = io.StringIO()
+    code = run_listen(ListenJob(cfg=cfg, input_path=Path(LONG), speed=0, format="jsonl"),
+                      load_engine=lambda cfg, err: engine, stdout=out)
+    assert code == 0
+    return [json.loads(line) for line in out.getvalue().splitlines()], capsys.readouterr().err
+
+
+def test_a_scripted_session_that_only_hears_restarts_a_bounded_number_of_times(tmp_path, capsys):
+    engine = _BlankEngine()
+    rows, err = _listen_rows(engine, tmp_path, capsys, **{"listen.blank_run_s": 0.5})
+    restarts = [r for r in rows if r["type"] == "restart"]
+    assert [r["reason"] for r in restarts] == ["blank_run"] * 3  # then it gives up
+    assert rows[-1]["restarts"] == 3
+    lines = [line for line in err.splitlines() if "gave no text" in line]
+    assert len(lines) == 1 and "after 3 restarts; not restarting again" in lines[0]
+    # Backing off: the run before restart k is 0.5 s x 2^k of speech; each restart's new session
+    # was handed the run's audio again (a replay), and the old one was dropped.
+    for k, i in enumerate(i for i, r in enumerate(rows) if r["type"] == "restart"):
+        heard = next(r for r in reversed(rows[:i]) if r["type"] == "token")["audio_available_s"]
+        assert heard - rows[i]["at_s"] >= 0.5 * 2 ** k - 0.1
+    replayed = [s for s in engine.opened if s.pushed_samples and s.closed]
+    assert len(replayed) == 3
+
+
+def test_blank_runs_off_and_text_never_restart(realtime_dir, tmp_path, capsys):
+    rows, _ = _listen_rows(_BlankEngine(), tmp_path, capsys, **{"listen.blank_run_s": 0})
+    assert not [r for r in rows if r["type"] == "restart"]
+    engine = load_engine(str(realtime_dir), device="cpu")
+    rows, _ = _listen_rows(engine, tmp_path, capsys)  # the default, 3 s
+    assert not [r for r in rows if r["type"] == "restart"]  # a model that speaks is left alone
+
+
+def test_a_model_that_only_emits_the_blank_is_restarted_then_left_with_one_line(realtime_dir, tmp_path, capsys):
+    engine = load_engine(str(realtime_dir), device="cpu", compile="off")
+    handle = _force(engine, BLANK)
+    try:
+        rows, err = _listen_rows(engine, tmp_path, capsys, **{"listen.blank_run_s": 0.5})
+    finally:
+        handle.remove()
+    tokens = [r for r in rows if r["type"] == "token"]
+    assert tokens and all(t["token_id"] == BLANK for t in tokens)
+    assert [r["reason"] for r in rows if r["type"] == "restart"] == ["blank_run"] * 3
+    assert sum("gave no text" in line for line in err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------- a server's early done
+
+
+class _EndingSession(_BlankSession):
+    """A scripted server session: a word per 80 ms; the first one says ``transcription.done``
+    (end of sequence) after two seconds of audio, long before the input ends."""
+
+    finish_waits = False
+
+    def steps(self):
+        from voxcli.errors import StreamEnded
+
+        while (self._emitted + 1) * 1280 <= self.pushed_samples:
+            self._emitted += 1
+            yield TokenEvent(self._emitted - 1, -1, " w", time.perf_counter())
+        if self.engine.opened[0] is self and self.pushed_samples >= 32000:
+            raise StreamEnded("the vLLM server at http://scripted ended the stream (end of sequence) "
+                              "before the audio did")
+
+    @property
+    def answered_samples(self) -> int:
+        return self._emitted * 1280
+
+
+class _EndingEngine(_BlankEngine):
+    remote = True
+
+    def session(self):
+        self.opened.append(_EndingSession(self))
+        return self.opened[-1]
+
+
+def test_a_server_that_ends_the_stream_early_gets_a_new_session_for_the_rest(tmp_path, capsys):
+    from voxcli.events import restart_sample
+
+    engine = _EndingEngine()
+    rows, err = _listen_rows(engine, tmp_path, capsys, **{"listen.flush_after_ms": 0})
+    (restart,) = [r for r in rows if r["type"] == "restart"]
+    assert restart["reason"] == "eos" and not [r for r in rows if r["type"] == "reconnect"]
+    first, second = engine.opened[:2]
+    at = restart_sample(0, first.answered_samples, 480 * 16)
+    assert restart["at_s"] == pytest.approx(at / 16000)
+    heard = len(load_audio(LONG))
+    assert second.pushed_samples == heard - at  # the rest, from where the first stopped answering
+    assert "reconnecting" not in err and rows[-1]["restarts"] == 1

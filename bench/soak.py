@@ -543,8 +543,15 @@ def offset_check(engine, track: np.ndarray, hours: float, seconds: float) -> dic
         diff = max(float((x - y).abs().max()) for x, y in zip(a[1], b[1]))
         scale = max(float(x.abs().max()) for x in a[1])
         mismatches = sum(x != y for x, y in zip(a[0], b[0])) + abs(len(a[0]) - len(b[0]))
-        return {"tokens": len(a[0]), "token_mismatches": mismatches,
-                "max_abs_logit_diff": diff, "largest_logit": scale, "positions_at_end": b[2]}
+        first = next((i for i, (x, y) in enumerate(zip(a[0], b[0])) if x != y), None)
+        out = {"tokens": len(a[0]), "same_tokens": mismatches == 0, "token_mismatches": mismatches,
+               "max_logit_diff": diff, "max_abs_logit_diff": diff, "largest_logit": scale,
+               "positions_at_end": b[2]}
+        if first is not None:  # how close the fresh session's own choice was there: its top-2 margin
+            top2 = a[1][first].float().flatten().topk(2).values
+            out["first_difference"] = {"token": first, "fresh_id": a[0][first], "late_id": b[0][first],
+                                       "fresh_top2_margin": float(top2[0] - top2[1])}
+        return out
 
     fresh = run_one()
     late = run_one(position_offset=offset)

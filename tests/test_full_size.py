@@ -51,6 +51,18 @@ def test_config_is_the_real_checkpoints(full):
     assert (audio.num_hidden_layers, audio.hidden_size, audio.intermediate_size) == (32, 1280, 5120)
     assert (audio.num_attention_heads, audio.head_dim, audio.num_mel_bins) == (32, 64, 128)
     assert audio.sliding_window == 750
+    # Every RoPE field of both stacks (the encoder's theta is 1e6 in the checkpoint, 1e4 in
+    # transformers' class default), and the rotary modules really use it.
+    assert text.rope_parameters == {"rope_theta": 1e6, "rope_type": "default"}
+    assert audio.rope_parameters == {"rope_theta": 1e6, "rope_type": "default"}
+    import torch
+
+    for rotary, sub, dim in ((model.model.language_model.rotary_emb, text, 128),
+                             (model.model.audio_tower.rotary_emb, audio, 64)):
+        rotary = type(rotary)(config=sub)  # the same module on the CPU (the model's is on meta)
+        expected = 1.0 / (1e6 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        assert rotary.attention_scaling == 1.0
+        assert torch.allclose(rotary.inv_freq.to(torch.float64), expected, rtol=1e-6)
     assert (config.audio_length_per_tok, config.default_num_delay_tokens, config.downsample_factor) == (8, 6, 4)
     n_params = sum(p.numel() for p in model.parameters())
     assert round(n_params / 1e9, 2) == 4.43

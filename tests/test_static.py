@@ -225,3 +225,133 @@ def test_both_commands_compiled_give_the_reference_token_ids(realtime_dir, tmp_p
         ref = ids_of(realtime_dir, "--step", "hf", "--delay-ms", "240")
         assert len(ref) > 40
         assert ids_of(realtime_dir, "--compile", "--delay-ms", "240") == ref
+
+
+def test_warm_up_records_every_graph_for_every_state_in_the_thread_that_steps(realtime_dir, hello):
+    """A recording stand-in for the compiled functions: warm-up must call the prefill and every
+    span's step WARM_CALLS times (torch 2.13: warm-up, record, replay) for every state a session
+    will use (two-pass: two), all in the one thread where the graphs live; sessions, run from other
+    threads, then only replay what warm-up made."""
+    import threading
+    from collections import Counter
+
+    from voxcli import static as st
+    from voxcli.pipeline import transcribe_audio
+
+    engine = load_engine(str(realtime_dir), device="cpu", compile="off", warmup=False)
+    model = engine.static
+    calls: Counter = Counter()
+    threads: set = set()
+
+    def recorder(name, fn):
+        def call(m, state, *args):
+            key = (name, tuple(args[0].shape)) if name == "prefill" else (name, args[0])
+            calls[(id(state), key)] += 1
+            threads.add(threading.current_thread().name)
+            return fn(m, state, *args)
+        return call
+
+    model.compiled, model._call = True, st._Stepper()
+    model._prefill, model._step = recorder("prefill", st.prefill), recorder("step", st.decode_one)
+    final = engine.with_delay(960)  # two-pass: a second state, a second delay's prefill
+    engine.warmup()
+    states = {id(s) for s in model._all}
+    assert len(states) == 2 and threads == {"voxcli-stepper"}
+    prefills = {(sid, k) for sid, k in calls if k[0] == "prefill"}
+    assert {k for _, k in prefills} == {("prefill", (1, 39)), ("prefill", (1, 45))}  # 480 and 960 ms
+    assert len(prefills) == 4  # both delays on both states
+    steps = {(sid, k) for sid, k in calls if k[0] == "step"}
+    assert steps == {(sid, ("step", span)) for sid in states for span in model.spans()}
+    assert all(n >= st.WARM_CALLS for n in calls.values())
+    warm = dict(calls)
+    # Two streams at once, each in an engine thread of its own, as listen and transcribe run them.
+    for eng in (engine, final):
+        transcribe_audio(eng, hello, source="hello", on_event=lambda e: None)
+    a, b = engine.session(), final.session()
+    for x in (hello[:32000],):
+        a.push(x), b.push(x)
+        list(a.steps()), list(b.steps())
+    new = {key for key in calls if key not in warm}
+    assert not new, f"a session met a graph warm-up had not made: {new}"
+    assert threads == {"voxcli-stepper"}
+
+
+def test_the_compiled_step_marks_state_addresses_without_guards(monkeypatch, realtime_dir):
+    import torch
+
+    from voxcli import static as st
+
+    seen = []
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t, guard=True: seen.append(guard))
+    engine = load_engine(str(realtime_dir), device="cpu", compile="off", warmup=False)
+    engine.session()
+    assert seen and not any(seen)  # guard=False, said explicitly: older torch guards by default
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: None)  # a torch without guard=
+    from voxcli.errors import ModelError
+
+    with pytest.raises(ModelError, match="needs torch 2.6 or later"):
+        st.check_compilable()
+
+
+def _bf16_ulp(x):
+    import torch
+
+    exp = torch.floor(torch.log2(x.abs().clamp_min(1e-30)))
+    return torch.pow(2.0, exp - 7)  # bfloat16 keeps 8 significant bits
+
+
+def test_re_anchoring_rotates_bf16_keys_in_float32_and_rounds_once(realtime_dir):
+    """Re-anchoring rotates every cached key by the shift's angle. Done in bf16 (cos and sin
+    rounded to 8 bits, a bf16 product and sum) a key came out up to a few bf16 steps off the
+    exact rotation of what was stored; done in float32 and rounded once, it is within half a step."""
+    import torch
+
+    from voxcli.static import Ring
+
+    engine = load_engine(str(realtime_dir), device="cpu", dtype="bfloat16", compile="off", warmup=False)
+    model = engine.static
+    torch.manual_seed(0)
+    ring = Ring.allocate(model.dec_layers, model.dec_kv_heads, model.dec_head_dim, 24, 24, "cpu", torch.bfloat16)
+    for k in ring.k:
+        k.copy_(torch.randn_like(k, dtype=torch.float32) * 3)
+    stored = [k.double() for k in ring.k]
+    shift = 123_456  # hours in: a large angle, reduced mod 2 pi in float64
+    model.reanchor_ring(ring, False, shift)
+    inv_freq = model.lm.rotary_emb.inv_freq.double()
+    angle = torch.cat([-shift * inv_freq] * 2)
+    for before, after in zip(stored, ring.k):
+        half = before.shape[-1] // 2
+        exact = before * angle.cos() + torch.cat([-before[..., half:], before[..., :half]], -1) * angle.sin()
+        err = (after.double() - exact).abs()
+        assert bool((err <= 0.5 * _bf16_ulp(exact) + 1e-12).all()), float((err / _bf16_ulp(exact)).max())
+
+
+def test_bf16_re_anchoring_costs_no_more_than_1_5x_the_error_of_none(wrap_dir):
+    """The held-out model whose windows wrap (decoder 24, encoder 40: a re-anchor every few
+    tokens), in bf16, with and without re-anchoring, against a float64 reference: the largest
+    logit error while the token ids still agree with the reference stays within 1.5x."""
+    import torch
+
+    audio = load_audio("examples/long.wav")
+
+    def logits(engine, **kw):
+        session = run_session(engine, audio, **kw)
+        return ids(session), torch.stack([x.double()[0] for x in session.logits])
+
+    ref_engine = load_engine(str(wrap_dir), device="cpu", step="hf", compile="off")
+    ref_engine.model.double()
+    ref_ids, ref = logits(ref_engine)
+    engine = load_engine(str(wrap_dir), device="cpu", dtype="bfloat16", compile="off")
+
+    def error(run_ids, run) -> tuple[float, float]:
+        assert len(run) == len(ref) > 150  # a re-anchor every 24 decoder tokens: many of them
+        per_step = (run - ref).abs().amax(-1)
+        return float(per_step.mean()), float(per_step.max())
+
+    on = error(*logits(engine))
+    engine.static.reanchor = False
+    try:
+        off = error(*logits(engine))
+    finally:
+        engine.static.reanchor = True
+    assert on[0] <= 1.5 * off[0] and on[1] <= 1.5 * off[1], (on, off)

@@ -164,8 +164,12 @@ class Engine:
         raise NotImplementedError
 
     def warmup(self) -> float:
-        """Run a short silent clip through the full path once; returns the seconds it took."""
+        """Run a short silent clip through the full path once; returns the seconds it took. The
+        endpointer's detector is loaded too: not inside the first file's or session's timing."""
+        from voxcli.vad import preload
+
         t0 = time.perf_counter()
+        preload()
         for _ in self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), max_new_tokens=4):
             pass
         self.info.warmup_s = time.perf_counter() - t0
@@ -190,7 +194,7 @@ class RealtimeEngine(Engine):
     kind = "realtime"
 
     def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None,
-                 step: str = "static", compile: bool = False, static=None) -> None:
+                 step: str = "static", compile: bool = False, static=None, states: int = 1) -> None:
         super().__init__(model, processor, info)
         if step not in STEPS:
             raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
@@ -202,7 +206,7 @@ class RealtimeEngine(Engine):
         if step == "static":
             from voxcli.static import DeviceLogMel, StaticModel
 
-            self.static = static or StaticModel(model, compile=compile)
+            self.static = static or StaticModel(model, compile=compile, states=states)
             self.log_mel = DeviceLogMel(self.proc.frontend, model.device)
         proc = self.proc
         audio_cfg = proc.audio_config
@@ -246,6 +250,7 @@ class RealtimeEngine(Engine):
         other = RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms, step=self.step,
                                static=self.static)
         if self.static is not None and self.static.compiled:
+            self.static.states = max(self.static.states, 2)  # both streams' states hold graphs
             other.warmup()  # this delay's prefill compiles now, not inside the first session
         return other
 
@@ -256,7 +261,12 @@ class RealtimeEngine(Engine):
         t0 = time.perf_counter()
         super().warmup()
         if self.static is not None and self.static.compiled:
-            self.static.precompile(self.num_delay_tokens, spans=spans)
+            import torch
+
+            # The prefill's inputs as a session makes them (their shapes are the graph's).
+            prompt = torch.tensor([self._prompt_ids], device=self.device)
+            mel = self.log_mel(np.zeros(len(self._left_pad) + self.first_chunk_samples, np.float32), center=True)
+            self.static.precompile(self.num_delay_tokens, spans=spans, prompt_ids=prompt, mel=mel)
             self.info.extra["compile_s"] = round(sum(self.static.compile_s.values()), 3)
         self.info.warmup_s = time.perf_counter() - t0
         return self.info.warmup_s
@@ -588,7 +598,10 @@ class OfflineEngine(Engine):
                                        max_segment_s=self.MAX_SEGMENT_S)
 
     def warmup(self) -> float:
+        from voxcli.vad import preload
+
         t0 = time.perf_counter()
+        preload()  # the split points of a long file are found with it
         n = SAMPLE_RATE // 2
         for _ in self.transcribe(np.zeros(n, dtype=np.float32), max_new_tokens=2, segments=[(0, n)]):
             pass
@@ -719,7 +732,8 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
     if dtype == "auto" and torch_dtype == torch.float16:
         info.extra["dtype_why"] = "this GPU has no bfloat16"  # the load line says why it is not bf16
     if kind == "realtime":
-        engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step, compile=compiled)
+        engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step, compile=compiled,
+                                        states=sessions)
     else:
         engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens)
     if warmup:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass
 
@@ -42,6 +44,10 @@ FIRST_SPAN = 512
 SPAN_GROWTH = 4
 COMPILE_MODES = ("auto", "on", "off")
 _COMPILED = [0]  # compiled models made in this process (their graphs stay in dynamo's cache)
+# Calls of each compiled function, per state and shape, at warm-up. In torch 2.13 the first call
+# of a CUDA-graphed function only warms it up and a later one records the graph; the third
+# replays it, so a session never records (nor a session's first token waits for a recording).
+WARM_CALLS = 3
 
 
 def _torch():
@@ -178,11 +184,66 @@ class StaticState:
 
 
 def _mark_static(t) -> None:
+    """The tensor keeps its address for the state's life: a CUDA graph reads it in place. No
+    guard on the address (older torch guards by default, which would compile again for every
+    state); each state's graphs are recorded at warm-up instead."""
     torch = _torch()
-    try:
-        torch._dynamo.mark_static_address(t)
-    except Exception:  # noqa: BLE001 - only a hint to the compiler; eager runs without it
-        pass
+    torch._dynamo.mark_static_address(t, guard=False)
+
+
+def check_compilable() -> None:
+    """Refuse, in one line, a torch that lacks what the compiled step relies on."""
+    import inspect
+
+    from voxcli.errors import ModelError
+
+    torch = _torch()
+    mark = getattr(getattr(torch, "_dynamo", None), "mark_static_address", None)
+    if mark is None or "guard" not in inspect.signature(mark).parameters or not hasattr(torch, "compiler") \
+            or not hasattr(torch.compiler, "set_stance"):
+        raise ModelError(f"the compiled Realtime step needs torch 2.6 or later (this is {torch.__version__}); "
+                         "upgrade torch, or use model.compile=off")
+
+
+class _Stepper:
+    """One long-lived thread that makes every compiled call. CUDA graph trees are kept per thread
+    (torch/_inductor/cudagraph_trees.py), and every file and session runs in an engine thread of
+    its own: graphs recorded at warm-up in one thread would be recorded again in each new one.
+    A call's hand-off costs tens of microseconds; a graph recording inside a session costs a step."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="voxcli-stepper", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        torch = _torch()
+        while True:
+            fn, args, done = self._jobs.get()
+            try:
+                with torch.inference_mode():  # grad modes are per thread
+                    done.append((True, fn(*args)))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                done.append((False, exc))
+            finally:
+                done.event.set()
+
+    def __call__(self, fn, *args):
+        if threading.current_thread() is self.thread:
+            return fn(*args)
+        done = _Result()
+        self._jobs.put((fn, args, done))
+        done.event.wait()
+        ok, value = done[0]
+        if not ok:
+            raise value
+        return value
+
+
+class _Result(list):
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
 
 
 # --------------------------------------------------------------------------------------- model
@@ -192,7 +253,8 @@ class StaticModel:
     """The Realtime model's weights (transformers' modules, shared, not copied) with the static
     prefill and step, eager or compiled, and a pool of reusable session states."""
 
-    def __init__(self, hf_model, *, compile: bool = False, reanchor: bool = True) -> None:
+    def __init__(self, hf_model, *, compile: bool = False, reanchor: bool = True, states: int = 1,
+                 one_thread: bool | None = None) -> None:
         torch = _torch()
         inner = hf_model.model
         self.tower = inner.audio_tower
@@ -219,12 +281,18 @@ class StaticModel:
         self._ada: dict[int, object] = {}
         self._rotations: dict[tuple[bool, int], tuple] = {}
         self._free: list[StaticState] = []
+        self._all: list[StaticState] = []  # every state made: warm-up records each one's graphs
+        self.states = states  # states warm-up prepares: sessions open at once (two-pass: 2)
         self.compile_s: dict[str, float] = {}  # first call of each compiled function, per shape
         self._prefill, self._step = prefill, decode_one
+        graphs = compile and self.device.type == "cuda"
+        # Compiled calls run in one thread of their own where their CUDA graphs live (_Stepper).
+        self._call = _Stepper() if (graphs if one_thread is None else one_thread) else _inline
         if compile:
-            # One graph per (function, shape, span, state): more than dynamo's default of 8.
+            check_compilable()
+            # One graph per (function, shape, span): more than dynamo's default of 8.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on a GPU
+            mode = "reduce-overhead" if graphs else None  # CUDA graphs on a GPU
             self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
             self._step = torch.compile(decode_one, fullgraph=True, dynamic=False, mode=mode)
             _COMPILED[0] += 1
@@ -244,8 +312,13 @@ class StaticModel:
 
     def acquire(self, num_delay_tokens: int, *, position_offset: int = 0) -> StaticState:
         """A reset state from the pool (allocated only when every state is in use)."""
-        state = self._free.pop() if self._free else StaticState(self)
+        state = self._free.pop() if self._free else self._new_state()
         state.reset(num_delay_tokens, position_offset=position_offset)
+        return state
+
+    def _new_state(self) -> StaticState:
+        state = StaticState(self)
+        self._all.append(state)
         return state
 
     def release(self, state: StaticState) -> None:
@@ -269,7 +342,7 @@ class StaticModel:
         """The prompt and its audio (mel frames: 8 per prompt token). Returns (next id, logits)."""
         t0 = time.perf_counter()
         key = ("prefill", tuple(prompt_ids.shape))
-        out = self._prefill(self, state, prompt_ids, mel)
+        out = self._call(self._prefill, self, state, prompt_ids, mel)
         self._note_compile(key, t0)
         state.advance(mel.shape[-1] // 2, prompt_ids.shape[-1])
         state.token.copy_(out[0].view(1, 1))
@@ -280,8 +353,7 @@ class StaticModel:
         t0 = time.perf_counter()
         state.mel.copy_(mel)  # one static input: the compiled step (a CUDA graph) reads it in place
         span = self.span(state.dec.host_written + 1)
-        with self._guards():
-            out = self._step(self, state, span)
+        out = self._call(self._guarded_step, state, span)
         self._note_compile(("step", span), t0)
         state.advance(ENCODER_STEP, 1)
         return out
@@ -294,22 +366,38 @@ class StaticModel:
         """The decoder slots a step attends over once ``written`` tokens are in the ring."""
         return next(s for s in self._spans if s >= min(written, self.dec_window))
 
-    def precompile(self, num_delay_tokens: int, *, spans: list[int] | None = None) -> None:
-        """Compile the step for every span (or those given) now, at warm-up, so that no session
-        meets a compile."""
+    def precompile(self, num_delay_tokens: int, *, spans: list[int] | None = None, prompt_ids=None,
+                   mel=None) -> None:
+        """Compile now, at warm-up, so that no session meets a compile or a graph recording: for
+        every state a session will use (``states`` of them), the prefill at this delay (given
+        ``prompt_ids`` and ``mel``) and the step for every span (or those given), each called
+        WARM_CALLS times, in the thread that will step them. The states are reset afterwards."""
         if not self.compiled:
             return
-        torch = _torch()
-        state = self.acquire(num_delay_tokens)
-        try:
-            with torch.inference_mode():
-                for span in spans or self.spans():
-                    if ("step", span) not in self._seen:
-                        t0 = time.perf_counter()
-                        self._step(self, state, span)
-                        self._note_compile(("step", span), t0)
-        finally:
-            self.release(state)
+        while len(self._all) < self.states:
+            self._free.append(self._new_state())
+        with _torch().inference_mode():
+            self._warm_states(num_delay_tokens, spans, prompt_ids, mel)
+
+    def _warm_states(self, num_delay_tokens: int, spans, prompt_ids, mel) -> None:
+        for state in list(self._all):
+            state.reset(num_delay_tokens)
+            if prompt_ids is not None:
+                key = ("prefill", tuple(prompt_ids.shape))
+                for _ in range(WARM_CALLS):
+                    t0 = time.perf_counter()
+                    self._call(self._prefill, self, state, prompt_ids, mel)
+                    self._note_compile(key, t0)
+            for span in spans or self.spans():
+                for _ in range(WARM_CALLS):
+                    t0 = time.perf_counter()
+                    self._call(self._step, self, state, span)
+                    self._note_compile(("step", span), t0)
+            state.reset(num_delay_tokens)
+
+    def _guarded_step(self, state: StaticState, span: int):
+        with self._guards():
+            return self._step(self, state, span)
 
     def _guards(self):
         """Once every graph exists, dynamo's guard checks are ~90 us a call (measured on the tiny
@@ -346,19 +434,27 @@ class StaticModel:
             rotary = (self.tower if encoder else self.lm).rotary_emb
             angle = torch.remainder(-float(shift) * rotary.inv_freq.detach().double().cpu(), 2 * math.pi)
             emb = torch.cat([angle, angle])
-            scale = float(rotary.attention_scaling)
-            self._rotations[(encoder, shift)] = ((emb.cos() * scale).to(self.device, self.dtype),
-                                                 (emb.sin() * scale).to(self.device, self.dtype))
+            # No attention_scaling here: the cached keys carry it once already, from their own
+            # rotation; a rotation by a pure angle keeps it once.
+            self._rotations[(encoder, shift)] = (emb.cos().to(self.device, torch.float32),
+                                                 emb.sin().to(self.device, torch.float32))
         cos, sin = self._rotations[(encoder, shift)]
         with torch.inference_mode():
             for k in ring.k:
-                half = k.shape[-1] // 2
-                rotated = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
-                k.copy_(k * cos + rotated * sin)
+                # In float32, rounded to the cache's dtype once: in bf16, cos and sin rounded to 8
+                # bits and a bf16 product and sum made hour 8 worse than no re-anchoring at all.
+                x = k.float()
+                half = x.shape[-1] // 2
+                rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+                k.copy_(x * cos + rotated * sin)
             ring.slot_pos.sub_(torch.where(ring.slot_pos > EMPTY // 2, shift, 0))
             ring.pos.sub_(shift)
         ring.host_pos -= shift
         ring.shifted += shift
+
+
+def _inline(fn, *args):
+    return fn(*args)
 
 
 # ------------------------------------------------------------------------- the compilable functions

@@ -11,8 +11,10 @@ works on them works on the real thing:
   ``[STREAMING_WORD]``, and 34 ``[REPEAT_AUDIO_TEXT]`` for Realtime, ``[TRANSCRIBE]`` for 3B);
   only the text vocabulary is cut down (the first ranks of mistral-common's real tekken file);
 - the configs are transformers' own defaults for each class, which equal the real
-  ``config.json`` figures, with only the sizes shrunk (:func:`realtime_config`,
-  :func:`offline_config`; called without sizes they give the full-size configs).
+  ``config.json`` figures except the Realtime encoder's RoPE theta (transformers' default 1e4,
+  the checkpoint's 1e6: set here, see ``REAL_ROPE``), with only the sizes shrunk
+  (:func:`realtime_config`, :func:`offline_config`; called without sizes they give the
+  full-size configs).
 
 Facts this relies on (verified with transformers 5.23-5.24 and mistral-common 1.13):
 - the tokenizer must be a tekken file named ``tekken.json``, version v7 or later, listing its
@@ -40,6 +42,14 @@ REAL_SPECIAL_IDS = {
     "[STREAMING_PAD]": 32, "[STREAMING_WORD]": 33,
 }
 RANK_34 = {"realtime": "[REPEAT_AUDIO_TEXT]", "offline": "[TRANSCRIBE]"}
+
+# The Realtime checkpoint's RoPE, both stacks: its params.json gives the encoder rope_theta 1e6
+# (multimodal.whisper_model_args.encoder_args, which transformers' conversion script copies into
+# audio_config; voxtral.c's MODEL.md: "RoPE (theta=1e6, interleaved)"), where transformers'
+# VoxtralRealtimeEncoderConfig defaults to 1e4. A test model on the default would hear with other
+# positions than the real one.
+REAL_ROPE = {"text": {"rope_theta": 1e6, "rope_type": "default"},
+             "audio": {"rope_theta": 1e6, "rope_type": "default"}}
 
 # Sizes of the test models; everything else is the real configuration.
 TINY_SIZES = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
@@ -108,6 +118,8 @@ def realtime_config(*, vocab_size: int | None = None, hidden_size: int | None = 
 
     config = VoxtralRealtimeConfig()
     text, audio = config.text_config, config.audio_config
+    text.rope_parameters = dict(REAL_ROPE["text"])
+    audio.rope_parameters = dict(REAL_ROPE["audio"])
     if vocab_size is not None:
         text.vocab_size = audio.vocab_size = vocab_size
     if hidden_size is not None:

@@ -12,21 +12,35 @@ For each step path (transformers' eager forward ``hf``, voxcli's ``static`` step
 - then, for the fastest path, ``sessions``: how many sessions stepped in turn by one thread keep
   real time (every session's 80 ms step done within 80 ms of wall clock, p95 over the rounds).
 
+- for the compiled path also: ``compile_warm_s`` (a second engine over the same weights: the
+  compile caches are warm), ``graphs_after_warmup`` (CUDA graphs recorded, and cudagraph skips,
+  while sessions ran after warm-up: both must be 0), ``long_session`` (steps 505-520 and
+  2040-2055 of one session, around the decoder spans 512 and 2048) and ``two_pass`` (a 480 ms and
+  a 960 ms stream stepped together on the same audio).
+
 Random weights make meaningless tokens; the step's work does not depend on them. The bandwidth
-floor (weights read once a step) is printed beside the figures. One JSON on stdout.
+floor (weights read once a step) is printed beside the figures. A GPU machine is lent for
+minutes: every phase runs under a hard deadline (what is left of ``--budget-s``), and with
+``--json F`` each finished phase is one JSON line in F, flushed at once, so a kill keeps what was
+done; the last line is the whole result. The same whole result goes to stdout.
 
     python bench/gpu.py                                   # cuda, bfloat16, all three paths (< 8 min on one H200)
-    python bench/gpu.py --paths static,compiled --json gpu.json
-    python bench/gpu.py --tiny --device cpu --paths hf,static   # smoke test of this script (seconds)
+    python bench/gpu.py --paths compiled,static --json gpu.jsonl
+    python bench/gpu.py --tiny --device cpu --budget-s 60 --json F   # smoke test of this script (seconds)
+    bash bench/gpu.sh                                     # on a lent GPU machine: wheels, then the phases
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -157,6 +171,125 @@ def sessions_in_real_time(engine, audio: np.ndarray, max_sessions: int, deadline
     return {"keep_real_time": best, "tried": tried}
 
 
+class Deadline(Exception):
+    """A phase ran past what was left of the budget."""
+
+
+@contextlib.contextmanager
+def deadline_at(t_end: float):
+    """A hard deadline for the phase inside: SIGALRM raises Deadline in the main thread (a
+    Python loop stops at once; a running GPU kernel first finishes)."""
+    left = t_end - time.perf_counter()
+    if left <= 0:
+        raise Deadline("no time left")
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise Deadline(f"past the budget ({left:.0f} s were left)")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, left)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Phases:
+    """Each finished phase: one JSON line, written and flushed at once."""
+
+    def __init__(self, path: str | None) -> None:
+        self.file = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115 - kept open for the run
+
+    def write(self, phase: str, data: dict) -> None:
+        line = json.dumps({"phase": phase, **data})
+        print(f"gpu.py: {line}", file=sys.stderr, flush=True)
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+
+def versions(device: str) -> dict:
+    import torch
+    import transformers
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "cuda": torch.version.cuda, "driver": None}
+    if device.startswith("cuda"):
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            out["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def count_recordings():
+    """CUDA graphs recorded (and cudagraph skips) while the block runs."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    seen = {"recorded": 0}
+    skips = counters["inductor"]["cudagraph_skips"]
+    graph_cls = getattr(torch.cuda, "CUDAGraph", None)
+    original = getattr(graph_cls, "capture_begin", None)
+    if original is not None:
+        def capture_begin(self, *a, **kw):
+            seen["recorded"] += 1
+            return original(self, *a, **kw)
+
+        graph_cls.capture_begin = capture_begin
+    try:
+        yield seen
+    finally:
+        if original is not None:
+            graph_cls.capture_begin = original
+        seen["skips"] = counters["inductor"]["cudagraph_skips"] - skips
+
+
+def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases: Phases, t_end: float) -> None:
+    """The compiled path's own phases, each written as it finishes."""
+    if engine_again is not None:
+        phases.write("compile_warm", {"compile_s": engine_again.info.extra.get("compile_s")})
+    with deadline_at(t_end), count_recordings() as seen:
+        for _ in range(2):  # sessions after warm-up, in new engine threads, as files and listen run them
+            from voxcli.pipeline import transcribe_audio
+
+            transcribe_audio(engine, audio, source="clip", on_event=lambda e: None)
+    phases.write("graphs_after_warmup", seen)
+    with deadline_at(t_end):
+        long_audio = np.tile(audio, int(np.ceil(2060 * 1280 / len(audio))))[: 2060 * 1280]
+        session = engine.session()
+        session.push(long_audio)
+        for _ in session.steps():
+            pass
+        steps = list(session.step_ms)
+        session.close()
+    phases.write("long_session", {"steps_505_520_ms": [round(x, 3) for x in steps[504:520]],
+                                  "steps_2040_2055_ms": [round(x, 3) for x in steps[2039:2055]],
+                                  "step_ms_p50": pct(steps, 50), "step_ms_p99": pct(steps, 99)})
+    with deadline_at(t_end):
+        final = engine.with_delay(960)
+        a, b = engine.session(), final.session()
+        both = []
+        for i in range(0, len(audio), 1280):
+            _sync(device)
+            t0 = time.perf_counter()
+            for s in (a, b):
+                s.push(audio[i:i + 1280])
+                for _ in s.steps():
+                    pass
+            both.append((time.perf_counter() - t0) * 1000.0)
+        list(a.finish()), list(b.finish())
+    phases.write("two_pass", {"step_ms_p50": pct(both[10:], 50), "step_ms_p99": pct(both[10:], 99),
+                              "provisional_ms_p50": pct(list(a.step_ms), 50), "final_ms_p50": pct(list(b.step_ms), 50)})
+
+
 def floor_ms(n_params: int, dtype_bytes: int, device_name: str) -> dict | None:
     for key, tb_s in BANDWIDTH_TB_S.items():
         if key in device_name:
@@ -176,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new measurements after this")
     p.add_argument("--tiny", action="store_true", help="a tiny model instead of the full size (smoke test)")
-    p.add_argument("--json", help="also write the result here")
+    p.add_argument("--json", help="write one JSON line per finished phase here (flushed as it finishes)")
     args = p.parse_args(argv)
     t_begin = time.perf_counter()
     deadline = t_begin + args.budget_s
@@ -206,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         "floor": floor_ms(n_params, torch.finfo(getattr(torch, args.dtype)).bits // 8, device_name),
         "paths": {},
     }
+    phases = Phases(args.json)
+    phases.write("environment", {**result["environment"], "versions": versions(args.device),
+                                 "floor": result["floor"]})
     engines = {}
     for name in paths:
         if time.perf_counter() > deadline:
@@ -215,12 +351,24 @@ def main(argv: list[str] | None = None) -> int:
         info = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
                           n_params=n_params, load_s=build_s)
         try:
-            engine = RealtimeEngine(model, processor, info, delay_ms=args.delay_ms, step=step, compile=compiled)
-            result["paths"][name] = measure_path(engine, audio, args.runs, args.device)
+            with deadline_at(deadline):
+                engine = RealtimeEngine(model, processor, info, delay_ms=args.delay_ms, step=step, compile=compiled)
+                result["paths"][name] = measure_path(engine, audio, args.runs, args.device)
             engines[name] = engine
         except Exception as exc:  # noqa: BLE001 - one path failing must not hide the others' figures
             result["paths"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        print(f"gpu.py: {name}: {json.dumps(result['paths'][name])}", file=sys.stderr, flush=True)
+        phases.write(name, result["paths"][name])
+        if name == "compiled" and name in engines:
+            try:
+                again = None
+                with deadline_at(deadline):
+                    info2 = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
+                                       n_params=n_params, load_s=build_s)
+                    again = RealtimeEngine(model, processor, info2, delay_ms=args.delay_ms, step=step, compile=True)
+                    again.warmup(spans=[engine.static.spans()[0]])
+                compiled_extras(engines[name], again, audio, args.device, phases, deadline)
+            except Exception as exc:  # noqa: BLE001
+                phases.write("compiled_extras", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
     timed = {k: v for k, v in result["paths"].items() if v.get("step_ms", {}).get("p50")}
     if timed:
         fastest = min(timed, key=lambda k: timed[k]["step_ms"]["p50"])
@@ -228,15 +376,22 @@ def main(argv: list[str] | None = None) -> int:
         if "hf" in timed:
             result["speedup_vs_hf"] = {k: round(timed["hf"]["step_ms"]["p50"] / v["step_ms"]["p50"], 2)
                                        for k, v in timed.items()}
-        if time.perf_counter() < deadline:
-            result["sessions"] = {"path": fastest, **sessions_in_real_time(
-                engines[fastest], clip(min(args.clip_s, 4.0)), args.max_sessions, deadline)}
+        try:
+            with deadline_at(deadline):
+                result["sessions"] = {"path": fastest, **sessions_in_real_time(
+                    engines[fastest], clip(min(args.clip_s, 4.0)), args.max_sessions, deadline)}
+            phases.write("sessions", result["sessions"])
+        except Deadline as exc:
+            phases.write("sessions", {"error": str(exc)})
     result["wall_s"] = round(time.perf_counter() - t_begin, 1)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    phases.write("summary", result)
+    print(json.dumps(result, indent=1))
     return 0
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 if __name__ == "__main__":

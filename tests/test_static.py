@@ -208,15 +208,39 @@ def test_soak_offset_check_finds_hour_8_like_a_fresh_session(realtime_dir):
 
 
 def test_gpu_bench_script_runs_on_a_tiny_model_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu.json"
+    out = tmp_path / "gpu.jsonl"
     script("bench/gpu.py", "--tiny", "--device", "cpu", "--paths", "hf,static", "--runs", "1", "--clip-s", "2",
-           "--max-sessions", "2", "--json", out)
-    result = json.loads(out.read_text())
+           "--max-sessions", "2", "--budget-s", "60", "--json", out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    phases = [line["phase"] for line in lines]
+    assert phases[0] == "environment" and phases[-1] == "summary" and {"hf", "static"} <= set(phases)
+    assert set(lines[0]["versions"]) >= {"torch", "transformers", "cuda", "driver"}
+    result = lines[-1]
     assert set(result["paths"]) == {"hf", "static"}
     for entry in result["paths"].values():
         assert entry["step_ms"]["p50"] > 0 and entry["ttft_ms"]["p50"] > 0 and entry["critical_path_ms"]["p50"] > 0
     assert result["paths"]["static"]["step"] == "static eager" and result["sessions"]["keep_real_time"] >= 1
     assert result["speedup_vs_hf"]["hf"] == 1.0
+
+
+def test_gpu_bench_phases_stop_at_the_deadline():
+    import importlib.util
+    import time as _time
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", "bench/gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    Deadline, deadline_at = gpu.Deadline, gpu.deadline_at
+
+    t0 = _time.perf_counter()
+    with pytest.raises(Deadline):
+        with deadline_at(_time.perf_counter() + 0.3):
+            while True:
+                sum(range(1000))
+    assert _time.perf_counter() - t0 < 30  # it stopped (generously bounded: a shared machine)
+    with pytest.raises(Deadline, match="no time left"):
+        with deadline_at(_time.perf_counter() - 1):
+            pass
 
 
 def test_both_commands_compiled_give_the_reference_token_ids(realtime_dir, tmp_path, monkeypatch):
@@ -355,3 +379,34 @@ def test_bf16_re_anchoring_costs_no_more_than_1_5x_the_error_of_none(wrap_dir):
     finally:
         engine.static.reanchor = True
     assert on[0] <= 1.5 * off[0] and on[1] <= 1.5 * off[1], (on, off)
+
+
+@pytest.mark.gpu
+def test_no_cuda_graph_is_recorded_or_skipped_after_warm_up(realtime_dir, hello):
+    """On a GPU: after warm-up, sessions (in new engine threads, two at once for two-pass)
+    record no CUDA graph and skip none."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from voxcli.pipeline import transcribe_audio
+
+    engine = load_engine(str(realtime_dir), device="cuda", compile="on", sessions=2)
+    final = engine.with_delay(960)
+    recorded = []
+    original = torch.cuda.CUDAGraph.capture_begin
+
+    def capture_begin(self, *a, **kw):
+        recorded.append(1)
+        return original(self, *a, **kw)
+
+    skips = counters["inductor"]["cudagraph_skips"]
+    torch.cuda.CUDAGraph.capture_begin = capture_begin
+    try:
+        for eng in (engine, final, engine):
+            transcribe_audio(eng, hello, source="hello", on_event=lambda e: None)
+        a, b = engine.session(), final.session()
+        a.push(hello), b.push(hello)
+        list(a.steps()), list(b.steps()), list(a.finish()), list(b.finish())
+    finally:
+        torch.cuda.CUDAGraph.capture_begin = original
+    assert not recorded and counters["inductor"]["cudagraph_skips"] == skips

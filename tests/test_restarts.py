@@ -298,3 +298,37 @@ def test_a_server_that_ends_the_stream_early_gets_a_new_session_for_the_rest(tmp
     heard = len(load_audio(LONG))
     assert second.pushed_samples == heard - at  # the rest, from where the first stopped answering
     assert "reconnecting" not in err and rows[-1]["restarts"] == 1
+
+
+# ------------------------------------------------------------------ no silence to an offline model
+
+
+def test_an_offline_final_pass_is_never_handed_the_trailing_silence(realtime_dir, offline_dir, tmp_path, monkeypatch):
+    """Three sentences and 2 s of silence after the last: three final passes, one per utterance
+    the endpointer heard, each starting at its speech (less the preroll), none over the silence
+    (Voxtral 3B invents text there). It made four before."""
+    from speech import make_paused_speech
+
+    from voxcli.engine import OfflineEngine
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path, truth = make_paused_speech(tmp_path / "three.wav", tail_s=2.0)
+    clips: list[int] = []
+    real = OfflineEngine.transcribe
+
+    def transcribe(self, audio, **kw):
+        if np.any(audio):  # not the warm-up's silent clip
+            clips.append(len(audio))
+        return real(self, audio, **kw)
+
+    monkeypatch.setattr(OfflineEngine, "transcribe", transcribe)
+    out = invoke("listen", "--input", path, "--speed", "0", "--model", realtime_dir, "--final-model", offline_dir,
+                 "--format", "jsonl", "--plain")
+    rows = [json.loads(line) for line in out.splitlines()]
+    endpoints = [r for r in rows if r["type"] == "endpoint"]
+    assert len(endpoints) == len(truth) == 3
+    assert len(clips) == 3  # one pass per utterance; the trailing silence gets none
+    for n, (a, b), end in zip(clips, truth, endpoints):
+        # From its speech (less the 0.2 s preroll) to where its end was decided: not the silence
+        # before it (1.2 s pauses), only the endpointer's wait after it.
+        assert n <= end["decided_s"] * 16000 - a + 0.2 * 16000 + 0.1 * 16000, (n, a, b, end)

@@ -166,3 +166,40 @@ def test_interleaved_endpointers_do_not_reset_each_other(clips):
         Endpointer()  # a third, made mid-stream, must not reset the others
         got_b += second.feed(b[i:i + 320])
     assert got_a + first.flush() == _stream(a) and got_b + second.flush() == _stream(b)
+
+
+@pytest.mark.parametrize("max_segment_s", [30.0, 4.0, 1.5])
+def test_segments_found_as_the_clip_is_read_are_those_of_the_whole_clip(clips, max_segment_s):
+    """The streaming split (the first segment ready before the clip is searched to its end) cuts
+    exactly where planning over the whole clip does, with long silences between."""
+    from voxcli.audio import plan_segments
+    from voxcli.vad import stream_segments
+
+    gap = np.zeros(3 * SR, np.float32)  # longer than MAX_GAP_S: never inside one segment
+    audio = np.concatenate([clips["clean"][0], gap, clips["20 dB SNR"][0], gap, clips["quiet (-50 dBFS)"][0]])
+    whole = plan_segments(audio, SR, max_segment_s=max_segment_s, regions=padded_speech_regions(audio))
+    assert list(stream_segments(audio, max_segment_s)) == whole and len(whole) >= 3
+    for (_, b), (a, _) in zip(whole, whole[1:]):
+        assert a >= b
+    for a, b in whole:  # no segment holds the 3 s of nothing
+        assert not np.any(np.convolve(audio[a:b] == 0, np.ones(2 * SR), "valid") >= 2 * SR)
+
+
+def test_the_first_segment_is_ready_before_the_clip_is_searched(clips):
+    from voxcli.vad import stream_segments
+
+    audio = np.concatenate([clips["clean"][0], np.zeros(3 * SR, np.float32)] * 6)
+    fed = []
+    real_feed = Endpointer.feed
+
+    def feed(self, samples):
+        fed.append(len(samples))
+        return real_feed(self, samples)
+
+    Endpointer.feed = feed
+    try:
+        first = next(iter(stream_segments(audio)))
+    finally:
+        Endpointer.feed = real_feed
+    assert first[1] <= len(clips["clean"][0]) + SR // 5
+    assert sum(fed) < len(audio) / 4  # searched a quarter of the clip at most, not all of it

@@ -214,6 +214,9 @@ def detect_speech(
     return _merge_close(regions, max_gap=0)
 
 
+MAX_GAP_S = 2.0  # a segment never spans a longer stretch without speech (an offline model invents text there)
+
+
 def plan_segments(
     samples: np.ndarray, sample_rate: int = SAMPLE_RATE, max_segment_s: float = 30.0,
     regions: list[tuple[int, int]] | None = None,
@@ -225,29 +228,67 @@ def plan_segments(
     word costs that word. Cuts therefore fall in the silences between speech regions; only a
     single region longer than the limit is cut inside, at its quietest frame in the last quarter
     before the limit (a breath, usually). Segments are sorted, disjoint, within bounds, cover all
-    detected speech, and none is longer than ``max_segment_s``. Silence-only audio gives ``[]``.
+    detected speech, none is longer than ``max_segment_s``, and none spans more than
+    ``MAX_GAP_S`` without speech. Silence-only audio gives ``[]``. The same grouping, fed as the
+    regions are found, is :class:`SegmentPlanner`.
     """
-    x = _check_mono(samples)
-    _check_rate("sample_rate", sample_rate)
-    # The lower bound keeps at least a few detector frames per segment (and progress certain).
-    _check_range("max_segment_s", max_segment_s, 0.1, 86400.0)
-    max_len = int(max_segment_s * sample_rate)
-
-    pieces: list[tuple[int, int]] = []
-    for start, end in detect_speech(x, sample_rate) if regions is None else regions:
-        while end - start > max_len:
-            cut = _quietest_cut(x, start, max_len, sample_rate)
-            pieces.append((start, cut))
-            start = cut
-        pieces.append((start, end))
-
+    planner = SegmentPlanner(samples, sample_rate, max_segment_s)
     segments: list[tuple[int, int]] = []
-    for start, end in pieces:
-        if segments and end - segments[-1][0] <= max_len:
-            segments[-1] = (segments[-1][0], end)
-        else:
-            segments.append((start, end))
-    return segments
+    for start, end in detect_speech(planner.x, sample_rate) if regions is None else regions:
+        segments += planner.add(start, end)
+    return segments + planner.flush()
+
+
+class SegmentPlanner:
+    """:func:`plan_segments` one region at a time, as an endpointer finds them: ``add(start,
+    end)`` for each speech region in order, ``heard(position)`` as audio is read, ``flush()`` at
+    the end; each returns the segments that can no longer change, so the first one is decoded as
+    soon as its end is known rather than after the whole file was scanned."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE, max_segment_s: float = 30.0,
+                 max_gap_s: float = MAX_GAP_S) -> None:
+        self.x = _check_mono(samples)
+        _check_rate("sample_rate", sample_rate)
+        # The lower bound keeps at least a few detector frames per segment (and progress certain).
+        _check_range("max_segment_s", max_segment_s, 0.1, 86400.0)
+        self.rate = sample_rate
+        self.max_len = int(max_segment_s * sample_rate)
+        self.max_gap = int(max_gap_s * sample_rate)
+        self._open: tuple[int, int] | None = None  # the segment still growing
+
+    def add(self, start: int, end: int) -> list[tuple[int, int]]:
+        done = []
+        start, end = max(0, start), min(len(self.x), end)
+        while end - start > self.max_len:
+            cut = _quietest_cut(self.x, start, self.max_len, self.rate)
+            done += self._piece(start, cut)
+            start = cut
+        return done + self._piece(start, end)
+
+    def _piece(self, start: int, end: int) -> list[tuple[int, int]]:
+        if self._open is not None:
+            a, b = self._open
+            if end - a <= self.max_len and start - b <= self.max_gap:
+                self._open = (a, max(b, end))
+                return []
+        done = [self._open] if self._open is not None else []
+        self._open = (start, end)
+        if done and done[0][1] > start:  # touching after padding, but too long together: no overlap
+            done[0] = (done[0][0], start)
+        return done
+
+    def heard(self, earliest: int) -> list[tuple[int, int]]:
+        """No region found from now on starts before ``earliest`` (the searcher knows how far it
+        has searched and whether a region is open). The open segment is final once no such
+        region could join it."""
+        if self._open is not None and earliest - self._open[1] > self.max_gap:
+            done, self._open = [self._open], None
+            return done
+        return []
+
+    def flush(self) -> list[tuple[int, int]]:
+        done, self._open = ([self._open] if self._open is not None else []), None
+        return done
 
 
 def _quietest_cut(x: np.ndarray, start: int, max_len: int, sample_rate: int) -> int:

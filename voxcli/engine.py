@@ -588,9 +588,10 @@ class OfflineEngine(Engine):
                    segments: list[tuple[int, int]] | None = None) -> Iterator[TokenEvent]:
         """Tokens for each speech segment in turn; each event carries its segment's span.
 
-        ``segments`` (sample ranges) default to :func:`voxcli.audio.plan_segments` over the speech
-        the endpointer (Silero VAD) finds: grouped into windows of at most 30 s, cut at silences.
-        Silence yields nothing.
+        ``segments`` (sample ranges) default to :func:`voxcli.vad.stream_segments`: the speech
+        the endpointer (Silero VAD) finds, grouped into windows of at most 30 s, cut at silences,
+        found as the clip is searched. Silence, and any stretch over 2 s without speech, is never
+        sent to the model (it invents text there).
         """
         audio = _validate_audio(audio)
         limit = max_new_tokens or self.max_new_tokens
@@ -646,11 +647,10 @@ def transcribe_segments(audio: np.ndarray, segments: list[tuple[int, int]] | Non
     numbered across segments, carry their segment's span, and a segment's first text gets a
     leading space so words of segments transcribed apart stay apart."""
     if segments is None:
-        from voxcli.audio import plan_segments
-        from voxcli.vad import padded_speech_regions
+        from voxcli.vad import stream_segments
 
-        segments = plan_segments(audio, SAMPLE_RATE, max_segment_s=max_segment_s,
-                                 regions=padded_speech_regions(audio))
+        # Found as the clip is searched: the first segment is decoded once its end is known.
+        segments = stream_segments(audio, max_segment_s)
     index = 0
     for seg_no, (start, end) in enumerate(segments):
         needs_space = index > 0

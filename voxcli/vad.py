@@ -206,3 +206,37 @@ def padded_speech_regions(audio: np.ndarray, pad_s: float = 0.1,
         else:
             merged.append((a, b))
     return merged
+
+
+def stream_segments(audio: np.ndarray, max_segment_s: float = 30.0, pad_s: float = 0.1,
+                    options: EndpointOptions | None = None, block_s: float = 1.0):
+    """Segments of at most ``max_segment_s`` to transcribe a long clip in pieces (the cut points
+    of :func:`voxcli.audio.plan_segments` over :func:`padded_speech_regions`), yielded as the
+    clip is searched: each once nothing found later can change it. The first is ready after a
+    few seconds of the clip are searched, not the whole clip (Silero reads ~9 ms of CPU a second
+    of audio: an hour waited ~30 s for its first segment)."""
+    from voxcli.audio import SegmentPlanner
+
+    planner = SegmentPlanner(audio, SAMPLE_RATE, max_segment_s)
+    opts = options or EndpointOptions()
+    ep = Endpointer(opts)
+    pad, block, n = int(pad_s * SAMPLE_RATE), int(block_s * SAMPLE_RATE), len(audio)
+    # A speech start is reported after min_speech_ms, and widened by the pad: a region found
+    # later can begin this far before what has been searched.
+    lookback = pad + opts.min_speech_ms * SAMPLE_RATE // 1000 + 2 * WINDOW
+    start = None
+    for i in range(0, n, block):
+        for event in ep.feed(audio[i:i + block]):
+            if event.kind == "start":
+                start = event.sample
+            elif start is not None:
+                yield from planner.add(start - pad, min(event.sample, n) + pad)
+                start = None
+        # A region found from here on starts no earlier than the open one (if speech is going
+        # on), or than what was searched, less how late a start is reported and the pad.
+        yield from planner.heard(start - pad if start is not None else min(n, i + block) - lookback)
+    for event in ep.flush():
+        if start is not None:
+            yield from planner.add(start - pad, min(event.sample, n) + pad)
+            start = None
+    yield from planner.flush()

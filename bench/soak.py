@@ -547,6 +547,11 @@ def offset_check(engine, track: np.ndarray, hours: float, seconds: float) -> dic
         out = {"tokens": len(a[0]), "same_tokens": mismatches == 0, "token_mismatches": mismatches,
                "max_logit_diff": diff, "max_abs_logit_diff": diff, "largest_logit": scale,
                "positions_at_end": b[2]}
+        # After the first different token the two runs are fed different tokens: their logits
+        # then part for that reason, not for precision. The difference before it is precision.
+        upto = first if first is not None else len(a[1])
+        out["max_logit_diff_before_first_difference"] = max(
+            (float((x - y).abs().max()) for x, y in zip(a[1][:upto], b[1][:upto])), default=0.0)
         if first is not None:  # how close the fresh session's own choice was there: its top-2 margin
             top2 = a[1][first].float().flatten().topk(2).values
             out["first_difference"] = {"token": first, "fresh_id": a[0][first], "late_id": b[0][first],

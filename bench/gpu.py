@@ -32,6 +32,10 @@ done; the last line is the whole result. The same whole result goes to stdout.
 
 from __future__ import annotations
 
+import time
+
+T_PROCESS = time.perf_counter()  # --budget-s counts from here, imports included
+
 import argparse
 import contextlib
 import json
@@ -41,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +266,7 @@ def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases
             transcribe_audio(engine, audio, source="clip", on_event=lambda e: None)
     phases.write("graphs_after_warmup", seen)
     with deadline_at(t_end):
-        long_audio = np.tile(audio, int(np.ceil(2060 * 1280 / len(audio))))[: 2060 * 1280]
+        long_audio = np.tile(audio, int(np.ceil(2100 * 1280 / len(audio))))[: 2100 * 1280]
         session = engine.session()
         session.push(long_audio)
         for _ in session.steps():
@@ -311,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a tiny model instead of the full size (smoke test)")
     p.add_argument("--json", help="write one JSON line per finished phase here (flushed as it finishes)")
     args = p.parse_args(argv)
-    t_begin = time.perf_counter()
-    deadline = t_begin + args.budget_s
+    t_begin = T_PROCESS
+    deadline = t_begin + args.budget_s - 1.0  # the last second: the summary line
 
     import torch
     import transformers

@@ -347,7 +347,6 @@ class RealtimeSession:
         self._keep = engine.first_chunk_samples + engine.hop_samples
         self.n_tokens = 0
         self.pushed_samples = 0
-        self.restarts = 0
         # Recent step times only: a session may run for hours (one step per 80 ms).
         self.step_ms: deque[float] = deque(maxlen=STEP_MS_KEEP)  # decode steps, not the prefill
         self.t_first_chunk_ready: float | None = None
@@ -463,7 +462,6 @@ class RealtimeSession:
         kept = np.concatenate([*self._history, self._buffer])
         kept_start = self._stream_start + self._buffer_start - self._history_len  # session position of kept[0]
         replay = kept[at - kept_start:self.pushed_samples - kept_start]
-        self.restarts += 1
         self._open_stream(at, replay)
         if self._finishing:
             self._pad()

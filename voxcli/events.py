@@ -42,9 +42,6 @@ class TokenEvent:
         return asdict(self)
 
 
-RESTART_REASONS = ("eos", "blank_run")
-
-
 @dataclass(frozen=True, slots=True)
 class Restart:
     """A Realtime stream ended and a new one began at ``at_s`` of the audio: the model said end of

@@ -220,7 +220,6 @@ class LiveWorker:
         self.utterance = 0
         self._put: Callable[[object], None] = lambda item: None
         self._draining: list[tuple] = []  # (session, offset, utterance) finishing on a server
-        self.restarts = 0
         self._speech_from: int | None = None  # where the speech now going on began (None: not in speech)
         self._text_at = 0  # where the first stream last gave text (or was restarted)
         self._blank_restarts = 0  # blank-run restarts since the last text
@@ -289,7 +288,6 @@ class LiveWorker:
             self._restarted("eos", int(round(restart_at * 16000)))
 
     def _restarted(self, reason: str, at: int) -> None:
-        self.restarts += 1
         self._text_at = max(self._text_at, at)  # the new stream's run without text starts here
         self._put(Restart(reason, at / 16000))
 

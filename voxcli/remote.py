@@ -207,16 +207,6 @@ class RemoteRealtimeEngine(RemoteEngine):
         ws, self.spare = self.spare, None
         return RemoteRealtimeSession(self, ws)
 
-    def stream(self, blocks, *, max_new_tokens: int | None = None) -> Iterator[TokenEvent]:
-        session = self.session()
-        try:
-            for block in blocks:
-                session.push(np.asarray(block, dtype=np.float32))
-                yield from session.steps()
-            yield from session.finish()
-        finally:
-            session.close()
-
     def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
                    segments=None) -> Iterator[TokenEvent]:
         """All of ``audio`` as fast as the server takes it, then the final commit. A stream the

@@ -60,11 +60,8 @@ _SILERO = None  # the shipped model as loaded: never run, only copied
 _SILERO_LOCK = threading.Lock()
 
 
-def _silero_model():
-    """A Silero model of this endpointer's own. The TorchScript model keeps its RNN state inside
-    itself, so one model shared by two endpointers mixes their streams (wrong ends; fed from two
-    threads, a crash): each gets a copy of the one loaded per process (a copy takes ~20 ms, a
-    load from the wheel ~0.1-1.4 s)."""
+def _loaded():
+    """The shipped TorchScript model, loaded once per process; never run, only copied."""
     global _SILERO
     with _SILERO_LOCK:
         if _SILERO is None:
@@ -75,13 +72,23 @@ def _silero_model():
 
             torch.set_num_threads(threads)
             _SILERO = load_silero_vad()
-        return copy.deepcopy(_SILERO)
+        return _SILERO
+
+
+def _silero_model():
+    """A Silero model of this endpointer's own. The TorchScript model keeps its RNN state inside
+    itself, so one model shared by two endpointers mixes their streams (wrong ends; fed from two
+    threads, a crash): each gets a copy of the one loaded per process (a copy takes ~20 ms, a
+    load from the wheel ~0.1-1.4 s)."""
+    model = _loaded()
+    with _SILERO_LOCK:
+        return copy.deepcopy(model)
 
 
 def preload(detector: str = "silero") -> None:
     """Load the detector now (at warm-up), not inside the first file's or session's timing."""
     if detector == "silero":
-        _silero_model()
+        _loaded()
 
 
 class _Silero:

@@ -46,7 +46,7 @@ SAMPLE_RATE = 16000
 BATCH_WORDS = 6
 DEFAULT_BUILD_DIR = Path(tempfile.gettempdir()) / "voxcli-bench-models"
 DEFAULT_WLK_PYTHON = Path(tempfile.gettempdir()) / "wlk-venv" / "bin" / "python"
-# Random models the script can build offline with voxcli.tiny: name -> (kind, hidden size, layers)
+# Random models the script can build offline with voxcli.testing.tiny: name -> (kind, hidden size, layers)
 BUILT_MODELS = {
     "tiny-realtime": ("realtime", 64, 2),
     "tiny-offline": ("offline", 64, 2),
@@ -187,7 +187,7 @@ def resolve_models(entries: list[str], build_dir: Path) -> list[ModelSpec]:
             kind, hidden, layers = BUILT_MODELS[name]
             path = build_dir / name
             if not (path / "config.json").is_file() or not (path / "tekken.json").is_file():
-                from voxcli.tiny import make_tiny_model
+                from voxcli.testing.tiny import make_tiny_model
 
                 print(f"building {name} (random {kind}, hidden {hidden}, {layers} layers) in {path}",
                       file=sys.stderr)
@@ -590,7 +590,7 @@ class Results:
 
 
 def bench_model(spec: ModelSpec, clips: list[Clip], opts, wlk: WLK | None, results: Results) -> dict:
-    from voxcli.engine import load_engine
+    from voxcli.engine.local import load_engine
 
     engine = load_engine(spec.path, device=opts.device, dtype=opts.dtype, threads=opts.threads,
                          warmup=True, max_new_tokens=opts.max_new_tokens)
@@ -807,7 +807,7 @@ def machine() -> dict:
 
 
 def load_clips(patterns: list[str]) -> list[Clip]:
-    from voxcli.audio import load_audio
+    from voxcli.audio.decode import load_audio
 
     paths: list[str] = []
     for pattern in patterns:
@@ -827,7 +827,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Model names tiny, mid, tiny-realtime, tiny-offline, mid-realtime, "
-                                        "mid-offline are random checkpoints built with voxcli.tiny into "
+                                        "mid-offline are random checkpoints built with voxcli.testing.tiny into "
                                         "--build-dir (tiny: hidden 64, 2 layers; mid: hidden 512, 8 layers).")
     ap.add_argument("--model", action="append", default=None,
                     help="checkpoint dir, hub id or built name; repeatable or a comma list (default: tiny)")

@@ -63,7 +63,7 @@ def build(device: str, dtype_name: str, tiny: bool, delay_ms: int):
     import torch
     from transformers import VoxtralRealtimeForConditionalGeneration
 
-    from voxcli.tiny import (FULL_NUM_TEXT_TOKENS, NUM_SPECIAL_TOKENS, TINY_SIZES, realtime_config,
+    from voxcli.testing.tiny import (FULL_NUM_TEXT_TOKENS, NUM_SPECIAL_TOKENS, TINY_SIZES, realtime_config,
                              realtime_processor, tekken)
 
     tmp = Path(tempfile.mkdtemp(prefix="voxcli-gpu-"))
@@ -97,7 +97,7 @@ def _sync(device: str) -> None:
 
 
 def clip(seconds: float) -> np.ndarray:
-    from voxcli.audio import load_audio
+    from voxcli.audio.decode import load_audio
 
     audio = load_audio(ROOT / "examples" / "hello.wav")
     reps = int(np.ceil(seconds * 16000 / len(audio)))
@@ -111,7 +111,7 @@ def pct(values, q: float):
 def measure_path(engine, audio: np.ndarray, runs: int, device: str) -> dict:
     import torch
 
-    from voxcli.bench import critical_path_ms
+    from voxcli.measure.runs import critical_path_ms
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -261,7 +261,7 @@ def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases
         phases.write("compile_warm", {"compile_s": engine_again.info.extra.get("compile_s")})
     with deadline_at(t_end), count_recordings() as seen:
         for _ in range(2):  # sessions after warm-up, in new engine threads, as files and listen run them
-            from voxcli.pipeline import transcribe_audio
+            from voxcli.live.runner import transcribe_audio
 
             transcribe_audio(engine, audio, source="clip", on_event=lambda e: None)
     phases.write("graphs_after_warmup", seen)
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from voxcli.engine import EngineInfo, RealtimeEngine
+    from voxcli.engine.local import EngineInfo, RealtimeEngine
 
     paths = [x for x in args.paths.split(",") if x]
     unknown = set(paths) - set(PATHS)

@@ -150,7 +150,7 @@ def pct(values: np.ndarray, q: float) -> float:
 def audio_track(seconds: float = 90.0, seed: int = 0) -> np.ndarray:
     """hello.wav looped with silence between repetitions: gains 0.5-1.0, gaps 0.3-3 s, every other
     gap digital zeros, the rest faint noise (-60 dBFS) like a quiet room."""
-    from voxcli.audio import load_audio
+    from voxcli.audio.decode import load_audio
 
     hello = load_audio(ROOT / "examples" / "hello.wav").astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -311,7 +311,7 @@ def rope_precision(positions: dict[str, int]) -> dict:
 def build_model(args, tmp: Path) -> str:
     if args.model:
         return args.model
-    from voxcli.tiny import make_tiny_model
+    from voxcli.testing.tiny import make_tiny_model
 
     path = tmp / "tiny-realtime"
     make_tiny_model(path, "realtime", hidden_size=args.hidden_size, num_layers=args.layers)
@@ -323,7 +323,7 @@ def run(args) -> dict:
     import torch
     import transformers
 
-    from voxcli.engine import load_engine
+    from voxcli.engine.local import load_engine
 
     tmp = Path(tempfile.mkdtemp(prefix="voxcli-soak-"))
     try:

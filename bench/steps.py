@@ -35,7 +35,7 @@ def engines(model_dir: str, threads: int, delay_ms: int | None):
     """One loaded model, one engine per path over it (weights shared)."""
     import torch
 
-    from voxcli.engine import EngineInfo, RealtimeEngine, load_engine
+    from voxcli.engine.local import EngineInfo, RealtimeEngine, load_engine
 
     if threads:
         torch.set_num_threads(threads)
@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("clips", nargs="*", type=Path, help="default: examples/*.wav")
     args = p.parse_args(argv)
 
-    from voxcli.audio import load_audio
-    from voxcli.bench import BenchOptions, Clip, environment, run_bench
-    from voxcli.benchcli import default_clips
+    from voxcli.audio.decode import load_audio
+    from voxcli.measure.runs import BenchOptions, Clip, environment, run_bench
+    from voxcli.cli.bench import default_clips
     from voxcli.events import pool, summarize
 
     model_dir = args.model
     if args.tiny:
-        from voxcli.tiny import make_tiny_model
+        from voxcli.testing.tiny import make_tiny_model
 
         model_dir = str(make_tiny_model(tempfile.mkdtemp(prefix="voxcli-steps-"), "realtime",
                                         hidden_size=args.hidden_size, num_layers=args.layers))

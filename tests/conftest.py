@@ -36,27 +36,27 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def realtime_dir(tmp_path_factory):
-    from voxcli.tiny import make_tiny_model
+    from voxcli.testing.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-realtime"), "realtime")
 
 
 @pytest.fixture(scope="session")
 def offline_dir(tmp_path_factory):
-    from voxcli.tiny import make_tiny_model
+    from voxcli.testing.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-offline"), "offline")
 
 
 @pytest.fixture(scope="session")
 def realtime_engine(realtime_dir):
-    from voxcli.engine import load_engine
+    from voxcli.engine.local import load_engine
 
     return load_engine(str(realtime_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def offline_engine(offline_dir):
-    from voxcli.engine import load_engine
+    from voxcli.engine.local import load_engine
 
     return load_engine(str(offline_dir), device="cpu", max_new_tokens=24)

@@ -1,4 +1,4 @@
-"""voxcli.audio on real files: espeak-ng speech converted by sox, and broken files."""
+"""voxcli.audio.decode on real files: espeak-ng speech converted by sox, and broken files."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from speech import (
     make_zero_frames,
     trim,
 )
-from voxcli.audio import (
+from voxcli.audio.decode import (
     SAMPLE_RATE,
     detect_speech,
     load_audio,
@@ -187,7 +187,7 @@ def test_newline_in_path_stays_one_line(tmp_path):
 @pytest.mark.parametrize("name", ["ref", "flac", "ogg", "mp3"])
 def test_truncated_file_returns_the_real_audio_before_the_cut(tmp_path, clips, name, caplog):
     full = load_audio(clips[name])
-    with caplog.at_level(logging.WARNING, logger="voxcli.audio"):
+    with caplog.at_level(logging.WARNING, logger="voxcli.audio.decode"):
         part = load_audio(make_truncated(clips[name], tmp_path / f"cut{clips[name].suffix}"))
     # Half the bytes: at least a fifth of the audio survives (lossy headers are small, FLAC
     # loses at most one half-second block), and never more than the whole.

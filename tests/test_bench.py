@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from voxcli.bench import FILE_METRICS, PACED_METRICS, first_batch_ms
+from voxcli.measure.runs import FILE_METRICS, PACED_METRICS, first_batch_ms
 from voxcli.events import TokenEvent, summarize
 
 ROOT = Path(__file__).resolve().parent.parent

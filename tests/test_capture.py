@@ -19,8 +19,8 @@ import pytest
 
 from speech import make_speech, trim
 
-from voxcli.audio import load_audio, resample
-from voxcli.capture import FileSource, MicSource, _Source, level_db, list_input_devices
+from voxcli.audio.decode import load_audio, resample
+from voxcli.audio.capture import FileSource, MicSource, _Source, level_db, list_input_devices
 from voxcli.errors import AudioError
 
 RATE = 16000
@@ -54,7 +54,7 @@ def assert_one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_import_does_not_load_portaudio():
-    code = "import sys, voxcli.capture; assert 'sounddevice' not in sys.modules"
+    code = "import sys, voxcli.audio.capture; assert 'sounddevice' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

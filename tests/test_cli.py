@@ -36,7 +36,7 @@ from speech import (
 )
 from typer.testing import CliRunner
 
-from voxcli.cli import app
+from voxcli.cli.app import app
 from voxcli.config import OUTPUT_FORMATS, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -655,7 +655,7 @@ def torch_cuda_available() -> bool:
 
 @pytest.mark.skipif(torch_cuda_available(), reason="needs a machine without CUDA")
 def test_an_engine_error_names_the_setting_and_each_command_its_own_flag(cli_env, realtime_dir):
-    from voxcli.engine import load_engine
+    from voxcli.engine.local import load_engine
     from voxcli.errors import ModelError
 
     with pytest.raises(ModelError) as caught:
@@ -672,7 +672,7 @@ def test_an_engine_error_names_the_setting_and_each_command_its_own_flag(cli_env
 
 def test_a_missing_model_is_named_by_its_flag_and_in_python_by_its_key(cli_env, tmp_path):
     from voxcli.errors import ModelError
-    from voxcli.hub import resolve_checkpoint
+    from voxcli.engine.hub import resolve_checkpoint
 
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelError) as caught:

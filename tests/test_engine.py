@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from speech import make_speech
 
-from voxcli.audio import load_audio
-from voxcli.engine import RealtimeEngine, load_engine, resolve_device, resolve_dtype
+from voxcli.audio.decode import load_audio
+from voxcli.engine.local import RealtimeEngine, load_engine, resolve_device, resolve_dtype
 from voxcli.errors import ModelError
 
 SR = 16000
@@ -261,12 +261,12 @@ def test_mistral_format_directory_points_to_vllm(tmp_path):
 def test_a_model_too_big_for_free_memory_is_refused_before_its_weights_are_read(realtime_dir, monkeypatch):
     from transformers import VoxtralRealtimeForConditionalGeneration
 
-    import voxcli.memory
+    import voxcli.engine.memory
 
     def never(*args, **kwargs):
         raise AssertionError("weights were read")
 
-    monkeypatch.setattr(voxcli.memory, "available_bytes", lambda device: (1000, "of system memory available"))
+    monkeypatch.setattr(voxcli.engine.memory, "available_bytes", lambda device: (1000, "of system memory available"))
     monkeypatch.setattr(VoxtralRealtimeForConditionalGeneration, "from_pretrained", never)
     with pytest.raises(ModelError) as err:
         load_engine(str(realtime_dir), device="cpu", warmup=False)
@@ -281,7 +281,7 @@ def test_a_model_too_big_for_free_memory_is_refused_before_its_weights_are_read(
 
 @pytest.mark.parametrize("kind", ["realtime", "offline"])
 def test_json_metrics_carry_step_times_and_no_empty_figure(realtime_engine, offline_engine, speech, kind):
-    from voxcli.pipeline import transcribe_audio
+    from voxcli.live.runner import transcribe_audio
 
     engine = realtime_engine if kind == "realtime" else offline_engine
     transcript = transcribe_audio(engine, speech, source="s.wav", on_event=lambda e: None)
@@ -300,9 +300,9 @@ def test_json_metrics_carry_step_times_and_no_empty_figure(realtime_engine, offl
 def test_the_memory_check_counts_two_pass_states_graphs_and_host_ram(monkeypatch):
     """Full size, bf16, on the meta device: the items ``--debug`` prints, and the one line when
     the weights would not pass through system memory on their way to the GPU."""
-    from voxcli import memory
+    from voxcli.engine import memory
     from voxcli.errors import ModelError
-    from voxcli.tiny import realtime_config
+    from voxcli.testing.tiny import realtime_config
 
     config = realtime_config()
     one = memory.estimate(config, "realtime", 2)

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from voxcli.delays import ALLOWED_DELAYS_MS
-from voxcli.engine import EngineInfo, RealtimeEngine
+from voxcli.engine.local import EngineInfo, RealtimeEngine
 
 GIB = 1024**3
 
@@ -22,7 +22,7 @@ def full(tmp_path_factory):
     import torch
     from transformers import VoxtralRealtimeForConditionalGeneration
 
-    from voxcli.tiny import FULL_NUM_TEXT_TOKENS, realtime_config, realtime_processor, tekken
+    from voxcli.testing.tiny import FULL_NUM_TEXT_TOKENS, realtime_config, realtime_processor, tekken
 
     path = tmp_path_factory.mktemp("full-size")
     (path / "tekken.json").write_text(json.dumps(tekken("realtime", 480, num_text_tokens=FULL_NUM_TEXT_TOKENS)))
@@ -110,7 +110,7 @@ def test_derived_figures_at_every_allowed_delay(full, delay_ms):
 def test_memory_estimate_of_the_full_model(full):
     import torch
 
-    from voxcli.memory import estimate
+    from voxcli.engine.memory import estimate
 
     config = full[0]
     f32 = estimate(config, "realtime", torch.float32.itemsize)

@@ -300,7 +300,7 @@ class _FlakyRemoteEngine:
     remote = True
 
     def __init__(self) -> None:
-        from voxcli.engine import EngineInfo
+        from voxcli.engine.local import EngineInfo
 
         self.info = EngineInfo(model="scripted", kind="realtime", device="server", dtype="-", n_params=0, load_s=0.0)
         self.sessions = 0
@@ -316,7 +316,7 @@ def test_a_lost_server_is_reconnected_with_a_row_and_notices(tmp_path, capsys):
     import io
 
     from voxcli.config import load_config
-    from voxcli.listen import ListenJob, run_listen
+    from voxcli.cli.listen import ListenJob, run_listen
 
     engine = _FlakyRemoteEngine()
     cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(tmp_path / "save")})
@@ -358,7 +358,7 @@ def test_a_server_gone_for_good_fails_in_one_line_after_the_window_with_every_sa
 
     from voxcli.config import load_config
     from voxcli.errors import ServerError
-    from voxcli.listen import ListenJob, run_listen
+    from voxcli.cli.listen import ListenJob, run_listen
 
     engine = _GoneServerEngine()
     save = tmp_path / "save"
@@ -478,7 +478,7 @@ def test_a_pause_never_waits_for_the_server(tmp_path):
     from speech import make_paused_speech
 
     from voxcli.config import load_config
-    from voxcli.listen import ListenJob, run_listen
+    from voxcli.cli.listen import ListenJob, run_listen
 
     clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT[:2], pause_s=2.0, tail_s=1.0)
     engine = _SlowServerEngine()
@@ -497,8 +497,8 @@ def test_a_pause_never_waits_for_the_server(tmp_path):
 
 
 def test_the_engines_and_sessions_satisfy_the_written_contract(realtime_engine, offline_engine):
-    from voxcli import contract
-    from voxcli.remote import RemoteOfflineEngine, RemoteRealtimeEngine, RemoteRealtimeSession
+    from voxcli.engine import contract
+    from voxcli.engine.remote import RemoteOfflineEngine, RemoteRealtimeEngine, RemoteRealtimeSession
 
     assert isinstance(realtime_engine, contract.RealtimeEngine) and not realtime_engine.remote
     assert isinstance(offline_engine, contract.Engine) and not offline_engine.remote
@@ -569,7 +569,7 @@ def test_an_offline_final_pass_covers_every_utterance_once(realtime_dir, offline
 def test_a_final_model_that_will_not_fit_beside_the_realtime_one_says_so(realtime_engine, monkeypatch, tmp_path):
     from voxcli.config import load_config
     from voxcli.errors import ModelError
-    from voxcli.listen import _final_engine
+    from voxcli.cli.listen import _final_engine
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     cfg = load_config(None, {"transcription.final_model": "mistralai/Voxtral-Mini-3B-2507"})

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from voxcli.events import TokenEvent
-from voxcli.pipeline import Runner, consume
+from voxcli.live.runner import Runner, consume
 
 
 def _events(n: int):

@@ -425,7 +425,7 @@ class _StallingServer:
 @pytest.mark.parametrize("stop", ["reading", "sending"])
 def test_a_server_that_stalls_mid_stream_ends_in_one_line_within_the_bound(stop):
     from voxcli.errors import ServerError
-    from voxcli.remote import connect_engine
+    from voxcli.engine.remote import connect_engine
 
     server = _StallingServer(stop)
     try:
@@ -448,7 +448,7 @@ def test_a_server_that_stalls_mid_stream_ends_in_one_line_within_the_bound(stop)
 
 
 def test_refusals_are_worded_by_what_the_status_means():
-    from voxcli.remote import _Server
+    from voxcli.engine.remote import _Server
 
     bare, keyed = _Server("http://127.0.0.1:9"), _Server("https://127.0.0.1:9", api_key=KEY)
     assert "wants an API key (HTTP 401)" in str(bare.refused(401, "x"))

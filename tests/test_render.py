@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from voxcli.events import FileStatus, LiveStatus, TokenEvent, Transcript, TranscriptMetrics, summarize
-from voxcli.render import (
+from voxcli.output.render import (
     FORMATS,
     Cue,
     LiveTranscript,
@@ -509,7 +509,7 @@ def _tok(text: str, end_s: float) -> TokenEvent:
 
 
 def test_provisional_words_go_whole_once_final_text_covers_their_audio():
-    from voxcli.twopass import TwoPassText
+    from voxcli.live.twopass import TwoPassText
 
     two = TwoPassText()
     for text, end in ((" the", 0.08), (" quick", 0.16), (" bro", 0.24), ("wn", 0.32), (" fox", 0.40)):
@@ -534,7 +534,7 @@ def test_provisional_words_go_whole_once_final_text_covers_their_audio():
 def test_replacement_never_loses_or_duplicates_a_word():
     import random
 
-    from voxcli.twopass import TwoPassText
+    from voxcli.live.twopass import TwoPassText
 
     rng = random.Random(7)
     for trial in range(200):

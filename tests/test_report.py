@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("matplotlib")  # the test extra installs it; without it, the one-line error is tested below
 
-from voxcli.report import ReportError, draw_bench, draw_session, read_bench, read_session  # noqa: E402
+from voxcli.output.report import ReportError, draw_bench, draw_session, read_bench, read_session  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello.wav"
@@ -144,7 +144,7 @@ def test_missing_empty_and_foreign_files_are_one_line(tmp_path):
 
 
 def test_without_matplotlib_one_line_says_how_to_install_it(monkeypatch, tmp_path):
-    from voxcli.report import check_output
+    from voxcli.output.report import check_output
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     with pytest.raises(ReportError, match=r"needs matplotlib: pip install 'voxcli\[report\]'"):

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from voxcli.audio import load_audio
-from voxcli.cli import app
-from voxcli.engine import EngineInfo, load_engine
+from voxcli.audio.decode import load_audio
+from voxcli.cli.app import app
+from voxcli.engine.local import EngineInfo, load_engine
 from voxcli.events import TokenEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ EOS, BLANK = 2, 32
 
 @pytest.fixture(scope="module")
 def eos_dir(tmp_path_factory):
-    from voxcli.tiny import make_tiny_model
+    from voxcli.testing.tiny import make_tiny_model
 
     # seed 5, EOS row std 0.6: five EOS mid-clip in long.wav (1.4, 5.0, 9.4, 10.5 and 13.9 s).
     return make_tiny_model(tmp_path_factory.mktemp("tiny-eos"), "realtime", seed=5, eos_std=0.6)
@@ -205,7 +205,7 @@ class _BlankEngine:
 
 def _listen_rows(engine, tmp_path, capsys, **settings) -> tuple[list[dict], str]:
     from voxcli.config import load_config
-    from voxcli.listen import ListenJob, run_listen
+    from voxcli.cli.listen import ListenJob, run_listen
 
     cfg = load_config(None, {"output.plain": True, **settings})
     out = io.StringIO()
@@ -309,7 +309,7 @@ def test_an_offline_final_pass_is_never_handed_the_trailing_silence(realtime_dir
     (Voxtral 3B invents text there). It made four before."""
     from speech import make_paused_speech
 
-    from voxcli.engine import OfflineEngine
+    from voxcli.engine.local import OfflineEngine
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     path, truth = make_paused_speech(tmp_path / "three.wav", tail_s=2.0)

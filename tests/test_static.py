@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from voxcli.audio import load_audio
-from voxcli.cli import app
-from voxcli.engine import load_engine, wants_compile
+from voxcli.audio.decode import load_audio
+from voxcli.cli.app import app
+from voxcli.engine.local import load_engine, wants_compile
 
 HELLO = "examples/hello.wav"
 HOURS_8 = 8 * 3600 * 1000 // 80  # tokens in 8 hours of audio
@@ -28,7 +28,7 @@ HOURS_8 = 8 * 3600 * 1000 // 80  # tokens in 8 hours of audio
 
 @pytest.fixture(scope="session")
 def wrap_dir(tmp_path_factory):
-    from voxcli.tiny import make_tiny_model
+    from voxcli.testing.tiny import make_tiny_model
 
     # Held out: a seed no other test uses, and windows far smaller than the clip.
     return make_tiny_model(tmp_path_factory.mktemp("tiny-wrap"), "realtime", seed=11,
@@ -37,7 +37,7 @@ def wrap_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mid_dir(tmp_path_factory):
-    from voxcli.tiny import make_tiny_model
+    from voxcli.testing.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("mid-realtime"), "realtime", hidden_size=256, num_layers=4, seed=3)
 
@@ -177,7 +177,7 @@ def test_both_commands_give_the_reference_token_ids(delay, wrap_dir, tmp_path, m
 
 
 def test_bench_names_the_step_that_ran(realtime_dir):
-    from voxcli.bench import environment
+    from voxcli.measure.runs import environment
 
     assert environment(load_engine(str(realtime_dir), device="cpu", step="hf"))["step"] == "hf eager"
     assert environment(load_engine(str(realtime_dir), device="cpu", compile="off"))["step"] == "static eager"
@@ -259,8 +259,8 @@ def test_warm_up_records_every_graph_for_every_state_in_the_thread_that_steps(re
     import threading
     from collections import Counter
 
-    from voxcli import static as st
-    from voxcli.pipeline import transcribe_audio
+    from voxcli.engine import static as st
+    from voxcli.live.runner import transcribe_audio
 
     engine = load_engine(str(realtime_dir), device="cpu", compile="off", warmup=False)
     model = engine.static
@@ -303,7 +303,7 @@ def test_warm_up_records_every_graph_for_every_state_in_the_thread_that_steps(re
 def test_the_compiled_step_marks_state_addresses_without_guards(monkeypatch, realtime_dir):
     import torch
 
-    from voxcli import static as st
+    from voxcli.engine import static as st
 
     seen = []
     monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t, guard=True: seen.append(guard))
@@ -330,7 +330,7 @@ def test_re_anchoring_rotates_bf16_keys_in_float32_and_rounds_once(realtime_dir)
     exact rotation of what was stored; done in float32 and rounded once, it is within half a step."""
     import torch
 
-    from voxcli.static import Ring
+    from voxcli.engine.static import Ring
 
     engine = load_engine(str(realtime_dir), device="cpu", dtype="bfloat16", compile="off", warmup=False)
     model = engine.static
@@ -388,7 +388,7 @@ def test_no_cuda_graph_is_recorded_or_skipped_after_warm_up(realtime_dir, hello)
     import torch
     from torch._dynamo.utils import counters
 
-    from voxcli.pipeline import transcribe_audio
+    from voxcli.live.runner import transcribe_audio
 
     engine = load_engine(str(realtime_dir), device="cuda", compile="on", sessions=2)
     final = engine.with_delay(960)

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from speech import make_paused_speech, pink_noise
 
-from voxcli.vad import WINDOW, EndpointOptions, Endpointer, padded_speech_regions, speech_regions
+from voxcli.audio.vad import WINDOW, EndpointOptions, Endpointer, padded_speech_regions, speech_regions
 
 SR = 16000
 CONDITIONS = {
@@ -125,7 +125,7 @@ def test_loading_silero_keeps_torchs_thread_count():
     import subprocess
     import sys
 
-    code = ("import torch; torch.set_num_threads(2); from voxcli.vad import Endpointer; Endpointer(); "
+    code = ("import torch; torch.set_num_threads(2); from voxcli.audio.vad import Endpointer; Endpointer(); "
             "print(torch.get_num_threads())")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -172,8 +172,8 @@ def test_interleaved_endpointers_do_not_reset_each_other(clips):
 def test_segments_found_as_the_clip_is_read_are_those_of_the_whole_clip(clips, max_segment_s):
     """The streaming split (the first segment ready before the clip is searched to its end) cuts
     exactly where planning over the whole clip does, with long silences between."""
-    from voxcli.audio import plan_segments
-    from voxcli.vad import stream_segments
+    from voxcli.audio.decode import plan_segments
+    from voxcli.audio.vad import stream_segments
 
     gap = np.zeros(3 * SR, np.float32)  # longer than MAX_GAP_S: never inside one segment
     audio = np.concatenate([clips["clean"][0], gap, clips["20 dB SNR"][0], gap, clips["quiet (-50 dBFS)"][0]])
@@ -186,7 +186,7 @@ def test_segments_found_as_the_clip_is_read_are_those_of_the_whole_clip(clips, m
 
 
 def test_the_first_segment_is_ready_before_the_clip_is_searched(clips):
-    from voxcli.vad import stream_segments
+    from voxcli.audio.vad import stream_segments
 
     audio = np.concatenate([clips["clean"][0], np.zeros(3 * SR, np.float32)] * 6)
     fed = []

@@ -1,6 +1,6 @@
 """voxcli's remote-engine protocols against a real vLLM server, spoken with the client libraries
 voxcli's remote engine uses (websockets' sync client, httpx2), and nothing of voxcli itself:
-what the server sends, in what order, pinned down here so that voxcli.remote can rely on it.
+what the server sends, in what order, pinned down here so that voxcli.engine.remote can rely on it.
 - offline kind: POST /v1/audio/transcriptions (multipart, stream=true) -> SSE chunks -> [DONE];
 - realtime kind: the /v1/realtime WebSocket.
 The servers come from tests/vllm_server.py (skipped without VOXCLI_VLLM_PYTHON, except in CI).

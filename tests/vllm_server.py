@@ -134,7 +134,7 @@ def start_vllm_server(kind: str, workdir: Path, *, python: str | None = None,
     """Write a tiny model of ``kind`` into ``workdir``, start vLLM on a free port (or ``port``: a
     restart) and wait until /health answers 200. ``tls``: (certificate, key) to serve https with;
     the certificate is its own CA. Fails (with the log's tail) if it exits or takes over ``timeout_s``."""
-    from voxcli.tiny_mistral import make_tiny_mistral_model
+    from voxcli.testing.tiny_mistral import make_tiny_mistral_model
 
     python = python or vllm_python()
     workdir = Path(workdir)

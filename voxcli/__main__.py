@@ -1,3 +1,3 @@
-from voxcli.cli import main
+from voxcli.cli.app import main
 
 main()

@@ -24,7 +24,7 @@ audio is always reported, never silent. ``captured_samples`` counts every sample
 or dropped; ``max_seconds`` bounds that count (a stalled consumer does not stretch the
 recording), and once reached the source puts nothing more and sets ``finished``.
 
-sounddevice is imported lazily so ``import voxcli.capture`` works without PortAudio installed.
+sounddevice is imported lazily so ``import voxcli.audio.capture`` works without PortAudio installed.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxcli.audio import SAMPLE_RATE, load_audio
+from voxcli.audio.decode import SAMPLE_RATE, load_audio
 from voxcli.errors import AudioError
 
 __all__ = ["DeviceInfo", "list_input_devices", "MicSource", "FileSource", "level_db"]

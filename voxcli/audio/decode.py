@@ -2,7 +2,7 @@
 
 Everything here works on float32 mono numpy arrays at ``SAMPLE_RATE`` because that is what both
 Voxtral processors expect. No models, no terminal: the engine and the CLI build on this module.
-Microphone capture and file replay live in ``voxcli.capture``; session WAVs in ``voxcli.recorder``.
+Microphone capture and file replay live in ``voxcli.audio.capture``; session WAVs in ``voxcli.output.recorder``.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def plan_segments(
     regions: list[tuple[int, int]] | None = None,
 ) -> list[tuple[int, int]]:
     """Group speech ``regions`` (default: :func:`detect_speech`, by level; the engine passes
-    Silero's, from ``voxcli.vad``) into ``(start_sample, end_sample)`` segments <= ``max_segment_s``.
+    Silero's, from ``voxcli.audio.vad``) into ``(start_sample, end_sample)`` segments <= ``max_segment_s``.
 
     The offline Voxtral model hears 30 s windows, so long files must be split, and a cut inside a
     word costs that word. Cuts therefore fall in the silences between speech regions; only a

@@ -222,7 +222,7 @@ def stream_segments(audio: np.ndarray, max_segment_s: float = 30.0, pad_s: float
     clip is searched: each once nothing found later can change it. The first is ready after a
     few seconds of the clip are searched, not the whole clip (Silero reads ~9 ms of CPU a second
     of audio: an hour waited ~30 s for its first segment)."""
-    from voxcli.audio import SegmentPlanner
+    from voxcli.audio.decode import SegmentPlanner
 
     planner = SegmentPlanner(audio, SAMPLE_RATE, max_segment_s)
     opts = options or EndpointOptions()

@@ -136,7 +136,7 @@ def _quiet_libraries(debug: bool) -> None:
     the hub's download progress bars stay, so a first run shows its download."""
     if debug:
         logging.basicConfig(level=logging.INFO)
-        logging.getLogger("voxcli.memory").setLevel(logging.DEBUG)  # what the memory check counted, item by item
+        logging.getLogger("voxcli.engine.memory").setLevel(logging.DEBUG)  # what the memory check counted, item by item
         return
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -155,7 +155,7 @@ def _quiet_libraries(debug: bool) -> None:
 
 def _load_engine(cfg: Config, status_console, debug: bool = False):
     if cfg.model.server:
-        from voxcli.remote import connect_engine
+        from voxcli.engine.remote import connect_engine
 
         engine = connect_engine(cfg.model.server, cfg.model.name, kind=cfg.model.server_kind,
                                 max_new_tokens=cfg.model.max_new_tokens, api_key=cfg.model.api_key,
@@ -164,8 +164,8 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
                              highlight=False)
         return engine
     _quiet_libraries(debug)
-    from voxcli.engine import load_engine
-    from voxcli.hub import resolve_checkpoint
+    from voxcli.engine.local import load_engine
+    from voxcli.engine.hub import resolve_checkpoint
 
     # Outside the spinner: a first run's download draws the hub's own progress bars.
     path = resolve_checkpoint(cfg.model.name, offline=cfg.model.offline)
@@ -190,7 +190,7 @@ def _loading_text(cfg: Config) -> str:
     text = f"loading {cfg.model.name} ..."
     if cfg.model.step != "static" or cfg.model.compile == "off":
         return text
-    from voxcli.engine import resolve_device, wants_compile
+    from voxcli.engine.local import resolve_device, wants_compile
 
     try:
         compiled = wants_compile(cfg.model.compile, resolve_device(cfg.model.device))
@@ -203,7 +203,7 @@ def _loading_text(cfg: Config) -> str:
 
 
 def _step_text(info) -> str:
-    from voxcli.render import step_words
+    from voxcli.output.render import step_words
 
     words = step_words(info.extra.get("step"), info.extra.get("compile_s"))
     return f"{words}; " if words else ""
@@ -251,7 +251,7 @@ def transcribe_file(
     cfg = _resolve_config(ctx, config, debug, {
         **MODEL_KEYS, "model.device": "device", "transcription.language": "language",
         "output.format": "output_format", "output.plain": "plain"})
-    from voxcli.transcribe import FileJob, run_files
+    from voxcli.cli.transcribe import FileJob, run_files
 
     job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
     _exit_with(ctx, lambda: run_files(job, load_engine=partial(_load_engine, debug=debug)), debug)
@@ -320,7 +320,7 @@ def listen_cmd(
         **MODEL_KEYS, "model.device": "model_device", "output.plain": "plain", "listen.device": "device",
         "listen.save_dir": "save", "listen.vad": "vad", "listen.flush_after_ms": "flush_after_ms",
         "transcription.final_delay_ms": "final_delay_ms", "transcription.final_model": "final_model"})
-    from voxcli.listen import LISTEN_FORMATS, ListenJob, run_listen
+    from voxcli.cli.listen import LISTEN_FORMATS, ListenJob, run_listen
 
     if output_format not in LISTEN_FORMATS:
         raise _fail(f"--format must be one of {', '.join(LISTEN_FORMATS)} for listen; got {output_format!r}", 2)
@@ -373,7 +373,7 @@ def bench_cmd(
     """
     debug = _debug_on(debug)
     cfg = _resolve_config(ctx, config, debug, {**MODEL_KEYS, "model.device": "model_device"})
-    from voxcli.benchcli import run_bench_command
+    from voxcli.cli.bench import run_bench_command
 
     _exit_with(ctx, lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
                                          batch_words=batch_words, json_path=json_path,
@@ -401,7 +401,7 @@ def report_cmd(
 
     Example: `voxcli report ~/voxcli-sessions -o session.png`
     """
-    from voxcli.report import write_report
+    from voxcli.output.report import write_report
 
     try:
         written = write_report(paths, output)
@@ -415,7 +415,7 @@ def report_cmd(
 @app.command("devices")
 def devices_cmd(debug: DebugOpt = False) -> None:
     """List audio input devices: index, name, host API, channels, default sample rate."""
-    from voxcli.capture import list_input_devices
+    from voxcli.audio.capture import list_input_devices
 
     try:
         devices = list_input_devices()

@@ -8,13 +8,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from voxcli.bench import BenchOptions, Clip, run_bench
+from voxcli.measure.runs import BenchOptions, Clip, run_bench
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import STEP_BUDGET_MS
-from voxcli.render import metrics_table, step_words
+from voxcli.output.render import metrics_table, step_words
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def default_clips() -> list[Path]:
@@ -27,7 +27,7 @@ def default_clips() -> list[Path]:
 def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int, paced: bool,
                       batch_words: int, json_path: Path | None, load_engine, concurrency: int = 0,
                       plot_path: Path | None = None, final_delay_ms: int | None = None) -> int:
-    from voxcli.audio import load_audio
+    from voxcli.audio.decode import load_audio
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False)
@@ -44,13 +44,13 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     if plot_path is not None:
         if concurrency:
             raise VoxcliError("--plot draws bench runs, not a load test (--concurrency)")
-        from voxcli.report import check_output
+        from voxcli.output.report import check_output
 
         check_output(plot_path)  # before the model loads
     engine = load_engine(cfg, err)
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
-    from voxcli.live import LiveOptions
+    from voxcli.live.worker import LiveOptions
 
     live = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad, silence_db=cfg.listen.silence_db)
     if final_delay_ms is not None:
@@ -77,7 +77,7 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
         json_path.write_text(json.dumps(report.to_dict(), indent=1, default=float))
         err.print(f"raw samples, summary and environment -> {json_path}")
     if plot_path is not None:
-        from voxcli.report import draw_bench, save
+        from voxcli.output.report import draw_bench, save
 
         save(draw_bench([{"source": json_path or plot_path, **report.to_dict()}]), plot_path)
         err.print(f"picture -> {plot_path}")
@@ -105,7 +105,7 @@ def _verdicts(summary: dict, batch_words: int) -> str:
 
 
 def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: Console, err: Console) -> int:
-    from voxcli.bench import environment_remote, run_load
+    from voxcli.measure.runs import environment_remote, run_load
 
     clip = clips[len(clips) // 2] if len(clips) > 2 else clips[0]
     with err.status(f"{concurrency} sessions of {clip.name} ({'paced' if paced else 'as fast as possible'}) ..."):

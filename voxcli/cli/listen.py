@@ -21,8 +21,8 @@ from rich.console import Console
 from voxcli.config import Config
 from voxcli.errors import ConfigError, ModelError, ServerError, setting
 from voxcli.events import LiveStatus, summarize
-from voxcli.render import LiveTranscript, NullView, PlainTranscript
-from voxcli.twopass import TwoPassText, draw, two_pass_figures
+from voxcli.output.render import LiveTranscript, NullView, PlainTranscript
+from voxcli.live.twopass import TwoPassText, draw, two_pass_figures
 
 LISTEN_FORMATS = ("text", "jsonl")
 
@@ -38,7 +38,7 @@ class ListenJob:
 
 
 def _make_source(job: ListenJob):
-    from voxcli.capture import FileSource, MicSource
+    from voxcli.audio.capture import FileSource, MicSource
 
     # The queue holds 10 s of audio; a bounded run may keep all of it, since a source can deliver
     # faster than real time (a virtual device, --speed 0) and must not drop what it was asked for.
@@ -91,9 +91,9 @@ class _Signals:
 
 
 def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
-    from voxcli.live import LiveOptions
-    from voxcli.pipeline import run_live
-    from voxcli.recorder import SessionRecorder, check_directory
+    from voxcli.live.worker import LiveOptions
+    from voxcli.live.runner import run_live
+    from voxcli.output.recorder import SessionRecorder, check_directory
 
     stdout = stdout or sys.stdout
     cfg = job.cfg
@@ -103,7 +103,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     if cfg.listen.save_dir:
         check_directory(cfg.listen.save_dir)
     if job.report_path is not None:
-        from voxcli.report import check_output
+        from voxcli.output.report import check_output
 
         check_output(job.report_path)  # needs save_dir: the CLI sees to that
     engine = load_engine(cfg, err)
@@ -236,7 +236,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         f"input overflows {s['input_overflows']}"
         + (f" -> {', '.join(str(p) for p in recorder.paths)}" if recorder else ""), markup=False)
     if job.report_path is not None and recorder and not recorder.failure:
-        from voxcli.report import read_session, draw_session, save
+        from voxcli.output.report import read_session, draw_session, save
 
         save(draw_session(read_session(recorder.jsonl_path)), job.report_path)
         err.print(f"picture -> {job.report_path}", markup=False)

@@ -20,7 +20,7 @@ from rich.console import Console
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import FileStatus, Transcript
-from voxcli.render import FILE_REDRAW_S, LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
+from voxcli.output.render import FILE_REDRAW_S, LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
 
 EXTENSIONS = {"text": "txt", "json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}
 EXIT_INTERRUPTED = 130
@@ -103,8 +103,8 @@ def _view(outputs: _Outputs, cfg: Config, title: str, stdout, err: Console):
 
 def run_files(job: FileJob, *, load_engine: Callable) -> int:
     """Transcribe every path in turn; returns the exit status (0 ok, 1 some failed, 130 Ctrl-C)."""
-    from voxcli.audio import load_audio
-    from voxcli.pipeline import transcribe_audio
+    from voxcli.audio.decode import load_audio
+    from voxcli.live.runner import transcribe_audio
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     outputs = _Outputs(job)

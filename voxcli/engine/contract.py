@@ -1,8 +1,8 @@
 """The engine contract: what the pipeline, ``bench`` and the CLI rely on, written down.
 
-Two implementations: the local engines (``voxcli.engine``: transformers on this machine) and the
-remote ones (``voxcli.remote``: a vLLM server). Anything that satisfies these Protocols can be
-run by ``voxcli.pipeline`` (a test's scripted engine too). Nothing heavy is imported here.
+Two implementations: the local engines (``voxcli.engine.local``: transformers on this machine) and the
+remote ones (``voxcli.engine.remote``: a vLLM server). Anything that satisfies these Protocols can be
+run by ``voxcli.live.runner`` (a test's scripted engine too). Nothing heavy is imported here.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Usable without the CLI::
 
-    from voxcli.engine import load_engine
+    from voxcli.engine.local import load_engine
     engine = load_engine("mistralai/Voxtral-Mini-4B-Realtime-2602")
     for event in engine.transcribe(samples):          # float32 mono 16 kHz
         print(event.text, end="", flush=True)
@@ -20,7 +20,7 @@ Both decode with a hand-written greedy loop (prefill, then one step per token) i
 current token over, which makes every live token one chunk (80 ms) late. Here a token is yielded
 the moment its id is on the host, before the next chunk is even requested.
 
-A Realtime step runs through :mod:`voxcli.static` (``step="static"``, the default: buffers
+A Realtime step runs through :mod:`voxcli.engine.static` (``step="static"``, the default: buffers
 allocated once, compilable) or through transformers' forward (``step="hf"``, the reference it
 is tested against); the session around it (buffering, features, timing, text) is the same.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxcli.compat import ProcessorAdapter, cache_kwarg_names
+from voxcli.engine.compat import ProcessorAdapter, cache_kwarg_names
 from voxcli.delays import TOKEN_MS, check_delay_ms
 from voxcli.errors import ModelError, first_line, setting
 from voxcli.events import TokenEvent, clamp_span
@@ -57,7 +57,7 @@ DEVICE = setting("model.device")
 DEFAULT_REALTIME_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_OFFLINE_MODEL = "mistralai/Voxtral-Mini-3B-2507"
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
-STEPS = ("static", "hf")  # the Realtime step: voxcli.static's, or transformers' eager forward (the reference)
+STEPS = ("static", "hf")  # the Realtime step: voxcli.engine.static's, or transformers' eager forward (the reference)
 FEATURE_BATCH_STEPS = 64  # most steps whose features are computed in one call (5.1 s of audio)
 
 
@@ -166,7 +166,7 @@ class Engine:
     def warmup(self) -> float:
         """Run a short silent clip through the full path once; returns the seconds it took. The
         endpointer's detector is loaded too: not inside the first file's or session's timing."""
-        from voxcli.vad import preload
+        from voxcli.audio.vad import preload
 
         t0 = time.perf_counter()
         preload()
@@ -204,7 +204,7 @@ class RealtimeEngine(Engine):
         self.static = None
         self.log_mel = self.proc.log_mel
         if step == "static":
-            from voxcli.static import DeviceLogMel, StaticModel
+            from voxcli.engine.static import DeviceLogMel, StaticModel
 
             self.static = static or StaticModel(model, compile=compile, states=states)
             self.log_mel = DeviceLogMel(self.proc.frontend, model.device)
@@ -597,7 +597,7 @@ class OfflineEngine(Engine):
                                        max_segment_s=self.MAX_SEGMENT_S)
 
     def warmup(self) -> float:
-        from voxcli.vad import preload
+        from voxcli.audio.vad import preload
 
         t0 = time.perf_counter()
         preload()  # the split points of a long file are found with it
@@ -645,7 +645,7 @@ def transcribe_segments(audio: np.ndarray, segments: list[tuple[int, int]] | Non
     numbered across segments, carry their segment's span, and a segment's first text gets a
     leading space so words of segments transcribed apart stay apart."""
     if segments is None:
-        from voxcli.vad import stream_segments
+        from voxcli.audio.vad import stream_segments
 
         # Found as the clip is searched: the first segment is decoded once its end is known.
         segments = stream_segments(audio, max_segment_s)
@@ -691,14 +691,14 @@ def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dt
     ``sessions``: Realtime session states the memory check counts (two-pass holds two).
     """
     t0 = time.perf_counter()
-    from voxcli.hub import resolve_checkpoint
+    from voxcli.engine.hub import resolve_checkpoint
 
     if delay_ms is not None:
         check_delay_ms(delay_ms)
     path = resolve_checkpoint(model, offline=offline)  # every hub failure is one line, quickly
     import torch
 
-    from voxcli.memory import check_fits
+    from voxcli.engine.memory import check_fits
 
     if threads:
         torch.set_num_threads(threads)
@@ -743,7 +743,7 @@ def wants_compile(mode: str, device: str) -> bool:
     """``model.compile``: ``on``, ``off``, or ``auto``: compiled on CUDA (CUDA graphs: one launch
     a step instead of thousands), eager on the CPU, where compiling takes longer than a typical
     session saves (bench/RESULTS.md, section 5)."""
-    from voxcli.static import COMPILE_MODES
+    from voxcli.engine.static import COMPILE_MODES
 
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")

@@ -1,4 +1,4 @@
-"""A vLLM server as voxcli's engine: same interface and events as voxcli.engine, no torch.
+"""A vLLM server as voxcli's engine: same interface and events as voxcli.engine.local, no torch.
 
 - Voxtral Realtime through the ``/v1/realtime`` WebSocket (``websockets``' sync client): audio is
   appended as it is captured (16 kHz PCM16, base64), deltas become TokenEvents the moment they
@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from voxcli.config import API_KEY_ENV, DEFAULT_MODEL
-from voxcli.engine import EngineInfo, transcribe_segments
+from voxcli.engine.local import EngineInfo, transcribe_segments
 from voxcli.errors import ServerError, StreamEnded, first_line, setting
 from voxcli.events import restart_sample, TokenEvent
 

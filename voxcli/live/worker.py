@@ -1,10 +1,10 @@
 """The live engine worker: captured 16 kHz audio in, tokens, audio and endpoints out.
 
-It runs in the engine thread (``voxcli.pipeline`` gives it one) and hands everything it makes to
+It runs in the engine thread (``voxcli.live.runner`` gives it one) and hands everything it makes to
 ``put``: the audio as it was heard (for the WAV), each token with the moments its latency counts
 from, each end of speech, and notices worth showing. It never draws and never waits for the screen.
 
-Realtime model: one session step per 80 ms chunk; when the endpointer (``voxcli.vad``) says speech
+Realtime model: one session step per 80 ms chunk; when the endpointer (``voxcli.audio.vad``) says speech
 has ended, the session is finished at once (the right padding is pushed, so the last words come out
 without waiting out the delay) and a new one starts at the same sample, so no audio is skipped.
 A stream that ends itself (end of sequence) starts again where it stopped transcribing: a local
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxcli.capture import level_db
-from voxcli.contract import Engine
+from voxcli.audio.capture import level_db
+from voxcli.engine.contract import Engine
 from voxcli.errors import ServerError, StreamEnded, first_line
 from voxcli.events import Restart, TokenEvent, clamp_span, restart_sample
 
@@ -226,7 +226,7 @@ class LiveWorker:
         opts = self.options
         self.endpointer = None
         if opts.flush_after_ms:
-            from voxcli.vad import EndpointOptions, Endpointer
+            from voxcli.audio.vad import EndpointOptions, Endpointer
 
             self.endpointer = Endpointer(EndpointOptions(detector=opts.vad, min_silence_ms=opts.flush_after_ms,
                                                          silence_db=opts.silence_db))

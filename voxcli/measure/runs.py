@@ -35,8 +35,8 @@ import numpy as np
 from rich.console import Console
 
 from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
-from voxcli.render import FILE_REDRAW_S, LiveTranscript
-from voxcli.twopass import TwoPassText, draw, two_pass_figures, word_latencies
+from voxcli.output.render import FILE_REDRAW_S, LiveTranscript
+from voxcli.live.twopass import TwoPassText, draw, two_pass_figures, word_latencies
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
@@ -150,7 +150,7 @@ def critical_path_ms(engine, audio: np.ndarray) -> float:
 
 
 def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
-    from voxcli.pipeline import transcribe_audio
+    from voxcli.live.runner import transcribe_audio
 
     remote = engine.remote
     console = Console(file=io.StringIO(), force_terminal=True, width=100, height=30)
@@ -170,8 +170,8 @@ def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
 
 
 def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
-    from voxcli.capture import FileSource
-    from voxcli.pipeline import run_live
+    from voxcli.audio.capture import FileSource
+    from voxcli.live.runner import run_live
 
     console = Console(file=io.StringIO(), force_terminal=True, width=100, height=30)
     drawn: list[tuple[TokenEvent, float]] = []
@@ -204,7 +204,7 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
 
         result = run_live(engine, source, on_token=on_token, stop=threading.Event(), options=opts.live,
                           on_latency=on_latency, final_engine=final_engine)
-    from voxcli.audio import detect_speech
+    from voxcli.audio.decode import detect_speech
 
     # Speech onsets and ends by level, on the clean clips: a reference independent of the
     # endpointer being measured (Silero's ends lag the true end by 50-230 ms here).
@@ -263,7 +263,7 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
 
 
 def _endpointer(live) -> dict:
-    from voxcli.live import LiveOptions
+    from voxcli.live.worker import LiveOptions
 
     live = live or LiveOptions()
     return {"vad": live.vad, "flush_after_ms": live.flush_after_ms}

@@ -131,7 +131,7 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 def _speech(audio: np.ndarray, rate: int) -> list[tuple[float, float]]:
     if len(audio) == 0 or rate != 16000:
         return []
-    from voxcli.vad import speech_regions
+    from voxcli.audio.vad import speech_regions
 
     return [(a / rate, b / rate) for a, b in speech_regions(audio)]
 

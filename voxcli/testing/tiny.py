@@ -2,7 +2,7 @@
 
 They exercise the real loading, streaming and timing code without weights or a hub: tests,
 `bench/` and CI use them. Random weights produce meaningless tokens; only structure and timing
-mean anything. Build one with ``python -m voxcli.tiny DIR --kind realtime|offline``.
+mean anything. Build one with ``python -m voxcli.testing.tiny DIR --kind realtime|offline``.
 
 They are shaped like the real checkpoints (docs/design.md, "The real checkpoints"), so what
 works on them works on the real thing:

@@ -5,7 +5,7 @@ vLLM loads Voxtral only from ``params.json`` + ``consolidated.safetensors`` + ``
 directory for either kind, small enough that a vLLM CPU server starts in about a minute and
 steps in milliseconds. Random weights give meaningless, mostly printable tokens: use it for
 protocol, streaming and timing tests, never for wording. Build one with
-``python -m voxcli.tiny_mistral DIR --kind realtime|offline``.
+``python -m voxcli.testing.tiny_mistral DIR --kind realtime|offline``.
 
 The tensor names and shapes follow what vLLM 0.32's loader expects (``voxtral.py``,
 ``voxtral_realtime.py``, ``whisper.py``, ``whisper_causal.py``, ``mistral.py``) and the real
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxcli.tiny import KINDS, NUM_SPECIAL_TOKENS, NUM_TEXT_TOKENS, tekken
+from voxcli.testing.tiny import KINDS, NUM_SPECIAL_TOKENS, NUM_TEXT_TOKENS, tekken
 
 VOCAB_SIZE = NUM_SPECIAL_TOKENS + NUM_TEXT_TOKENS
 DOWNSAMPLE_FACTOR = 4  # encoder frames (20 ms) per text token (80 ms)

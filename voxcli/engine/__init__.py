@@ -1,0 +1,14 @@
+"""The engine layer: a model, local or behind a server, turned into token events.
+
+Nothing here imports ``live``, ``output``, ``measure`` or ``cli`` (tests/test_layers.py checks);
+callers see the contract (:mod:`voxcli.engine.contract`), never which implementation is behind it.
+
+- ``local``: transformers on this machine (loading, warm-up, the Realtime session, offline segments)
+- ``static``: the static compiled Realtime step; ``compat``: everything read from transformers
+- ``remote``: a vLLM server behind the same contract; ``hub``: checkpoints; ``memory``: will it fit
+"""
+
+from voxcli.engine.contract import Engine, RealtimeEngine, Session, WaitingSession
+from voxcli.engine.local import EngineInfo, load_engine
+
+__all__ = ["Engine", "EngineInfo", "RealtimeEngine", "Session", "WaitingSession", "load_engine"]

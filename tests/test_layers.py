@@ -1,0 +1,92 @@
+"""The packages are layers, and imports flow one way (docs/design.md, "The map"): a module may
+import its own package and the layers below it, never one above. Every import counts, those
+inside functions too. No torch here: this reads source files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "voxcli"
+
+# Lowest first. The core modules sit directly in voxcli/.
+LAYERS = ["core", "audio", "engine", "output", "live", "measure", "cli"]
+TESTING = "testing"  # test models: may use the layers up to engine; nothing in voxcli imports them
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()):
+        return parts[1]
+    return "core"
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.startswith("voxcli")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("voxcli"):
+            if node.module == "voxcli":  # from voxcli import X: X may be a package
+                found += [(node.lineno, f"voxcli.{alias.name}") for alias in node.names
+                          if (PACKAGE / alias.name).is_dir()]
+            else:
+                found.append((node.lineno, node.module))
+    return found
+
+
+def modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        out.append((".".join(p for p in rel.parts if p != "__init__"), path))
+    return out
+
+
+def violations() -> list[str]:
+    bad = []
+    for module, path in modules():
+        if module == "voxcli.__main__":
+            continue  # the entry point runs the CLI
+        mine = layer_of(module)
+        for line, target in imports(path):
+            theirs = layer_of(target)
+            where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+            if theirs == TESTING and mine != TESTING:
+                bad.append(f"{where} (test models are not part of the tool)")
+            elif mine == TESTING:
+                if theirs != TESTING and LAYERS.index(theirs) > LAYERS.index("engine"):
+                    bad.append(f"{where} (test models sit beside the engine)")
+            elif theirs != TESTING and LAYERS.index(theirs) > LAYERS.index(mine):
+                bad.append(f"{where} ({mine} is below {theirs})")
+    return bad
+
+
+def test_imports_flow_one_way():
+    assert violations() == []
+
+
+def test_the_check_sees_a_wrong_import(tmp_path, monkeypatch):
+    """The check itself can fail: an engine module that imports the CLI is caught."""
+    fake = tmp_path / "voxcli"
+    for name in LAYERS[1:] + [TESTING]:
+        (fake / name).mkdir(parents=True)
+        (fake / name / "__init__.py").write_text("")
+    (fake / "engine" / "bad.py").write_text("def f():\n    from voxcli.cli.app import main\n")
+    (fake / "live" / "good.py").write_text("from voxcli.engine import load_engine\nfrom voxcli import errors\n")
+    (fake / "cli" / "bad.py").write_text("from voxcli.testing import tiny\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    assert violations() == [
+        "voxcli/cli/bad.py:1 imports voxcli.testing (test models are not part of the tool)",
+        "voxcli/engine/bad.py:2 imports voxcli.cli.app (engine is below cli)",
+    ]
+
+
+def test_every_package_says_what_it_exports():
+    for init in PACKAGE.glob("*/__init__.py"):
+        tree = ast.parse(init.read_text())
+        assert ast.get_docstring(tree), f"{init} has no docstring saying its layer"
+        names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                 for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                 if isinstance(t, ast.Name)]
+        assert "__all__" in names, f"{init} has no __all__"

@@ -111,14 +111,14 @@ def pct(values, q: float):
 def measure_path(engine, audio: np.ndarray, runs: int, device: str) -> dict:
     import torch
 
-    from voxcli.measure.runs import critical_path_ms
+    from voxcli.engine.timing import critical_path_ms
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     if engine.static is not None:
         # Only the decoder spans these sessions reach: compiling all of them costs minutes at full size.
-        tokens = len(engine._prompt_ids) + len(audio) // 1280 + engine.num_right_pad_tokens + 2
+        tokens = len(engine.prompt_ids) + len(audio) // 1280 + engine.num_right_pad_tokens + 2
         engine.warmup(spans=[s for s in engine.static.spans() if s <= engine.static.span(tokens)])
     else:
         engine.warmup()

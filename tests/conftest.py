@@ -13,6 +13,7 @@ os.environ.pop("VOXCLI_API_KEY", None)  # a developer's own key must not reach t
 
 import pytest
 from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module
+from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - one server of each kind for the whole run
 
 
 def pytest_collection_modifyitems(config, items):

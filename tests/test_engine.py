@@ -113,7 +113,7 @@ def test_short_clip_and_silence(realtime_engine):
 def test_other_delay_changes_prompt_and_still_streams(realtime_dir, speech):
     engine = load_engine(str(realtime_dir), device="cpu", delay_ms=160, warmup=False)
     assert engine.num_delay_tokens == 2
-    assert len(engine._prompt_ids) == 1 + 32 + 2
+    assert len(engine.prompt_ids) == 1 + 32 + 2
     events = list(engine.transcribe(speech[: SR * 2]))
     assert len(events) >= 2 * SR // 1280
 
@@ -128,7 +128,7 @@ def test_bad_delay_is_rejected(realtime_dir, bad):
 def test_model_card_delays_run(realtime_dir, speech, delay_ms):
     engine = load_engine(str(realtime_dir), device="cpu", delay_ms=delay_ms, warmup=False)
     assert engine.num_delay_tokens == delay_ms // 80
-    assert len(engine._prompt_ids) == 1 + 32 + delay_ms // 80
+    assert len(engine.prompt_ids) == 1 + 32 + delay_ms // 80
     events = list(engine.transcribe(speech[: SR]))
     # One token per 80 ms of audio, plus what the right padding flushes.
     assert len(events) >= SR // 1280 + 1

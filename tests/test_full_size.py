@@ -84,9 +84,9 @@ def test_derived_figures_at_the_default_delay(full):
     engine = _engine(full)
     _, processor, _ = full
     assert engine.delay_ms == 480 and engine.num_delay_tokens == 6
-    assert len(engine._prompt_ids) == 39
-    assert engine._prompt_ids == [1] + [32] * 38  # BOS, 32 left pad + 6 delay x [STREAMING_PAD]
-    assert len(engine._left_pad) == 32 * 1280  # left pad: 32 tokens of silence
+    assert len(engine.prompt_ids) == 39
+    assert engine.prompt_ids == [1] + [32] * 38  # BOS, 32 left pad + 6 delay x [STREAMING_PAD]
+    assert len(engine.left_pad) == 32 * 1280  # left pad: 32 tokens of silence
     assert engine.num_right_pad_tokens == 17  # (6 + 1) + 10
     assert engine.first_chunk_samples == 9000 == engine.proc.default_first_chunk_samples
     assert engine.hop_samples == 1280 == processor.raw_audio_length_per_tok
@@ -102,7 +102,7 @@ def test_derived_figures_at_every_allowed_delay(full, delay_ms):
     engine = _engine(full, delay_ms)
     n = delay_ms // 80
     assert engine.num_delay_tokens == n
-    assert len(engine._prompt_ids) == 1 + 32 + n
+    assert len(engine.prompt_ids) == 1 + 32 + n
     assert engine.num_right_pad_tokens == (n + 1) + 10
     assert engine.first_chunk_samples == ((n + 1) * 8 - 1) * 160 + 200
 

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from fakes import ScriptedConnection, ScriptedServer
 from speech import make_speech
+
+from voxcli.events import TokenEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello.wav"
@@ -259,57 +262,19 @@ def test_full_disk_mid_session_is_one_line_valid_files_and_a_whole_transcript(re
     assert reference.stdout.strip().startswith(text.strip().replace("\r", "\n"))
 
 
-class _FlakySession:
-    """A scripted remote session: one token per 80 ms pushed; the first session's connection
-    drops after a quarter of a second of audio."""
-
-    finish_waits = False
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.pushed_samples = 0
-        self._emitted = 0
+class _FlakyConnection(ScriptedConnection):
+    """The first connection to this scripted server drops after a quarter of a second of audio."""
 
     def push(self, samples) -> None:
-        self.pushed_samples += len(samples)
-        if self.engine.sessions == 1 and self.pushed_samples > 4000:
+        super().push(samples)
+        if self.engine.opened[0] is self and self.pushed_samples > 4000:
             from voxcli.errors import ServerError
 
             raise ServerError("the vLLM server closed the connection")
 
-    def steps(self):
-        from voxcli.events import TokenEvent
 
-        while (self._emitted + 1) * 1280 <= self.pushed_samples:
-            self._emitted += 1
-            yield TokenEvent(self._emitted - 1, -1, " w", time.perf_counter())
-
-    def finish(self):
-        return iter(())
-
-    @property
-    def answered_samples(self) -> int:
-        return self._emitted * 1280
-
-    def close(self) -> None:
-        pass
-
-
-class _FlakyRemoteEngine:
-    kind = "realtime"
-    remote = True
-
-    def __init__(self) -> None:
-        from voxcli.engine.local import EngineInfo
-
-        self.info = EngineInfo(model="scripted", kind="realtime", device="server", dtype="-", n_params=0, load_s=0.0)
-        self.sessions = 0
-        self.opened = []
-
-    def session(self):
-        self.sessions += 1
-        self.opened.append(_FlakySession(self))
-        return self.opened[-1]
+class _FlakyServer(ScriptedServer):
+    connection = _FlakyConnection
 
 
 def test_a_lost_server_is_reconnected_with_a_row_and_notices(tmp_path, capsys):
@@ -318,9 +283,9 @@ def test_a_lost_server_is_reconnected_with_a_row_and_notices(tmp_path, capsys):
     from voxcli.config import load_config
     from voxcli.cli.listen import ListenJob, run_listen
 
-    engine = _FlakyRemoteEngine()
+    engine = _FlakyServer()
     cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(tmp_path / "save")})
-    code = run_listen(ListenJob(cfg=cfg, input_path=HELLO, speed=0), load_engine=lambda cfg, err: engine,
+    code = run_listen(ListenJob(cfg=cfg, input_path=HELLO, speed=0), load_engine=lambda cfg, err: engine.configured(cfg),
                       stdout=io.StringIO())
     assert code == 0 and engine.sessions >= 2  # one more per end of speech
     err = capsys.readouterr().err
@@ -339,16 +304,18 @@ def test_a_lost_server_is_reconnected_with_a_row_and_notices(tmp_path, capsys):
     assert summary["input_overflows"] == 0 and summary["dropped_blocks"] == 0
 
 
-class _GoneServerEngine(_FlakyRemoteEngine):
-    """A server that drops the first session and never answers again."""
+class _GoneServer(_FlakyServer):
+    """A server that drops the first connection and never answers again."""
 
-    def session(self):
-        if self.sessions:
+    def connect(self):
+        if self.opened:
             from voxcli.errors import ServerError
 
-            self.sessions += 1
+            self.refused += 1
             raise ServerError("cannot reach the vLLM server at http://scripted (Connection refused)")
-        return super().session()
+        return super().connect()
+
+    refused = 0
 
 
 def test_a_server_gone_for_good_fails_in_one_line_after_the_window_with_every_sample_saved(tmp_path):
@@ -360,17 +327,17 @@ def test_a_server_gone_for_good_fails_in_one_line_after_the_window_with_every_sa
     from voxcli.errors import ServerError
     from voxcli.cli.listen import ListenJob, run_listen
 
-    engine = _GoneServerEngine()
+    engine = _GoneServer()
     save = tmp_path / "save"
     cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(save), "model.reconnect_s": 1.0})
     with pytest.raises(ServerError) as caught:
-        run_listen(ListenJob(cfg=cfg, input_path=HELLO, speed=0), load_engine=lambda cfg, err: engine,
+        run_listen(ListenJob(cfg=cfg, input_path=HELLO, speed=0), load_engine=lambda cfg, err: engine.configured(cfg),
                    stdout=io.StringIO())
     line = str(caught.value)
     assert line.startswith("lost the vLLM server (the vLLM server closed the connection), and it did not "
                            "come back within 1 s (last try: cannot reach")
     assert "\n" not in line and str(save) in line
-    assert engine.sessions >= 3  # it kept trying, backing off
+    assert engine.refused >= 2  # it kept trying, backing off
     wav, jsonl, _ = _session_files(save)
     heard, rate = sf.read(wav, dtype="float32")
     source, _ = sf.read(HELLO, dtype="float32")
@@ -437,39 +404,26 @@ def test_listen_rejects_a_format_it_cannot_stream(realtime_dir):
     assert "text, jsonl" in run.stderr and "Traceback" not in run.stderr
 
 
-class _SlowServerSession(_FlakySession):
+class _SlowConnection(ScriptedConnection):
     """A server that answers the final commit of a stream only once the next stream has been
     sent a second of audio: anything that waited for the answer at a pause would never see it."""
 
-    finish_waits = True
-
-    def push(self, samples) -> None:
-        self.pushed_samples += len(samples)
-
-    ended = False
-    finished = False
-
     def commit(self) -> None:
-        self.committed = True
-
-    def finish(self):
-        self.ended = True
-        return iter(())
+        super().commit()
+        self.t_commit = time.monotonic()
 
     def pending(self):
-        from voxcli.events import TokenEvent
-
         later = self.engine.opened[-1]
-        if later is not self and (later.pushed_samples >= 16000 or later.ended):
+        if later is self:
+            # The input's end (no next stream came within a second): nothing to wait for.
+            self.finished = time.monotonic() - self.t_commit > 1.0
+        elif later.pushed_samples >= 16000 or later.committed:
             self.finished = True
             yield TokenEvent(0, -1, " LAST", time.perf_counter())
 
 
-class _SlowServerEngine(_FlakyRemoteEngine):
-    def session(self):
-        self.sessions += 1
-        self.opened.append(_SlowServerSession(self))
-        return self.opened[-1]
+class _SlowServer(ScriptedServer):
+    connection = _SlowConnection
 
 
 def test_a_pause_never_waits_for_the_server(tmp_path):
@@ -481,7 +435,7 @@ def test_a_pause_never_waits_for_the_server(tmp_path):
     from voxcli.cli.listen import ListenJob, run_listen
 
     clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT[:2], pause_s=2.0, tail_s=1.0)
-    engine = _SlowServerEngine()
+    engine = _SlowServer()
     out = io.StringIO()
     cfg = load_config(None, {"listen.save_dir": str(tmp_path / "save")})
     code = run_listen(ListenJob(cfg=cfg, input_path=clip, speed=0, format="jsonl"),
@@ -498,19 +452,22 @@ def test_a_pause_never_waits_for_the_server(tmp_path):
 
 def test_the_engines_and_sessions_satisfy_the_written_contract(realtime_engine, offline_engine):
     from voxcli.engine import contract
-    from voxcli.engine.remote import RemoteOfflineEngine, RemoteRealtimeEngine, RemoteRealtimeSession
+    from voxcli.engine.reconnect import ReconnectingSession
+    from voxcli.engine.remote import RemoteOfflineEngine, RemoteRealtimeEngine, _Server
 
-    assert isinstance(realtime_engine, contract.RealtimeEngine) and not realtime_engine.remote
-    assert isinstance(offline_engine, contract.Engine) and not offline_engine.remote
+    assert isinstance(realtime_engine, contract.RealtimeEngine) and realtime_engine.info.step_times
+    assert isinstance(offline_engine, contract.Engine) and realtime_engine.info.audio_spans
     session = realtime_engine.session()
-    assert isinstance(session, contract.Session) and not session.finish_waits
-    for cls in (RemoteRealtimeEngine, RemoteOfflineEngine):
-        assert cls.remote and callable(cls.transcribe)
-    assert RemoteRealtimeSession.finish_waits
-    for name in ("push", "steps", "finish", "commit", "pending"):
-        assert callable(getattr(RemoteRealtimeSession, name))
-    scripted = _SlowServerEngine()
-    assert isinstance(scripted.session(), contract.WaitingSession)
+    assert isinstance(session, contract.Session) and not session.finish_waits and session.incidents() == []
+    server = _Server("http://127.0.0.1:9")  # nothing is contacted until a session is opened
+    realtime = RemoteRealtimeEngine(server, "m", "realtime", 0.0, 10)
+    offline = RemoteOfflineEngine(server, "m", "offline", 0.0, 10)
+    assert isinstance(realtime, contract.RealtimeEngine) and isinstance(offline, contract.Engine)
+    assert not (realtime.info.token_ids or realtime.info.audio_spans or realtime.info.step_times)
+    assert offline.info.audio_spans and realtime.critical_path_ms(np.zeros(16000)) is None
+    scripted = _SlowServer().session()
+    assert isinstance(scripted, ReconnectingSession) and isinstance(scripted, contract.WaitingSession)
+    scripted.close()
 
 
 def test_two_pass_streams_each_equal_a_single_session_at_its_delay(realtime_dir, tmp_path):
@@ -582,3 +539,109 @@ def test_a_final_model_that_will_not_fit_beside_the_realtime_one_says_so(realtim
         _final_engine(realtime_engine, cfg, load, None)
     assert str(caught.value).endswith(f"beside {realtime_engine.info.model}, already loaded on cpu")
     assert caught.value.data["needed_bytes"] == 9
+
+
+class _FrozenServer(ScriptedServer):
+    """A server that freezes for ``down_s`` (wall time) once the first connection has had 2 s of
+    audio: a write waits until the freeze ends and then fails (as a write timeout does), and no
+    connection opens meanwhile. Then it is back."""
+
+    down_s = 2.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down_from: float | None = None
+
+    def frozen(self) -> bool:
+        return self.down_from is not None and time.monotonic() < self.down_from + self.down_s
+
+    def connect(self):
+        if self.frozen():
+            time.sleep(0.2)
+            from voxcli.errors import ServerError
+
+            raise ServerError("cannot reach the vLLM server at http://scripted (Connection refused)")
+        return super().connect()
+
+    class connection(ScriptedConnection):
+        def push(self, samples) -> None:
+            server = self.engine
+            if server.down_from is None and self.pushed_samples >= 32000:
+                server.down_from = time.monotonic()
+            if server.frozen():
+                while server.frozen():
+                    time.sleep(0.05)
+                from voxcli.errors import ServerError
+
+                raise ServerError("the vLLM server stopped reading: a write waited 30 s")
+            super().push(samples)
+
+
+def test_an_outage_longer_than_the_capture_queue_loses_no_sample(tmp_path):
+    """The server freezes for 20 s of audio (2.5 s at 8x speed), twice what the capture queue holds
+    (10 s): capture goes on into the session's audio, nothing is dropped, the WAV is the whole
+    input, and the audio heard during the outage reaches the server once it is back. (Before, a
+    write to the frozen server held the worker, and a restarted vLLM server cost 48.6 s of audio
+    of a 131.7 s session: dropped_blocks 2430.)"""
+    import io
+
+    from voxcli.config import load_config
+    from voxcli.cli.listen import ListenJob, run_listen
+
+    source = np.tile(sf.read(ROOT / "examples" / "long.wav", dtype="float32")[0], 3)  # 48 s
+    clip = tmp_path / "long3.wav"
+    sf.write(clip, source, 16000, subtype="FLOAT")
+    engine = _FrozenServer()
+    save = tmp_path / "save"
+    cfg = load_config(None, {"listen.save_dir": str(save), "listen.flush_after_ms": 0})
+    out = io.StringIO()
+    code = run_listen(ListenJob(cfg=cfg, input_path=clip, speed=8, format="jsonl"),
+                      load_engine=lambda cfg, err: engine.configured(cfg), stdout=out)
+    assert code == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    summary = rows[-1]
+    assert summary["dropped_blocks"] == 0 and summary["input_overflows"] == 0
+    (reconnect,) = [r for r in rows if r["type"] == "reconnect"]
+    # Lost when the stalled write failed, at the freeze's end; what was heard meanwhile (20 s of
+    # audio at 8x) was kept and replayed.
+    assert reconnect["replayed_s"] >= engine.down_s * 8 - 2 and reconnect["lost_at_s"] >= engine.down_s * 8
+    wav, _, _ = _session_files(save)
+    heard, rate = sf.read(wav, dtype="float32")
+    assert rate == 16000 and len(heard) == len(source) and np.array_equal(heard, source)
+    # Every sample went to the server: the first connection up to the freeze, the second from the
+    # replay point (less the delay) to the end.
+    first, second = engine.opened[:2]
+    assert len(engine.opened) == 2
+    replay_from = first.answered_samples - 480 * 16  # where it last answered, less the model's delay
+    assert 0 < replay_from <= first.pushed_samples  # no hole
+    assert second.pushed_samples == len(source) - replay_from
+
+
+def test_listen_and_bench_count_the_same_two_pass_revisions(realtime_engine, tmp_path):
+    """One two-pass recorder for both: bench seals the provisional words at each end of speech as
+    listen does, so on the same clip both give the same replacements and revision rate (bench
+    never sealed before, and counted fewer)."""
+    import io
+
+    from speech import make_paused_speech
+
+    from voxcli.audio.decode import load_audio
+    from voxcli.cli.listen import ListenJob, run_listen
+    from voxcli.config import load_config
+    from voxcli.live.worker import LiveOptions
+    from voxcli.measure.runs import BenchOptions, Clip, run_bench
+
+    clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT, tail_s=1.0)
+    cfg = load_config(None, {"transcription.final_delay_ms": 960})
+    out = io.StringIO()
+    code = run_listen(ListenJob(cfg=cfg, input_path=clip, speed=0, format="jsonl"),
+                      load_engine=lambda cfg, err: realtime_engine, stdout=out)
+    assert code == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    listen = rows[-1]["two_pass"]
+    assert rows[-1]["endpoints"] == len(truth) and listen["replacements"] > 0
+    opts = BenchOptions(runs=1, warmup=0, paced=True, speed=0, live=LiveOptions.from_config(cfg), final_delay_ms=960)
+    report = run_bench(realtime_engine, [Clip("paused", clip, load_audio(clip))], opts)
+    (paced,) = [r for r in report.runs if r["mode"] == "paced"]
+    assert paced["replacements"] == listen["replacements"]
+    assert paced["revision_rate"] == listen["revision_rate"]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from speech import make_speech
-from vllm_server import start_vllm_server, vllm_offline, vllm_python, vllm_realtime  # noqa: F401
+from vllm_server import start_vllm_server, vllm_python
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello.wav"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import ScriptedConnection, ScriptedServer
 from typer.testing import CliRunner
 
 from voxcli.audio.decode import load_audio
@@ -189,10 +190,12 @@ class _BlankSession:
     def close(self) -> None:
         self.closed = True
 
+    def incidents(self) -> list:
+        return []
+
 
 class _BlankEngine:
     kind = "realtime"
-    remote = False
 
     def __init__(self) -> None:
         self.info = EngineInfo(model="scripted", kind="realtime", device="cpu", dtype="-", n_params=0, load_s=0.0)
@@ -256,39 +259,27 @@ def test_a_model_that_only_emits_the_blank_is_restarted_then_left_with_one_line(
 # ------------------------------------------------------------------------- a server's early done
 
 
-class _EndingSession(_BlankSession):
-    """A scripted server session: a word per 80 ms; the first one says ``transcription.done``
+class _EndingConnection(ScriptedConnection):
+    """A scripted server: a word per 80 ms; the first connection says ``transcription.done``
     (end of sequence) after two seconds of audio, long before the input ends."""
-
-    finish_waits = False
 
     def steps(self):
         from voxcli.errors import StreamEnded
 
-        while (self._emitted + 1) * 1280 <= self.pushed_samples:
-            self._emitted += 1
-            yield TokenEvent(self._emitted - 1, -1, " w", time.perf_counter())
+        yield from super().steps()
         if self.engine.opened[0] is self and self.pushed_samples >= 32000:
             raise StreamEnded("the vLLM server at http://scripted ended the stream (end of sequence) "
                               "before the audio did")
 
-    @property
-    def answered_samples(self) -> int:
-        return self._emitted * 1280
 
-
-class _EndingEngine(_BlankEngine):
-    remote = True
-
-    def session(self):
-        self.opened.append(_EndingSession(self))
-        return self.opened[-1]
+class _EndingServer(ScriptedServer):
+    connection = _EndingConnection
 
 
 def test_a_server_that_ends_the_stream_early_gets_a_new_session_for_the_rest(tmp_path, capsys):
     from voxcli.events import restart_sample
 
-    engine = _EndingEngine()
+    engine = _EndingServer()
     rows, err = _listen_rows(engine, tmp_path, capsys, **{"listen.flush_after_ms": 0})
     (restart,) = [r for r in rows if r["type"] == "restart"]
     assert restart["reason"] == "eos" and not [r for r in rows if r["type"] == "reconnect"]

@@ -18,7 +18,6 @@ import wave
 from pathlib import Path
 
 import httpx2
-from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - the fixtures
 from websockets.sync.client import connect
 
 HELLO_WAV = Path(__file__).resolve().parent.parent / "examples" / "hello.wav"

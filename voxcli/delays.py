@@ -6,7 +6,8 @@ flag, the config file, the Python API and the docs all check against this one de
 
 from __future__ import annotations
 
-TOKEN_MS = 80  # the Realtime model emits one token per 80 ms of audio
+from voxcli.units import TOKEN_MS
+
 ALLOWED_DELAYS_MS: tuple[int, ...] = (*range(80, 1201, TOKEN_MS), 2400)
 ALLOWED_TEXT = "a multiple of 80 from 80 to 1200, or 2400"
 

@@ -55,6 +55,28 @@ class Restart:
         return {"type": "restart", "reason": self.reason, "at_s": round(self.at_s, 4)}
 
 
+@dataclass(frozen=True)
+class Reconnect:
+    """A server lost and found again: where in the session's audio, for how long, what was replayed."""
+
+    lost_at_s: float
+    down_s: float
+    replayed_s: float
+    attempts: int
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"type": "reconnect", "lost_at_s": round(self.lost_at_s, 4), "down_s": round(self.down_s, 3),
+                "replayed_s": round(self.replayed_s, 4), "attempts": self.attempts, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A problem worth showing while the session goes on (a reconnect, a server error at a pause)."""
+
+    text: str
+
+
 def restart_sample(offset: int, answered: int, overlap: int) -> int:
     """Where a new session starts after a server ended its stream early (end of sequence): where
     it had last answered, less the model's delay (audio whose text had not come yet), but at least

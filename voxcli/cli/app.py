@@ -154,29 +154,16 @@ def _quiet_libraries(debug: bool) -> None:
 
 
 def _load_engine(cfg: Config, status_console, debug: bool = False):
-    if cfg.model.server:
-        from voxcli.engine.remote import connect_engine
+    """The engine, with a spinner while it loads and one line saying what was loaded."""
+    from voxcli.engine.opener import open_engine
 
-        engine = connect_engine(cfg.model.server, cfg.model.name, kind=cfg.model.server_kind,
-                                max_new_tokens=cfg.model.max_new_tokens, api_key=cfg.model.api_key,
-                                timeout_s=cfg.model.timeout_s)
-        status_console.print(f"[dim]{engine.info.model}: {engine.kind} on {engine.info.device}[/dim]",
-                             highlight=False)
-        return engine
-    _quiet_libraries(debug)
-    from voxcli.engine.local import load_engine
-    from voxcli.engine.hub import resolve_checkpoint
-
-    # Outside the spinner: a first run's download draws the hub's own progress bars.
-    path = resolve_checkpoint(cfg.model.name, offline=cfg.model.offline)
-    with status_console.status(_loading_text(cfg), spinner="dots"):
-        engine = load_engine(
-            str(path), name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
-            delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
-            max_new_tokens=cfg.model.max_new_tokens, step=cfg.model.step, compile=cfg.model.compile,
-            sessions=2 if cfg.transcription.final_delay_ms is not None else 1,
-        )
+    if not cfg.model.server:
+        _quiet_libraries(debug)
+    engine = open_engine(cfg, loading=lambda: status_console.status(_loading_text(cfg), spinner="dots"))
     info = engine.info
+    if not info.n_params:  # nothing loaded here: a server's
+        status_console.print(f"[dim]{info.model}: {engine.kind} on {info.device}[/dim]", highlight=False)
+        return engine
     status_console.print(
         f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}"
         f"{' (' + info.extra['dtype_why'] + ')' if 'dtype_why' in info.extra else ''}; "

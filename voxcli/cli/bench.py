@@ -52,13 +52,14 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
     from voxcli.live.worker import LiveOptions
 
-    live = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad, silence_db=cfg.listen.silence_db)
+    live = LiveOptions.from_config(cfg)  # as listen runs: the same endpointer, the same restarts
     if final_delay_ms is not None:
-        if not paced or engine.kind != "realtime" or engine.remote:
+        if not paced or engine.kind != "realtime" or not engine.info.other_delays:
             raise VoxcliError("--final-delay-ms measures two-pass live transcription: it needs --paced and a local "
                               "Realtime model")
-        if final_delay_ms <= engine.delay_ms:
-            raise VoxcliError(f"--final-delay-ms {final_delay_ms} must be longer than --delay-ms ({engine.delay_ms})")
+        if final_delay_ms <= engine.info.delay_ms:
+            raise VoxcliError(f"--final-delay-ms {final_delay_ms} must be longer than --delay-ms "
+                              f"({engine.info.delay_ms})")
     opts = BenchOptions(runs=runs, warmup=warmup, paced=paced, batch_words=batch_words, live=live,
                         final_delay_ms=final_delay_ms)
     with Progress(console=err, transient=True) as bar:
@@ -105,7 +106,7 @@ def _verdicts(summary: dict, batch_words: int) -> str:
 
 
 def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: Console, err: Console) -> int:
-    from voxcli.measure.runs import environment_remote, run_load
+    from voxcli.measure.runs import environment, run_load
 
     clip = clips[len(clips) // 2] if len(clips) > 2 else clips[0]
     with err.status(f"{concurrency} sessions of {clip.name} ({'paced' if paced else 'as fast as possible'}) ..."):
@@ -122,6 +123,6 @@ def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: 
         if s.get("error"):
             out.print(f"session {s['session']}: failed: {s['error']}")
     if json_path is not None:
-        json_path.write_text(json.dumps({"environment": environment_remote(engine), "load": load}, indent=1))
+        json_path.write_text(json.dumps({"environment": environment(engine), "load": load}, indent=1))
         err.print(f"raw samples, summary and environment -> {json_path}")
     return 1 if agg["failed"] else 0

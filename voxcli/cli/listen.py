@@ -8,21 +8,18 @@ the session files are valid after every write, so they stay readable.
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from voxcli.config import Config
 from voxcli.errors import ConfigError, ModelError, ServerError, setting
-from voxcli.events import LiveStatus, summarize
 from voxcli.output.render import LiveTranscript, NullView, PlainTranscript
-from voxcli.live.twopass import TwoPassText, draw, two_pass_figures
 
 LISTEN_FORMATS = ("text", "jsonl")
 
@@ -91,9 +88,9 @@ class _Signals:
 
 
 def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
+    from voxcli.live.session import ListenSession
     from voxcli.live.worker import LiveOptions
-    from voxcli.live.runner import run_live
-    from voxcli.output.recorder import SessionRecorder, check_directory
+    from voxcli.output.recorder import check_directory
 
     stdout = stdout or sys.stdout
     cfg = job.cfg
@@ -110,108 +107,16 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     if engine.kind != "realtime":
         err.print("[dim]offline model: each utterance is transcribed when it ends[/dim]")
     final_engine = _final_engine(engine, cfg, load_engine, err)
-    two_pass = TwoPassText() if final_engine is not None else None
-    tokens_seen: list[tuple[str, str, float | None, float | None]] = []  # two-pass: stream, text, latency, step
-    replacements: list = []
-    recorder = None
-    if cfg.listen.save_dir:
-        recorder = SessionRecorder(cfg.listen.save_dir, meta={
-            "model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
-            "delay_ms": getattr(engine, "delay_ms", None),
-            **({"final_model": final_engine.info.model, "final_delay_ms": getattr(final_engine, "delay_ms", None)}
-               if final_engine is not None else {}),
-            "input": str(job.input_path) if job.input_path else (cfg.listen.device or "default"),
-        })
     jsonl = job.format == "jsonl"
     plain = jsonl or cfg.output.plain or not stdout.isatty()
-    if jsonl:
-        view = NullView()  # stdout carries the events themselves
-    elif plain:
-        view = PlainTranscript(stdout)
-    else:
-        view = LiveTranscript(Console(file=stdout), title="listening")
-
-    def emit(row: dict) -> None:
-        if jsonl:
-            stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-            stdout.flush()
+    session = ListenSession(view=_view(jsonl, plain, stdout), out=stdout if jsonl else None,
+                            say=(lambda line: err.print(line, markup=False)) if plain else None,
+                            recorder=_recorder(cfg, job, engine, final_engine), two_pass=final_engine is not None)
+    recorder = session.recorder
     stop = threading.Event()
-    shown = {"status": LiveStatus(), "state": None, "save_failure_told": False}
-
-    def show() -> None:
-        view.set_status(replace(shown["status"], state=shown["state"]))
-
-    def notify(message: str) -> None:
-        if plain:
-            err.print(message, markup=False)
-        else:  # printing beside a live view would tear it: say it in the status line
-            shown["state"] = message
-            show()
-
-    def saving_failed() -> None:
-        if recorder.failure and not shown["save_failure_told"]:
-            shown["save_failure_told"] = True
-            notify(f"voxcli: error: {recorder.failure}")  # once; the transcript goes on
-
-    def on_audio(item) -> None:
-        if recorder:
-            recorder.write_audio(item.samples)
-            saving_failed()
-
-    def on_token(event, stream: str = "") -> None:
-        if two_pass is None:
-            view.add(event)
-            return
-        replacement = draw(two_pass, view, event, stream)
-        if replacement is not None:
-            replacements.append(replacement)
-            on_row(replacement)
-
-    def on_latency(token, emission_ms: float | None, after_ready_ms: float | None) -> None:
-        extra = {"emission_latency_ms": _round(emission_ms), "emitted_after_ready_ms": _round(after_ready_ms),
-                 "audio_available_s": round(token.audio_available_s, 5), "flushed": token.flushed,
-                 "utterance": token.utterance}
-        if token.stream:
-            extra["stream"] = token.stream
-            tokens_seen.append((token.stream, token.event.text, emission_ms, token.event.step_ms))
-        emit({"type": "token", **token.event.to_dict(), **extra})
-        if recorder:
-            recorder.write_event(token.event, transcript=token.stream != "provisional", **extra)
-            saving_failed()
-
-    def on_row(row) -> None:  # an endpoint, a reconnect, a restart, a replacement
-        emit(row.to_dict())
-        if recorder:
-            recorder.write_row(row.to_dict())
-            saving_failed()
-
-    def on_endpoint(endpoint) -> None:
-        on_row(endpoint)
-        if two_pass is not None:  # speech ended: the last provisional word is whole
-            replacement = two_pass.seal()
-            view.set_tail(two_pass.tail)
-            if replacement is not None:
-                replacements.append(replacement)
-                on_row(replacement)
-
-    def on_notice(text: str) -> None:
-        if plain:  # no status line to show it in
-            err.print(f"voxcli: {text}", markup=False)
-
-    def on_status(status: LiveStatus) -> None:
-        shown["status"] = status
-        show()
-
-    options = LiveOptions(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad,
-                          silence_db=cfg.listen.silence_db, reconnect_s=cfg.model.reconnect_s,
-                          blank_run_s=cfg.listen.blank_run_s,
-                          language=None if cfg.transcription.language == "auto" else cfg.transcription.language)
-    result = None
     try:
-        with _Signals(stop, notify), view:
-            result = run_live(engine, source, on_token=on_token, stop=stop, options=options, final_engine=final_engine,
-                              on_audio=on_audio, on_latency=on_latency, on_endpoint=on_endpoint,
-                              on_reconnect=on_row, on_restart=on_row, on_notice=on_notice, on_status=on_status)
+        with _Signals(stop, session.notify), session.view:
+            session.run(engine, source, stop, LiveOptions.from_config(cfg), final_engine=final_engine)
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130
@@ -219,24 +124,12 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
         saved = f"; what was captured and received is saved in {recorder.wav_path.parent}" if recorder else ""
         raise exc.extended(saved) from None
     finally:
-        summary = _summary(result, tokens_seen, replacements) if result is not None else None
-        if summary is not None:
-            emit({"type": "summary", **summary})
-        if recorder:
-            if summary is not None:
-                recorder.write_summary(summary)
-            recorder.close()
-    if result.error:
-        err.print(f"voxcli: warning: {result.error}; what was captured is kept", markup=False)
-    s = summary
-    lat = s["emission_latency_ms"]
-    err.print(
-        f"{s['audio_s']:.2f} s heard, {s['n_tokens']} tokens, emission_latency_ms "
-        f"p50 {_f(lat.get('p50'))} p95 {_f(lat.get('p95'))}, dropped blocks {s['dropped_blocks']}, "
-        f"input overflows {s['input_overflows']}"
-        + (f" -> {', '.join(str(p) for p in recorder.paths)}" if recorder else ""), markup=False)
+        summary = session.close()
+    if session.result.error:
+        err.print(f"voxcli: warning: {session.result.error}; what was captured is kept", markup=False)
+    _print_summary(err, summary, recorder)
     if job.report_path is not None and recorder and not recorder.failure:
-        from voxcli.output.report import read_session, draw_session, save
+        from voxcli.output.report import draw_session, read_session, save
 
         save(draw_session(read_session(recorder.jsonl_path)), job.report_path)
         err.print(f"picture -> {job.report_path}", markup=False)
@@ -245,6 +138,37 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
             err.print(f"voxcli: error: {recorder.failure}", markup=False)
         return 1  # the transcript is whole, the files are not
     return 0
+
+
+def _view(jsonl: bool, plain: bool, stdout):
+    if jsonl:
+        return NullView()  # stdout carries the events themselves
+    if plain:
+        return PlainTranscript(stdout)
+    return LiveTranscript(Console(file=stdout), title="listening")
+
+
+def _recorder(cfg: Config, job: ListenJob, engine, final_engine):
+    if not cfg.listen.save_dir:
+        return None
+    from voxcli.output.recorder import SessionRecorder
+
+    return SessionRecorder(cfg.listen.save_dir, meta={
+        "model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
+        "delay_ms": engine.info.delay_ms,
+        **({"final_model": final_engine.info.model, "final_delay_ms": final_engine.info.delay_ms}
+           if final_engine is not None else {}),
+        "input": str(job.input_path) if job.input_path else (cfg.listen.device or "default"),
+    })
+
+
+def _print_summary(err: Console, s: dict, recorder) -> None:
+    lat = s["emission_latency_ms"]
+    err.print(
+        f"{s['audio_s']:.2f} s heard, {s['n_tokens']} tokens, emission_latency_ms "
+        f"p50 {_f(lat.get('p50'))} p95 {_f(lat.get('p95'))}, dropped blocks {s['dropped_blocks']}, "
+        f"input overflows {s['input_overflows']}"
+        + (f" -> {', '.join(str(p) for p in recorder.paths)}" if recorder else ""), markup=False)
 
 
 def _final_engine(engine, cfg: Config, load_engine: Callable, err):
@@ -256,9 +180,10 @@ def _final_engine(engine, cfg: Config, load_engine: Callable, err):
     if final_delay_ms is not None and final_model is not None:
         raise ConfigError(f"two-pass takes {setting('transcription.final_delay_ms')} or "
                           f"{setting('transcription.final_model')}, not both")
-    if engine.remote:
-        raise ConfigError("two-pass needs a local Realtime model: a vLLM server's delay is fixed per server, "
-                          "and a second server as the final stream is not supported yet")
+    if not engine.info.audio_spans:
+        raise ConfigError(f"two-pass needs a local Realtime model: it aligns the two streams by the audio each "
+                          f"token covers, which {engine.info.device} does not say (and a vLLM server's delay is "
+                          f"fixed per server)")
     if final_model is not None:
         if engine.kind != "realtime":
             raise ConfigError(f"{setting('transcription.final_model')} is a final pass for a Realtime model's "
@@ -280,36 +205,10 @@ def _final_engine(engine, cfg: Config, load_engine: Callable, err):
     if engine.kind != "realtime":
         raise ConfigError(f"{setting('transcription.final_delay_ms')} needs a Realtime model; {engine.info.model} "
                           f"is an offline one")
-    if final_delay_ms <= engine.delay_ms:
+    if final_delay_ms <= engine.info.delay_ms:
         raise ConfigError(f"{setting('transcription.final_delay_ms')} {final_delay_ms} must be longer than the "
-                          f"provisional stream's delay ({engine.delay_ms} ms, {setting('transcription.delay_ms')})")
+                          f"provisional stream's delay ({engine.info.delay_ms} ms, {setting('transcription.delay_ms')})")
     return engine.with_delay(final_delay_ms)
-
-
-def _summary(result, tokens=(), replacements=()) -> dict:
-    two_pass = bool(tokens)
-    final = [text for kind, text, _, _ in tokens if kind == "final"]
-    return {
-        "audio_s": round(result.audio_s, 3),
-        "n_tokens": len(result.events),
-        "text": ("".join(final) if two_pass else "".join(e.text for e in result.events)).strip(),
-        **({"two_pass": two_pass_figures(tokens, replacements)} if two_pass else {}),
-        "emission_latency_ms": summarize(result.emission_latency_ms),
-        "emitted_after_ready_ms": summarize(result.emit_after_ready_ms),
-        "step_ms": summarize(result.step_ms),
-        "dropped_blocks": result.dropped_blocks,
-        "input_overflows": result.input_overflows,
-        "flushes": result.flushes,
-        "endpoints": result.endpoints,
-        "reconnects": result.reconnects,
-        "restarts": result.restarts,
-        "notice": result.notice,
-        "error": result.error,
-    }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
 
 
 def _f(value) -> str:

@@ -5,10 +5,13 @@ callers see the contract (:mod:`voxcli.engine.contract`), never which implementa
 
 - ``local``: transformers on this machine (loading, warm-up, the Realtime session, offline segments)
 - ``static``: the static compiled Realtime step; ``compat``: everything read from transformers
-- ``remote``: a vLLM server behind the same contract; ``hub``: checkpoints; ``memory``: will it fit
+- ``remote``: a vLLM server behind the same contract, ``reconnect``: its session that outlives the
+  server; ``opener``: the configuration's engine, local or remote (``open_engine``)
+- ``hub``: checkpoints; ``memory``: will it fit; ``timing``: the critical path, the environment
 """
 
-from voxcli.engine.contract import Engine, RealtimeEngine, Session, WaitingSession
-from voxcli.engine.local import EngineInfo, load_engine
+from voxcli.engine.contract import Engine, EngineInfo, RealtimeEngine, Session, WaitingSession
+from voxcli.engine.local import load_engine
+from voxcli.engine.opener import open_engine
 
-__all__ = ["Engine", "EngineInfo", "RealtimeEngine", "Session", "WaitingSession", "load_engine"]
+__all__ = ["Engine", "EngineInfo", "RealtimeEngine", "Session", "WaitingSession", "load_engine", "open_engine"]

@@ -2,17 +2,44 @@
 
 Two implementations: the local engines (``voxcli.engine.local``: transformers on this machine) and the
 remote ones (``voxcli.engine.remote``: a vLLM server). Anything that satisfies these Protocols can be
-run by ``voxcli.live.runner`` (a test's scripted engine too). Nothing heavy is imported here.
+run by ``voxcli.live.runner`` (a test's scripted engine too). Callers never ask which one is
+behind an engine: they read what it can do from ``info`` (:class:`EngineInfo`). Nothing heavy is
+imported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from voxcli.events import TokenEvent
+
+
+@dataclass
+class EngineInfo:
+    """What was loaded, for reports and benchmarks, and what the engine can tell about its tokens.
+
+    An engine that cannot tell something leaves it out of its events rather than inventing it (a
+    vLLM server: no token ids, no per-token audio, no step times). The capability fields say so up
+    front, so a caller decides without knowing what is behind the engine.
+    """
+
+    model: str
+    kind: str
+    device: str
+    dtype: str
+    n_params: int
+    load_s: float
+    warmup_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+    token_ids: bool = True  # events carry the model's token ids (else -1)
+    audio_spans: bool = True  # events say which audio each token covers (two-pass aligns by it)
+    step_times: bool = True  # events carry step times, and each token comes from the chunk just pushed
+    delay_ms: int | None = None  # a Realtime model's delay; None: offline, or not known
+    other_delays: bool = False  # ``with_delay()`` gives the same weights at another delay (two-pass)
 
 
 @runtime_checkable
@@ -24,9 +51,12 @@ class Session(Protocol):
     such a session also offers ``commit()`` (end the stream, return at once) and ``pending()``
     (what has arrived since, without waiting; ``finished`` once all of it has), so that the end
     of speech never holds up capture. ``close()`` drops the stream without finishing it (a
-    restart after a run of blanks; a lost server). A stream whose model said end of sequence
-    with audio left restarts on its own (a local session), or raises
-    :class:`voxcli.errors.StreamEnded` (a server's), and the caller opens a new one.
+    restart after a run of blanks). A stream whose model said end of sequence with audio left
+    starts again on its own, and says where with an event carrying ``restart_at_s``.
+    ``incidents()``: what happened on the way that the caller may show or record (a
+    :class:`voxcli.events.Reconnect`, a :class:`voxcli.events.Notice`); a local session has none.
+    ``push()`` never waits on anyone else; an error the stream cannot get over is raised by the
+    next ``push``, ``steps`` or ``pending``.
     """
 
     finish_waits: bool
@@ -40,15 +70,15 @@ class Session(Protocol):
 
     def close(self) -> None: ...
 
+    def incidents(self) -> list[object]: ...
+
 
 @runtime_checkable
 class WaitingSession(Session, Protocol):
-    """A stream on a server. ``answered_samples``: how much audio had been pushed when the server
-    last answered, i.e. how far it is known to have listened; after a lost connection, a new
-    session replays the audio from there (less the model's delay)."""
+    """A stream whose end waits on someone else (``finish_waits``): ``commit()`` ends it at once,
+    ``pending()`` yields what has come since, ``finished`` once all of it has."""
 
     finished: bool
-    answered_samples: int
 
     def commit(self) -> None: ...
 
@@ -57,21 +87,28 @@ class WaitingSession(Session, Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
-    """A loaded model, of ``kind`` ``"realtime"`` or ``"offline"``.
+    """A loaded model, of ``kind`` ``"realtime"`` or ``"offline"``; ``info`` says what it can tell.
 
-    ``remote`` engines know less than local ones, and their events say so by leaving fields
-    empty rather than inventing them: no token ids (-1), no per-token audio spans (Realtime), no
-    step times, no chunk-ready times. ``info`` is an :class:`voxcli.engine.EngineInfo`.
+    ``critical_path_ms(audio)``: the model's own path to its first token, timed with nothing
+    around it (None where that cannot be timed from here: a server). ``environment()``: what
+    produced the figures (library versions, the device's name), for bench reports.
     """
 
     kind: str
-    remote: bool
-    info: object
+    info: EngineInfo
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None,
                    max_new_tokens: int | None = None) -> Iterator[TokenEvent]: ...
 
+    def warmup(self) -> float: ...
+
+    def critical_path_ms(self, audio: np.ndarray) -> float | None: ...
+
+    def environment(self) -> dict: ...
+
 
 @runtime_checkable
 class RealtimeEngine(Engine, Protocol):
+    """``with_delay(ms)``, where ``info.other_delays``: the same weights at another delay."""
+
     def session(self) -> Session: ...

@@ -37,12 +37,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from voxcli.engine.compat import ProcessorAdapter, cache_kwarg_names
+from voxcli.engine.contract import EngineInfo
 from voxcli.delays import TOKEN_MS, check_delay_ms
 from voxcli.errors import ModelError, first_line, setting
 from voxcli.events import TokenEvent, clamp_span
@@ -123,26 +123,11 @@ class _Detokenizer:
         return self._utf8.decode(b"", final=True)
 
 
-@dataclass
-class EngineInfo:
-    """What was loaded, for reports and benchmarks."""
-
-    model: str
-    kind: str
-    device: str
-    dtype: str
-    n_params: int
-    load_s: float
-    warmup_s: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
 class Engine:
     """What both model kinds share: loading state, warm-up, detokenization. Satisfies
     :class:`voxcli.contract.Engine` (the Realtime engine also :class:`voxcli.contract.RealtimeEngine`)."""
 
     kind: str = ""
-    remote = False  # everything is measured here: token ids, audio spans, step times
 
     def __init__(self, model, processor, info: EngineInfo) -> None:
         self.model = model
@@ -159,6 +144,16 @@ class Engine:
 
     def detokenizer(self) -> _Detokenizer:
         return _Detokenizer(self._tekken)
+
+    def critical_path_ms(self, audio: np.ndarray) -> float:
+        from voxcli.engine.timing import critical_path_ms
+
+        return critical_path_ms(self, audio)
+
+    def environment(self) -> dict:
+        from voxcli.engine.timing import environment
+
+        return environment(self)
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Iterator[TokenEvent]:
         raise NotImplementedError
@@ -225,18 +220,19 @@ class RealtimeEngine(Engine):
         # sooner than when waiting for the whole chunk; the tail is zero-filled.
         self.window_samples = self.chunk_samples - proc.hop_length  # 1520
         # The prompt and the first chunk's size depend on the delay: BOS + (left pad + delay) x PAD.
-        self._prompt_ids = proc.instruct.start() + proc.audio_encoder.encode_streaming_tokens(delay_ms)
+        self.prompt_ids = proc.instruct.start() + proc.audio_encoder.encode_streaming_tokens(delay_ms)
         left_pad, _ = proc.audio_encoder.get_padding_audio(delay_ms)
-        self._left_pad = left_pad.audio_array.astype(np.float32)
+        self.left_pad = left_pad.audio_array.astype(np.float32)
         first_mel_frames = (self.num_delay_tokens + 1) * proc.frames_per_token
         self.first_chunk_samples = (first_mel_frames - 1) * proc.hop_length + proc.win_length // 2
         # Where the first window after the prefill starts, counted from the start of the left pad:
         # the next mel frame (the prefill made one per 10 ms of prompt) is centred on
         # frames x hop, so its window opens win_length // 2 earlier. Getting this wrong (e.g. 400
         # samples back instead of 240) still runs, but the model hears shifted audio.
-        prefill_frames = len(self._prompt_ids) * proc.frames_per_token
+        prefill_frames = len(self.prompt_ids) * proc.frames_per_token
         self.next_window_start = prefill_frames * proc.hop_length - proc.win_length // 2
         info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens, step=self.step_name)
+        info.delay_ms, info.other_delays = delay_ms, True
 
     @property
     def step_name(self) -> str:
@@ -264,8 +260,8 @@ class RealtimeEngine(Engine):
             import torch
 
             # The prefill's inputs as a session makes them (their shapes are the graph's).
-            prompt = torch.tensor([self._prompt_ids], device=self.device)
-            mel = self.log_mel(np.zeros(len(self._left_pad) + self.first_chunk_samples, np.float32), center=True)
+            prompt = torch.tensor([self.prompt_ids], device=self.device)
+            mel = self.log_mel(np.zeros(len(self.left_pad) + self.first_chunk_samples, np.float32), center=True)
             self.static.precompile(self.num_delay_tokens, spans=spans, prompt_ids=prompt, mel=mel)
             self.info.extra["compile_s"] = round(sum(self.static.compile_s.values()), 3)
         self.info.warmup_s = time.perf_counter() - t0
@@ -358,8 +354,8 @@ class RealtimeSession:
         e = self.engine
         self._stream_start = start
         self._stream_tokens = 0
-        self._buffer = np.concatenate([e._left_pad, audio])  # samples not yet consumed
-        self._buffer_start = -len(e._left_pad)  # position of _buffer[0] in the stream's real audio
+        self._buffer = np.concatenate([e.left_pad, audio])  # samples not yet consumed
+        self._buffer_start = -len(e.left_pad)  # position of _buffer[0] in the stream's real audio
         self._history.clear()
         self._history_len = 0
         self._started = False
@@ -404,7 +400,7 @@ class RealtimeSession:
         e = self.engine
         while not self._done():
             if not self._started:
-                need = len(e._left_pad) + e.first_chunk_samples
+                need = len(e.left_pad) + e.first_chunk_samples
                 if len(self._buffer) < need:
                     return
                 event = self._prefill(need)
@@ -439,6 +435,9 @@ class RealtimeSession:
         self._finished = True
         if self._state is not None:
             self._release()
+
+    def incidents(self) -> list[object]:
+        return []  # nothing happens on the way to a model on this machine
 
     def _pad(self) -> None:
         """Pad exactly as mistral-common pads a whole clip: up to a whole 80 ms token, then the
@@ -494,7 +493,7 @@ class RealtimeSession:
         t0 = time.perf_counter()
         window = self._buffer[:need]
         feats = e.log_mel(window, center=True)
-        ids = torch.tensor([e._prompt_ids], device=e.device)
+        ids = torch.tensor([e.prompt_ids], device=e.device)
         self._drop(e.next_window_start)
         self._started = True
         return self._forward(ids, feats, t0, prefill=True)

@@ -2,8 +2,9 @@
 
 - Voxtral Realtime through the ``/v1/realtime`` WebSocket (``websockets``' sync client): audio is
   appended as it is captured (16 kHz PCM16, base64), deltas become TokenEvents the moment they
-  arrive, a final commit ends the utterance. :class:`RemoteRealtimeSession` has the local
-  session's push/steps/finish shape, so ``listen``, ``transcribe file`` and ``bench`` run unchanged.
+  arrive, a final commit ends the utterance. :class:`RemoteRealtimeSession` is one connection;
+  callers get a :class:`voxcli.engine.reconnect.ReconnectingSession` around them, with the local
+  session's shape, which outlives a server that goes away (``reconnect_s``).
 - Voxtral 3B/24B through ``/v1/audio/transcriptions`` with ``stream=true``: ``httpx2`` (httpx's
   continuation, the client huggingface_hub already brings) posts the multipart form and reads the
   server-sent events line by line.
@@ -37,9 +38,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from voxcli.config import API_KEY_ENV, DEFAULT_MODEL
-from voxcli.engine.local import EngineInfo, transcribe_segments
+from voxcli.engine.contract import EngineInfo
+from voxcli.engine.local import transcribe_segments
 from voxcli.errors import ServerError, StreamEnded, first_line, setting
-from voxcli.events import restart_sample, TokenEvent
+from voxcli.engine.reconnect import Link, ReconnectingSession
+from voxcli.events import TokenEvent
 
 SAMPLE_RATE = 16000
 KINDS = ("auto", "realtime", "offline")
@@ -182,18 +185,28 @@ def _wav_bytes(samples: np.ndarray) -> bytes:
 
 
 class RemoteEngine:
-    remote = True
-
-    def __init__(self, server: _Server, model: str, kind: str, load_s: float, max_new_tokens: int) -> None:
+    def __init__(self, server: _Server, model: str, kind: str, load_s: float, max_new_tokens: int,
+                 reconnect_s: float = 0.0) -> None:
         self.server = server
         self.model_name = model
         self.kind = kind
         self.max_new_tokens = max_new_tokens
+        self.reconnect_s = reconnect_s
+        self.link = Link()  # an outage, as its sessions know it together
+        # A server says neither token ids, nor which audio a delta covers (an offline request's
+        # events carry their segment's span, which this side knows), nor how long a step took.
         self.info = EngineInfo(model=model, kind=kind, device=f"vLLM server {server.url}", dtype="server",
-                               n_params=0, load_s=load_s)
+                               n_params=0, load_s=load_s, token_ids=False, audio_spans=kind == "offline",
+                               step_times=False)
 
     def warmup(self) -> float:
         return 0.0
+
+    def critical_path_ms(self, audio: np.ndarray) -> None:
+        return None  # the model's own path runs on the server, out of this side's sight
+
+    def environment(self) -> dict:
+        return {"server": self.server.url}
 
 
 class RemoteRealtimeEngine(RemoteEngine):
@@ -203,36 +216,32 @@ class RemoteRealtimeEngine(RemoteEngine):
 
     spare: ClientConnection | None = None
 
-    def session(self, *, max_new_tokens: int | None = None) -> "RemoteRealtimeSession":
+    def session(self, *, reconnect_s: float | None = None) -> ReconnectingSession:
+        """A stream that outlives the server for ``reconnect_s`` (default: the engine's): see
+        :mod:`voxcli.engine.reconnect`."""
+        return ReconnectingSession(self._connection, name=f"the vLLM server at {self.server.url}", link=self.link,
+                                   reconnect_s=self.reconnect_s if reconnect_s is None else reconnect_s,
+                                   overlap_samples=REPLAY_OVERLAP_SAMPLES)
+
+    def _connection(self) -> "RemoteRealtimeSession":
         ws, self.spare = self.spare, None
         return RemoteRealtimeSession(self, ws)
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
                    segments=None) -> Iterator[TokenEvent]:
         """All of ``audio`` as fast as the server takes it, then the final commit. A stream the
-        server ends early (end of sequence) goes on in a new session from where it had answered,
-        less the model's delay, marked by an empty event carrying ``restart_at_s``."""
+        server ends early (end of sequence) goes on in a new connection from where it had answered,
+        less the model's delay, marked by an empty event carrying ``restart_at_s``. A file is not
+        reconnected: a lost server fails it at once."""
         audio = np.asarray(audio, dtype=np.float32)
-        start = 0
-        while True:
-            rest = audio[start:]
-            blocks = (rest[i:i + APPEND_SAMPLES] for i in range(0, len(rest), APPEND_SAMPLES))
-            session = self.session()
-            try:
-                for block in blocks:
-                    session.push(block)
-                    yield from session.steps()
-                yield from session.finish()
-                return
-            except StreamEnded:
-                start = restart_sample(start, session.answered_samples, REPLAY_OVERLAP_SAMPLES)
-                if start >= len(audio):
-                    return
-                yield TokenEvent(index=-1, token_id=-1, text="", t_emitted=time.perf_counter(), special=True,
-                                 restart_at_s=start / 16000)
-            finally:
-                session.close()
-
+        session = self.session(reconnect_s=0)
+        try:
+            for i in range(0, len(audio), APPEND_SAMPLES):
+                session.push(audio[i:i + APPEND_SAMPLES])
+                yield from session.steps()
+            yield from session.finish()
+        finally:
+            session.close()
 
 
 class RemoteRealtimeSession:
@@ -452,7 +461,7 @@ def _http_error(url: str, response) -> str:
 
 
 def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", max_new_tokens: int = 500,
-                   api_key: str | None = None, timeout_s: float = TIMEOUT_S) -> RemoteEngine:
+                   api_key: str | None = None, timeout_s: float = TIMEOUT_S, reconnect_s: float = 0.0) -> RemoteEngine:
     """Check the server is up and serves ``model`` (default: the only model it serves), tell the
     model kind (a server for an offline model refuses the realtime WebSocket), and return an engine."""
     t0 = time.perf_counter()
@@ -474,7 +483,7 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", ma
     if kind == "auto":
         kind, spare = _probe_kind(server)
     cls = RemoteRealtimeEngine if kind == "realtime" else RemoteOfflineEngine
-    engine = cls(server, model, kind, time.perf_counter() - t0, max_new_tokens)
+    engine = cls(server, model, kind, time.perf_counter() - t0, max_new_tokens, reconnect_s)
     if spare is not None:
         engine.spare = spare
     return engine

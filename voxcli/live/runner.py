@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxcli.events import LiveStatus, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
-from voxcli.live.worker import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker, Notice, Reconnect
+from voxcli.events import LiveStatus, Notice, Reconnect, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
+from voxcli.live.worker import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker
 
 QUEUE_SIZE = 256  # tokens of a file in flight between the engine and the screen
 LIVE_QUEUE_SIZE = 8192  # a live session's tokens and audio blocks in flight (minutes of them)

@@ -1,7 +1,9 @@
 """Two-pass transcription: provisional text at once, final text from a second stream at a longer
 delay, aligned by the audio each token covers (not by guessing from text).
 
-``TwoPassText`` is what is shown and what is replaced; ``two_pass_figures`` the session's figures.
+``TwoPassText`` is what is shown and what is replaced; ``TwoPassRecorder`` draws a session on a
+view and keeps what its figures are made of (``listen`` and ``bench`` both use it, so both count
+the same revisions); ``two_pass_figures`` the session's figures.
 """
 
 from __future__ import annotations
@@ -98,6 +100,46 @@ def draw(two: TwoPassText, view, event: TokenEvent, stream: str) -> Replacement 
         view.add(event)
     view.set_tail(two.tail)
     return replacement
+
+
+class TwoPassRecorder:
+    """A two-pass session as it is drawn and counted, the same for ``listen`` and ``bench``.
+
+    ``token(event, stream)`` draws a token (final text, the provisional words beyond it);
+    ``latency(stream, event, emission_ms)`` keeps its figures once drawn; ``endpoint()`` seals the
+    provisional words at an end of speech (the last word is whole: it may be replaced now).
+    ``on_replacement`` is called with each :class:`Replacement` as it happens.
+    """
+
+    def __init__(self, view, on_replacement=None) -> None:
+        self.text = TwoPassText()
+        self.view = view
+        self.on_replacement = on_replacement
+        self.tokens: list[tuple[str, str, float | None, float | None]] = []  # stream, text, latency, step
+        self.replacements: list[Replacement] = []
+
+    def token(self, event: TokenEvent, stream: str) -> None:
+        self._replaced(draw(self.text, self.view, event, stream))
+
+    def latency(self, stream: str, event: TokenEvent, emission_ms: float | None) -> None:
+        self.tokens.append((stream, event.text, emission_ms, event.step_ms))
+
+    def endpoint(self) -> None:
+        replacement = self.text.seal()
+        self.view.set_tail(self.text.tail)
+        self._replaced(replacement)
+
+    def figures(self) -> dict:
+        return two_pass_figures(self.tokens, self.replacements)
+
+    def final_text(self) -> str:
+        return "".join(text for stream, text, _, _ in self.tokens if stream == "final")
+
+    def _replaced(self, replacement: Replacement | None) -> None:
+        if replacement is not None:
+            self.replacements.append(replacement)
+            if self.on_replacement is not None:
+                self.on_replacement(replacement)
 
 
 def _word_groups(events: list[TokenEvent]) -> list[list[int]]:

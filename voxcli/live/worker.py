@@ -7,14 +7,17 @@ from, each end of speech, and notices worth showing. It never draws and never wa
 Realtime model: one session step per 80 ms chunk; when the endpointer (``voxcli.audio.vad``) says speech
 has ended, the session is finished at once (the right padding is pushed, so the last words come out
 without waiting out the delay) and a new one starts at the same sample, so no audio is skipped.
-A stream that ends itself (end of sequence) starts again where it stopped transcribing: a local
-session does that itself, a server's gets a new session; either way a ``Restart`` row says so. A
+A stream that ends itself (end of sequence) starts again where it stopped transcribing (the
+session does that itself, and says where), and a ``Restart`` row says so. The worker never knows
+whether a server is behind the engine: a session that outlives a lost server is the engine's
+(``voxcli.engine.reconnect``); what it reports on the way is passed on (``incidents``). A
 stream that gives no text over ``blank_run_s`` of speech (vLLM #47614: a real session can emit only
 blanks for minutes) is restarted with the audio since the run began, backing off.
 Offline models: the endpointer cuts speech into utterances, each transcribed when it ends; no
 stretch the endpointer heard no speech in is ever sent to one (Voxtral 3B invents text over
 silence).
-On stop, what was captured is drained and flushed before the worker returns.
+On stop, what was captured is drained and flushed before the worker returns. A stream that fails
+for good stops capture; every block captured is still handed on (the WAV), then the error.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.audio.capture import level_db
+from voxcli.config import Config, ListenConfig
 from voxcli.engine.contract import Engine
-from voxcli.errors import ServerError, StreamEnded, first_line
-from voxcli.events import Restart, TokenEvent, clamp_span, restart_sample
+from voxcli.errors import ServerError
+from voxcli.events import Notice, Reconnect, Restart, TokenEvent, clamp_span
 
 POLL_S = 0.05  # how long the worker waits for a block before looking at a server's deltas again
-RECONNECT_MAX_WAIT_S = 5.0  # reconnect attempts back off from 0.5 s to this
 BLANK_RESTARTS = 3  # blank-run restarts in a row (each after twice the speech of the last) before giving up
 
 
@@ -45,8 +48,8 @@ class LiveToken:
 
     ``t_ready``: when the audio block that let the model take this step was captured (the chunk
     became available). ``t_audio``: when the last sample of the audio the token covers was
-    captured. Emission latency = time drawn - ``t_audio``. Both are ``None`` when unknown: a
-    remote server says neither which audio a delta covers nor which chunk produced it.
+    captured. Emission latency = time drawn - ``t_audio``. Both are ``None`` when the engine cannot
+    tell (``info.audio_spans``, ``info.step_times``: a server says neither).
     """
 
     event: TokenEvent
@@ -81,75 +84,28 @@ class AudioIn:
     backlog_blocks: int
 
 
-@dataclass(frozen=True)
-class Notice:
-    """A problem worth showing while the session goes on (a reconnect, a server error at a pause)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Reconnect:
-    """A server lost and found again: where in the session's audio, for how long, what was replayed."""
-
-    lost_at_s: float
-    down_s: float
-    replayed_s: float
-    attempts: int
-    error: str
-
-    def to_dict(self) -> dict:
-        return {"type": "reconnect", "lost_at_s": round(self.lost_at_s, 4), "down_s": round(self.down_s, 3),
-                "replayed_s": round(self.replayed_s, 4), "attempts": self.attempts, "error": self.error}
-
-
-@dataclass
-class _Outage:
-    t_lost: float  # time.monotonic()
-    lost_at_s: float  # position in the session's audio
-    replay_from: int  # absolute 16 kHz sample: a new session starts here
-    error: ServerError
-    attempts: int = 0
-    next_try: float = 0.0
-    wait: float = 0.5
-    attempt: _Attempt | None = None  # the connection being opened now
-    ended: bool = False  # the server ended the stream itself (end of sequence): a restart, not a reconnect
-
-    def __post_init__(self) -> None:
-        self.first_error = self.error
-
-
-class _Attempt(threading.Thread):
-    """``engine.session()`` in the background: a new connection, or the error that prevented it."""
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(name="voxcli-reconnect", daemon=True)
-        self.engine = engine
-        self.session = None
-        self.error: ServerError | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.session = self.engine.session()
-        except ServerError as exc:
-            self.error = exc
-        except Exception as exc:  # noqa: BLE001 - no thread dies silently: it becomes this attempt's error
-            self.error = ServerError(f"reconnecting failed: {type(exc).__name__}: {first_line(exc)}")
+_LISTEN = ListenConfig()  # listen's defaults, defined once in the configuration
 
 
 @dataclass
 class LiveOptions:
-    flush_after_ms: int = 320  # this much non-speech ends speech: flush / cut there (0: never)
-    vad: str = "silero"  # the endpointer's detector: silero, or the energy fallback
-    silence_db: float = -45.0  # energy only: a window below this level is silence
+    """The worker's settings. ``from_config`` is the one way listen and bench make them, so both
+    run the same session; the defaults are the configuration's."""
+
+    flush_after_ms: int = _LISTEN.flush_after_ms  # this much non-speech ends speech: flush / cut there (0: never)
+    vad: str = _LISTEN.vad  # the endpointer's detector: silero, or the energy fallback
+    silence_db: float = _LISTEN.silence_db  # energy only: a window below this level is silence
+    blank_run_s: float = _LISTEN.blank_run_s  # speech with no text for this long restarts the stream (0: never)
+    language: str | None = None  # offline models (and an offline final pass): the language hint
     max_utterance_s: float = 30.0  # offline models: longest utterance transcribed at once
     preroll_s: float = 0.2  # offline models: audio kept before a speech start, so onsets are whole
     tail_s: float = 0.1  # offline models: audio kept after a speech end
-    reconnect_s: float = 120.0  # a server: how long to keep reconnecting after losing it (0: fail at once)
-    language: str | None = None  # offline models (and an offline final pass): the language hint
-    replay_overlap_ms: int = 480  # a server: the model's delay, replayed after a reconnect (vLLM: the checkpoint's)
-    blank_run_s: float = 3.0  # speech with no text for this long restarts the stream (0: never)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> LiveOptions:
+        language = cfg.transcription.language
+        return cls(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad, silence_db=cfg.listen.silence_db,
+                   blank_run_s=cfg.listen.blank_run_s, language=None if language == "auto" else language)
 
 
 class _Tape:
@@ -240,7 +196,7 @@ class LiveWorker:
 
     def _blocks(self):
         """Captured 16 kHz blocks until the source ends; ``(None, None)`` when none came within the
-        poll interval, so a remote engine's deltas, which arrive on their own schedule, are still
+        poll interval, so deltas that arrive on their own schedule (a server's) are still
         drawn between blocks. A stop request ends capture; what is already queued is still heard."""
         for item in self.source.stream(POLL_S):
             yield item if item is not None else (None, None)
@@ -279,7 +235,7 @@ class LiveWorker:
         t_audio = None
         if end is not None:
             t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
-        if self.engine.remote:
+        if not self.engine.info.step_times:  # which chunk made a token is not known
             t_ready = None
         self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed,
                             self.utterance if utterance is None else utterance,
@@ -292,44 +248,30 @@ class LiveWorker:
         self._put(Restart(reason, at / 16000))
 
     def _run_realtime(self) -> None:
-        remote = self.engine.remote
-        # Audio that may be needed again: a server's replay after a reconnect, a restart after a
-        # run of blanks, an offline final pass's utterance.
+        # Audio that may be needed again: a restart after a run of blanks, an offline final
+        # pass's utterance.
         tape = _Tape()
         session, offset = self.engine.session(), 0
         second = self.final_engine
         final = second.session() if second is not None and second.kind == "realtime" else None
         final_pass = second if second is not None and second.kind == "offline" else None  # per utterance
         utterance_from: int | None = None  # final pass: where the open utterance's speech began
-        outage: _Outage | None = None
         self._block_iter = blocks = self._blocks()
-        for t_cap, x in blocks:
-            self._drain()
-            vad_events = []
-            if x is not None:
-                vad_events = self._hear(t_cap, x)
-                tape.append(x)
-                for vad in vad_events:
-                    if vad.kind == "start" and utterance_from is None:
-                        utterance_from = vad.sample
-            replayed = False
-            if outage is not None:  # capture goes on; the server gets it all once it is back
-                session, offset = self._retry(outage, tape)
-                if session is None:
+        try:
+            for t_cap, x in blocks:
+                self._drain()
+                vad_events = []
+                if x is not None:
+                    vad_events = self._hear(t_cap, x)
+                    tape.append(x)
                     for vad in vad_events:
-                        if vad.kind == "end":
-                            self._endpoint(vad)
-                    continue
-                outage, replayed = None, True  # the replay ended with this block
-            try:
-                if x is not None and not replayed:
+                        if vad.kind == "start" and utterance_from is None:
+                            utterance_from = vad.sample
                     session.push(x)
-                for event in session.steps():
-                    self._emit(event, offset, t_cap if x is not None else event.t_emitted)
+                self._take(session, offset, t_cap if x is not None else None)
                 if final is not None and x is not None:  # the same audio, in this thread, at the longer delay
                     final.push(x)
-                    for event in final.steps():
-                        self._emit(event, offset, t_cap, stream="final")
+                    self._take(final, offset, t_cap, stream="final")
                 for vad in vad_events:
                     if vad.kind == "end":
                         self._end_stream(session, offset)
@@ -341,33 +283,19 @@ class LiveWorker:
                             self._final_pass(final_pass, tape, max(offset, utterance_from - self._preroll),
                                              self.utterance - 1)
                         utterance_from = None
-                        session, offset = None, self.heard
-                        session = self.engine.session()
+                        session, offset = self.engine.session(), self.heard
                 if x is not None and self._blank_run_over():
                     session, offset = self._restart_blank(session, offset, tape)
-            except ServerError as exc:
-                outage, session = self._lost(exc, session, offset), None
-                continue
-            keep = [self.heard, offset if final_pass is not None else self.heard, self._blank_run_from()]
-            if remote:
-                keep.append(offset + max(0, session.answered_samples - self._overlap))
-            tape.keep_from(min(keep))
-        while True:  # the input is over: now waiting is fine
-            while outage is not None:
-                time.sleep(POLL_S)
-                session, offset = self._retry(outage, tape)
-                if session is not None:
-                    outage = None
-            try:
-                self._finish(session, offset)
-                if final is not None:
-                    self._finish(final, offset, stream="final")
-                break
-            except ServerError as exc:
-                outage = self._lost(exc, session, offset)
-        while self._draining:
-            self._drain()
-            time.sleep(POLL_S if self._draining else 0)
+                tape.keep_from(min(self.heard, offset if final_pass is not None else self.heard,
+                                   self._blank_run_from()))
+            self._finish(session, offset)  # the input is over: now waiting is fine
+            if final is not None:
+                self._finish(final, offset, stream="final")
+            while self._draining:
+                self._drain()
+                time.sleep(POLL_S if self._draining else 0)
+        except ServerError as exc:
+            self._give_up(exc)
         last = self.utterance
         for vad in self.endpointer.flush() if self.endpointer is not None else []:
             self._endpoint(vad)  # the input ended inside speech: that is its end
@@ -376,6 +304,19 @@ class LiveWorker:
         if final_pass is not None and self.heard > offset and (utterance_from is not None or self.endpointer is None):
             start = offset if utterance_from is None else max(offset, utterance_from - self._preroll)
             self._final_pass(final_pass, tape, start, last)
+
+    def _take(self, session, offset: int, t_ready: float | None, stream: str | None = None) -> None:
+        """The stream's tokens so far (``t_ready``: when the block that let it step was captured;
+        None: no block came, each token counts from its own emission), and what happened on its way."""
+        for event in session.steps():
+            self._emit(event, offset, event.t_emitted if t_ready is None else t_ready, stream=stream)
+        self._incidents(session, offset)
+
+    def _incidents(self, session, offset: int) -> None:
+        for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
+            if isinstance(item, Reconnect):
+                item = dataclasses.replace(item, lost_at_s=item.lost_at_s + offset / 16000)
+            self._put(item)
 
     @property
     def _preroll(self) -> int:
@@ -410,10 +351,6 @@ class LiveWorker:
         self._restarted("blank_run", at)
         return session, at
 
-    @property
-    def _overlap(self) -> int:
-        return int(self.options.replay_overlap_ms * 16)
-
     def _end_stream(self, session, offset: int) -> None:
         """End of speech: flush the stream. A server finishes on its own time, and capture must not
         wait for it: its last deltas are collected between blocks (``_drain``)."""
@@ -432,79 +369,18 @@ class LiveWorker:
                     self._emit(event, offset, event.t_emitted, flushed=True, utterance=utterance)
             except ServerError as exc:
                 self._notice(f"{exc} (at the end of utterance {utterance})")
+            self._incidents(session, offset)
             if session.finished:
                 self._draining.remove(item)
                 self.flushes += 1
 
-    def _lost(self, exc: ServerError, session, offset: int) -> _Outage:
-        """The server went away mid-stream. Keep capturing; replay from where it last answered,
-        less the model's delay (the audio whose text had not come yet)."""
-        ended = isinstance(exc, StreamEnded)  # not lost: the model said end of sequence
-        if not self.engine.remote or (self.options.reconnect_s <= 0 and not ended):
-            self._give_up(exc, None)
-        replay_from = offset
-        if session is not None:
-            if ended:
-                replay_from = restart_sample(offset, session.answered_samples, self._overlap)
-            else:
-                replay_from = offset + max(0, session.answered_samples - self._overlap)
-            _close_quietly(session)
-        if not ended:
-            self._notice(f"{first_line(exc)}; reconnecting for up to {self.options.reconnect_s:.0f} s, "
-                         f"the audio is kept")
-        return _Outage(t_lost=time.monotonic(), lost_at_s=self.heard / 16000, replay_from=replay_from,
-                       error=exc, ended=ended)
-
-    def _retry(self, outage: _Outage, tape: _Tape):
-        """Reconnect attempts, each in a thread of its own (a server that is starting may accept
-        the connection and answer only much later, and capture must not wait for it). When one
-        succeeds, the kept audio is replayed into the new session as fast as the server takes it.
-        ``(None, None)`` while the server is still away."""
-        now = time.monotonic()
-        attempt = outage.attempt
-        if attempt is None:
-            if now >= outage.next_try:
-                outage.attempts += 1
-                outage.attempt = _Attempt(self.engine)
-            return None, None
-        if attempt.is_alive():
-            return None, None
-        outage.attempt = None
-        session, exc = attempt.session, attempt.error
-        if session is not None:
-            replay = tape.slice(outage.replay_from, self.heard)
-            try:
-                session.push(replay)
-            except ServerError as failed:
-                _close_quietly(session)
-                session, exc = None, failed
-        if session is None:
-            outage.error = exc
-            if now - outage.t_lost >= self.options.reconnect_s:
-                self._give_up(exc, outage)
-            outage.next_try = now + outage.wait
-            outage.wait = min(2 * outage.wait, RECONNECT_MAX_WAIT_S)
-            return None, None
-        if outage.ended:
-            self._restarted("eos", outage.replay_from)
-            return session, outage.replay_from
-        row = Reconnect(lost_at_s=outage.lost_at_s, down_s=now - outage.t_lost, replayed_s=len(replay) / 16000,
-                        attempts=outage.attempts, error=first_line(outage.first_error))
-        self._put(row)
-        self._notice(f"reconnected after {row.down_s:.1f} s; {row.replayed_s:.1f} s of audio replayed")
-        return session, outage.replay_from
-
-    def _give_up(self, exc: ServerError, outage: _Outage | None):
+    def _give_up(self, exc: ServerError):
         """Stop capture, hand every block already captured to the WAV, and fail in one line."""
         self.stop_event.set()
         for t_cap, x in self._block_iter:
             if x is not None:
                 self._hear(t_cap, x)
-        if outage is None:
-            raise exc
-        raise ServerError(f"lost the vLLM server ({first_line(outage.first_error)}), and it did not come back "
-                          f"within {self.options.reconnect_s:.0f} s (last try: {first_line(exc)})",
-                          **exc.data) from None
+        raise exc
 
     def _final_pass(self, engine: Engine, tape: _Tape, offset: int, utterance: int) -> None:
         """Two-pass with an offline model: the utterance that just ended, transcribed whole (from

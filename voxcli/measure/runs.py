@@ -36,7 +36,7 @@ from rich.console import Console
 
 from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
 from voxcli.output.render import FILE_REDRAW_S, LiveTranscript
-from voxcli.live.twopass import TwoPassText, draw, two_pass_figures, word_latencies
+from voxcli.live.twopass import TwoPassRecorder, word_latencies
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
@@ -111,48 +111,9 @@ def first_batch_ms(events: list[TokenEvent], t_start: float, batch_words: int) -
     return None
 
 
-def critical_path_ms(engine, audio: np.ndarray) -> float:
-    """The model's own path to its first token, with no pipeline around it."""
-    import torch
-
-    model = engine.model
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    static = getattr(engine, "static", None)
-    # The static step's state is taken from the pool before the clock starts: resetting it is
-    # the session's work (counted in ttft_ms), not the model's.
-    state = static.acquire(engine.num_delay_tokens) if static is not None else None
-    sync()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        if engine.kind == "realtime":
-            need = engine.first_chunk_samples
-            clip = np.zeros(need, np.float32)
-            clip[: min(need, len(audio))] = audio[:need]
-            window = np.concatenate([engine._left_pad, clip])
-            feats = engine.log_mel(window, center=True)
-            ids = torch.tensor([engine._prompt_ids], device=model.device)
-            if state is not None:
-                next_id, _ = static.prefill(state, ids, feats)
-                int(next_id.item())
-                sync()
-                static.release(state)
-                return (time.perf_counter() - t0) * 1000.0
-            out = model(input_ids=ids, input_features=feats.to(model.device, model.dtype), use_cache=True,
-                        num_delay_tokens=engine.num_delay_tokens, logits_to_keep=1)
-        else:
-            inputs = engine.proc.transcription_request(audio[: 30 * 16000], language=None,
-                                                       model_id=engine.info.model).to(model.device)
-            inputs["input_features"] = inputs["input_features"].to(model.dtype)
-            out = model(**inputs, use_cache=True, logits_to_keep=1)
-        int(out.logits[:, -1].argmax(-1).item())
-    sync()
-    return (time.perf_counter() - t0) * 1000.0
-
-
 def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     from voxcli.live.runner import transcribe_audio
 
-    remote = engine.remote
     console = Console(file=io.StringIO(), force_terminal=True, width=100, height=30)
     with LiveTranscript(console, title=clip.name, min_redraw_s=FILE_REDRAW_S) as view:  # as `transcribe file`
         transcript = transcribe_audio(engine, clip.audio, source=clip.name, on_event=view.add, on_idle=view.draw)
@@ -163,7 +124,7 @@ def _file_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     return {
         "clip": clip.name, "mode": "file", "audio_s": round(m.audio_s, 4), "n_tokens": m.n_tokens,
         "ttft_ms": m.ttft_ms, "total_ms": m.total_ms, "rtf": m.rtf,
-        "critical_path_ms": None if remote else critical_path_ms(engine, clip.audio),
+        "critical_path_ms": engine.critical_path_ms(clip.audio),
         "first_chunk_ms": first_batch_ms(events, t_start, opts.batch_words),
         "display_lag_ms": list(view.display_lag_ms), "step_ms": gaps,
     }
@@ -179,14 +140,13 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     after_ready: list[float] = []
     source = FileSource(clip.path, speed=opts.speed, queue_s=max(10.0, len(clip.audio) / 16000 + 1))
     final_engine = engine.with_delay(opts.final_delay_ms) if opts.final_delay_ms else None
-    two = TwoPassText() if final_engine is not None else None
-    tokens: list[tuple[str, str, float | None, float | None]] = []
-    replacements = []
     with LiveTranscript(console, title=clip.name) as view:
+        # Two-pass drawn and counted as listen does it (sealed at each end of speech).
+        two = TwoPassRecorder(view) if final_engine is not None else None
+
         def on_token(event: TokenEvent, stream: str = "") -> None:
-            if two is not None:  # drawn as listen draws it: final text, the provisional tail
-                if (replacement := draw(two, view, event, stream)) is not None:
-                    replacements.append(replacement)
+            if two is not None:
+                two.token(event, stream)
             else:
                 view.add(event)
             if stream != "final":  # the figures below are the first (provisional) stream's
@@ -194,7 +154,7 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
 
         def on_latency(token, emission_ms: float | None, after_ms: float | None) -> None:
             if token.stream:
-                tokens.append((token.stream, token.event.text, emission_ms, token.event.step_ms))
+                two.latency(token.stream, token.event, emission_ms)
             if token.stream == "final":
                 return
             if emission_ms is not None:
@@ -203,7 +163,8 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
                 after_ready.append(after_ms)
 
         result = run_live(engine, source, on_token=on_token, stop=threading.Event(), options=opts.live,
-                          on_latency=on_latency, final_engine=final_engine)
+                          on_latency=on_latency, final_engine=final_engine,
+                          on_endpoint=(lambda endpoint: two.endpoint()) if two is not None else None)
     from voxcli.audio.decode import detect_speech
 
     # Speech onsets and ends by level, on the clean clips: a reference independent of the
@@ -219,16 +180,17 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
         "emission_latency_ms": emission, "emitted_after_ready_ms": after_ready,
         "first_word_ms": first_word, "finalize_ms": finalize, "live_step_ms": list(result.step_ms),
         "dropped_blocks": result.dropped_blocks, "flushes": result.flushes,
-        **(_two_pass_record(tokens, replacements) if two is not None else {}),
+        **(_two_pass_record(two) if two is not None else {}),
     }
 
 
-def _two_pass_record(tokens, replacements) -> dict:
-    figures = two_pass_figures(tokens, replacements)
+def _two_pass_record(two: TwoPassRecorder) -> dict:
+    figures, tokens = two.figures(), two.tokens
     return {
         "provisional_word_latency_ms": word_latencies(tokens, "provisional"),
         "final_word_latency_ms": word_latencies(tokens, "final"),
         "revision_rate": figures["revision_rate"],
+        "replacements": figures["replacements"],
         "final_step_ms": [t[3] for t in tokens if t[0] == "final" and t[3] is not None],
     }
 
@@ -238,7 +200,7 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
     """Warm-up runs (discarded) then ``runs`` measured runs of every clip, file mode and, with
     ``paced``, live mode."""
     opts.validate()
-    env = environment_remote(engine) if engine.remote else environment(engine)
+    env = environment(engine)
     report = BenchReport(environment=env, options={
         "runs": opts.runs, "warmup": opts.warmup, "paced": opts.paced, "speed": opts.speed,
         "batch_words": opts.batch_words, "endpointer": _endpointer(opts.live) if opts.paced else None,
@@ -270,36 +232,16 @@ def _endpointer(live) -> dict:
 
 
 def environment(engine) -> dict:
-    """Enough to know what produced the figures and to reproduce them."""
-    import torch
-    import transformers
-
+    """Enough to know what produced the figures and to reproduce them: what every engine has, and
+    what the engine says of itself (library versions and the device's name, or the server)."""
     import voxcli
 
-    device = engine.info.device
-    if device.startswith("cuda"):
-        device_name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        device_name = _cpu_name()
     return {
-        "model": engine.info.model, "kind": engine.kind, "n_params": engine.info.n_params,
-        "delay_ms": getattr(engine, "delay_ms", None), "step": engine.info.extra.get("step"),
-        "compile_s": engine.info.extra.get("compile_s"), "device": device, "device_name": device_name,
-        "dtype": engine.info.dtype, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "voxcli": voxcli.__version__,
-        "git_revision": _git_revision(), "python": platform.python_version(), "platform": platform.platform(),
+        "model": engine.info.model, "kind": engine.kind, "device": engine.info.device, **engine.environment(),
+        "cpu_count": os.cpu_count(), "voxcli": voxcli.__version__, "git_revision": _git_revision(),
+        "python": platform.python_version(), "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _git_revision() -> str | None:
@@ -396,11 +338,3 @@ def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
             "failed": len(sessions) - len(ok), "behind": sum(1 for s in ok if s["behind"]),
         },
     }
-
-
-def environment_remote(engine) -> dict:
-    import voxcli
-
-    return {"model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
-            "voxcli": voxcli.__version__, "git_revision": _git_revision(), "python": platform.python_version(),
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

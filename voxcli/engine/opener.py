@@ -1,0 +1,37 @@
+"""``open_engine(config)``: the configuration's engine, local or on a server, loaded and warm.
+
+The one place that reads ``model.server``: what comes back satisfies the contract
+(:mod:`voxcli.engine.contract`) either way, and nothing above this layer asks which it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from voxcli.config import Config
+
+
+def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = contextlib.nullcontext):
+    """The engine ``cfg`` names. ``loading()`` is entered around the part that takes time without
+    showing progress of its own (a spinner); a first run's download, before it, draws the hub's
+    own progress bars."""
+    if cfg.model.server:
+        from voxcli.engine.remote import connect_engine
+
+        with loading():
+            return connect_engine(cfg.model.server, cfg.model.name, kind=cfg.model.server_kind,
+                                  max_new_tokens=cfg.model.max_new_tokens, api_key=cfg.model.api_key,
+                                  timeout_s=cfg.model.timeout_s, reconnect_s=cfg.model.reconnect_s)
+    from voxcli.engine.hub import resolve_checkpoint
+    from voxcli.engine.local import load_engine
+
+    path = resolve_checkpoint(cfg.model.name, offline=cfg.model.offline)
+    with loading():
+        return load_engine(
+            str(path), name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+            delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
+            max_new_tokens=cfg.model.max_new_tokens, step=cfg.model.step, compile=cfg.model.compile,
+            sessions=2 if cfg.transcription.final_delay_ms is not None else 1,
+        )

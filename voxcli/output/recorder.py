@@ -1,8 +1,9 @@
 """Session files written while listening: audio (WAV), token events (JSONL), transcript (text).
 
-Every write leaves valid files behind: the WAV header is patched after each block, and every
-JSONL line and transcript delta goes straight to the file, so even an abrupt exit (a second
-Ctrl-C) loses nothing that was written. A write that fails (a full disk, a vanished drive) cuts
+Every write leaves valid files behind: the WAV is written by libsndfile (soundfile), which
+rewrites its header after each block and turns it into RF64 once the data passes 4 GiB (about
+18.6 h of float32; plain WAV below that); every JSONL line and transcript delta goes straight to
+the file, so even an abrupt exit (a second Ctrl-C) loses nothing that was written. A write that fails (a full disk, a vanished drive) cuts
 each file back to its last whole record, so they stay valid up to that point; the recorder then
 stops saving and says so once (``failure``), and the session goes on without it.
 """
@@ -11,16 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import time
 from pathlib import Path
 
 import numpy as np
+import soundfile
 
 from voxcli.errors import ConfigError, setting
 from voxcli.events import TokenEvent
+from voxcli.units import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+# libsndfile commands (sndfile.h) soundfile has no method for:
+SFC_SET_UPDATE_HEADER_AUTO = 0x1061  # rewrite the header after every write: valid after each block
+SFC_RF64_AUTO_DOWNGRADE = 0x1210  # an RF64 file that stays plain WAV until it passes 4 GiB
 
 
 def check_directory(directory: str | Path) -> Path:
@@ -58,13 +62,79 @@ class _File:
             raise
         self.good += len(data)
 
-    def overwrite(self, offset: int, data: bytes) -> None:
-        """Rewrite bytes already on disk (a header field): no new space is needed."""
-        self._f.seek(offset)
-        self._f.write(data)
+    def close(self) -> None:
+        self._f.close()
+
+
+class _WavIO:
+    """The file under libsndfile (its virtual I/O: seek, tell, read, write): a write that fails
+    keeps its OSError for the caller and writes nothing, so the file never holds half a block."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is not None:
+            return 0
+        start = self._f.tell()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._f.write(view):]
+        except OSError as exc:
+            self.error = exc
+            self._f.truncate(start)  # needs no space
+            self._f.seek(start)
+            return 0
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def truncate(self, size: int) -> None:
+        self._f.truncate(size)
 
     def close(self) -> None:
         self._f.close()
+
+
+class _Wav:
+    """Mono float32 WAV through soundfile (see the module's docstring)."""
+
+    def __init__(self, path: Path, sample_rate: int, io_class=_WavIO) -> None:
+        self.path = path
+        self.io = io_class(path)
+        self.file = soundfile.SoundFile(self.io, "w", sample_rate, 1, subtype="FLOAT", format="RF64")
+        for command in (SFC_RF64_AUTO_DOWNGRADE, SFC_SET_UPDATE_HEADER_AUTO):
+            soundfile._snd.sf_command(self.file._file, command, soundfile._ffi.NULL, soundfile._snd.SF_TRUE)
+        self.data_start = self.io.tell()
+        self.frames = 0
+
+    def append(self, samples: np.ndarray) -> None:
+        try:
+            self.file.write(samples)
+        except (RuntimeError, AssertionError):
+            pass  # a short write: the reason is the I/O error below
+        if self.io.error is not None:
+            # Back to the last whole block; closing rewrites the header from the file's length.
+            self.io.truncate(self.data_start + self.frames * 4)
+            self.io.seek(0, os.SEEK_END)
+            error, self.io.error = self.io.error, None
+            self.close()
+            raise error
+        self.frames += len(samples)
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+            self.io.close()
 
 
 class SessionRecorder:
@@ -72,8 +142,6 @@ class SessionRecorder:
 
     The WAV is mono 32-bit float, exactly what the engine heard (no requantisation).
     """
-
-    _WAV_HEADER = 44
 
     def __init__(self, directory: str | Path, sample_rate: int = SAMPLE_RATE, *, meta: dict | None = None) -> None:
         directory = check_directory(directory)
@@ -88,10 +156,9 @@ class SessionRecorder:
         self.text_path = directory / f"{stem}.txt"
         self.n_samples = 0
         self.failure: str | None = None  # one line, once a write has failed
-        self._wav = _File(self.wav_path)
+        self._wav = _Wav(self.wav_path, sample_rate)
         self._jsonl = _File(self.jsonl_path)
         self._text = _File(self.text_path)
-        self._guard(self._wav, self._wav.append, self._wav_header(0))
         self._write_line({"type": "session", "sample_rate": sample_rate, **(meta or {})})
 
     @property
@@ -101,12 +168,6 @@ class SessionRecorder:
     @property
     def saved_s(self) -> float:
         return self.n_samples / self.sample_rate
-
-    def _wav_header(self, n: int) -> bytes:
-        data = n * 4
-        return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVE"
-                + b"fmt " + struct.pack("<IHHIIHH", 16, 3, 1, self.sample_rate, self.sample_rate * 4, 4, 32)
-                + b"data" + struct.pack("<I", data))
 
     def _guard(self, file: _File, write, *args) -> bool:
         if self.failure is not None:
@@ -121,15 +182,8 @@ class SessionRecorder:
             return False
 
     def write_audio(self, samples: np.ndarray) -> None:
-        if not len(samples) or not self._guard(
-                self._wav, self._wav.append, np.asarray(samples, dtype="<f4").tobytes()):
-            return
-        self.n_samples += len(samples)
-        self._guard(self._wav, self._patch_wav_header)
-
-    def _patch_wav_header(self) -> None:
-        self._wav.overwrite(4, struct.pack("<I", 36 + self.n_samples * 4))
-        self._wav.overwrite(40, struct.pack("<I", self.n_samples * 4))
+        if len(samples) and self._guard(self._wav, self._wav.append, np.asarray(samples, dtype=np.float32)):
+            self.n_samples += len(samples)
 
     def write_event(self, event: TokenEvent, *, transcript: bool = True, **extra) -> None:
         """A token row; its text also goes to the transcript unless ``transcript`` is False (the

@@ -17,29 +17,19 @@ noise) and varying gain, so the encoder sees speech, pauses and room noise, not 
     python bench/soak.py --offset-hours 8 --minutes 1 # hour 8 vs a fresh session (tokens, logits)
 
 The session runs voxcli's default step (``--step static``: fixed ring buffers, positions
-re-anchored); ``--step hf`` runs transformers' forward, which the diagnostics below patch.
+re-anchored); ``--step hf`` runs transformers' forward.
 
-Diagnostics, off by default (with ``--step hf``):
+Diagnostics, off by default:
 
-    --demo-fix step-ms-bounded   replace session.step_ms (a list, one float per 80 ms forever)
-                                 with a bounded deque, as proposed for voxcli/engine.py
-    --demo-fix reanchor          keep RoPE positions bounded: once a sliding-window cache is
-                                 full and its position counter passes 2 x window, shift every
-                                 live position down by D (re-rotate the cached keys by -D and
-                                 lower the counter); attention scores are unchanged because RoPE
-                                 depends only on relative positions inside the window
-    --lockstep-baseline          with --demo-fix: run an unpatched session on the same audio in
-                                 lockstep and count token-id mismatches (doubles the run time)
     --tracemalloc                Python allocation diff (steady minute -> end), slow
 
-The demo fixes are monkeypatches that live only in this file, to show a proposed change to
-voxcli/engine.py works; they are not part of voxcli.
+(The demo monkeypatches this script once carried, a bounded ``step_ms`` and re-anchored RoPE
+positions, landed in voxcli itself and were removed from here.)
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import csv
 import ctypes
 import gc
@@ -58,7 +48,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
 PUSH_SAMPLES = 1280  # 80 ms
-DEMO_FIXES = ("step-ms-bounded", "reanchor")
 STEP_MS_KEEP = 4096  # what the bounded step_ms keeps (~5.5 min of steps)
 
 
@@ -183,83 +172,6 @@ def pushes(track: np.ndarray, n: int):
         yield block.copy()
 
 
-# ------------------------------------------------------------------------------ demo fixes (opt)
-
-
-def demo_step_ms_bounded(session) -> None:
-    """DEMO FIX (monkeypatch, not voxcli): session.step_ms as a bounded deque. The engine only
-    ever appends to it and the pipeline only reads step_ms[-1], so a deque is a drop-in."""
-    session.step_ms = collections.deque(session.step_ms, maxlen=STEP_MS_KEEP)
-
-
-def _rotate_keys(keys, inv_freq, scaling: float, shift: int):
-    """Rotate RoPE'd keys (HF rotate_half convention) by -shift positions, with the angle computed
-    in float64 and reduced mod 2 pi so the shift itself adds no position-dependent error."""
-    import torch
-
-    ang = (-float(shift)) * inv_freq.detach().to(torch.float64).cpu()
-    ang = torch.remainder(ang, 2 * math.pi)
-    emb = torch.cat([ang, ang])
-    cos = (emb.cos() * scaling).to(keys.device, keys.dtype)
-    sin = (emb.sin() * scaling).to(keys.device, keys.dtype)
-    half = keys.shape[-1] // 2
-    rot = torch.cat([-keys[..., half:], keys[..., :half]], dim=-1)
-    return keys * cos + rot * sin
-
-
-def reanchor_cache(cache, rotary, threshold: int) -> int:
-    """DEMO FIX: if every layer is a full sliding-window layer whose position counter is past
-    ``threshold``, shift all positions down by D = counter - window. Returns D (0 if nothing done).
-
-    Valid because (1) the mask only uses the counter (q_offset = counter, kv_offset = counter -
-    window + 1), so lowering it by D lowers both offsets by D; (2) queries get RoPE from the
-    counter, cached keys were rotated when stored, so re-rotating them by -D keeps every q.k
-    score (RoPE scores depend only on the difference of positions)."""
-    layers = list(getattr(cache, "layers", []))
-    if not layers:
-        return 0
-    cums = {getattr(l, "cumulative_length", None) for l in layers}
-    if len(cums) != 1 or None in cums:
-        return 0
-    cum = cums.pop()
-    window = getattr(layers[0], "sliding_window", None)
-    if window is None or cum < threshold or cum < window:
-        return 0
-    shift = cum - window
-    for layer in layers:
-        layer.keys = _rotate_keys(layer.keys, rotary.inv_freq, float(rotary.attention_scaling), shift)
-        layer.cumulative_length -= shift
-    return shift
-
-
-def demo_reanchor(session, stats: dict, text_threshold: int | None, enc_threshold: int | None) -> None:
-    """DEMO FIX (monkeypatch, not voxcli): re-anchor both caches after every forward."""
-    e = session.engine
-    lm = e.model.model.language_model.rotary_emb
-    enc = e.model.model.audio_tower.rotary_emb
-    text_cache = session._caches[e.cache_kwargs["cache"]]
-    enc_cache = session._caches[e.cache_kwargs["encoder_cache"]]
-    tw = e.model.config.text_config.sliding_window
-    ew = e.model.config.audio_config.sliding_window
-    text_threshold = text_threshold or 2 * tw
-    enc_threshold = enc_threshold or 2 * ew
-    original = session._forward
-
-    def forward(*args, **kwargs):
-        event = original(*args, **kwargs)
-        d = reanchor_cache(text_cache, lm, text_threshold)
-        if d:
-            stats["text_shifts"] += 1
-            stats["text_shifted_total"] += d
-        d = reanchor_cache(enc_cache, enc, enc_threshold)
-        if d:
-            stats["encoder_shifts"] += 1
-            stats["encoder_shifted_total"] += d
-        return event
-
-    session._forward = forward
-
-
 # ------------------------------------------------------------------------------ rope precision
 
 
@@ -345,28 +257,6 @@ def run(args) -> dict:
     track = audio_track()
 
     session = engine.session()
-    shift_stats = collections.Counter()
-    if "step-ms-bounded" in args.demo_fix:
-        demo_step_ms_bounded(session)
-    if "reanchor" in args.demo_fix:
-        demo_reanchor(session, shift_stats, args.reanchor_text_at, args.reanchor_encoder_at)
-    baseline = engine.session() if args.lockstep_baseline else None
-    logit_log: list = []
-    diffs: list[float] = []
-    scales: list[float] = []
-    margins: list[float] = []
-    if baseline is not None:
-        # Keep each step's last-position logits (both sessions share the model) to compare them.
-        model_forward = engine.model.forward
-
-        def logged_forward(*a, **kw):
-            out = model_forward(*a, **kw)
-            logit_log.append(out.logits[0, -1].detach().float().cpu())
-            return out
-
-        engine.model.forward = logged_forward
-    mismatches, first_mismatch, mine = 0, None, []
-
     # Preallocated so the recorder itself does not grow during the run.
     step_ms = np.full(n_push + 64, np.nan)
     step_audio_s = np.full(n_push + 64, np.nan)
@@ -389,7 +279,7 @@ def run(args) -> dict:
               f"(max_position_embeddings {cfg.text_config.max_position_embeddings}), encoder window "
               f"{cfg.audio_config.sliding_window} (max_position_embeddings "
               f"{cfg.audio_config.max_position_embeddings}); {n_push} pushes of 80 ms; "
-              f"torch threads {torch.get_num_threads()}; demo fixes: {', '.join(args.demo_fix) or 'none'}",
+              f"torch threads {torch.get_num_threads()}",
               flush=True)
         print(f"{'audio_min':>9} {'wall_s':>7} {'steps':>6} {'p50_ms':>7} {'p95_ms':>7} {'rss_mb':>7} "
               f"{'text_kv':>7} {'text_pos':>8} {'enc_kv':>6} {'enc_pos':>8} {'step_ms_len':>11} {'objects':>8}",
@@ -401,27 +291,7 @@ def run(args) -> dict:
             step_ms[n_steps] = np.nan if event.step_ms is None else event.step_ms  # None: the prefill
             step_audio_s[n_steps] = session.pushed_samples / SAMPLE_RATE
             n_steps += 1
-            if baseline is not None:
-                mine.append(event.token_id)
         chunk_ms[i] = (time.perf_counter() - c0) * 1000.0
-        if baseline is not None:
-            # Lockstep: this push's tokens from the patched session against an unpatched one.
-            n_mine = len(logit_log)
-            baseline.push(block)
-            theirs = [ev.token_id for ev in baseline.steps()]
-            for la, lb in zip(logit_log[:n_mine], logit_log[n_mine:]):
-                diffs.append(float((la - lb).abs().max()))
-                scales.append(float(lb.std()))
-            for j, (a, b) in enumerate(zip(mine, theirs)):
-                if a != b:
-                    mismatches += 1
-                    top2 = logit_log[n_mine + j].topk(2).values
-                    margins.append(float(top2[0] - top2[1]))
-                    if first_mismatch is None:
-                        first_mismatch = n_steps - len(mine) + j
-            logit_log.clear()
-            mismatches += abs(len(mine) - len(theirs))
-            mine.clear()
         if (i + 1) % per_window == 0 or i + 1 == n_push:
             sl = step_ms[win_first_step:n_steps]
             sl = sl[~np.isnan(sl)]
@@ -503,20 +373,12 @@ def run(args) -> dict:
                 "malloc_trim_released": trimmed},
         "windows": windows,
         "interleave": interleave,
-        "demo_fix": {"names": list(args.demo_fix), **shift_stats},
         "tracemalloc_top": tm_top,
     }
     result["minutes"] = minute_summary(result, step_ms[:n_steps], step_audio_s[:n_steps])
     result["rope_precision"] = rope_precision({"text": end_caches["text"]["pos"],
                                                "encoder": end_caches["encoder"]["pos"]})
     result["verdict"] = verdict(result)
-    if baseline is not None:
-        engine.model.forward = model_forward
-        d = np.array(diffs)
-        result["lockstep"] = {"steps": len(diffs), "mismatches": mismatches, "first_mismatch": first_mismatch,
-                              "baseline_top2_margin_at_mismatches": margins,
-                              "max_abs_logit_diff": {"median": pct(d, 50), "p99": pct(d, 99), "max": float(d.max())},
-                              "logit_std_median": pct(np.array(scales), 50)}
     return result
 
 
@@ -738,10 +600,6 @@ def report(result: dict) -> str:
                    f"{il['full_caches']['text']['kv_len']}) p50 {il['full_p50_ms']:.2f} / p95 {il['full_p95_ms']:.2f} ms "
                    f"vs fresh session (text KV 0-{il['fresh_caches']['text']['kv_len']}) p50 {il['fresh_p50_ms']:.2f} / "
                    f"p95 {il['fresh_p95_ms']:.2f} ms: x{il['p50_ratio']:.2f} (paired median x{il['paired_ratio_median']:.2f})")
-    if result["demo_fix"]["names"]:
-        out.append(f"demo fixes: {result['demo_fix']}")
-    if "lockstep" in result:
-        out.append(f"lockstep vs unpatched: {result['lockstep']}")
     if result.get("tracemalloc_top"):
         out += ["tracemalloc (steady -> end):", *result["tracemalloc_top"]]
     flat = {True: "FLAT", False: "NOT FLAT", None: "n/a"}[v["flat"]]
@@ -774,18 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2, help="tiny model layers (default 2)")
     p.add_argument("--keep-model", action="store_true", help="do not delete the tiny model's temp dir")
     p.add_argument("--no-objects", dest="objects", action="store_false", help="skip counting Python objects")
-    p.add_argument("--demo-fix", action="append", default=[], choices=DEMO_FIXES,
-                   help="monkeypatch a proposed engine fix (repeatable; off by default)")
-    p.add_argument("--reanchor-text-at", type=int, help="reanchor: text position threshold (default 2 x window)")
-    p.add_argument("--reanchor-encoder-at", type=int, help="reanchor: encoder position threshold (default 2 x window)")
-    p.add_argument("--lockstep-baseline", action="store_true",
-                   help="with --demo-fix: compare token ids with an unpatched session on the same audio")
     p.add_argument("--interleave-s", type=float, default=60.0,
                    help="after the soak, alternate this many seconds of steps between the long session and a "
                         "fresh one to compare their cost under the same load (0: skip; default 60)")
     p.add_argument("--tracemalloc", action="store_true", help="Python allocation diff steady -> end (slow)")
     p.add_argument("--step", choices=("static", "hf"), default="static",
-                   help="the engine's step (default static; the demo fixes patch the hf one)")
+                   help="the engine's step (default static)")
     p.add_argument("--offset-hours", type=float, default=0.0,
                    help="instead of the soak: start a session at a position offset worth this many hours and "
                         "compare its tokens and logits with a fresh one over --minutes of audio (static step)")
@@ -793,10 +645,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.every_s <= 0:
         p.error("--minutes and --every-s must be positive")
-    if args.lockstep_baseline and not args.demo_fix:
-        p.error("--lockstep-baseline compares a --demo-fix session with an unpatched one")
-    if args.demo_fix and args.step != "hf":
-        p.error("--demo-fix patches the transformers step: add --step hf (the static step re-anchors itself)")
     if args.offset_hours and args.step != "static":
         p.error("--offset-hours needs the static step")
     result = run(args)

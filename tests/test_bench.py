@@ -94,3 +94,14 @@ def test_first_batch_is_released_when_the_word_after_the_batch_starts():
     # Fewer words than a batch: the end of the stream releases them.
     assert first_batch_ms(events[:3], 10.0, 6) == pytest.approx(2000.0)
     assert first_batch_ms([_ev(0, "", 10.5)], 10.0, 6) is None
+
+
+def test_percentiles_are_the_textbook_ones():
+    """Checked against figures worked out by hand (linear interpolation between closest ranks,
+    numpy's default), not against numpy itself."""
+    s = summarize(list(range(100, 0, -1)))  # 1..100, unsorted
+    assert s == pytest.approx({"n": 100, "p50": 50.5, "p90": 90.1, "p95": 95.05, "p99": 99.01, "mean": 50.5,
+                               "min": 1.0, "max": 100.0}, abs=1e-9)
+    two = summarize([10.0, 20.0])
+    assert (two["p50"], two["p90"], two["p99"]) == (15.0, 19.0, pytest.approx(19.9))
+    assert summarize([7.0])["p99"] == 7.0 and summarize([]) == {"n": 0}

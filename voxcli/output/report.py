@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from voxcli.errors import VoxcliError
-from voxcli.events import STEP_BUDGET_MS, percentile
+from voxcli.events import STEP_BUDGET_MS
 
 FORMATS = (".png", ".svg")
 BENCH_METRICS = ("ttft_ms", "first_chunk_ms", "total_ms", "display_lag_ms")
@@ -205,7 +205,7 @@ def draw_session(data: SessionData):
         x = np.sort(data.latency_ms)
         cdf.step(x, np.arange(1, len(x) + 1) / len(x), where="post", color="black")
         for q, style in ((50, "--"), (95, ":")):
-            v = percentile(list(x), q)
+            v = float(np.percentile(x, q))
             cdf.axvline(v, color="black", linestyle=style, label=f"p{q} {v:.0f} ms")
         cdf.legend(loc="lower right", fontsize=8)
     else:

@@ -28,8 +28,8 @@ checkpoints (the names transformers' conversion scripts read):
 
 vLLM's CPU attention supports head sizes 32, 64, 80, ... only, so heads here are 32 wide.
 Tensors are stored in bfloat16, like the real checkpoints (vLLM serves them in bfloat16 on CPU
-and warns about every float32 tensor it has to cast). Only numpy is needed (the safetensors file
-is written directly), so this runs in voxcli's environment or vLLM's.
+and warns about every float32 tensor it has to cast). It needs numpy, torch and safetensors, which
+voxcli's environment and vLLM's both have.
 """
 
 from __future__ import annotations
@@ -214,28 +214,13 @@ def make_tiny_mistral_model(path: str | Path, kind: str = "realtime", *, hidden_
 
 
 def _save_bf16_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
-    """Write float32 arrays as a bfloat16 safetensors file (numpy has no bfloat16 type).
+    """Write float32 arrays as a bfloat16 safetensors file (numpy has no bfloat16 type: torch
+    rounds them, to nearest even, and safetensors writes the file)."""
+    import torch
+    from safetensors.torch import save_file
 
-    The format: an 8-byte little-endian header length, a JSON header mapping each name to its
-    dtype, shape and byte range, padded with spaces to a multiple of 8, then the raw data.
-    """
-    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
-    blobs, offset = [], 0
-    for name, array in tensors.items():
-        bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
-        # round to nearest even on the 16 dropped bits
-        bf16 = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(bf16)]}
-        blobs.append(bf16)
-        offset += len(bf16)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    with open(path, "wb") as f:
-        f.write(len(head).to_bytes(8, "little"))
-        f.write(head)
-        for blob in blobs:
-            f.write(blob)
+    save_file({name: torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(torch.bfloat16)
+               for name, array in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
 def main() -> None:

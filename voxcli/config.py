@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
+from voxcli.choices import (COMPILE_MODES, DEFAULT_MODEL, DETECTORS, DTYPES, OUTPUT_FORMATS, SERVER_KINDS,
+                            STEPS)
 from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
 from voxcli.delays import is_allowed_delay_ms
 from voxcli.errors import ConfigError
 
-DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-OUTPUT_FORMATS = ("text", "json", "jsonl", "srt", "vtt")
 API_KEY_ENV = "VOXCLI_API_KEY"
 HIDDEN = "<hidden>"  # what `voxcli config` shows for a secret that is set
 
@@ -38,16 +38,16 @@ class ModelConfig:
     device: str = field(default="auto", metadata={
         "help": "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu", "device": True})
     dtype: str = field(default="auto", metadata=_choices(
-        "auto", "bfloat16", "float16", "float32",
+        *DTYPES,
         help="auto: bfloat16 on a GPU that has it, else float16 (V100, T4); float32 on the CPU"))
     threads: int = field(default=0, metadata={"help": "CPU threads for torch; 0 keeps torch's default", "min": 0})
     offline: bool = field(default=False, metadata={
         "help": "never contact the Hugging Face hub; use only local files and the cache"})
     step: str = field(default="static", metadata=_choices(
-        "static", "hf", help="Realtime model: how a step runs; static = voxcli's preallocated step (ring buffers, "
+        *STEPS, help="Realtime model: how a step runs; static = voxcli's preallocated step (ring buffers, "
                              "compilable), hf = transformers' eager forward (the reference, slower)"))
     compile: str = field(default="auto", metadata=_choices(
-        "auto", "on", "off", help="static step: torch.compile it (CUDA graphs on a GPU); auto = on for CUDA, "
+        *COMPILE_MODES, help="static step: torch.compile it (CUDA graphs on a GPU); auto = on for CUDA, "
                                   "off on the CPU, where compiling takes longer than a session saves"))
     max_new_tokens: int = field(default=500, metadata={
         "help": "offline models: most tokens generated per segment of up to 30 s", "min": 1})
@@ -55,7 +55,7 @@ class ModelConfig:
         "help": "a vLLM server (http://HOST:PORT or https://HOST:PORT) to use as the engine instead of the "
                 "local GPU; null = local"})
     server_kind: str = field(default="auto", metadata=_choices(
-        "auto", "realtime", "offline", help="with server: the served model's kind; auto asks the server"))
+        *SERVER_KINDS, help="with server: the served model's kind; auto asks the server"))
     api_key: str | None = field(default=None, metadata={
         "help": f"with server: the key of a server started with `vllm serve --api-key`, sent as "
                 f"Authorization: Bearer; {API_KEY_ENV} sets it too; never written out", "secret": True})
@@ -98,7 +98,7 @@ class ListenConfig:
     save_dir: str | None = field(default=None, metadata={
         "help": "directory for session files (WAV, JSONL events, transcript); null = save nothing"})
     vad: str = field(default="silero", metadata=_choices(
-        "silero", "energy", help="what finds the end of speech: Silero VAD, or the energy fallback (a level threshold)"))
+        *DETECTORS, help="what finds the end of speech: Silero VAD, or the energy fallback (a level threshold)"))
     flush_after_ms: int = field(default=320, metadata={
         "help": "this much non-speech ends speech: the Realtime model flushes its delay there, offline models "
                 "transcribe the utterance (0 = never)", "min": 0})

@@ -62,6 +62,12 @@ def setting(key: str) -> str:
     return "{" + key + "}"
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a path or a library's message with a newline in it must not break
+    an error that is printed as one line (newlines are shown as ``\\n``)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first line of text (or its type's name): what a one-line error quotes."""
     text = str(exc).strip()

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-STEP_BUDGET_MS = 80.0  # one Realtime step per 80 ms chunk keeps up with real time
+from voxcli.units import TOKEN_MS, TOKEN_SAMPLES
+
+STEP_BUDGET_MS = float(TOKEN_MS)  # one Realtime step per 80 ms chunk keeps up with real time
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ def restart_sample(offset: int, answered: int, overlap: int) -> int:
     """Where a new session starts after a server ended its stream early (end of sequence): where
     it had last answered, less the model's delay (audio whose text had not come yet), but at least
     one 80 ms token (1280 samples) on, so a server that ends every stream at once still moves on."""
-    return offset + max(answered - overlap, 1280)
+    return offset + max(answered - overlap, TOKEN_SAMPLES)
 
 
 def restarts(events) -> list[Restart]:

@@ -40,7 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.audio.decode import SAMPLE_RATE, load_audio
+from voxcli.audio.levels import rms_db
 from voxcli.errors import AudioError
+from voxcli.errors import one_line as _one_line
 
 __all__ = ["DeviceInfo", "list_input_devices", "MicSource", "FileSource", "level_db"]
 
@@ -53,7 +55,6 @@ _NO_INPUT = (
     "the sound card, e.g. is in the 'audio' group)"
 )
 # The floor of level_db: digital silence would otherwise be -inf, which breaks JSON and maths.
-_RMS_EPS = 1e-10
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,13 +510,6 @@ class FileSource(_Source):
 
 def level_db(block: np.ndarray) -> float:
     """RMS level of a block in dBFS (a full-scale sine is about -3); silence gives -200."""
-    x = np.asarray(block)
-    if x.size == 0:
-        return 20.0 * math.log10(_RMS_EPS)
-    rms = math.sqrt(float(np.mean(np.square(x, dtype=np.float64))))
-    return 20.0 * math.log10(max(rms, _RMS_EPS))
+    return rms_db(block)
 
 
-def _one_line(text: str) -> str:
-    # Our errors are printed as exactly one line; library messages sometimes hold newlines.
-    return " ".join(text.split())

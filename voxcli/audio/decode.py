@@ -14,7 +14,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from voxcli.audio.levels import rms_db
 from voxcli.errors import AudioError
+from voxcli.errors import one_line as _one_line
+from voxcli.units import SAMPLE_RATE
 
 __all__ = [
     "SAMPLE_RATE",
@@ -26,7 +29,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 """Both Voxtral processors are built for 16 kHz input."""
 
 # Decoding in blocks lets us keep what came before a damaged stretch (see load_audio): at most
@@ -128,10 +130,6 @@ def _shown(path: str | os.PathLike[str]) -> str:
     return _one_line(os.fsdecode(path))
 
 
-def _one_line(text: str) -> str:
-    # Our errors are printed as exactly one line; a path or library message with a newline in it
-    # must not break that.
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,8 +159,6 @@ def _check_rate(name: str, rate: int) -> None:
 # A low percentile of frame levels tracks the background even when most of the file is speech:
 # speech has pauses between words, and the quietest tenth of any real recording is background.
 _NOISE_PERCENTILE = 10.0
-# Keeps log10 finite on digital silence; -200 dBFS is far below anything a recording contains.
-_RMS_EPS = 1e-10
 
 
 def detect_speech(
@@ -310,8 +306,7 @@ def _frame_levels_db(x: np.ndarray, frame_len: int) -> np.ndarray:
     n_frames = -(-len(x) // frame_len)
     padded = np.zeros(n_frames * frame_len, dtype=np.float64)
     padded[: len(x)] = x
-    rms = np.sqrt(np.mean(padded.reshape(n_frames, frame_len) ** 2, axis=1))
-    return 20.0 * np.log10(np.maximum(rms, _RMS_EPS))
+    return rms_db(padded.reshape(n_frames, frame_len), axis=1)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from voxcli.audio.levels import rms_db
+from voxcli.choices import DETECTORS
+from voxcli.units import SAMPLE_RATE
+
 WINDOW = 512  # Silero's window at 16 kHz
-DETECTORS = ("silero", "energy")
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,7 @@ class _Energy:
         self.silence_db = silence_db
 
     def probability(self, window: np.ndarray) -> float:
-        rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
-        return 1.0 if 20.0 * np.log10(max(rms, 1e-10)) >= self.silence_db else 0.0
+        return 1.0 if rms_db(window) >= self.silence_db else 0.0
 
     def reset(self) -> None:
         pass

@@ -307,7 +307,8 @@ def listen_cmd(
         **MODEL_KEYS, "model.device": "model_device", "output.plain": "plain", "listen.device": "device",
         "listen.save_dir": "save", "listen.vad": "vad", "listen.flush_after_ms": "flush_after_ms",
         "transcription.final_delay_ms": "final_delay_ms", "transcription.final_model": "final_model"})
-    from voxcli.cli.listen import LISTEN_FORMATS, ListenJob, run_listen
+    from voxcli.choices import LISTEN_FORMATS
+    from voxcli.cli.listen import ListenJob, run_listen
 
     if output_format not in LISTEN_FORMATS:
         raise _fail(f"--format must be one of {', '.join(LISTEN_FORMATS)} for listen; got {output_format!r}", 2)

@@ -21,7 +21,6 @@ from voxcli.config import Config
 from voxcli.errors import ConfigError, ModelError, ServerError, setting
 from voxcli.output.render import LiveTranscript, NullView, PlainTranscript
 
-LISTEN_FORMATS = ("text", "jsonl")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import FileStatus, Transcript
 from voxcli.output.render import FILE_REDRAW_S, LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
+from voxcli.units import SAMPLE_RATE
 
 EXTENSIONS = {"text": "txt", "json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}
 EXIT_INTERRUPTED = 130
@@ -124,7 +125,7 @@ def run_files(job: FileJob, *, load_engine: Callable) -> int:
             if outputs.many and outputs.streams_text_to_stdout:
                 job.stdout.write(f"==> {path} <==\n")
             with _view(outputs, job.cfg, path.name, job.stdout, err) as view:
-                status = FileStatus(path.name, audio_s=len(audio) / 16000)
+                status = FileStatus(path.name, audio_s=len(audio) / SAMPLE_RATE)
                 view.set_status(status)
                 transcript = transcribe_audio(engine, audio, source=str(path), on_event=view.add,
                                               on_idle=view.draw, language=language, stop=threading.Event())

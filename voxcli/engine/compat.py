@@ -14,7 +14,8 @@ import inspect
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from voxcli.units import SAMPLE_RATE
+
 
 
 def _first_attr(obj, *names: str):

@@ -41,23 +41,19 @@ from pathlib import Path
 
 import numpy as np
 
+from voxcli.choices import COMPILE_MODES, DEFAULT_MODEL, DEVICES, DTYPES, STEPS
 from voxcli.engine.compat import ProcessorAdapter, cache_kwarg_names
 from voxcli.engine.contract import EngineInfo
 from voxcli.delays import TOKEN_MS, check_delay_ms
 from voxcli.errors import ModelError, first_line, setting
 from voxcli.events import TokenEvent, clamp_span
+from voxcli.units import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-KINDS = ("realtime", "offline")
-DEVICES = ("auto", "cuda", "mps", "cpu")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEVICE = setting("model.device")
-DEFAULT_REALTIME_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-DEFAULT_OFFLINE_MODEL = "mistralai/Voxtral-Mini-3B-2507"
+DEFAULT_REALTIME_MODEL = DEFAULT_MODEL
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
-STEPS = ("static", "hf")  # the Realtime step: voxcli.engine.static's, or transformers' eager forward (the reference)
 FEATURE_BATCH_STEPS = 64  # most steps whose features are computed in one call (5.1 s of audio)
 
 
@@ -742,7 +738,6 @@ def wants_compile(mode: str, device: str) -> bool:
     """``model.compile``: ``on``, ``off``, or ``auto``: compiled on CUDA (CUDA graphs: one launch
     a step instead of thousands), eager on the CPU, where compiling takes longer than a typical
     session saves (bench/RESULTS.md, section 5)."""
-    from voxcli.engine.static import COMPILE_MODES
 
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")

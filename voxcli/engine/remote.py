@@ -37,17 +37,18 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from voxcli.config import API_KEY_ENV, DEFAULT_MODEL
+from voxcli.choices import DEFAULT_MODEL, SERVER_KINDS
+from voxcli.config import API_KEY_ENV
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.local import transcribe_segments
 from voxcli.errors import ServerError, StreamEnded, first_line, setting
 from voxcli.engine.reconnect import Link, ReconnectingSession
 from voxcli.events import TokenEvent
+from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
-SAMPLE_RATE = 16000
-KINDS = ("auto", "realtime", "offline")
+KINDS = SERVER_KINDS
 TIMEOUT_S = 30.0
-APPEND_SAMPLES = 1280  # 80 ms per append message: what one Realtime token covers
+APPEND_SAMPLES = TOKEN_SAMPLES  # 80 ms per append message: what one Realtime token covers
 REPLAY_OVERLAP_SAMPLES = 480 * 16  # the checkpoint's default delay (480 ms): a replay starts this far back
 KEY = setting("model.api_key")
 

@@ -42,7 +42,6 @@ ENCODER_STEP = 4  # encoder positions per text token (8 mel frames, conv stride 
 # 12 us for 512). Each span is one compiled graph, all compiled at warm-up.
 FIRST_SPAN = 512
 SPAN_GROWTH = 4
-COMPILE_MODES = ("auto", "on", "off")
 _COMPILED = [0]  # compiled models made in this process (their graphs stay in dynamo's cache)
 # Calls of each compiled function, per state and shape, at warm-up. In torch 2.13 the first call
 # of a CUDA-graphed function only warms it up and a later one records the graph; the third

@@ -25,6 +25,7 @@ import numpy as np
 
 from voxcli.events import LiveStatus, Notice, Reconnect, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
 from voxcli.live.worker import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker
+from voxcli.units import SAMPLE_RATE
 
 QUEUE_SIZE = 256  # tokens of a file in flight between the engine and the screen
 LIVE_QUEUE_SIZE = 8192  # a live session's tokens and audio blocks in flight (minutes of them)
@@ -161,7 +162,7 @@ def transcribe_audio(engine, audio: np.ndarray, *, source: str, on_event: Callab
     :func:`consume`."""
     events, t_start, complete = consume(lambda: engine.transcribe(audio, language=language), on_event,
                                         stop=stop, on_idle=on_idle)
-    metrics = TranscriptMetrics.measure(events, t_start, audio_s=len(audio) / 16000)
+    metrics = TranscriptMetrics.measure(events, t_start, audio_s=len(audio) / SAMPLE_RATE)
     return Transcript(source=source, model=engine.info.model, events=events, metrics=metrics,
                       complete=complete, t_start=t_start)
 
@@ -219,7 +220,7 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
         step = summarize(list(islice(reversed(steps), 50)))
         final_step = summarize(list(islice(reversed(final_steps), 50)))
         return LiveStatus(
-            heard_s=now["heard"] / 16000, level_db=now["level_db"],
+            heard_s=now["heard"] / SAMPLE_RATE, level_db=now["level_db"],
             latency_ms=(recent["p50"], recent["p95"]) if recent["n"] else None,
             step_ms=step.get("p50"), final_step_ms=final_step.get("p50"), backlog_blocks=now["backlog"],
             dropped_blocks=source.dropped_blocks, input_overflows=source.input_overflows,
@@ -274,7 +275,7 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
         finally:
             stop.set()
             source.stop()
-    return LiveResult(events=events, audio_s=now["heard"] / 16000, emission_latency_ms=latency,
+    return LiveResult(events=events, audio_s=now["heard"] / SAMPLE_RATE, emission_latency_ms=latency,
                       emit_after_ready_ms=after_ready, step_ms=list(steps),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
                       capture_time=worker.clock.at, input_overflows=source.input_overflows,

@@ -37,6 +37,7 @@ from voxcli.config import Config, ListenConfig
 from voxcli.engine.contract import Engine
 from voxcli.errors import ServerError
 from voxcli.events import Notice, Reconnect, Restart, TokenEvent, clamp_span
+from voxcli.units import SAMPLE_RATE
 
 POLL_S = 0.05  # how long the worker waits for a block before looking at a server's deltas again
 BLANK_RESTARTS = 3  # blank-run restarts in a row (each after twice the speech of the last) before giving up
@@ -217,12 +218,12 @@ class LiveWorker:
         return events
 
     def _endpoint(self, event) -> None:
-        self._put(Endpoint(event.sample / 16000, event.decided_sample / 16000, self.utterance))
+        self._put(Endpoint(event.sample / SAMPLE_RATE, event.decided_sample / SAMPLE_RATE, self.utterance))
         self.utterance += 1
 
     def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False,
               utterance: int | None = None, stream: str | None = None) -> None:
-        shift = offset / 16000
+        shift = offset / SAMPLE_RATE
         start = None if event.audio_start_s is None else event.audio_start_s + shift
         end = None if event.audio_end_s is None else event.audio_end_s + shift
         restart_at = None if event.restart_at_s is None else event.restart_at_s + shift
@@ -234,18 +235,18 @@ class LiveWorker:
             self._text_at, self._blank_restarts = self.heard, 0
         t_audio = None
         if end is not None:
-            t_audio = self.clock.at(min(self.heard, int(round(end * 16000))))
+            t_audio = self.clock.at(min(self.heard, int(round(end * SAMPLE_RATE))))
         if not self.engine.info.step_times:  # which chunk made a token is not known
             t_ready = None
-        self._put(LiveToken(event, t_ready, t_audio, self.heard / 16000, flushed,
+        self._put(LiveToken(event, t_ready, t_audio, self.heard / SAMPLE_RATE, flushed,
                             self.utterance if utterance is None else utterance,
                             self._first_stream if stream is None else stream))
         if restart_at is not None:  # a local stream said end of sequence and started again there
-            self._restarted("eos", int(round(restart_at * 16000)))
+            self._restarted("eos", int(round(restart_at * SAMPLE_RATE)))
 
     def _restarted(self, reason: str, at: int) -> None:
         self._text_at = max(self._text_at, at)  # the new stream's run without text starts here
-        self._put(Restart(reason, at / 16000))
+        self._put(Restart(reason, at / SAMPLE_RATE))
 
     def _run_realtime(self) -> None:
         # Audio that may be needed again: a restart after a run of blanks, an offline final
@@ -315,12 +316,12 @@ class LiveWorker:
     def _incidents(self, session, offset: int) -> None:
         for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
             if isinstance(item, Reconnect):
-                item = dataclasses.replace(item, lost_at_s=item.lost_at_s + offset / 16000)
+                item = dataclasses.replace(item, lost_at_s=item.lost_at_s + offset / SAMPLE_RATE)
             self._put(item)
 
     @property
     def _preroll(self) -> int:
-        return int(self.options.preroll_s * 16000)
+        return int(self.options.preroll_s * SAMPLE_RATE)
 
     def _blank_run_from(self) -> int:
         """Where the stream's run without text, inside speech, began (``heard`` when there is none
@@ -333,14 +334,14 @@ class LiveWorker:
         """Speech has gone on for the blank-run limit (doubled after each restart in a row) and the
         stream has given no text in it."""
         limit = self.options.blank_run_s * 2 ** self._blank_restarts
-        return self.heard - self._blank_run_from() >= limit * 16000 > 0
+        return self.heard - self._blank_run_from() >= limit * SAMPLE_RATE > 0
 
     def _restart_blank(self, session, offset: int, tape: _Tape):
         """A stream that heard speech and said nothing: a new one, replayed from where the run
         began. After BLANK_RESTARTS in a row, one line, and no more restarts until text comes."""
         self._blank_restarts += 1
         if self._blank_restarts > BLANK_RESTARTS:
-            self._notice(f"the model gave no text over {(self.heard - self._text_at) / 16000:.0f} s of speech "
+            self._notice(f"the model gave no text over {(self.heard - self._text_at) / SAMPLE_RATE:.0f} s of speech "
                          f"after {BLANK_RESTARTS} restarts; not restarting again until it does (is the "
                          f"checkpoint right?)")
             return session, offset
@@ -394,7 +395,7 @@ class LiveWorker:
         # Padding chunks exist the moment the flush starts; each is ready once the step before it
         # is done, so that is what a flushed token's latency counts from.
         t_ready = time.perf_counter()
-        end_s = session.pushed_samples / 16000
+        end_s = session.pushed_samples / SAMPLE_RATE
         for event in session.finish():
             event = clamp_span(event, end_s)
             self._emit(event, offset, t_ready, flushed=True, stream=stream)
@@ -404,8 +405,8 @@ class LiveWorker:
     def _run_offline(self) -> None:
         opts = self.options
         tape = _Tape()
-        preroll, tail = int(opts.preroll_s * 16000), int(opts.tail_s * 16000)
-        longest = int(opts.max_utterance_s * 16000)
+        preroll, tail = int(opts.preroll_s * SAMPLE_RATE), int(opts.tail_s * SAMPLE_RATE)
+        longest = int(opts.max_utterance_s * SAMPLE_RATE)
         start = 0 if self.endpointer is None else None  # where the open utterance begins
         for t_cap, x in self._blocks():
             if x is None:

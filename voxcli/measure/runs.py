@@ -34,9 +34,11 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from voxcli.errors import first_line
 from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
 from voxcli.output.render import FILE_REDRAW_S, LiveTranscript
 from voxcli.live.twopass import TwoPassRecorder, word_latencies
+from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
@@ -138,7 +140,7 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     drawn: list[tuple[TokenEvent, float]] = []
     emission: list[float] = []
     after_ready: list[float] = []
-    source = FileSource(clip.path, speed=opts.speed, queue_s=max(10.0, len(clip.audio) / 16000 + 1))
+    source = FileSource(clip.path, speed=opts.speed, queue_s=max(10.0, len(clip.audio) / SAMPLE_RATE + 1))
     final_engine = engine.with_delay(opts.final_delay_ms) if opts.final_delay_ms else None
     with LiveTranscript(console, title=clip.name) as view:
         # Two-pass drawn and counted as listen does it (sealed at each end of speech).
@@ -205,7 +207,7 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
         "runs": opts.runs, "warmup": opts.warmup, "paced": opts.paced, "speed": opts.speed,
         "batch_words": opts.batch_words, "endpointer": _endpointer(opts.live) if opts.paced else None,
         "final_delay_ms": opts.final_delay_ms,
-        "clips": {c.name: round(len(c.audio) / 16000, 4) for c in clips}})
+        "clips": {c.name: round(len(c.audio) / SAMPLE_RATE, 4) for c in clips}})
     for clip in clips:
         for i in range(opts.warmup + opts.runs):
             record = _file_run(engine, clip, opts)
@@ -262,17 +264,17 @@ BEHIND_MS = 2000.0  # a paced session whose last text comes later than this afte
 def _load_session(engine, clip: Clip, paced: bool) -> dict:
     """One client session against a server: stream the clip (paced at real speed or as fast as
     possible), time every delta. Never raises: a failure is recorded in the result."""
-    record: dict = {"clip": clip.name, "audio_s": round(len(clip.audio) / 16000, 4), "error": None}
+    record: dict = {"clip": clip.name, "audio_s": round(len(clip.audio) / SAMPLE_RATE, 4), "error": None}
     events: list[TokenEvent] = []
     t0 = time.perf_counter()
     t_audio_end = t0
     try:
         if engine.kind == "realtime":
             session = engine.session()
-            step = 1280
+            step = TOKEN_SAMPLES
             for i in range(0, len(clip.audio), step):
                 if paced:
-                    time.sleep(max(0.0, t0 + (i + step) / 16000 - time.perf_counter()))
+                    time.sleep(max(0.0, t0 + (i + step) / SAMPLE_RATE - time.perf_counter()))
                 session.push(clip.audio[i:i + step])
                 events += session.steps()
                 if time.perf_counter() - t0 > LOAD_TIMEOUT_S:
@@ -283,11 +285,11 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
             t_audio_end = t0
             events = list(engine.transcribe(clip.audio))
     except Exception as exc:  # noqa: BLE001 - a failed session is a result of a load test
-        record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        record["error"] = first_line(exc)
     end = time.perf_counter()
     # ttft as everywhere (TranscriptMetrics.measure), counted from the session's start: paced, that
     # is when its first audio went out, not when the clip was complete.
-    ttft_ms = TranscriptMetrics.measure(events, t0, audio_s=len(clip.audio) / 16000).ttft_ms
+    ttft_ms = TranscriptMetrics.measure(events, t0, audio_s=len(clip.audio) / SAMPLE_RATE).ttft_ms
     times = [e.t_emitted for e in events if e.text]
     record.update(
         n_deltas=len(times),

@@ -20,6 +20,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from voxcli.choices import OUTPUT_FORMATS
 from voxcli.events import FileStatus, LiveStatus, Restart, TokenEvent, Transcript
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "view",
 ]
 
-FORMATS = ("text", "json", "jsonl", "srt", "vtt")
+FORMATS = OUTPUT_FORMATS
 
 # --------------------------------------------------------------------------------------------
 # Cues

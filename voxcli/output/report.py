@@ -16,6 +16,7 @@ import numpy as np
 
 from voxcli.errors import VoxcliError
 from voxcli.events import STEP_BUDGET_MS
+from voxcli.units import SAMPLE_RATE
 
 FORMATS = (".png", ".svg")
 BENCH_METRICS = ("ttft_ms", "first_chunk_ms", "total_ms", "display_lag_ms")
@@ -98,7 +99,7 @@ def read_session(path: Path) -> SessionData:
         raise ReportError(f"report {path} {what}; pass a session from `listen --save` or a `bench --json` file")
     meta = rows[0]
     wav = path.with_suffix(".wav")
-    audio, rate = _read_wav(wav) if wav.is_file() else (np.zeros(0, np.float32), int(meta.get("sample_rate", 16000)))
+    audio, rate = _read_wav(wav) if wav.is_file() else (np.zeros(0, np.float32), int(meta.get("sample_rate", SAMPLE_RATE)))
     tokens = [r for r in rows if r.get("type") == "token"]
     spans = [t for t in tokens if t.get("audio_end_s") is not None]
     steps = [t for t in tokens if t.get("step_ms") is not None]
@@ -129,7 +130,7 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _speech(audio: np.ndarray, rate: int) -> list[tuple[float, float]]:
-    if len(audio) == 0 or rate != 16000:
+    if len(audio) == 0 or rate != SAMPLE_RATE:
         return []
     from voxcli.audio.vad import speech_regions
 

@@ -10,6 +10,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("VOXCLI_API_KEY", None)  # a developer's own key must not reach the tests
+# On a shared 2-core machine tiny models run steadier single-threaded; torch reads this when it is
+# first imported (here or in a subprocess), so unit tests never have to import it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module
@@ -17,22 +20,19 @@ from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - one server o
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    """``vllm`` and ``compile`` tests are ``slow`` too; ``gpu`` tests are skipped without a GPU
+    (torch is imported only when there are some)."""
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    # On a shared 2-core machine tiny models run steadier single-threaded.
+        if {"vllm", "compile"} & set(item.keywords):
+            item.add_marker(pytest.mark.slow)
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
     import torch
 
-    torch.set_num_threads(1)
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 @pytest.fixture(scope="session")

@@ -181,7 +181,7 @@ def test_offline_splits_long_audio_at_silences(offline_engine, speech):
         seg_spans = {s for e, s in zip(events, spans) if e.segment == seg}
         assert len(seg_spans) == 1  # one span per segment
         (start, end), = seg_spans
-        assert end - start <= engine.MAX_SEGMENT_S or end - start <= len(speech) / SR + 0.6
+        assert end - start <= len(speech) / SR + 0.6  # the limit in force while it ran
     assert [e.index for e in events] == list(range(len(events)))
 
 
@@ -229,7 +229,7 @@ def test_engine_on_cuda_matches_the_cpu_tokens(realtime_dir, speech):
 def test_engine_info(realtime_engine, offline_engine):
     assert isinstance(realtime_engine, RealtimeEngine)
     assert realtime_engine.info.kind == "realtime" and offline_engine.info.kind == "offline"
-    assert realtime_engine.info.n_params > 0 and realtime_engine.info.warmup_s > 0
+    assert realtime_engine.info.n_params > 0 and realtime_engine.info.delay_ms == 480
 
 
 def test_unreachable_hub_id_gives_one_actionable_line():

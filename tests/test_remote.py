@@ -53,6 +53,7 @@ def _session_files(directory: Path):
     return [f[0] for f in found]
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("kind", ["realtime", "offline"])
 def test_transcribe_file_through_the_server(kind, request):
     server = request.getfixturevalue(f"vllm_{kind}")
@@ -74,6 +75,7 @@ def test_transcribe_file_through_the_server(kind, request):
     assert "ttft_ms" in run.stderr
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("kind", ["realtime", "offline"])
 def test_listen_through_the_server(kind, request, tmp_path):
     server = request.getfixturevalue(f"vllm_{kind}")
@@ -95,6 +97,7 @@ def test_listen_through_the_server(kind, request, tmp_path):
         assert all(t["emission_latency_ms"] is None for t in tokens)
 
 
+@pytest.mark.vllm
 def test_wrong_model_and_unreachable_server_are_one_line(vllm_offline):
     line = _one_error(voxcli("transcribe", "file", HELLO, "--server", vllm_offline.url, "--model", "no-such"))
     assert "no-such" in line and vllm_offline.model in line
@@ -102,6 +105,7 @@ def test_wrong_model_and_unreachable_server_are_one_line(vllm_offline):
     assert "cannot reach" in line
 
 
+@pytest.mark.vllm
 def test_bad_language_is_one_line(vllm_offline):
     line = _one_error(voxcli("transcribe", "file", HELLO, "--server", vllm_offline.url, "--language", "xx"))
     assert "xx" in line
@@ -143,6 +147,7 @@ def _assert_whole_wav(save: Path, source: np.ndarray) -> list[dict]:
     return rows
 
 
+@pytest.mark.vllm
 def test_a_server_gone_for_good_ends_listen_in_one_line_with_the_whole_wav(tmp_path):
     """A server of its own, killed while `listen` streams to it, never back: after
     model.reconnect_s the session ends (exit 1) with one line; the WAV holds all of the input and
@@ -180,6 +185,7 @@ def proc_run(proc, err):
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 
+@pytest.mark.vllm
 def test_a_server_restarted_mid_listen_loses_nothing(tmp_path):
     """The server is killed while `listen` streams to it and started again on the same port about a
     minute later: capture goes on, the audio captured meanwhile is replayed, and the session ends
@@ -215,6 +221,7 @@ def test_a_server_restarted_mid_listen_loses_nothing(tmp_path):
     assert rows[-1]["type"] == "summary" and rows[-1]["reconnects"] == 1
 
 
+@pytest.mark.vllm
 def test_bench_concurrency_reports_every_session(vllm_realtime, tmp_path):
     out = tmp_path / "load.json"
     run = voxcli("bench", "--server", vllm_realtime.url, "--concurrency", 4, "--paced", "--json", out,
@@ -233,6 +240,7 @@ def test_bench_concurrency_reports_every_session(vllm_realtime, tmp_path):
     assert "ttft_ms" in run.stdout and "deltas/s" in run.stdout
 
 
+@pytest.mark.vllm
 def test_bench_runs_unchanged_against_a_server(vllm_offline, tmp_path):
     out = tmp_path / "bench.json"
     run = voxcli("bench", "--server", vllm_offline.url, "--runs", 2, "--warmup", 1, "--json", out,
@@ -248,6 +256,7 @@ def test_concurrency_needs_a_server(realtime_dir):
     assert "--server" in line
 
 
+@pytest.mark.vllm
 def test_listen_through_the_server_ends_speech_at_each_pause(vllm_realtime, tmp_path):  # noqa: F811
     """At an end of speech the finished stream's last deltas arrive while the next stream is fed
     (the final commit is not waited for in the engine thread), and nothing is lost."""
@@ -307,6 +316,7 @@ def patient(tmp_path_factory) -> dict:
     return {"XDG_CONFIG_HOME": str(home)}  # the user's default config file
 
 
+@pytest.mark.vllm
 def test_https_with_a_key_by_flag_and_by_environment(vllm_keyed_tls, patient, tmp_path):
     trusted = {"SSL_CERT_FILE": str(vllm_keyed_tls.cafile), **patient}
     url = vllm_keyed_tls.url
@@ -328,6 +338,7 @@ def test_https_with_a_key_by_flag_and_by_environment(vllm_keyed_tls, patient, tm
         assert KEY not in text
 
 
+@pytest.mark.vllm
 def test_https_without_the_key_or_with_a_wrong_one_is_one_line(vllm_keyed_tls, patient):
     trusted = {"SSL_CERT_FILE": str(vllm_keyed_tls.cafile), **patient}
     url = vllm_keyed_tls.url
@@ -338,6 +349,7 @@ def test_https_without_the_key_or_with_a_wrong_one_is_one_line(vllm_keyed_tls, p
     assert "refused the API key (HTTP 401); check --api-key or VOXCLI_API_KEY" in line and "wrong" not in line
 
 
+@pytest.mark.vllm
 def test_an_unverifiable_certificate_is_one_line(vllm_keyed_tls, patient):
     line = _one_error(_voxcli_env(patient, "transcribe", "file", HELLO, "--server", vllm_keyed_tls.url,
                                   "--api-key", KEY))
@@ -349,6 +361,7 @@ def test_an_unverifiable_certificate_is_one_line(vllm_keyed_tls, patient):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_server_that_accepts_and_never_answers_fails_within_the_bound(tmp_path):
     import socket
 

@@ -134,6 +134,7 @@ def test_compile_modes():
         wants_compile("maybe", "cpu")
 
 
+@pytest.mark.compile
 def test_compiled_step_gives_the_eager_token_ids_and_never_recompiles_per_step(wrap_dir, hello):
     import torch._dynamo.utils
 
@@ -243,6 +244,7 @@ def test_gpu_bench_phases_stop_at_the_deadline():
             pass
 
 
+@pytest.mark.compile
 def test_both_commands_compiled_give_the_reference_token_ids(realtime_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     for ids_of in (file_ids, listen_ids):

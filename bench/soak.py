@@ -98,7 +98,7 @@ def cache_state(session) -> dict:
     out = {}
     names = {"text": e.cache_kwargs["cache"], "encoder": e.cache_kwargs["encoder_cache"]}
     for label, key in names.items():
-        cache = session._caches[key]
+        cache = session._hf.caches[key]
         layers = getattr(cache, "layers", [])
         lens, pos, nbytes, kinds, windows = [], [], 0, set(), set()
         for layer in layers:
@@ -120,7 +120,7 @@ def cache_state(session) -> dict:
             "layer_types": sorted(kinds),
             "sliding_window": sorted(windows),
         }
-    pad = session._caches.get("padding_cache")
+    pad = session._hf.caches.get("padding_cache")
     pad_bytes = 0
     for layer in getattr(pad, "layers", {}).values():
         if getattr(layer, "cache", None) is not None:

@@ -90,3 +90,16 @@ def test_every_package_says_what_it_exports():
                  for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
                  if isinstance(t, ast.Name)]
         assert "__all__" in names, f"{init} has no __all__"
+
+
+def test_no_function_over_80_lines_and_no_class_over_200():
+    """Units small enough to read in one sitting (lines from ``def``/``class`` to the last line of
+    its body, docstrings and comments included)."""
+    over = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            limit = {ast.FunctionDef: 80, ast.AsyncFunctionDef: 80, ast.ClassDef: 200}.get(type(node))
+            if limit and node.end_lineno - node.lineno + 1 > limit:
+                over.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: "
+                            f"{node.end_lineno - node.lineno + 1} lines (at most {limit})")
+    assert over == []

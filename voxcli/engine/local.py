@@ -294,7 +294,70 @@ class RealtimeEngine(Engine):
             yield clamp_span(event, end_s)
 
 
-class RealtimeSession:
+class _StreamAudio:
+    """A Realtime session's audio side, mixed into :class:`RealtimeSession`: the samples not yet
+    handed to the model (``_buffer``, from the left pad on), the real ones already handed over
+    (``_history``, for a restart's replay), features computed ahead, and opening a stream at a
+    given sample (prompt, left pad, caches cleared)."""
+
+    def _open_stream(self, start: int, audio: np.ndarray, *, fresh: bool = False) -> None:
+        """A stream from sample ``start`` of the session's audio (``audio``: what was pushed from
+        there on): prompt and left pad again, every cache cleared."""
+        e = self.engine
+        self._stream_start = start
+        self._stream_tokens = 0
+        self._buffer = np.concatenate([e.left_pad, audio])  # samples not yet consumed
+        self._buffer_start = -len(e.left_pad)  # position of _buffer[0] in the stream's real audio
+        self._history.clear()
+        self._started = False
+        self._detok = e.detokenizer()
+        self._last_token = None
+        self._feats = np.zeros((1, 0, 0), dtype=np.float32)  # features computed ahead, per step
+        self._feats_next = 0
+        if self._state is not None:
+            if not fresh:
+                self._state.reset(e.num_delay_tokens)
+        else:
+            self._hf = _HfForward(e)
+
+    def _pad(self) -> None:
+        """Pad exactly as mistral-common pads a whole clip: up to a whole 80 ms token, then the
+        right padding. The stream's real audio plus this is what the model hears in total."""
+        e = self.engine
+        pad = (-(self.pushed_samples - self._stream_start)) % e.hop_samples + e.num_right_pad_tokens * e.hop_samples
+        self._buffer = np.concatenate([self._buffer, np.zeros(pad, dtype=np.float32)])
+
+    def _heard_padding(self) -> bool:
+        """Has the last step read past the last real sample, into the right padding? (A step's
+        window ends ``window_samples - hop_samples`` past where the next one starts.)"""
+        e = self.engine
+        heard_to = self._stream_start + self._buffer_start + e.window_samples - e.hop_samples
+        return self._finishing and heard_to > self.pushed_samples
+
+    def _drop(self, n: int) -> None:
+        """``n`` samples handed to the model: out of the buffer, the real ones into the history."""
+        gone = self._buffer[:n]
+        real = gone[max(0, -self._buffer_start):]
+        self._buffer = self._buffer[n:]
+        self._buffer_start += n
+        if len(real):
+            self._history.add(real)
+
+    def _extract_features(self) -> None:
+        """Mel features for every step the buffered audio allows (up to FEATURE_BATCH_STEPS) in
+        one call. Live, that is one step at a time; for a file it amortises the extractor's
+        per-call cost, which is ~10% of a tiny model's step. Frames do not depend on how the audio
+        is batched: each covers its own 400 samples, and the global log-mel maximum is fixed."""
+        e = self.engine
+        n = min(FEATURE_BATCH_STEPS, 1 + (len(self._buffer) - e.window_samples) // e.hop_samples)
+        window = np.zeros(n * e.hop_samples + (e.chunk_samples - e.hop_samples), dtype=np.float32)
+        used = min(len(window), len(self._buffer))  # the last hop is never read (dropped frame)
+        window[:used] = self._buffer[:used]
+        self._feats = e.log_mel(window, center=False)
+        self._feats_next = 0
+
+
+class RealtimeSession(_StreamAudio):
     """One streaming transcription: ``push(samples)``, then ``steps()`` yields every token the
     buffered audio allows, one model step per 80 ms chunk; ``finish()`` pushes the right padding
     (silence worth the delay plus a margin) so the last words come out, and drains.
@@ -334,47 +397,13 @@ class RealtimeSession:
         # Real audio already handed to the model, kept for a restart's replay: the most a restart
         # can reach back behind the buffer is the first chunk (its position, counted in tokens,
         # is where the text is; the model has heard a delay further).
-        self._history: deque[np.ndarray] = deque()
-        self._history_len = 0
-        self._keep = engine.first_chunk_samples + engine.hop_samples
+        self._history = _History(engine.first_chunk_samples + engine.hop_samples)
         self.n_tokens = 0
         self.pushed_samples = 0
         # Recent step times only: a session may run for hours (one step per 80 ms).
         self.step_ms: deque[float] = deque(maxlen=STEP_MS_KEEP)  # decode steps, not the prefill
         self.t_first_chunk_ready: float | None = None
         self._open_stream(0, np.zeros(0, np.float32), fresh=True)
-
-    def _open_stream(self, start: int, audio: np.ndarray, *, fresh: bool = False) -> None:
-        """A stream from sample ``start`` of the session's audio (``audio``: what was pushed from
-        there on): prompt and left pad again, every cache cleared."""
-        e = self.engine
-        self._stream_start = start
-        self._stream_tokens = 0
-        self._buffer = np.concatenate([e.left_pad, audio])  # samples not yet consumed
-        self._buffer_start = -len(e.left_pad)  # position of _buffer[0] in the stream's real audio
-        self._history.clear()
-        self._history_len = 0
-        self._started = False
-        self._detok = e.detokenizer()
-        self._last_token = None
-        self._feats = np.zeros((1, 0, 0), dtype=np.float32)  # features computed ahead, per step
-        self._feats_next = 0
-        if self._state is not None:
-            if not fresh:
-                self._state.reset(e.num_delay_tokens)
-            self._caches: dict = {}
-        else:
-            from transformers import DynamicCache
-            from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
-                VoxtralRealtimeConv1dPaddingCache)
-
-            # All three caches are updated in place by the forward pass, so one set serves the stream.
-            config = e.model.config
-            self._caches = {
-                e.cache_kwargs["cache"]: DynamicCache(config=config.text_config),
-                e.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
-                "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
-            }
 
     # Audio in ---------------------------------------------------------------------------------
 
@@ -435,13 +464,6 @@ class RealtimeSession:
     def incidents(self) -> list[object]:
         return []  # nothing happens on the way to a model on this machine
 
-    def _pad(self) -> None:
-        """Pad exactly as mistral-common pads a whole clip: up to a whole 80 ms token, then the
-        right padding. The stream's real audio plus this is what the model hears in total."""
-        e = self.engine
-        pad = (-(self.pushed_samples - self._stream_start)) % e.hop_samples + e.num_right_pad_tokens * e.hop_samples
-        self._buffer = np.concatenate([self._buffer, np.zeros(pad, dtype=np.float32)])
-
     def _done(self) -> bool:
         return self._ended or (self._max_new_tokens is not None and self.n_tokens >= self._max_new_tokens)
 
@@ -454,32 +476,13 @@ class RealtimeSession:
         if at >= self.pushed_samples or self._heard_padding():
             self._ended = True
             return event
-        kept = np.concatenate([*self._history, self._buffer])
-        kept_start = self._stream_start + self._buffer_start - self._history_len  # session position of kept[0]
+        kept = np.concatenate([*self._history.blocks, self._buffer])
+        kept_start = self._stream_start + self._buffer_start - self._history.length  # session position of kept[0]
         replay = kept[at - kept_start:self.pushed_samples - kept_start]
         self._open_stream(at, replay)
         if self._finishing:
             self._pad()
         return dataclasses.replace(event, restart_at_s=at / SAMPLE_RATE)
-
-    def _heard_padding(self) -> bool:
-        """Has the last step read past the last real sample, into the right padding? (A step's
-        window ends ``window_samples - hop_samples`` past where the next one starts.)"""
-        e = self.engine
-        heard_to = self._stream_start + self._buffer_start + e.window_samples - e.hop_samples
-        return self._finishing and heard_to > self.pushed_samples
-
-    def _drop(self, n: int) -> None:
-        """``n`` samples handed to the model: out of the buffer, the real ones into the history."""
-        gone = self._buffer[:n]
-        real = gone[max(0, -self._buffer_start):]
-        self._buffer = self._buffer[n:]
-        self._buffer_start += n
-        if len(real):
-            self._history.append(real)
-            self._history_len += len(real)
-            while self._history_len - len(self._history[0]) >= self._keep:
-                self._history_len -= len(self._history.popleft())
 
     def _prefill(self, need: int) -> TokenEvent:
         torch = self._torch
@@ -504,40 +507,17 @@ class RealtimeSession:
         self._feats_next += frames
         self._drop(e.hop_samples)
         return self._forward(self._last_token, feats, t0)
-    def _extract_features(self) -> None:
-        """Mel features for every step the buffered audio allows (up to FEATURE_BATCH_STEPS) in
-        one call. Live, that is one step at a time; for a file it amortises the extractor's
-        per-call cost, which is ~10% of a tiny model's step. Frames do not depend on how the audio
-        is batched: each covers its own 400 samples, and the global log-mel maximum is fixed."""
-        e = self.engine
-        n = min(FEATURE_BATCH_STEPS, 1 + (len(self._buffer) - e.window_samples) // e.hop_samples)
-        window = np.zeros(n * e.hop_samples + (e.chunk_samples - e.hop_samples), dtype=np.float32)
-        used = min(len(window), len(self._buffer))  # the last hop is never read (dropped frame)
-        window[:used] = self._buffer[:used]
-        self._feats = e.log_mel(window, center=False)
-        self._feats_next = 0
 
     def _forward(self, input_ids, feats, t0: float, prefill: bool = False) -> TokenEvent:
-        torch = self._torch
         e = self.engine
-        model = e.model
-        with torch.inference_mode():
+        with self._torch.inference_mode():
             if self._state is not None:
                 if prefill:
                     next_id, logits = e.static.prefill(self._state, input_ids, feats)
                 else:
                     next_id, logits = e.static.step(self._state, feats)
             else:
-                out = model(
-                    input_ids=input_ids,
-                    input_features=feats.to(model.device, model.dtype),
-                    use_cache=True,
-                    **self._caches,
-                    num_delay_tokens=e.num_delay_tokens,
-                    logits_to_keep=1,
-                )
-                logits = out.logits[:, -1]
-                next_id = logits.argmax(-1)
+                next_id, logits = self._hf(input_ids, feats)
                 self._last_token = next_id[:, None]  # the static step keeps it in its state
         token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
         t_emitted = time.perf_counter()
@@ -561,6 +541,51 @@ class RealtimeSession:
             special=self._detok.is_special(token_id),
             step_ms=None if prefill else step_ms,
         )
+
+
+class _History:
+    """Real audio already handed to the model, kept for a restart's replay: bounded, since the
+    most a restart reaches back behind the buffer is the first chunk."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.blocks: deque[np.ndarray] = deque()
+        self.length = 0
+
+    def add(self, real: np.ndarray) -> None:
+        self.blocks.append(real)
+        self.length += len(real)
+        while self.length - len(self.blocks[0]) >= self.keep:
+            self.length -= len(self.blocks.popleft())
+
+    def clear(self) -> None:
+        self.blocks.clear()
+        self.length = 0
+
+
+class _HfForward:
+    """transformers' eager forward (``step="hf"``, the reference) with one stream's three caches,
+    which the forward pass updates in place."""
+
+    def __init__(self, engine: RealtimeEngine) -> None:
+        from transformers import DynamicCache
+        from transformers.models.voxtral_realtime.modeling_voxtral_realtime import VoxtralRealtimeConv1dPaddingCache
+
+        self.engine = engine
+        config = engine.model.config
+        self.caches = {
+            engine.cache_kwargs["cache"]: DynamicCache(config=config.text_config),
+            engine.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
+            "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
+        }
+
+    def __call__(self, input_ids, feats):
+        """(next token id, its logits) for the prompt (the prefill) or the last token."""
+        model = self.engine.model
+        out = model(input_ids=input_ids, input_features=feats.to(model.device, model.dtype), use_cache=True,
+                    **self.caches, num_delay_tokens=self.engine.num_delay_tokens, logits_to_keep=1)
+        logits = out.logits[:, -1]
+        return logits.argmax(-1), logits
 
 
 # ---------------------------------------------------------------------------------------- offline

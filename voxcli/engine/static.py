@@ -167,7 +167,7 @@ class StaticState:
         for ring, absolute in ((self.dec, position_offset), (self.enc, position_offset * ENCODER_STEP)):
             # Where an unbroken session would stand after that many positions of re-anchoring (or,
             # with re-anchoring off, the positions as they come: the case it avoids).
-            start = m.bounded(absolute, ring.window) if m.reanchor else absolute
+            start = bounded(absolute, ring.window) if m.reanchor else absolute
             ring.reset(start)
             ring.shifted = absolute - start
 
@@ -246,6 +246,13 @@ class _Result(list):
 
 
 # --------------------------------------------------------------------------------------- model
+
+
+def bounded(position: int, window: int) -> int:
+    """Where re-anchoring keeps ``position``: below 2 x window, lowered a window at a time."""
+    if position < 2 * window:
+        return position
+    return window + (position - window) % window
 
 
 class StaticModel:
@@ -417,13 +424,6 @@ class StaticModel:
             self._all_steps_compiled = all(("step", n) in self._seen for n in self._spans)
 
     # Positions ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def bounded(position: int, window: int) -> int:
-        """Where re-anchoring keeps ``position``: below 2 x window, lowered a window at a time."""
-        if position < 2 * window:
-            return position
-        return window + (position - window) % window
 
     def reanchor_ring(self, ring: Ring, encoder: bool, shift: int) -> None:
         """Lower every position of ``ring`` by ``shift``: rotate the cached keys by -shift (the

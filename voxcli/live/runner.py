@@ -188,7 +188,94 @@ class LiveResult:
     capture_time: Callable[[int], float] | None = None  # 16 kHz sample -> when it was captured
 
 
-def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: threading.Event,
+class _Tally:
+    """What the main thread counts of a live session, for its status line and its result."""
+
+    def __init__(self) -> None:
+        self.events: list[TokenEvent] = []
+        self.latency: list[float] = []  # emission latency, ms
+        self.after_ready: list[float] = []  # token out - its chunk captured, ms
+        self.steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)
+        self.final_steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)  # two-pass: the final stream's
+        self.heard = 0
+        self.level_db = -120.0
+        self.backlog = 0
+        self.endpoints = 0
+        self.reconnects = 0
+        self.restarts = 0
+        self.notice: str | None = None
+
+    def token(self, item: LiveToken, t_drawn: float) -> tuple[float | None, float | None]:
+        """Count a token just drawn; its emission latency and its time after its chunk was ready."""
+        self.events.append(item.event)
+        if item.event.step_ms is not None:
+            (self.final_steps if item.stream == "final" else self.steps).append(item.event.step_ms)
+        emission_ms = after_ms = None
+        if item.t_audio is not None:
+            emission_ms = (t_drawn - item.t_audio) * 1000.0
+            self.latency.append(emission_ms)
+        if item.t_ready is not None:
+            after_ms = (item.event.t_emitted - item.t_ready) * 1000.0
+            self.after_ready.append(after_ms)
+        return emission_ms, after_ms
+
+    def status(self, source) -> LiveStatus:
+        recent = summarize(self.latency[-200:])
+        step = summarize(list(islice(reversed(self.steps), 50)))
+        final_step = summarize(list(islice(reversed(self.final_steps), 50)))
+        return LiveStatus(
+            heard_s=self.heard / SAMPLE_RATE, level_db=self.level_db,
+            latency_ms=(recent["p50"], recent["p95"]) if recent["n"] else None,
+            step_ms=step.get("p50"), final_step_ms=final_step.get("p50"), backlog_blocks=self.backlog,
+            dropped_blocks=source.dropped_blocks, input_overflows=source.input_overflows,
+            endpoints=self.endpoints, notice=self.notice)
+
+
+@dataclass
+class LiveCallbacks:
+    """What ``run_live`` calls in the main thread, each optional but ``token``."""
+
+    token: Callable[[TokenEvent, str], None]
+    latency: Callable[[LiveToken, float | None, float | None], None] | None = None
+    audio: Callable[[AudioIn], None] | None = None
+    endpoint: Callable[[Endpoint], None] | None = None
+    notice: Callable[[str], None] | None = None
+    reconnect: Callable[[Reconnect], None] | None = None
+    restart: Callable[[Restart], None] | None = None
+    status: Callable[[LiveStatus], None] | None = None
+
+
+def _handle(item, tally: _Tally, calls: LiveCallbacks) -> None:
+    """One item from the engine thread: counted, then handed to its callback."""
+    if isinstance(item, LiveToken):
+        calls.token(item.event, item.stream)
+        emission_ms, after_ms = tally.token(item, time.perf_counter())  # after drawing: our own cost counts
+        if calls.latency is not None:
+            calls.latency(item, emission_ms, after_ms)
+        return
+    if isinstance(item, AudioIn):
+        tally.heard += len(item.samples)
+        tally.level_db, tally.backlog = item.level_db, item.backlog_blocks
+        call = calls.audio
+    elif isinstance(item, Endpoint):
+        tally.endpoints += 1
+        call = calls.endpoint
+    elif isinstance(item, Reconnect):
+        tally.reconnects += 1
+        call = calls.reconnect
+    elif isinstance(item, Restart):
+        tally.restarts += 1
+        call = calls.restart
+    elif isinstance(item, Notice):
+        tally.notice = item = item.text
+        call = calls.notice
+    else:
+        return
+    if call is not None:
+        call(item)
+
+
+def run_live(engine, source, *, on_token: Callable[[TokenEvent, str], None], stop: threading.Event,
              options: LiveOptions | None = None,
              on_audio: Callable[[AudioIn], None] | None = None,
              on_latency: Callable[[LiveToken, float | None, float | None], None] | None = None,
@@ -203,81 +290,31 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent], None], stop: th
     ``on_token(event, stream)`` draws a token; right after it returns, the emission latency (now - when the
     token's audio was captured) is recorded and passed to ``on_latency``, so the figure includes
     our own drawing. ``final_engine``: two-pass, a second Realtime stream at a longer delay
-    (tokens come with ``stream`` "provisional" / "final"). ``on_status`` gets a fresh ``LiveStatus`` about every 100 ms. Setting ``stop``
-    ends capture; everything captured is still transcribed and flushed before this returns.
+    (tokens come with ``stream`` "provisional" / "final"). ``on_status`` gets a fresh ``LiveStatus``
+    about every 100 ms. Setting ``stop`` ends capture; everything captured is still transcribed
+    and flushed before this returns.
     """
+    calls = LiveCallbacks(token=on_token, latency=on_latency, audio=on_audio, endpoint=on_endpoint,
+                          notice=on_notice, reconnect=on_reconnect, restart=on_restart, status=on_status)
     worker = LiveWorker(engine, source, stop, options, final_engine=final_engine)
-    events: list[TokenEvent] = []
-    latency: list[float] = []
-    after_ready: list[float] = []
-    steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)
-    final_steps: deque[float] = deque(maxlen=LIVE_STEPS_KEEP)  # two-pass: the final stream's
-    now = {"heard": 0, "level_db": -120.0, "backlog": 0, "endpoints": 0, "notice": None, "reconnects": 0,
-           "restarts": 0}
-
-    def status() -> LiveStatus:
-        recent = summarize(latency[-200:])
-        step = summarize(list(islice(reversed(steps), 50)))
-        final_step = summarize(list(islice(reversed(final_steps), 50)))
-        return LiveStatus(
-            heard_s=now["heard"] / SAMPLE_RATE, level_db=now["level_db"],
-            latency_ms=(recent["p50"], recent["p95"]) if recent["n"] else None,
-            step_ms=step.get("p50"), final_step_ms=final_step.get("p50"), backlog_blocks=now["backlog"],
-            dropped_blocks=source.dropped_blocks, input_overflows=source.input_overflows,
-            endpoints=now["endpoints"], notice=now["notice"])
-
+    tally = _Tally()
     source.start()
     next_status = time.perf_counter()
     with Runner(worker.run, maxsize=LIVE_QUEUE_SIZE, join_s=10.0) as runner:
         try:
             for item in runner.items():
-                if isinstance(item, LiveToken):
-                    on_token(item.event, item.stream)
-                    t_drawn = time.perf_counter()
-                    events.append(item.event)
-                    if item.event.step_ms is not None:
-                        (final_steps if item.stream == "final" else steps).append(item.event.step_ms)
-                    emission_ms = after_ms = None
-                    if item.t_audio is not None:
-                        emission_ms = (t_drawn - item.t_audio) * 1000.0
-                        latency.append(emission_ms)
-                    if item.t_ready is not None:
-                        after_ms = (item.event.t_emitted - item.t_ready) * 1000.0
-                        after_ready.append(after_ms)
-                    if on_latency is not None:
-                        on_latency(item, emission_ms, after_ms)
-                elif isinstance(item, AudioIn):
-                    now["heard"] += len(item.samples)
-                    now["level_db"], now["backlog"] = item.level_db, item.backlog_blocks
-                    if on_audio is not None:
-                        on_audio(item)
-                elif isinstance(item, Endpoint):
-                    now["endpoints"] += 1
-                    if on_endpoint is not None:
-                        on_endpoint(item)
-                elif isinstance(item, Reconnect):
-                    now["reconnects"] += 1
-                    if on_reconnect is not None:
-                        on_reconnect(item)
-                elif isinstance(item, Restart):
-                    now["restarts"] += 1
-                    if on_restart is not None:
-                        on_restart(item)
-                elif isinstance(item, Notice):
-                    now["notice"] = item.text
-                    if on_notice is not None:
-                        on_notice(item.text)
+                _handle(item, tally, calls)
                 if source.error and not stop.is_set():
                     stop.set()  # the device is gone: finish with what was captured
-                if on_status is not None and time.perf_counter() >= next_status:
-                    on_status(status())
+                if calls.status is not None and time.perf_counter() >= next_status:
+                    calls.status(tally.status(source))
                     next_status = time.perf_counter() + STATUS_EVERY_S
         finally:
             stop.set()
             source.stop()
-    return LiveResult(events=events, audio_s=now["heard"] / SAMPLE_RATE, emission_latency_ms=latency,
-                      emit_after_ready_ms=after_ready, step_ms=list(steps),
+    return LiveResult(events=tally.events, audio_s=tally.heard / SAMPLE_RATE, emission_latency_ms=tally.latency,
+                      emit_after_ready_ms=tally.after_ready, step_ms=list(tally.steps),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
                       capture_time=worker.clock.at, input_overflows=source.input_overflows,
-                      endpoints=now["endpoints"], notice=now["notice"], reconnects=now["reconnects"],
-                      restarts=now["restarts"])
+                      endpoints=tally.endpoints, notice=tally.notice, reconnects=tally.reconnects,
+                      restarts=tally.restarts)

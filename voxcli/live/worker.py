@@ -132,6 +132,33 @@ class _Tape:
             self.start += len(self._blocks.popleft())
 
 
+class _BlankRuns:
+    """Speech heard with no text from the stream: where such a run began, and when it has gone on
+    long enough (``limit_s``, doubled after each restart in a row) to restart the stream."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s  # 0: never
+        self.speech_from: int | None = None  # where the speech now going on began (None: not in speech)
+        self.text_at = 0  # where the first stream last gave text (or was restarted)
+        self.restarts = 0  # restarts since the last text
+
+    def text(self, heard: int) -> None:
+        self.text_at, self.restarts = heard, 0
+
+    def restarted(self, at: int) -> None:
+        self.text_at = max(self.text_at, at)  # the new stream's run without text starts here
+
+    def run_from(self, heard: int) -> int:
+        """Where the run without text, inside speech, began (``heard``: none to watch)."""
+        if not self.limit_s or self.speech_from is None or self.restarts > BLANK_RESTARTS:
+            return heard
+        return max(self.speech_from, self.text_at)
+
+    def over(self, heard: int) -> bool:
+        limit = self.limit_s * 2 ** self.restarts
+        return heard - self.run_from(heard) >= limit * SAMPLE_RATE > 0
+
+
 class _CaptureClock:
     """Maps a 16 kHz sample position to the moment it was captured (for latency figures).
 
@@ -154,7 +181,87 @@ class _CaptureClock:
         return self._times[min(i, len(self._times) - 1)]
 
 
-class LiveWorker:
+class _Emitting:
+    """The worker's hand-off: a session's events as items for ``put`` (tokens with the moments
+    their latency counts from, restart rows, what the session reports on its way), and the
+    streams still finishing at a pause, collected between blocks. Mixed into LiveWorker."""
+
+    def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False,
+              utterance: int | None = None, stream: str | None = None) -> None:
+        shift = offset / SAMPLE_RATE
+        start = None if event.audio_start_s is None else event.audio_start_s + shift
+        end = None if event.audio_end_s is None else event.audio_end_s + shift
+        restart_at = None if event.restart_at_s is None else event.restart_at_s + shift
+        event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end,
+                                    restart_at_s=restart_at)
+        self.n_tokens += 1
+        first_stream = (self._first_stream if stream is None else stream) == self._first_stream
+        if first_stream and event.text.strip():
+            self.blank.text(self.heard)
+        t_audio = None
+        if end is not None:
+            t_audio = self.clock.at(min(self.heard, int(round(end * SAMPLE_RATE))))
+        if not self.engine.info.step_times:  # which chunk made a token is not known
+            t_ready = None
+        self._put(LiveToken(event, t_ready, t_audio, self.heard / SAMPLE_RATE, flushed,
+                            self.utterance if utterance is None else utterance,
+                            self._first_stream if stream is None else stream))
+        if restart_at is not None:  # a local stream said end of sequence and started again there
+            self._restarted("eos", int(round(restart_at * SAMPLE_RATE)))
+
+    def _restarted(self, reason: str, at: int) -> None:
+        self.blank.restarted(at)
+        self._put(Restart(reason, at / SAMPLE_RATE))
+
+    def _take(self, session, offset: int, t_ready: float | None, stream: str | None = None) -> None:
+        """The stream's tokens so far (``t_ready``: when the block that let it step was captured;
+        None: no block came, each token counts from its own emission), and what happened on its way."""
+        for event in session.steps():
+            self._emit(event, offset, event.t_emitted if t_ready is None else t_ready, stream=stream)
+        self._incidents(session, offset)
+
+    def _incidents(self, session, offset: int) -> None:
+        for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
+            if isinstance(item, Reconnect):
+                item = dataclasses.replace(item, lost_at_s=item.lost_at_s + offset / SAMPLE_RATE)
+            self._put(item)
+
+    def _end_stream(self, session, offset: int) -> None:
+        """End of speech: flush the stream. A server finishes on its own time, and capture must not
+        wait for it: its last deltas are collected between blocks (``_drain``)."""
+        if session.finish_waits:
+            session.commit()
+            self._draining.append((session, offset, self.utterance))
+        else:
+            self._finish(session, offset)
+
+    def _drain(self) -> None:
+        """Deltas of streams that ended at a pause and are still finishing on a server."""
+        for item in list(self._draining):
+            session, offset, utterance = item
+            try:
+                for event in session.pending():
+                    self._emit(event, offset, event.t_emitted, flushed=True, utterance=utterance)
+            except ServerError as exc:
+                self._notice(f"{exc} (at the end of utterance {utterance})")
+            self._incidents(session, offset)
+            if session.finished:
+                self._draining.remove(item)
+                self.flushes += 1
+
+    def _finish(self, session, offset: int, stream: str | None = None) -> None:
+        # Padding chunks exist the moment the flush starts; each is ready once the step before it
+        # is done, so that is what a flushed token's latency counts from.
+        t_ready = time.perf_counter()
+        end_s = session.pushed_samples / SAMPLE_RATE
+        for event in session.finish():
+            event = clamp_span(event, end_s)
+            self._emit(event, offset, t_ready, flushed=True, stream=stream)
+            t_ready = event.t_emitted
+        self.flushes += 1
+
+
+class LiveWorker(_Emitting):
     """The consumer of captured audio: feed the engine, hand tokens, audio and endpoints to ``put``.
 
     ``run(put)`` is the engine thread's whole work; ``put`` may block briefly (a bounded queue) but
@@ -177,9 +284,7 @@ class LiveWorker:
         self.utterance = 0
         self._put: Callable[[object], None] = lambda item: None
         self._draining: list[tuple] = []  # (session, offset, utterance) finishing on a server
-        self._speech_from: int | None = None  # where the speech now going on began (None: not in speech)
-        self._text_at = 0  # where the first stream last gave text (or was restarted)
-        self._blank_restarts = 0  # blank-run restarts since the last text
+        self.blank = _BlankRuns(self.options.blank_run_s)
         opts = self.options
         self.endpointer = None
         if opts.flush_after_ms:
@@ -214,39 +319,12 @@ class LiveWorker:
         self._put(AudioIn(x, level_db(x), self.source.backlog))
         events = self.endpointer.feed(x) if self.endpointer is not None else []
         for vad in events:
-            self._speech_from = vad.sample if vad.kind == "start" else None
+            self.blank.speech_from = vad.sample if vad.kind == "start" else None
         return events
 
     def _endpoint(self, event) -> None:
         self._put(Endpoint(event.sample / SAMPLE_RATE, event.decided_sample / SAMPLE_RATE, self.utterance))
         self.utterance += 1
-
-    def _emit(self, event: TokenEvent, offset: int, t_ready: float, flushed: bool = False,
-              utterance: int | None = None, stream: str | None = None) -> None:
-        shift = offset / SAMPLE_RATE
-        start = None if event.audio_start_s is None else event.audio_start_s + shift
-        end = None if event.audio_end_s is None else event.audio_end_s + shift
-        restart_at = None if event.restart_at_s is None else event.restart_at_s + shift
-        event = dataclasses.replace(event, index=self.n_tokens, audio_start_s=start, audio_end_s=end,
-                                    restart_at_s=restart_at)
-        self.n_tokens += 1
-        first_stream = (self._first_stream if stream is None else stream) == self._first_stream
-        if first_stream and event.text.strip():
-            self._text_at, self._blank_restarts = self.heard, 0
-        t_audio = None
-        if end is not None:
-            t_audio = self.clock.at(min(self.heard, int(round(end * SAMPLE_RATE))))
-        if not self.engine.info.step_times:  # which chunk made a token is not known
-            t_ready = None
-        self._put(LiveToken(event, t_ready, t_audio, self.heard / SAMPLE_RATE, flushed,
-                            self.utterance if utterance is None else utterance,
-                            self._first_stream if stream is None else stream))
-        if restart_at is not None:  # a local stream said end of sequence and started again there
-            self._restarted("eos", int(round(restart_at * SAMPLE_RATE)))
-
-    def _restarted(self, reason: str, at: int) -> None:
-        self._text_at = max(self._text_at, at)  # the new stream's run without text starts here
-        self._put(Restart(reason, at / SAMPLE_RATE))
 
     def _run_realtime(self) -> None:
         # Audio that may be needed again: a restart after a run of blanks, an offline final
@@ -285,10 +363,10 @@ class LiveWorker:
                                              self.utterance - 1)
                         utterance_from = None
                         session, offset = self.engine.session(), self.heard
-                if x is not None and self._blank_run_over():
+                if x is not None and self.blank.over(self.heard):
                     session, offset = self._restart_blank(session, offset, tape)
                 tape.keep_from(min(self.heard, offset if final_pass is not None else self.heard,
-                                   self._blank_run_from()))
+                                   self.blank.run_from(self.heard)))
             self._finish(session, offset)  # the input is over: now waiting is fine
             if final is not None:
                 self._finish(final, offset, stream="final")
@@ -306,74 +384,25 @@ class LiveWorker:
             start = offset if utterance_from is None else max(offset, utterance_from - self._preroll)
             self._final_pass(final_pass, tape, start, last)
 
-    def _take(self, session, offset: int, t_ready: float | None, stream: str | None = None) -> None:
-        """The stream's tokens so far (``t_ready``: when the block that let it step was captured;
-        None: no block came, each token counts from its own emission), and what happened on its way."""
-        for event in session.steps():
-            self._emit(event, offset, event.t_emitted if t_ready is None else t_ready, stream=stream)
-        self._incidents(session, offset)
-
-    def _incidents(self, session, offset: int) -> None:
-        for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
-            if isinstance(item, Reconnect):
-                item = dataclasses.replace(item, lost_at_s=item.lost_at_s + offset / SAMPLE_RATE)
-            self._put(item)
-
     @property
     def _preroll(self) -> int:
         return int(self.options.preroll_s * SAMPLE_RATE)
 
-    def _blank_run_from(self) -> int:
-        """Where the stream's run without text, inside speech, began (``heard`` when there is none
-        to watch)."""
-        if not self.options.blank_run_s or self._speech_from is None or self._blank_restarts > BLANK_RESTARTS:
-            return self.heard
-        return max(self._speech_from, self._text_at)
-
-    def _blank_run_over(self) -> bool:
-        """Speech has gone on for the blank-run limit (doubled after each restart in a row) and the
-        stream has given no text in it."""
-        limit = self.options.blank_run_s * 2 ** self._blank_restarts
-        return self.heard - self._blank_run_from() >= limit * SAMPLE_RATE > 0
-
     def _restart_blank(self, session, offset: int, tape: _Tape):
         """A stream that heard speech and said nothing: a new one, replayed from where the run
         began. After BLANK_RESTARTS in a row, one line, and no more restarts until text comes."""
-        self._blank_restarts += 1
-        if self._blank_restarts > BLANK_RESTARTS:
-            self._notice(f"the model gave no text over {(self.heard - self._text_at) / SAMPLE_RATE:.0f} s of speech "
+        self.blank.restarts += 1
+        if self.blank.restarts > BLANK_RESTARTS:
+            self._notice(f"the model gave no text over {(self.heard - self.blank.text_at) / SAMPLE_RATE:.0f} s of speech "
                          f"after {BLANK_RESTARTS} restarts; not restarting again until it does (is the "
                          f"checkpoint right?)")
             return session, offset
-        at = self._blank_run_from()
+        at = self.blank.run_from(self.heard)
         _close_quietly(session)
         session = self.engine.session()
         session.push(tape.slice(at, self.heard))
         self._restarted("blank_run", at)
         return session, at
-
-    def _end_stream(self, session, offset: int) -> None:
-        """End of speech: flush the stream. A server finishes on its own time, and capture must not
-        wait for it: its last deltas are collected between blocks (``_drain``)."""
-        if session.finish_waits:
-            session.commit()
-            self._draining.append((session, offset, self.utterance))
-        else:
-            self._finish(session, offset)
-
-    def _drain(self) -> None:
-        """Deltas of streams that ended at a pause and are still finishing on a server."""
-        for item in list(self._draining):
-            session, offset, utterance = item
-            try:
-                for event in session.pending():
-                    self._emit(event, offset, event.t_emitted, flushed=True, utterance=utterance)
-            except ServerError as exc:
-                self._notice(f"{exc} (at the end of utterance {utterance})")
-            self._incidents(session, offset)
-            if session.finished:
-                self._draining.remove(item)
-                self.flushes += 1
 
     def _give_up(self, exc: ServerError):
         """Stop capture, hand every block already captured to the WAV, and fail in one line."""
@@ -390,17 +419,6 @@ class LiveWorker:
         t_ready = time.perf_counter()
         for event in engine.transcribe(audio, language=self.options.language, segments=[(0, len(audio))]):
             self._emit(event, offset, t_ready, stream="final", utterance=utterance)
-
-    def _finish(self, session, offset: int, stream: str | None = None) -> None:
-        # Padding chunks exist the moment the flush starts; each is ready once the step before it
-        # is done, so that is what a flushed token's latency counts from.
-        t_ready = time.perf_counter()
-        end_s = session.pushed_samples / SAMPLE_RATE
-        for event in session.finish():
-            event = clamp_span(event, end_s)
-            self._emit(event, offset, t_ready, flushed=True, stream=stream)
-            t_ready = event.t_emitted
-        self.flushes += 1
 
     def _run_offline(self) -> None:
         opts = self.options

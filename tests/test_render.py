@@ -11,18 +11,10 @@ import pytest
 from rich.console import Console
 
 from voxcli.events import FileStatus, LiveStatus, TokenEvent, Transcript, TranscriptMetrics, summarize
-from voxcli.output.render import (
-    FORMATS,
-    Cue,
-    LiveTranscript,
-    PlainTranscript,
-    events_to_cues,
-    format_summary,
-    metrics_table,
-    sig3,
-    render_transcript,
-    status_text,
-)
+from voxcli.output.cues import Cue, events_to_cues
+from voxcli.output.formats import FORMATS, render_transcript
+from voxcli.output.tables import format_summary, metrics_table, sig3
+from voxcli.output.view import LiveTranscript, PlainTranscript, status_text
 
 # Sub-word pieces as an incremental detokenizer yields them: leading spaces on word starts,
 # punctuation on its own, and "é" split over two tokens (the first byte decodes to nothing).

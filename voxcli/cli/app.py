@@ -190,7 +190,7 @@ def _loading_text(cfg: Config) -> str:
 
 
 def _step_text(info) -> str:
-    from voxcli.output.render import step_words
+    from voxcli.output.tables import step_words
 
     words = step_words(info.extra.get("step"), info.extra.get("compile_s"))
     return f"{words}; " if words else ""

@@ -12,7 +12,7 @@ from voxcli.measure.runs import BenchOptions, Clip, run_bench
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import STEP_BUDGET_MS
-from voxcli.output.render import metrics_table, step_words
+from voxcli.output.tables import metrics_table, step_words
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

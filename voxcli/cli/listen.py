@@ -19,7 +19,7 @@ from rich.console import Console
 
 from voxcli.config import Config
 from voxcli.errors import ConfigError, ModelError, ServerError, setting
-from voxcli.output.render import LiveTranscript, NullView, PlainTranscript
+from voxcli.output.view import LiveTranscript, NullView, PlainTranscript
 
 
 

@@ -20,7 +20,9 @@ from rich.console import Console
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import FileStatus, Transcript
-from voxcli.output.render import FILE_REDRAW_S, LiveTranscript, NullView, PlainTranscript, format_summary, render_transcript
+from voxcli.output.formats import render_transcript
+from voxcli.output.tables import format_summary
+from voxcli.output.view import FILE_REDRAW_S, LiveTranscript, NullView, PlainTranscript
 from voxcli.units import SAMPLE_RATE
 
 EXTENSIONS = {"text": "txt", "json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}

@@ -36,7 +36,7 @@ from rich.console import Console
 
 from voxcli.errors import first_line
 from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
-from voxcli.output.render import FILE_REDRAW_S, LiveTranscript
+from voxcli.output.view import FILE_REDRAW_S, LiveTranscript
 from voxcli.live.twopass import TwoPassRecorder, word_latencies
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 

@@ -1,0 +1,204 @@
+"""Subtitle cues from token events: words rebuilt from pieces, split at sentence ends and pauses,
+with real timestamps (the audio each token covers)."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from voxcli.events import TokenEvent
+
+# --------------------------------------------------------------------------------------------
+# Cues
+# --------------------------------------------------------------------------------------------
+
+_SENTENCE_END = (".", "?", "!", "…", "。", "？", "！")
+_CLOSERS = "\"')]}»”’"
+
+
+@dataclass(slots=True)
+class Cue:
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass(slots=True)
+class _Word:
+    segment: int
+    text: str = ""
+    start_s: float | None = None
+    end_s: float | None = None
+
+    def add(self, event: TokenEvent) -> None:
+        self.text += event.text
+        if event.audio_start_s is not None and self.start_s is None:
+            self.start_s = event.audio_start_s
+        if event.audio_end_s is not None:
+            self.end_s = event.audio_end_s if self.end_s is None else max(self.end_s, event.audio_end_s)
+
+
+def _is_boundary(prev_text: str, next_text: str) -> bool:
+    """May a cue break fall between these two non-empty token texts?
+
+    A break needs whitespace, or punctuation that cannot sit inside a word. ASCII punctuation
+    does sit inside words ("3.5", "U.S.", "don't"), so only non-ASCII punctuation counts (the
+    CJK full stop and comma, which are followed by no space).
+    """
+    if next_text[0].isspace() or prev_text[-1].isspace():
+        return True
+    last = prev_text[-1]
+    return ord(last) > 127 and unicodedata.category(last).startswith("P")
+
+
+def _words(events: Iterable[TokenEvent]) -> list[_Word]:
+    words: list[_Word] = []
+    held: list[TokenEvent] = []  # empty pieces (an incomplete multi-byte char) join what follows
+    prev_text = ""
+    for event in events:
+        if not event.text:
+            held.append(event)
+            continue
+        if (
+            not words
+            or event.segment != words[-1].segment
+            or (_is_boundary(prev_text, event.text) and not words[-1].text.isspace())
+        ):
+            words.append(_Word(segment=event.segment))
+        for e in (*held, event):
+            words[-1].add(e)
+        held.clear()
+        prev_text = event.text
+    if held and words:
+        for e in held:
+            words[-1].add(e)
+    return words
+
+
+def _spread_shared_spans(words: list[_Word]) -> list[_Word]:
+    """Give each word its share of a span that many words share.
+
+    An offline model knows only the span of the whole segment it transcribed, so every word of
+    it carries that span; left alone, cue timing would collapse. Spread such a run across its
+    words in proportion to their length: an estimate, but one that keeps subtitles readable.
+    """
+    i = 0
+    while i < len(words):
+        j = i
+        span = (words[i].start_s, words[i].end_s)
+        while j + 1 < len(words) and (words[j + 1].start_s, words[j + 1].end_s) == span \
+                and words[j + 1].segment == words[i].segment:
+            j += 1
+        if j > i and None not in span:
+            lengths = [max(len(w.text.strip()), 1) for w in words[i:j + 1]]
+            total = sum(lengths)
+            start, end = span
+            pos = 0
+            for w, n in zip(words[i:j + 1], lengths):
+                w.start_s = start + (end - start) * pos / total
+                pos += n
+                w.end_s = start + (end - start) * pos / total
+        i = j + 1
+    return words
+
+
+def _join(words: list[_Word]) -> str:
+    # A segment may start without a leading space; it is still a new word.
+    parts = []
+    for i, w in enumerate(words):
+        if i and w.segment != words[i - 1].segment:
+            parts.append(" ")
+        parts.append(w.text)
+    return "".join(parts)
+
+
+def _clean(text: str) -> str:
+    # Subtitle formats end a cue at a blank line: never let a newline inside a token through.
+    return " ".join(text.split())
+
+
+def _ends_sentence(text: str) -> bool:
+    return text.rstrip().rstrip(_CLOSERS).endswith(_SENTENCE_END)
+
+
+def events_to_cues(
+    events: Sequence[TokenEvent],
+    *,
+    max_chars: int = 84,
+    max_duration_s: float = 6.0,
+    max_gap_s: float = 0.8,
+    fallback_end_s: float = 0.0,
+) -> list[Cue]:
+    """Group token events into subtitle cues, breaking only between words.
+
+    A new cue starts at a segment change, after sentence-ending punctuation, when the next word
+    would make the cue longer than ``max_chars`` or ``max_duration_s``, or when the silence
+    before the next word exceeds ``max_gap_s``. A single word longer than the limits stays whole.
+    If no event carries an audio span, all text goes into one cue from 0 to ``fallback_end_s``.
+    Returned cues have non-empty stripped text, start < end (at millisecond resolution), and are
+    monotonic without overlap.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    if max_duration_s <= 0 or max_gap_s < 0:
+        raise ValueError("max_duration_s must be > 0 and max_gap_s >= 0")
+    words = _spread_shared_spans(_words(events))
+    if not any(w.start_s is not None or w.end_s is not None for w in words):
+        text = _clean(_join(words))
+        return _fix_times([Cue(0.0, fallback_end_s, text)]) if text else []
+
+    groups: list[list[_Word]] = []
+    cur: list[_Word] = []
+    cur_text = ""
+    cue_start: float | None = None
+    last_end: float | None = None
+    for w in words:
+        if cur:
+            too_long = len(_clean(cur_text + w.text)) > max_chars
+            too_slow = (
+                cue_start is not None and w.end_s is not None and w.end_s - cue_start > max_duration_s
+            )
+            gap = last_end is not None and w.start_s is not None and w.start_s - last_end > max_gap_s
+            if w.segment != cur[-1].segment or _ends_sentence(cur_text) or too_long or too_slow or gap:
+                groups.append(cur)
+                cur, cur_text, cue_start, last_end = [], "", None, None
+        cur.append(w)
+        cur_text += w.text
+        if cue_start is None:
+            cue_start = w.start_s if w.start_s is not None else w.end_s
+        if w.end_s is not None:
+            last_end = w.end_s if last_end is None else max(last_end, w.end_s)
+        elif w.start_s is not None:
+            last_end = w.start_s if last_end is None else max(last_end, w.start_s)
+    if cur:
+        groups.append(cur)
+
+    cues: list[Cue] = []
+    for i, group in enumerate(groups):
+        text = _clean(_join(group))
+        if not text:
+            continue
+        starts = [w.start_s for w in group if w.start_s is not None]
+        ends = [w.end_s for w in group if w.end_s is not None]
+        start = starts[0] if starts else (ends[0] if ends else None)
+        end = max(ends) if ends else (starts[-1] if starts else None)
+        if start is None:  # a cue made only of events without spans: fill the hole between known ones
+            start = cues[-1].end_s if cues else 0.0
+            later = [w.start_s for g in groups[i + 1 :] for w in g if w.start_s is not None]
+            end = later[0] if later else max(fallback_end_s, start)
+        cues.append(Cue(start, end if end is not None else start, text))
+    return _fix_times(cues)
+
+
+def _fix_times(cues: list[Cue]) -> list[Cue]:
+    """Clamp to >= 0, make start < end and cues non-overlapping, in whole milliseconds."""
+    prev_end_ms = 0
+    for cue in cues:
+        start_ms = max(round(cue.start_s * 1000), prev_end_ms, 0)
+        end_ms = max(round(cue.end_s * 1000), start_ms + 1)
+        cue.start_s, cue.end_s = start_ms / 1000, end_ms / 1000
+        prev_end_ms = end_ms
+    return cues
+
+

@@ -6,10 +6,14 @@ Nothing here reaches the network: HF_HUB_OFFLINE is set before transformers is i
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("VOXCLI_API_KEY", None)  # a developer's own key must not reach the tests
+# Nor their config file: every test, and every subprocess a test starts, sees an empty config home
+# unless it sets one itself.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="voxcli-test-xdg-")
 # On a shared 2-core machine tiny models run steadier single-threaded; torch reads this when it is
 # first imported (here or in a subprocess), so unit tests never have to import it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def _bench(args, tmp_path):
     out = tmp_path / "out.json"
     run = subprocess.run([sys.executable, "-m", "voxcli", "bench", *map(str, args), "--json", out],
                          capture_output=True, text=True, timeout=600, cwd=ROOT,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "120"})
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"], "COLUMNS": "120"})
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     return run, json.loads(out.read_text())

@@ -681,3 +681,19 @@ def test_a_missing_model_is_named_by_its_flag_and_in_python_by_its_key(cli_env, 
     assert caught.value.data == {"model": str(missing)}
     run = voxcli(cli_env, "transcribe", "file", HELLO, "--model", missing)
     assert run.stderr.strip() == f"voxcli: error: --model {missing}: no such directory, and not a hub id (owner/name)"
+
+
+@pytest.mark.parametrize("command, heading", [("transcribe file", "### `voxcli transcribe file"),
+                                              ("listen", "### `voxcli listen`")])
+def test_the_readme_option_tables_list_every_option_help_shows(command, heading):
+    """README's option table for a command and its --help name the same options, no more, no fewer."""
+    import re
+
+    from typer.testing import CliRunner
+
+    section = (ROOT / "README.md").read_text().split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    rows = [line.replace("\\|", "/").split("|")[1] for line in section.splitlines() if line.startswith("| `-")]
+    in_readme = {opt for row in rows for opt in re.findall(r"--[a-z][a-z0-9-]*", row)}
+    shown = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"}).output
+    in_help = set(re.findall(r"--[a-z][a-z0-9-]*", shown)) - {"--help"}
+    assert in_readme and in_readme == in_help

@@ -5,6 +5,7 @@ the pixels; the images only for size and for not being blank."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ SHORT = ROOT / "examples" / "short.wav"
 
 def _voxcli(*args, timeout=600):
     run = subprocess.run([sys.executable, "-m", "voxcli", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, cwd=ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                         timeout=timeout, cwd=ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
     return run
 
 

@@ -23,6 +23,7 @@ class ScriptedConnection:
 
     text = " w"
     finish_waits = False  # as a local session: its finish() returns at once
+    waiting = False
 
     def __init__(self, engine) -> None:
         self.engine = engine

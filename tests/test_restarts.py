@@ -168,6 +168,7 @@ class _BlankSession:
     """A scripted session that hears and never speaks: one blank per 80 ms pushed."""
 
     finish_waits = False
+    waiting = False
 
     def __init__(self, engine) -> None:
         self.engine = engine

@@ -68,6 +68,7 @@ class Reconnect:
     replayed_s: float
     attempts: int
     error: str
+    replay_from_s: float | None = field(default=None, compare=False)  # where the replay began (not written)
 
     def to_dict(self) -> dict:
         return {"type": "reconnect", "lost_at_s": round(self.lost_at_s, 4), "down_s": round(self.down_s, 3),

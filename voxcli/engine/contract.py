@@ -60,6 +60,7 @@ class Session(Protocol):
     """
 
     finish_waits: bool
+    waiting: bool  # waiting for its engine to come back (a server away); its audio is kept meanwhile
     pushed_samples: int  # 16 kHz samples pushed so far
 
     def push(self, samples: np.ndarray) -> None: ...

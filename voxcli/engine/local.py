@@ -374,6 +374,7 @@ class RealtimeSession(_StreamAudio):
     """
 
     finish_waits = False  # finish() is compute only; a server's session waits for its answer
+    waiting = False  # never waits on anyone: the model is here
 
     def __init__(self, engine: RealtimeEngine, *, max_new_tokens: int | None = None, position_offset: int = 0,
                  keep_logits: bool = False) -> None:

@@ -38,9 +38,10 @@ SEND_MAX = 16 * TOKEN_SAMPLES  # audio handed to the connection at once (1.28 s;
 class _Outage:
     """The server is away: since when, why, and whether it has been said."""
 
-    def __init__(self, error: ServerError) -> None:
+    def __init__(self, error: ServerError, origin: object) -> None:
         self.t_lost = time.monotonic()
         self.first_error = error
+        self.origin = origin  # the session that lost the server first: it reports the reconnect
         self.attempts = 0
         self.reported = False  # a reconnect row went out for it
 
@@ -54,11 +55,11 @@ class Link:
         self._lock = threading.Lock()
         self._outage: _Outage | None = None
 
-    def lost(self, exc: ServerError) -> tuple[_Outage, bool]:
-        """The outage going on (``True``: it begins now)."""
+    def lost(self, exc: ServerError, session: object) -> tuple[_Outage, bool]:
+        """The outage going on (``True``: it begins now, ``session`` lost the server first)."""
         with self._lock:
             if self._outage is None:
-                self._outage = _Outage(exc)
+                self._outage = _Outage(exc, session)
                 return self._outage, True
             return self._outage, False
 
@@ -110,6 +111,7 @@ class ReconnectingSession:
         self._connect = connect  # () -> a new connection's session (RemoteRealtimeSession), or ServerError
         self._link = link or Link()
         self._lost_at = 0  # where in this session's audio the server was lost
+        self._outage: _Outage | None = None  # the outage this session is waiting out
         self.reconnect_s = reconnect_s
         self.overlap = overlap_samples
         self.name = name
@@ -133,6 +135,11 @@ class ReconnectingSession:
     @property
     def pushed_samples(self) -> int:
         return self._audio.end
+
+    @property
+    def waiting(self) -> bool:
+        """The stream is waiting for its server to come back (its audio is kept meanwhile)."""
+        return self._outage is not None
 
     @property
     def answered_samples(self) -> int:
@@ -195,7 +202,7 @@ class ReconnectingSession:
                         self._open(replay_from, outage)
                     if self._pump(outage):
                         return
-                    outage = None
+                    outage = self._outage = None
                 except StreamEnded:
                     replay_from = restart_sample(self._conn_from, self._conn.answered_samples, self.overlap)
                     self._drop_connection()
@@ -209,7 +216,7 @@ class ReconnectingSession:
                     if self._conn is not None:
                         replay_from = self._conn_from + max(0, self._conn.answered_samples - self.overlap)
                     self._drop_connection()
-                    outage = self._lost(exc, outage)
+                    outage = self._outage = self._lost(exc, outage)
         except BaseException as exc:  # noqa: BLE001 - no thread dies silently: the caller gets it
             if self._error is None:
                 self._error = exc if isinstance(exc, ServerError) else ServerError(
@@ -221,12 +228,12 @@ class ReconnectingSession:
     def _open(self, replay_from: int, outage: _Outage | None) -> None:
         self._conn = self._connect()
         self._conn_from = self._sent = max(replay_from, self._audio.start)
-        if outage is not None and not outage.reported:
+        if outage is not None and outage.origin is self and not outage.reported:
             outage.reported = True
             down_s = time.monotonic() - outage.t_lost
             row = Reconnect(lost_at_s=self._lost_at / SAMPLE_RATE, down_s=down_s,
                             replayed_s=(self._audio.end - self._sent) / SAMPLE_RATE, attempts=outage.attempts,
-                            error=first_line(outage.first_error))
+                            error=first_line(outage.first_error), replay_from_s=self._sent / SAMPLE_RATE)
             self._incidents.append(row)
             self._incidents.append(Notice(f"reconnected after {row.down_s:.1f} s; {row.replayed_s:.1f} s of audio "
                                           f"replayed"))
@@ -263,7 +270,7 @@ class ReconnectingSession:
             raise exc
         if outage is None:
             self._lost_at, self._wait = self._audio.end, FIRST_WAIT_S
-            outage, new = self._link.lost(exc)
+            outage, new = self._link.lost(exc, self)
             if new:
                 self._incidents.append(Notice(f"{first_line(exc)}; reconnecting for up to {self.reconnect_s:.0f} s, "
                                               f"the audio is kept"))

@@ -222,8 +222,10 @@ class _Emitting:
 
     def _incidents(self, session, offset: int) -> None:
         for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
-            if isinstance(item, Reconnect):
-                item = dataclasses.replace(item, lost_at_s=item.lost_at_s + offset / SAMPLE_RATE)
+            if isinstance(item, Reconnect):  # to the session's audio; replayed: all of it since the replay began
+                start_s = offset / SAMPLE_RATE + (item.replay_from_s or 0.0)
+                item = dataclasses.replace(item, lost_at_s=item.lost_at_s + offset / SAMPLE_RATE,
+                                           replayed_s=max(item.replayed_s, self.heard / SAMPLE_RATE - start_s))
             self._put(item)
 
     def _end_stream(self, session, offset: int) -> None:
@@ -363,7 +365,9 @@ class LiveWorker(_Emitting):
                                              self.utterance - 1)
                         utterance_from = None
                         session, offset = self.engine.session(), self.heard
-                if x is not None and self.blank.over(self.heard):
+                if session.waiting:  # on its engine (a server away): not a stream that hears and says nothing
+                    self.blank.restarted(self.heard)
+                elif x is not None and self.blank.over(self.heard):
                     session, offset = self._restart_blank(session, offset, tape)
                 tape.keep_from(min(self.heard, offset if final_pass is not None else self.heard,
                                    self.blank.run_from(self.heard)))

@@ -40,6 +40,7 @@ def _recompute(report: dict, metric: str, clip: str | None = None) -> dict:
     return summarize(values)
 
 
+@pytest.mark.slow
 def test_done_when_command_twenty_runs(realtime_dir, tmp_path):
     """The issue's own command: `voxcli bench --model <tiny dir> --runs 20 --json out.json`."""
     run, report = _bench(["--model", realtime_dir, "--runs", 20], tmp_path)
@@ -64,6 +65,7 @@ def test_done_when_command_twenty_runs(realtime_dir, tmp_path):
         assert metric in run.stdout  # the table names every figure
 
 
+@pytest.mark.slow
 def test_paced_adds_live_figures(realtime_dir, tmp_path):
     _, report = _bench(["--model", realtime_dir, "--runs", 1, "--warmup", 0, "--paced",
                         EXAMPLES / "short.wav"], tmp_path)
@@ -76,6 +78,7 @@ def test_paced_adds_live_figures(realtime_dir, tmp_path):
     assert paced[0]["dropped_blocks"] == 0
 
 
+@pytest.mark.slow
 def test_offline_model_bench(offline_dir, tmp_path):
     _, report = _bench(["--model", offline_dir, "--runs", 2, "--warmup", 1, EXAMPLES / "short.wav"], tmp_path)
     assert report["environment"]["kind"] == "offline"

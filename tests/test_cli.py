@@ -436,6 +436,7 @@ def test_several_inputs_as_subtitles_without_o_is_one_line(cli_env, realtime_dir
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_files_get_one_line_each_and_the_good_ones_are_transcribed(cli_env, realtime_dir, media):
     order = ["missing", "hello", "directory", "empty", "silence", "zero_frames", "truncated", "short",
              "corrupt", "8bit", "text", "24bit", "png", "stereo44k", "stereo48k", "clip"]

@@ -58,6 +58,7 @@ def test_no_network_and_no_cache_is_one_line_without_retries(hub_env):
     assert "Retrying" not in run.stderr
 
 
+@pytest.mark.slow
 def test_download_shows_progress_skips_mistral_weights_then_works_from_cache(hub, hub_env, tmp_path):
     hub_env["HF_ENDPOINT"] = hub.url
     run = voxcli(hub_env, "transcribe", "file", HELLO, "--model", "mistralai/tiny-realtime", "--device", "cpu")

@@ -65,6 +65,7 @@ def _check_events(lines: list[dict]) -> list[dict]:
     return tokens
 
 
+@pytest.mark.slow
 def test_virtual_mic_session_files(vmic, realtime_dir, tmp_path):
     save = tmp_path / "save"
     run = _listen(["--device", vmic.device_name, "--model", realtime_dir, "--max-seconds", 5,
@@ -89,6 +90,7 @@ def test_virtual_mic_session_files(vmic, realtime_dir, tmp_path):
     assert run.stdout.strip() == summary["text"].replace("\r", "\n")
 
 
+@pytest.mark.slow
 def test_file_as_microphone_has_no_chunk_lag(realtime_dir, tmp_path):
     """Each token comes out before the audio of the next chunk exists (stock generate() would
     need that next chunk first: 80 ms late). Structural, so no timing can make it flaky."""
@@ -135,6 +137,7 @@ def _wait_for_audio(save: Path, seconds: float, proc: subprocess.Popen) -> None:
     raise AssertionError("listen never started capturing")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_session_flushes_and_leaves_valid_files(realtime_dir, tmp_path, sig):
     save = tmp_path / "save"
@@ -155,6 +158,7 @@ def test_signal_mid_session_flushes_and_leaves_valid_files(realtime_dir, tmp_pat
     assert txt.read_bytes().decode("utf-8").strip() == lines[-1]["text"]
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_quits_with_valid_files(realtime_dir, tmp_path):
     save = tmp_path / "save"
     proc = _start_listen(["--input", _long_speech(tmp_path), "--model", realtime_dir, "--save", save, "--plain"])
@@ -203,6 +207,7 @@ def test_bad_input_file_is_one_line(realtime_dir, tmp_path):
     assert "missing.wav" in line
 
 
+@pytest.mark.slow
 def test_offline_model_transcribes_utterances(offline_dir, tmp_path):
     save = tmp_path / "save"
     run = _listen(["--input", HELLO, "--speed", 0, "--model", offline_dir, "--save", save, "--plain"])
@@ -239,6 +244,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_full_disk_mid_session_is_one_line_valid_files_and_a_whole_transcript(realtime_dir, tmp_path, small_disk):
     long = _long_speech(tmp_path)
     total_s = sf.info(long).duration
@@ -354,6 +360,7 @@ HELD_OUT = ("Turn left at the second light and park behind the old library.",
 
 @pytest.mark.parametrize("condition", [{}, {"snr_db": 20}, {"snr_db": 10}, {"speech_dbfs": -50, "noise_dbfs": -80}],
                          ids=["clean", "20dB", "10dB", "quiet"])
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["realtime", "offline"])
 def test_one_endpoint_per_pause_and_none_inside_speech(realtime_dir, offline_dir, tmp_path, kind, condition):
     from speech import make_paused_speech
@@ -385,6 +392,7 @@ def test_one_endpoint_per_pause_and_none_inside_speech(realtime_dir, offline_dir
             assert start <= truth[u][0] / 16000 and truth[u][1] / 16000 <= end + 0.1
 
 
+@pytest.mark.slow
 def test_listen_jsonl_streams_parseable_events(realtime_dir, tmp_path):
     from speech import make_paused_speech
 
@@ -472,6 +480,7 @@ def test_the_engines_and_sessions_satisfy_the_written_contract(realtime_engine, 
     scripted.close()
 
 
+@pytest.mark.slow
 def test_two_pass_streams_each_equal_a_single_session_at_its_delay(realtime_dir, tmp_path):
     save = tmp_path / "save"
     run = _listen(["--input", HELLO, "--speed", 0, "--model", realtime_dir, "--flush-after-ms", 0,
@@ -499,6 +508,7 @@ def test_two_pass_streams_each_equal_a_single_session_at_its_delay(realtime_dir,
     assert sum('"stream": "provisional"' in line for line in jsonl.read_text().splitlines()) == len(streams["provisional"])
 
 
+@pytest.mark.slow
 def test_two_pass_needs_a_longer_final_delay(realtime_dir):
     run = _listen(["--input", HELLO, "--model", realtime_dir, "--delay-ms", 480, "--final-delay-ms", 480])
     assert run.returncode == 2
@@ -506,6 +516,7 @@ def test_two_pass_needs_a_longer_final_delay(realtime_dir):
                                                    "provisional stream's delay (480 ms, --delay-ms)")
 
 
+@pytest.mark.slow
 def test_an_offline_final_pass_covers_every_utterance_once(realtime_dir, offline_dir, tmp_path):
     run = _listen(["--input", HELLO, "--speed", 0, "--model", realtime_dir, "--final-model", offline_dir,
                    "--format", "jsonl"], timeout=300)

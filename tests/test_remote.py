@@ -187,16 +187,18 @@ def proc_run(proc, err):
 
 @pytest.mark.vllm
 def test_a_server_restarted_mid_listen_loses_nothing(tmp_path):
-    """The server is killed while `listen` streams to it and started again on the same port about a
-    minute later: capture goes on, the audio captured meanwhile is replayed, and the session ends
-    well (exit 0) with a reconnect row, text after it, and every sample of the input in the WAV."""
+    """The server is killed while `listen` streams to it and started again on the same port (it
+    takes 30-50 s to come up here): capture goes on, the audio captured meanwhile is replayed, and
+    the session ends well (exit 0) with a reconnect row, text after it, no dropped block, and every
+    sample of the input in the WAV. The input outlasts the outage (before, a 30 s input ended while
+    the server was still down, and hid that capture stopped during the outage)."""
     workdir = Path(tempfile.mkdtemp(prefix="vxr-"))
     server = start_vllm_server("realtime", workdir, python=vllm_python())
-    long, source = _long_input(tmp_path, 8)  # about half a minute, at real speed
+    long, source = _long_input(tmp_path, 44)  # 2.6 minutes of audio, 1.3 at twice real speed
     save = tmp_path / "save"
     proc = None
     try:
-        proc = _listen_until_text(server, ["--input", long], save)
+        proc = _listen_until_text(server, ["--input", long, "--speed", 2], save)
         server.kill()
         time.sleep(1.0)
         again = start_vllm_server("realtime", workdir, python=vllm_python(), port=server.port)
@@ -219,6 +221,10 @@ def test_a_server_restarted_mid_listen_loses_nothing(tmp_path):
     assert reconnect["replayed_s"] > 5  # what was captured while the server was away
     assert any(r["type"] == "token" and r["text"] for r in rows[at:])  # text after it: no hole
     assert rows[-1]["type"] == "summary" and rows[-1]["reconnects"] == 1
+    # Down about 45 s (90 s of audio at 2x, nine times the capture queue) in the middle of the
+    # input: nothing was dropped, and the input went on well after the server was back.
+    assert rows[-1]["dropped_blocks"] == 0 and rows[-1]["input_overflows"] == 0
+    assert reconnect["lost_at_s"] + reconnect["replayed_s"] < len(source) / 16000 - 10
 
 
 @pytest.mark.vllm

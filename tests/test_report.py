@@ -60,6 +60,7 @@ def _assert_picture(path: Path) -> None:
     assert pixels[..., :3].std() > 0.05  # not blank
 
 
+@pytest.mark.slow
 def test_a_session_picture_draws_what_the_files_hold(session):
     save = session / "save"
     out = session / "s.png"
@@ -103,6 +104,7 @@ def test_a_session_picture_draws_what_the_files_hold(session):
         assert ax.get_xlabel() and ax.get_ylabel()  # every axis labelled, with units
 
 
+@pytest.mark.slow
 def test_a_bench_picture_and_two_compared(bench):
     _assert_picture(bench / "plot.png")  # from `bench --plot`
     out = bench / "cmp.png"

@@ -72,6 +72,7 @@ def assert_same(a, b, *, rtol: float = 1e-4):
 
 @pytest.mark.parametrize("model, delays", [
     ("tiny", (80, 480, 2400)), ("mid", (80, 480, 2400)), ("wrap", (160, 480, 2400))])
+@pytest.mark.slow
 def test_static_step_gives_the_reference_token_ids(model, delays, realtime_dir, mid_dir, wrap_dir, hello):
     path = {"tiny": realtime_dir, "mid": mid_dir, "wrap": wrap_dir}[model]
     for delay in delays:
@@ -198,6 +199,7 @@ def script(*args, timeout: float = 300) -> str:
     return run.stdout
 
 
+@pytest.mark.slow
 def test_soak_offset_check_finds_hour_8_like_a_fresh_session(realtime_dir):
     out = script("bench/soak.py", "--model", realtime_dir, "--offset-hours", "8", "--minutes", "0.5")
     check = json.loads(out[: out.rindex("}") + 1])
@@ -208,6 +210,7 @@ def test_soak_offset_check_finds_hour_8_like_a_fresh_session(realtime_dir):
     assert "SAME TOKENS" in out
 
 
+@pytest.mark.slow
 def test_gpu_bench_script_runs_on_a_tiny_model_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.jsonl"
     script("bench/gpu.py", "--tiny", "--device", "cpu", "--paths", "hf,static", "--runs", "1", "--clip-s", "2",

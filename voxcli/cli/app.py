@@ -174,6 +174,8 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
 
 def _loading_text(cfg: Config) -> str:
     """What the spinner says while the model loads; compiling can take minutes, so it says that too."""
+    if cfg.model.server:
+        return f"connecting to {cfg.model.server} ..."
     text = f"loading {cfg.model.name} ..."
     if cfg.model.step != "static" or cfg.model.compile == "off":
         return text

@@ -243,6 +243,7 @@ class _Emitting:
             session, offset, utterance = item
             try:
                 for event in session.pending():
+                    self._incidents(session, offset)
                     self._emit(event, offset, event.t_emitted, flushed=True, utterance=utterance)
             except ServerError as exc:
                 self._notice(f"{exc} (at the end of utterance {utterance})")
@@ -257,9 +258,11 @@ class _Emitting:
         t_ready = time.perf_counter()
         end_s = session.pushed_samples / SAMPLE_RATE
         for event in session.finish():
+            self._incidents(session, offset)  # what happened on the way comes before what followed it
             event = clamp_span(event, end_s)
             self._emit(event, offset, t_ready, flushed=True, stream=stream)
             t_ready = event.t_emitted
+        self._incidents(session, offset)
         self.flushes += 1
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from voxcli.audio.tape import Tape
 from voxcli.errors import ServerError, StreamEnded, first_line
 from voxcli.events import Notice, Reconnect, TokenEvent, restart_sample
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
@@ -69,37 +70,6 @@ class Link:
                 self._outage = None
 
 
-class _Audio:
-    """This session's audio, addressed by sample position from its start; whole blocks are
-    dropped from the front once no replay can start in them."""
-
-    def __init__(self) -> None:
-        self.start = 0
-        self.end = 0
-        self._blocks: deque[np.ndarray] = deque()
-        self._lock = threading.Lock()
-
-    def append(self, x: np.ndarray) -> None:
-        with self._lock:
-            self._blocks.append(x)
-            self.end += len(x)
-
-    def read(self, a: int, limit: int) -> np.ndarray:
-        with self._lock:
-            out, pos = [], self.start
-            for block in self._blocks:
-                lo, hi = max(a, pos), min(a + limit, pos + len(block))
-                if lo < hi:
-                    out.append(block[lo - pos:hi - pos])
-                pos += len(block)
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-    def keep_from(self, a: int) -> None:
-        with self._lock:
-            while self._blocks and self.start + len(self._blocks[0]) <= a:
-                self.start += len(self._blocks.popleft())
-
-
 class ReconnectingSession:
     """The caller's side: ``push``, ``steps``, ``commit``/``pending``/``finished``, ``finish``,
     ``close`` and ``incidents`` (see :class:`voxcli.engine.contract.Session`)."""
@@ -115,7 +85,7 @@ class ReconnectingSession:
         self.reconnect_s = reconnect_s
         self.overlap = overlap_samples
         self.name = name
-        self._audio = _Audio()
+        self._audio = Tape()  # this session's audio, from its start
         self._events: deque[TokenEvent] = deque()  # a server's deltas: a dozen a second at most
         self._incidents: deque[object] = deque()
         self._error: ServerError | None = None
@@ -243,7 +213,7 @@ class ReconnectingSession:
         outage (False: the outage is over; the caller calls again)."""
         conn, committed = self._conn, False
         while not self._closed.is_set():
-            block = self._audio.read(self._sent, SEND_MAX)
+            block = self._audio.slice(self._sent, self._sent + SEND_MAX)
             if len(block):
                 conn.push(block)
                 self._sent += len(block)

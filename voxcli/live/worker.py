@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.audio.capture import level_db
+from voxcli.audio.tape import Tape
 from voxcli.config import Config, ListenConfig
 from voxcli.engine.contract import Engine
 from voxcli.errors import ServerError
@@ -107,29 +108,6 @@ class LiveOptions:
         language = cfg.transcription.language
         return cls(flush_after_ms=cfg.listen.flush_after_ms, vad=cfg.listen.vad, silence_db=cfg.listen.silence_db,
                    blank_run_s=cfg.listen.blank_run_s, language=None if language == "auto" else language)
-
-
-class _Tape:
-    """The recent 16 kHz audio, addressable by absolute sample position (offline utterances).
-    Whole blocks are dropped from the front as they fall out of use; nothing is copied per block."""
-
-    def __init__(self) -> None:
-        self.start = 0  # absolute position of the first sample kept
-        self.end = 0
-        self._blocks: deque[np.ndarray] = deque()
-
-    def append(self, x: np.ndarray) -> None:
-        self._blocks.append(x)
-        self.end += len(x)
-
-    def slice(self, a: int, b: int) -> np.ndarray:
-        whole = np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
-        a, b = (min(max(v, self.start), self.end) - self.start for v in (a, b))
-        return whole[a:b]
-
-    def keep_from(self, a: int) -> None:
-        while self._blocks and self.start + len(self._blocks[0]) <= a:
-            self.start += len(self._blocks.popleft())
 
 
 class _BlankRuns:
@@ -334,7 +312,7 @@ class LiveWorker(_Emitting):
     def _run_realtime(self) -> None:
         # Audio that may be needed again: a restart after a run of blanks, an offline final
         # pass's utterance.
-        tape = _Tape()
+        tape = Tape()
         session, offset = self.engine.session(), 0
         second = self.final_engine
         final = second.session() if second is not None and second.kind == "realtime" else None
@@ -395,7 +373,7 @@ class LiveWorker(_Emitting):
     def _preroll(self) -> int:
         return int(self.options.preroll_s * SAMPLE_RATE)
 
-    def _restart_blank(self, session, offset: int, tape: _Tape):
+    def _restart_blank(self, session, offset: int, tape: Tape):
         """A stream that heard speech and said nothing: a new one, replayed from where the run
         began. After BLANK_RESTARTS in a row, one line, and no more restarts until text comes."""
         self.blank.restarts += 1
@@ -419,7 +397,7 @@ class LiveWorker(_Emitting):
                 self._hear(t_cap, x)
         raise exc
 
-    def _final_pass(self, engine: Engine, tape: _Tape, offset: int, utterance: int) -> None:
+    def _final_pass(self, engine: Engine, tape: Tape, offset: int, utterance: int) -> None:
         """Two-pass with an offline model: the utterance that just ended, transcribed whole (from
         its speech's start, less the preroll, to now)."""
         audio = tape.slice(offset, self.heard)
@@ -429,7 +407,7 @@ class LiveWorker(_Emitting):
 
     def _run_offline(self) -> None:
         opts = self.options
-        tape = _Tape()
+        tape = Tape()
         preroll, tail = int(opts.preroll_s * SAMPLE_RATE), int(opts.tail_s * SAMPLE_RATE)
         longest = int(opts.max_utterance_s * SAMPLE_RATE)
         start = 0 if self.endpointer is None else None  # where the open utterance begins

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import ScriptedConnection, ScriptedServer
+from fakes import ScriptedConnection, ScriptedLocal, ScriptedServer
 from typer.testing import CliRunner
 
 from voxcli.audio.decode import load_audio
 from voxcli.cli.app import app
-from voxcli.engine.local import EngineInfo, load_engine
+from voxcli.engine.local import load_engine
 from voxcli.events import TokenEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,47 +164,15 @@ def test_listen_writes_a_restart_row_at_each_eos_and_goes_on(eos_dir, long_audio
 # ------------------------------------------------------------------------------------ blank runs
 
 
-class _BlankSession:
+class _BlankSession(ScriptedConnection):
     """A scripted session that hears and never speaks: one blank per 80 ms pushed."""
 
-    finish_waits = False
-    waiting = False
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.pushed_samples = 0
-        self._emitted = 0
-        self.closed = False
-
-    def push(self, samples) -> None:
-        self.pushed_samples += len(samples)
-
-    def steps(self):
-        while (self._emitted + 1) * 1280 <= self.pushed_samples:
-            self._emitted += 1
-            yield TokenEvent(self._emitted - 1, BLANK, "", time.perf_counter(), (self._emitted - 1) * 0.08,
-                             self._emitted * 0.08, special=True)
-
-    def finish(self):
-        return self.steps()
-
-    def close(self) -> None:
-        self.closed = True
-
-    def incidents(self) -> list:
-        return []
+    def event(self, k: int) -> TokenEvent:
+        return TokenEvent(k, BLANK, "", time.perf_counter(), k * 0.08, (k + 1) * 0.08, special=True)
 
 
-class _BlankEngine:
-    kind = "realtime"
-
-    def __init__(self) -> None:
-        self.info = EngineInfo(model="scripted", kind="realtime", device="cpu", dtype="-", n_params=0, load_s=0.0)
-        self.opened: list[_BlankSession] = []
-
-    def session(self):
-        self.opened.append(_BlankSession(self))
-        return self.opened[-1]
+class _BlankEngine(ScriptedLocal):
+    connection = _BlankSession
 
 
 def _listen_rows(engine, tmp_path, capsys, **settings) -> tuple[list[dict], str]:

@@ -51,7 +51,8 @@ class Session(Protocol):
     such a session also offers ``commit()`` (end the stream, return at once) and ``pending()``
     (what has arrived since, without waiting; ``finished`` once all of it has), so that the end
     of speech never holds up capture. ``close()`` drops the stream without finishing it (a
-    restart after a run of blanks). A stream whose model said end of sequence with audio left
+    restart after a run of blanks), and never raises (a server's connection that fails to close
+    loses nothing). A stream whose model said end of sequence with audio left
     starts again on its own, and says where with an event carrying ``restart_at_s``.
     ``incidents()``: what happened on the way that the caller may show or record (a
     :class:`voxcli.events.Reconnect`, a :class:`voxcli.events.Notice`); a local session has none.

@@ -52,7 +52,6 @@ from voxcli.units import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 DEVICE = setting("model.device")
-DEFAULT_REALTIME_MODEL = DEFAULT_MODEL
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
 FEATURE_BATCH_STEPS = 64  # most steps whose features are computed in one call (5.1 s of audio)
 
@@ -698,7 +697,7 @@ def detect_kind(config) -> str:
     )
 
 
-def load_engine(model: str = DEFAULT_REALTIME_MODEL, *, device: str = "auto", dtype: str = "auto",
+def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
                 delay_ms: int | None = None, threads: int = 0, warmup: bool = True,
                 offline: bool = False, max_new_tokens: int = 500, name: str | None = None,
                 step: str = "static", compile: str = "auto", sessions: int = 1) -> Engine:

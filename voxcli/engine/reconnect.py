@@ -161,18 +161,17 @@ class ReconnectingSession:
     # -- the sender thread --
 
     def _run(self) -> None:
-        outage: _Outage | None = None
         replay_from = 0
         try:
             while not self._closed.is_set():
                 try:
                     if self._conn is None:
-                        if outage is not None:
-                            outage.attempts += 1
-                        self._open(replay_from, outage)
-                    if self._pump(outage):
+                        if self._outage is not None:
+                            self._outage.attempts += 1
+                        self._open(replay_from)
+                    if self._pump():
                         return
-                    outage = self._outage = None
+                    self._outage = None
                 except StreamEnded:
                     replay_from = restart_sample(self._conn_from, self._conn.answered_samples, self.overlap)
                     self._drop_connection()
@@ -186,7 +185,7 @@ class ReconnectingSession:
                     if self._conn is not None:
                         replay_from = self._conn_from + max(0, self._conn.answered_samples - self.overlap)
                     self._drop_connection()
-                    outage = self._outage = self._lost(exc, outage)
+                    self._lost(exc)
         except BaseException as exc:  # noqa: BLE001 - no thread dies silently: the caller gets it
             if self._error is None:
                 self._error = exc if isinstance(exc, ServerError) else ServerError(
@@ -195,9 +194,10 @@ class ReconnectingSession:
             self._drop_connection()
             self._ended.set()
 
-    def _open(self, replay_from: int, outage: _Outage | None) -> None:
+    def _open(self, replay_from: int) -> None:
         self._conn = self._connect()
         self._conn_from = self._sent = max(replay_from, self._audio.start)
+        outage = self._outage
         if outage is not None and outage.origin is self and not outage.reported:
             outage.reported = True
             down_s = time.monotonic() - outage.t_lost
@@ -208,7 +208,7 @@ class ReconnectingSession:
             self._incidents.append(Notice(f"reconnected after {row.down_s:.1f} s; {row.replayed_s:.1f} s of audio "
                                           f"replayed"))
 
-    def _pump(self, outage: _Outage | None) -> bool:
+    def _pump(self) -> bool:
         """Audio out, deltas in, until the stream is done (True) or the server answers after an
         outage (False: the outage is over; the caller calls again)."""
         conn, committed = self._conn, False
@@ -225,22 +225,24 @@ class ReconnectingSession:
             if committed and conn.finished:
                 return True
             self._audio.keep_from(min(self._sent, self._conn_from + max(0, conn.answered_samples - self.overlap)))
-            if outage is not None and len(self._events) > before:
-                self._link.back(outage)
+            if self._outage is not None and len(self._events) > before:
+                self._link.back(self._outage)
                 return False  # the server is answering again
             if not len(block):
                 self._wake.wait(POLL_S)
                 self._wake.clear()
         return True
 
-    def _lost(self, exc: ServerError, outage: _Outage | None) -> _Outage:
+    def _lost(self, exc: ServerError) -> None:
         """The server went away: keep the audio, try again after a wait, give up after
         ``reconnect_s`` (at once when it is 0)."""
         if self.reconnect_s <= 0:
             raise exc
+        outage = self._outage
         if outage is None:
             self._lost_at, self._wait = self._audio.end, FIRST_WAIT_S
             outage, new = self._link.lost(exc, self)
+            self._outage = outage
             if new:
                 self._incidents.append(Notice(f"{first_line(exc)}; reconnecting for up to {self.reconnect_s:.0f} s, "
                                               f"the audio is kept"))
@@ -249,7 +251,6 @@ class ReconnectingSession:
                               f"within {self.reconnect_s:.0f} s (last try: {first_line(exc)})", **exc.data) from None
         self._closed.wait(self._wait)
         self._wait = min(2 * self._wait, MAX_WAIT_S)
-        return outage
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

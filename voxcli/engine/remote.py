@@ -46,7 +46,6 @@ from voxcli.engine.reconnect import Link, ReconnectingSession
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
-KINDS = SERVER_KINDS
 TIMEOUT_S = 30.0
 APPEND_SAMPLES = TOKEN_SAMPLES  # 80 ms per append message: what one Realtime token covers
 REPLAY_OVERLAP_SAMPLES = 480 * 16  # the checkpoint's default delay (480 ms): a replay starts this far back
@@ -466,8 +465,8 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", ma
     """Check the server is up and serves ``model`` (default: the only model it serves), tell the
     model kind (a server for an offline model refuses the realtime WebSocket), and return an engine."""
     t0 = time.perf_counter()
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in SERVER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SERVER_KINDS)}, got {kind!r}")
     server = _Server(url, api_key=api_key, timeout_s=timeout_s)
     served = [m["id"] for m in server.get_json("/v1/models").get("data", [])]
     if not served:

@@ -383,7 +383,7 @@ class LiveWorker(_Emitting):
                          f"checkpoint right?)")
             return session, offset
         at = self.blank.run_from(self.heard)
-        _close_quietly(session)
+        session.close()
         session = self.engine.session()
         session.push(tape.slice(at, self.heard))
         self._restarted("blank_run", at)
@@ -438,10 +438,3 @@ class LiveWorker(_Emitting):
         for event in self.engine.transcribe(audio, segments=[(0, len(audio))]):
             self._emit(event, start, t_ready)
         self.flushes += 1
-
-
-def _close_quietly(session) -> None:
-    try:
-        session.close()
-    except Exception:  # noqa: BLE001 - a broken connection may fail to close; nothing is lost
-        pass

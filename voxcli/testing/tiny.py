@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-KINDS = ("realtime", "offline")
+from voxcli.choices import MODEL_KINDS as KINDS
 
 NUM_SPECIAL_TOKENS = 1000  # the real tekken files reserve ranks 0-999 for control tokens
 NUM_TEXT_TOKENS = 1900  # tiny models: the first ranks of the real tekken vocabulary

@@ -142,9 +142,9 @@ class TranscriptMetrics:
         figures = {
             "audio_s": round(self.audio_s, 4),
             "n_tokens": self.n_tokens,
-            "ttft_ms": _round(self.ttft_ms),
-            "total_ms": _round(self.total_ms),
-            "rtf": _round(self.rtf, 4),
+            "ttft_ms": round_or_none(self.ttft_ms),
+            "total_ms": round_or_none(self.total_ms),
+            "rtf": round_or_none(self.rtf, 4),
             "step_ms": summarize(self.step_ms) if self.step_ms else None,
         }
         return {k: v for k, v in figures.items() if v is not None}
@@ -155,7 +155,7 @@ def first_token(events) -> TokenEvent | None:
     return next((e for e in events if not e.special), None)
 
 
-def _round(value: float | None, ndigits: int = 3) -> float | None:
+def round_or_none(value: float | None, ndigits: int = 3) -> float | None:
     return None if value is None else round(value, ndigits)
 
 

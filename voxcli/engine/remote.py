@@ -48,7 +48,7 @@ from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
 TIMEOUT_S = 30.0
 APPEND_SAMPLES = TOKEN_SAMPLES  # 80 ms per append message: what one Realtime token covers
-REPLAY_OVERLAP_SAMPLES = 480 * 16  # the checkpoint's default delay (480 ms): a replay starts this far back
+REPLAY_OVERLAP_SAMPLES = 480 * SAMPLE_RATE // 1000  # the checkpoint's default delay (480 ms): a replay starts this far back
 KEY = setting("model.api_key")
 
 
@@ -245,15 +245,13 @@ class RemoteRealtimeEngine(RemoteEngine):
 
 
 class RemoteRealtimeSession:
-    """push(samples) sends them at once; steps() yields the deltas that have arrived; finish()
-    sends the final commit and waits (bounded) for ``transcription.done``. Where waiting would
-    hold up capture (an end of speech mid-session), commit() sends the final commit and
-    pending() yields what has arrived since, without waiting, until ``finished``.
+    """One connection, driven by :class:`voxcli.engine.reconnect.ReconnectingSession`'s sender
+    thread: push(samples) sends them at once; steps() yields the deltas that have arrived;
+    commit() sends the final commit and pending() yields what has arrived since, without
+    waiting, until ``finished`` (``transcription.done``, or nothing for ``timeout_s``).
 
     ``answered_samples``: how much audio had been sent when the latest delta arrived, which is
     how far the server is known to have listened (a reconnect replays from there)."""
-
-    finish_waits = True
 
     def __init__(self, engine: RemoteRealtimeEngine, ws: ClientConnection | None = None) -> None:
         self.engine = engine
@@ -351,13 +349,6 @@ class RemoteRealtimeSession:
         event = TokenEvent(index=self.n_tokens, token_id=-1, text=delta, t_emitted=t, special=not delta)
         self.n_tokens += 1
         return event
-
-    def finish(self) -> Iterator[TokenEvent]:
-        self.commit()
-        while not self.finished:
-            yield from self.pending()
-            if not self.finished:
-                time.sleep(0.01)
 
     def commit(self) -> None:
         """End this stream without waiting for the server's last deltas (see pending())."""

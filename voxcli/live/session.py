@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from voxcli.events import LiveStatus, summarize
+from voxcli.events import LiveStatus, round_or_none, summarize
 from voxcli.live.runner import LiveResult, run_live
 from voxcli.live.twopass import TwoPassRecorder
 
@@ -61,7 +61,7 @@ class ListenSession:
             self.two_pass.token(event, stream)
 
     def latency(self, token, emission_ms: float | None, after_ready_ms: float | None) -> None:
-        extra = {"emission_latency_ms": _round(emission_ms), "emitted_after_ready_ms": _round(after_ready_ms),
+        extra = {"emission_latency_ms": round_or_none(emission_ms), "emitted_after_ready_ms": round_or_none(after_ready_ms),
                  "audio_available_s": round(token.audio_available_s, 5), "flushed": token.flushed,
                  "utterance": token.utterance}
         if token.stream:
@@ -149,7 +149,3 @@ class ListenSession:
         if self.recorder.failure and not self.shown.save_failure_told:
             self.shown.save_failure_told = True
             self.notify(f"voxcli: error: {self.recorder.failure}")  # once; the transcript goes on
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

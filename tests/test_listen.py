@@ -112,11 +112,11 @@ def test_file_as_microphone_has_no_chunk_lag(realtime_dir, tmp_path):
     assert lines[-1]["audio_s"] == pytest.approx(sf.info(HELLO).duration, abs=0.01)
 
 
-def _long_speech(tmp_path: Path) -> Path:
+def _long_speech(tmp_path: Path, repeats: int = 8) -> Path:
     clip = make_speech(tmp_path / "clip.wav", "one two three four five six seven eight nine ten")
     audio, rate = sf.read(clip, dtype="float32")
     long = tmp_path / "long.wav"
-    sf.write(long, np.tile(audio, 8), rate)
+    sf.write(long, np.tile(audio, repeats), rate)
     return long
 
 
@@ -161,12 +161,22 @@ def test_signal_mid_session_flushes_and_leaves_valid_files(realtime_dir, tmp_pat
 @pytest.mark.slow
 def test_second_ctrl_c_quits_with_valid_files(realtime_dir, tmp_path):
     save = tmp_path / "save"
-    proc = _start_listen(["--input", _long_speech(tmp_path), "--model", realtime_dir, "--save", save, "--plain"])
+    # Two minutes of speech read as fast as possible: at the first Ctrl-C most of it is captured
+    # and still to be transcribed, so the second one comes while that goes on.
+    proc = _start_listen(["--input", _long_speech(tmp_path, 36), "--speed", 0, "--model", realtime_dir,
+                          "--save", save, "--plain"])
     _wait_for_audio(save, 1.0, proc)
     proc.send_signal(signal.SIGINT)
+    # Two signals sent back to back may reach the process as one: the second goes once the first
+    # has been handled.
+    for line in iter(proc.stderr.readline, ""):
+        if line.startswith("stopping:"):
+            break
+    else:
+        raise AssertionError("the first Ctrl-C was never acknowledged")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err  # the second signal comes long before the flush could end
+    assert proc.returncode == 130, err
     assert "stopped at once" in err and "Traceback" not in err
     wav, jsonl, _ = _session_files(save)
     heard, rate = sf.read(wav, dtype="float32")

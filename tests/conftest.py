@@ -24,11 +24,14 @@ from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - one server o
 
 
 def pytest_collection_modifyitems(config, items):
-    """``vllm`` and ``compile`` tests are ``slow`` too; ``gpu`` tests are skipped without a GPU
-    (torch is imported only when there are some)."""
+    """``vllm`` and ``compile`` tests are ``slow`` too; the vLLM tests run in one pytest-xdist
+    worker (``--dist loadgroup``), so each session-scoped server starts once; ``gpu`` tests are
+    skipped without a GPU (torch is imported only when there are some)."""
     for item in items:
         if {"vllm", "compile"} & set(item.keywords):
             item.add_marker(pytest.mark.slow)
+        if "vllm" in item.keywords or any(name.startswith("vllm_") for name in item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group("vllm"))
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:
         return

@@ -32,6 +32,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if "vllm" in item.keywords or any(name.startswith("vllm_") for name in item.fixturenames):
             item.add_marker(pytest.mark.xdist_group("vllm"))
+    # Longest first: the vLLM group (three server starts and a two-minute outage test, about five
+    # minutes in all) and the CPU compiles go to the workers before the many short tests, which
+    # then fill in around them; collected in file order, the group came last and ran alone.
+    items.sort(key=lambda item: 0 if "vllm" in item.keywords else 1 if "compile" in item.keywords else 2)
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:
         return

@@ -362,6 +362,39 @@ def test_a_server_gone_for_good_fails_in_one_line_after_the_window_with_every_sa
     assert rate == 16000 and np.allclose(heard, source, atol=1e-4)  # all of the input
 
 
+class _DropAtTheEnd(ScriptedConnection):
+    def commit(self) -> None:  # the final commit: the server goes as the last words are due
+        from voxcli.errors import ServerError
+
+        raise ServerError("the vLLM server closed the connection")
+
+
+class _GoneAtTheEnd(_GoneServer):
+    connection = _DropAtTheEnd
+
+
+def test_a_server_lost_while_the_last_words_are_due_is_said_before_the_failure(tmp_path, capsys):
+    """The whole input is heard and the session waits for its last words when the server goes:
+    that it went (and that listen waits for it) is said while it waits, not lost when the wait
+    fails (a CI run once ended with the error line alone)."""
+    import io
+
+    from voxcli.config import load_config
+    from voxcli.errors import ServerError
+    from voxcli.cli.listen import ListenJob, run_listen
+
+    engine = _GoneAtTheEnd()
+    cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(tmp_path / "save"),
+                             "model.reconnect_s": 1.0, "listen.flush_after_ms": 0})  # one stream, one commit
+    with pytest.raises(ServerError) as caught:
+        run_listen(ListenJob(cfg=cfg, input_path=HELLO, speed=0), load_engine=lambda cfg, err: engine.configured(cfg),
+                   stdout=io.StringIO())
+    assert "did not come back within 1 s" in str(caught.value)
+    assert engine.refused >= 1
+    err = capsys.readouterr().err
+    assert "voxcli: the vLLM server closed the connection; reconnecting for up to 1 s, the audio is kept" in err
+
+
 # Held out: not the sentences the endpointer's default was chosen on (tests/speech.py SENTENCES).
 HELD_OUT = ("Turn left at the second light and park behind the old library.",
             "My sister bought three green apples and a loaf of bread.",

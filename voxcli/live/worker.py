@@ -235,13 +235,28 @@ class _Emitting:
         # is done, so that is what a flushed token's latency counts from.
         t_ready = time.perf_counter()
         end_s = session.pushed_samples / SAMPLE_RATE
-        for event in session.finish():
-            self._incidents(session, offset)  # what happened on the way comes before what followed it
-            event = clamp_span(event, end_s)
-            self._emit(event, offset, t_ready, flushed=True, stream=stream)
-            t_ready = event.t_emitted
-        self._incidents(session, offset)
+        events = self._finishing(session, offset) if session.finish_waits else session.finish()
+        try:
+            for event in events:
+                self._incidents(session, offset)  # what happened on the way comes before what followed it
+                event = clamp_span(event, end_s)
+                self._emit(event, offset, t_ready, flushed=True, stream=stream)
+                t_ready = event.t_emitted
+        finally:  # a stream that failed still says what happened first (the outage it waited out)
+            self._incidents(session, offset)
         self.flushes += 1
+
+    def _finishing(self, session, offset: int):
+        """A server's last deltas as they come. Waiting for them can take ``model.reconnect_s``
+        when the server is away, and what happens meanwhile (that it went away) is said when it
+        happens, not when the wait ends."""
+        session.commit()
+        while True:
+            yield from session.pending()
+            self._incidents(session, offset)
+            if session.finished:
+                return
+            time.sleep(POLL_S)
 
 
 class LiveWorker(_Emitting):

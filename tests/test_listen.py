@@ -158,6 +158,54 @@ def test_signal_mid_session_flushes_and_leaves_valid_files(realtime_dir, tmp_pat
     assert txt.read_bytes().decode("utf-8").strip() == lines[-1]["text"]
 
 
+def test_a_second_ctrl_c_inside_libsndfile_is_not_lost():
+    """Python code that libsndfile calls (soundfile's virtual I/O, while the WAV is written) cannot
+    raise: cffi prints the exception and drops it, and a clean-clone run once lost the second
+    Ctrl-C that way (the session ran on and exited 0). There the handler only marks it; anywhere
+    else it raises at once."""
+    import threading
+
+    from voxcli.cli.listen import _Signals
+
+    stop, quit_now = threading.Event(), threading.Event()
+    signals = _Signals(stop, lambda line: None, quit_now)
+    signals._handle(signal.SIGINT, sys._getframe())  # the first: finish what was captured
+    assert stop.is_set() and not quit_now.is_set()
+    scope: dict = {}
+    code = "def vio_seek(handle, here):\n    return handle(signal.SIGINT, here())\n"
+    exec(compile(code, "/venv/site-packages/soundfile.py", "exec"), {"signal": signal}, scope)
+    scope["vio_seek"](signals._handle, sys._getframe)  # no raise inside the callback
+    assert quit_now.is_set()
+    with pytest.raises(KeyboardInterrupt):
+        signals._handle(signal.SIGINT, sys._getframe())
+
+
+def test_quit_now_ends_a_live_run_from_its_own_loop():
+    """What the handler marked, the live loop raises (within a poll interval): a real-time
+    input that would take seconds ends at once."""
+    import threading
+
+    from fakes import ScriptedLocal
+
+    from voxcli.audio.capture import FileSource
+    from voxcli.live.runner import run_live
+    from voxcli.live.worker import LiveOptions
+
+    source = FileSource(HELLO, speed=1.0)
+    source.check()
+    quit_now = threading.Event()
+    tokens = []
+
+    def token(event, stream):
+        tokens.append(event)
+        quit_now.set()  # Ctrl-C twice, as the first token is drawn
+
+    with pytest.raises(KeyboardInterrupt):
+        run_live(ScriptedLocal(), source, on_token=token, stop=threading.Event(), quit_now=quit_now,
+                 options=LiveOptions(flush_after_ms=0))
+    assert len(tokens) == 1 and source.captured_samples < sf.info(HELLO).frames
+
+
 @pytest.mark.slow
 def test_second_ctrl_c_quits_with_valid_files(realtime_dir, tmp_path):
     save = tmp_path / "save"

@@ -62,11 +62,13 @@ def _duration_s(path: Path) -> float:
 
 
 class _Signals:
-    """First SIGINT/SIGTERM: ask for a graceful stop. Second SIGINT: stop now."""
+    """First SIGINT/SIGTERM: ask for a graceful stop (``stop``). Second SIGINT: stop now
+    (``quit_now``, and KeyboardInterrupt at once wherever Python can raise it)."""
 
-    def __init__(self, stop: threading.Event, notify: Callable[[str], None]) -> None:
+    def __init__(self, stop: threading.Event, notify: Callable[[str], None], quit_now: threading.Event) -> None:
         self.stop = stop
         self.notify = notify
+        self.quit_now = quit_now
         self._old: dict = {}
 
     def __enter__(self):
@@ -77,6 +79,9 @@ class _Signals:
 
     def _handle(self, signum, frame) -> None:
         if self.stop.is_set() and signum == signal.SIGINT:
+            self.quit_now.set()
+            if _in_c_callback(frame):
+                return  # raised there it would be dropped: the live loop raises it within 50 ms
             raise KeyboardInterrupt
         self.stop.set()
         self.notify("stopping: transcribing what was captured (Ctrl-C again to quit now)")
@@ -84,6 +89,18 @@ class _Signals:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _in_c_callback(frame) -> bool:
+    """Whether this Python code runs on behalf of a C library: soundfile's virtual I/O, called by
+    libsndfile while the WAV is written. cffi prints an exception raised there and drops it (a
+    second Ctrl-C was lost that way, and the session ran on to its end)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name.startswith("vio_") and code.co_filename.endswith("soundfile.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
@@ -112,10 +129,11 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
                             say=(lambda line: err.print(line, markup=False)) if plain else None,
                             recorder=_recorder(cfg, job, engine, final_engine), two_pass=final_engine is not None)
     recorder = session.recorder
-    stop = threading.Event()
+    stop, quit_now = threading.Event(), threading.Event()
     try:
-        with _Signals(stop, session.notify), session.view:
-            session.run(engine, source, stop, LiveOptions.from_config(cfg), final_engine=final_engine)
+        with _Signals(stop, session.notify, quit_now), session.view:
+            session.run(engine, source, stop, LiveOptions.from_config(cfg), final_engine=final_engine,
+                        quit_now=quit_now)
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130

@@ -276,7 +276,7 @@ def _handle(item, tally: _Tally, calls: LiveCallbacks) -> None:
 
 
 def run_live(engine, source, *, on_token: Callable[[TokenEvent, str], None], stop: threading.Event,
-             options: LiveOptions | None = None,
+             quit_now: threading.Event | None = None, options: LiveOptions | None = None,
              on_audio: Callable[[AudioIn], None] | None = None,
              on_latency: Callable[[LiveToken, float | None, float | None], None] | None = None,
              on_endpoint: Callable[[Endpoint], None] | None = None,
@@ -292,7 +292,8 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent, str], None], sto
     our own drawing. ``final_engine``: two-pass, a second Realtime stream at a longer delay
     (tokens come with ``stream`` "provisional" / "final"). ``on_status`` gets a fresh ``LiveStatus``
     about every 100 ms. Setting ``stop`` ends capture; everything captured is still transcribed
-    and flushed before this returns.
+    and flushed before this returns. Setting ``quit_now`` ends it at once: KeyboardInterrupt from this
+    loop within a poll interval (50 ms).
     """
     calls = LiveCallbacks(token=on_token, latency=on_latency, audio=on_audio, endpoint=on_endpoint,
                           notice=on_notice, reconnect=on_reconnect, restart=on_restart, status=on_status)
@@ -303,6 +304,8 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent, str], None], sto
     with Runner(worker.run, maxsize=LIVE_QUEUE_SIZE, join_s=10.0) as runner:
         try:
             for item in runner.items():
+                if quit_now is not None and quit_now.is_set():
+                    raise KeyboardInterrupt
                 _handle(item, tally, calls)
                 if source.error and not stop.is_set():
                     stop.set()  # the device is gone: finish with what was captured

@@ -24,15 +24,14 @@ from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - one server o
 
 
 def pytest_collection_modifyitems(config, items):
-    """``vllm`` and ``compile`` tests are ``slow`` too; the tests of one vLLM server run in one
-    pytest-xdist worker (``--dist loadgroup``), so each server starts once; ``gpu`` tests are
+    """``vllm`` and ``compile`` tests are ``slow`` too; the vLLM tests run in one pytest-xdist
+    worker (``--dist loadgroup``), so each session-scoped server starts once; ``gpu`` tests are
     skipped without a GPU (torch is imported only when there are some)."""
     for item in items:
         if {"vllm", "compile"} & set(item.keywords):
             item.add_marker(pytest.mark.slow)
-        group = _server_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+        if "vllm" in item.keywords or any(name.startswith("vllm_") for name in item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group("vllm"))
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:
         return
@@ -41,18 +40,6 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         for item in gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-
-
-def _server_group(item) -> str | None:
-    """The vLLM server a test uses, by fixture (or by its ``kind`` parameter, for tests that ask
-    for the fixture by name): its tests share a worker."""
-    if "vllm" not in item.keywords and not any(name.startswith("vllm_") for name in item.fixturenames):
-        return None
-    kind = item.callspec.params.get("kind") if hasattr(item, "callspec") else None
-    for server in ("realtime", "offline", "keyed_tls"):
-        if f"vllm_{server}" in item.fixturenames or kind == server:
-            return f"vllm-{server}"
-    return "vllm"
 
 
 @pytest.fixture(scope="session")

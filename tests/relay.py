@@ -62,7 +62,8 @@ class Relay:
                 continue
             with self._lock:
                 if self._listener is not listener:  # cut while connecting
-                    _shut(client), _shut(upstream)
+                    _shut(client)
+                    _shut(upstream)
                     return
                 self._sockets += [client, upstream]
                 self.accepted += 1

@@ -423,8 +423,9 @@ class _GoneAtTheEnd(_GoneServer):
 
 def test_a_server_lost_while_the_last_words_are_due_is_said_before_the_failure(tmp_path, capsys):
     """The whole input is heard and the session waits for its last words when the server goes:
-    that it went (and that listen waits for it) is said while it waits, not lost when the wait
-    fails (a CI run once ended with the error line alone)."""
+    that it went (and that listen waits for it) is said, not lost when the wait fails (a CI run
+    once ended with the error line alone). That it is said during the wait, not after it, this
+    test does not time."""
     import io
 
     from voxcli.config import load_config

@@ -41,8 +41,7 @@ class ListenSession:
         self.result: LiveResult | None = None
 
     def run(self, engine, source, stop, options, final_engine=None, quit_now=None) -> LiveResult:
-        self.result = run_live(engine, source, on_token=self.token, stop=stop, quit_now=quit_now,
-                               options=options,
+        self.result = run_live(engine, source, on_token=self.token, stop=stop, quit_now=quit_now, options=options,
                                final_engine=final_engine, on_audio=self.audio, on_latency=self.latency,
                                on_endpoint=self.endpoint, on_reconnect=self.row, on_restart=self.row,
                                on_notice=self.notice, on_status=self.status)

@@ -593,6 +593,12 @@ def test_two_pass_streams_each_equal_a_single_session_at_its_delay(realtime_dir,
     figures = summary["two_pass"]
     assert figures["final_word_latency_ms"]["n"] > 0 and figures["provisional_word_latency_ms"]["n"] > 0
     assert figures["replacements"] == sum(r["type"] == "replacement" for r in rows) > 0
+    # One forward for both: once the final stream has begun, its tokens come from forwards of two
+    # streams (it flushes alone at the end), whose time is the summary's one step_ms.
+    final_rows = [r for r in rows if r["type"] == "token" and r.get("stream") == "final"]
+    shared = [r for r in final_rows if r["batch"] == 2]
+    assert len(shared) > len(final_rows) // 2
+    assert figures["step_ms"]["n"] > 0 and figures["final_step_ms"]["n"] < len(final_rows) - len(shared) + 1
     assert 0 <= figures["revision_rate"] <= 1
     # The transcript file holds the final text; the session file both streams and the replacements.
     _, jsonl, txt = _session_files(save)

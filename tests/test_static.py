@@ -108,7 +108,7 @@ def test_a_session_reuses_the_buffers_of_the_last(realtime_engine, hello):
     assert third._state is not state
     del second, third
     gc.collect()  # dropped unfinished: both states go back to the pool
-    assert len(static._free) >= 2
+    assert static.free_rows() >= 2
 
 
 def test_hour_8_computes_like_minute_0(wrap_dir, realtime_dir, hello):
@@ -256,11 +256,11 @@ def test_both_commands_compiled_give_the_reference_token_ids(realtime_dir, tmp_p
         assert ids_of(realtime_dir, "--compile", "--delay-ms", "240") == ref
 
 
-def test_warm_up_records_every_graph_for_every_state_in_the_thread_that_steps(realtime_dir, hello):
+def test_warm_up_records_every_graph_for_every_bucket_in_the_thread_that_steps(realtime_dir, hello):
     """A recording stand-in for the compiled functions: warm-up must call the prefill and every
-    span's step WARM_CALLS times (torch 2.13: warm-up, record, replay) for every state a session
-    will use (two-pass: two), all in the one thread where the graphs live; sessions, run from other
-    threads, then only replay what warm-up made."""
+    span's step WARM_CALLS times (torch 2.13: warm-up, record, replay) for every batch size a
+    forward can run at (two-pass: 1 and 2 rows), all in the one thread where the graphs live;
+    sessions, run from other threads, then only replay what warm-up made."""
     import threading
     from collections import Counter
 
@@ -273,24 +273,24 @@ def test_warm_up_records_every_graph_for_every_state_in_the_thread_that_steps(re
     threads: set = set()
 
     def recorder(name, fn):
-        def call(m, state, *args):
-            key = (name, tuple(args[0].shape)) if name == "prefill" else (name, args[0])
-            calls[(id(state), key)] += 1
+        def call(m, rows, *args):
+            key = (name, tuple(args[0].shape[1:]), args[-1]) if name == "prefill" else (name, *args)
+            calls[(id(rows), key)] += 1
             threads.add(threading.current_thread().name)
-            return fn(m, state, *args)
+            return fn(m, rows, *args)
         return call
 
-    model.compiled, model._call = True, st._Stepper()
-    model._prefill, model._step = recorder("prefill", st.prefill), recorder("step", st.decode_one)
-    final = engine.with_delay(960)  # two-pass: a second state, a second delay's prefill
-    engine.warmup()
-    states = {id(s) for s in model._all}
-    assert len(states) == 2 and threads == {"voxcli-stepper"}
-    prefills = {(sid, k) for sid, k in calls if k[0] == "prefill"}
-    assert {k for _, k in prefills} == {("prefill", (1, 39)), ("prefill", (1, 45))}  # 480 and 960 ms
-    assert len(prefills) == 4  # both delays on both states
-    steps = {(sid, k) for sid, k in calls if k[0] == "step"}
-    assert steps == {(sid, ("step", span)) for sid in states for span in model.spans()}
+    model.compiled = True
+    model._stepper = model._call = st._Stepper(model._run)
+    model._prefill, model._step = recorder("prefill", st.prefill), recorder("step", st.decode_rows)
+    final = engine.with_delay(960)  # two-pass: two rows, a second delay's prefill
+    assert model.buckets() == [1, 2]
+    batches = {rows for rows, _ in calls}
+    assert len(batches) == 1 and threads == {"voxcli-stepper"}
+    prefills = {k for _, k in calls if k[0] == "prefill"}
+    assert prefills == {("prefill", (39,), n) for n in (1, 2)} | {("prefill", (45,), n) for n in (1, 2)}  # 480, 960 ms
+    steps = {k for _, k in calls if k[0] == "step"}
+    assert steps == {("step", span, n) for span in model.spans() for n in (1, 2)}
     assert all(n >= st.WARM_CALLS for n in calls.values())
     warm = dict(calls)
     # Two streams at once, each in an engine thread of its own, as listen and transcribe run them.
@@ -299,7 +299,7 @@ def test_warm_up_records_every_graph_for_every_state_in_the_thread_that_steps(re
     a, b = engine.session(), final.session()
     for x in (hello[:32000],):
         a.push(x), b.push(x)
-        list(a.steps()), list(b.steps())
+        list(engine.steps_together([a, b]))
     new = {key for key in calls if key not in warm}
     assert not new, f"a session met a graph warm-up had not made: {new}"
     assert threads == {"voxcli-stepper"}
@@ -340,15 +340,17 @@ def test_re_anchoring_rotates_bf16_keys_in_float32_and_rounds_once(realtime_dir)
     engine = load_engine(str(realtime_dir), device="cpu", dtype="bfloat16", compile="off", warmup=False)
     model = engine.static
     torch.manual_seed(0)
-    ring = Ring.allocate(model.dec_layers, model.dec_kv_heads, model.dec_head_dim, 24, 24, "cpu", torch.bfloat16)
+    ring = Ring.allocate(model.dec_layers, model.dec_kv_heads, model.dec_head_dim, 24, 24, 2, "cpu", torch.bfloat16)
     for k in ring.k:
         k.copy_(torch.randn_like(k, dtype=torch.float32) * 3)
-    stored = [k.double() for k in ring.k]
+    stored = [k.clone() for k in ring.k]
     shift = 123_456  # hours in: a large angle, reduced mod 2 pi in float64
-    model.reanchor_ring(ring, False, shift)
+    model.reanchor_row(ring, 1, False, shift)
+    assert all(torch.equal(k[0], before[0]) for k, before in zip(ring.k, stored))  # the other row: untouched
+    assert ring.shifted == [0, shift]
     inv_freq = model.lm.rotary_emb.inv_freq.double()
     angle = torch.cat([-shift * inv_freq] * 2)
-    for before, after in zip(stored, ring.k):
+    for before, after in zip((k[1].double() for k in stored), (k[1] for k in ring.k)):
         half = before.shape[-1] // 2
         exact = before * angle.cos() + torch.cat([-before[..., half:], before[..., :half]], -1) * angle.sin()
         err = (after.double() - exact).abs()

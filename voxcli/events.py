@@ -28,7 +28,9 @@ class TokenEvent:
     is the prefill, timed as ``critical_path_ms`` by ``voxcli bench``) and where the engine
     cannot tell (a server). ``restart_at_s``: this token is the end of sequence of a Realtime
     stream that had real audio left, and a new stream starts at that position of the audio (see
-    :class:`voxcli.engine.RealtimeSession`); ``None`` for every other token.
+    :class:`voxcli.engine.RealtimeSession`); ``None`` for every other token. ``batch``: how many
+    streams the forward that made it stepped together (the static step: two-pass, concurrent
+    sessions); ``None`` where not known.
     """
 
     index: int
@@ -41,6 +43,7 @@ class TokenEvent:
     special: bool = False
     step_ms: float | None = None
     restart_at_s: float | None = None
+    batch: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,7 +239,7 @@ class LiveStatus:
     level_db: float = -120.0
     latency_ms: tuple[float, float] | None = None
     step_ms: float | None = None
-    final_step_ms: float | None = None  # two-pass: the final stream's step (the same thread runs both)
+    final_step_ms: float | None = None  # two-pass: the final stream's own steps (an offline final model)
     budget_ms: float = STEP_BUDGET_MS
     backlog_blocks: int = 0
     dropped_blocks: int = 0

@@ -111,6 +111,8 @@ class Engine(Protocol):
 
 @runtime_checkable
 class RealtimeEngine(Engine, Protocol):
-    """``with_delay(ms)``, where ``info.other_delays``: the same weights at another delay."""
+    """``with_delay(ms)``, where ``info.other_delays``: the same weights at another delay; such an
+    engine also has ``steps_together(sessions)``: the tokens of several of its sessions (two-pass),
+    as ``(which session, event)``, each step of all of them in one forward."""
 
     def session(self) -> Session: ...

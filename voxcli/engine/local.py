@@ -196,7 +196,7 @@ class RealtimeEngine(Engine):
         if step == "static":
             from voxcli.engine.static import DeviceLogMel, StaticModel
 
-            self.static = static or StaticModel(model, compile=compile, states=states)
+            self.static = static or StaticModel(model, compile=compile, streams=states)
             self.log_mel = DeviceLogMel(self.proc.frontend, model.device)
         proc = self.proc
         audio_cfg = proc.audio_config
@@ -240,10 +240,24 @@ class RealtimeEngine(Engine):
         info = dataclasses.replace(self.info, extra=dict(self.info.extra))
         other = RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms, step=self.step,
                                static=self.static)
-        if self.static is not None and self.static.compiled:
-            self.static.states = max(self.static.states, 2)  # both streams' states hold graphs
-            other.warmup()  # this delay's prefill compiles now, not inside the first session
+        if self.static is not None:
+            self.static.reserve(2)  # both streams are rows of one batch: they step in one forward
+            if self.static.compiled:
+                self.warmup()  # the two-row graphs
+                other.warmup()  # this delay's prefill compiles now, not inside the first session
         return other
+
+    def steps_together(self, sessions: list["RealtimeSession"]) -> Iterator[tuple[int, TokenEvent]]:
+        """Tokens of several sessions of this engine's weights (two-pass: the same audio at two
+        delays), as ``(which session, event)``: while any of them can step, one forward for all
+        that can (on the static step; the hf step runs them one after the other)."""
+        while True:
+            work = [(i, w) for i, s in enumerate(sessions) if (w := s._next_work()) is not None]
+            if not work:
+                return
+            _compute([w for _, w in work])
+            for i, w in work:
+                yield i, sessions[i]._event(w)
 
     def warmup(self, *, spans: list[int] | None = None) -> float:
         """The base warm-up; on the compiled path also every step graph (or those for ``spans``
@@ -315,7 +329,7 @@ class _StreamAudio:
         self._feats_next = 0
         if self._state is not None:
             if not fresh:
-                self._state.reset(e.num_delay_tokens)
+                e.static.restart(self._state, e.num_delay_tokens)
         else:
             self._hf = _HfForward(e)
 
@@ -422,21 +436,27 @@ class RealtimeSession(_StreamAudio):
 
     def steps(self) -> Iterator[TokenEvent]:
         """Yield a token for every chunk the buffered audio completes, each as soon as it exists."""
+        while (work := self._next_work()) is not None:
+            _compute([work])
+            yield self._event(work)
+
+    def _next_work(self) -> "_Work | None":
+        """The next forward the buffered audio allows, its audio taken from the buffer; None if
+        there is none (too little audio, or the session is done)."""
         e = self.engine
-        while not self._done():
-            if not self._started:
-                need = len(e.left_pad) + e.first_chunk_samples
-                if len(self._buffer) < need:
-                    return
-                event = self._prefill(need)
-            else:
-                # Each later chunk is a window of 8 mel frames advancing 1280 samples (80 ms).
-                if len(self._buffer) < e.window_samples:
-                    return
-                event = self._step()
-            if event.token_id == e.eos_id:
-                event = self._end_of_sequence(event)
-            yield event
+        if self._done():
+            return None
+        if not self._started:
+            need = len(e.left_pad) + e.first_chunk_samples
+            return self._prefill(need) if len(self._buffer) >= need else None
+        # Each later chunk is a window of 8 mel frames advancing 1280 samples (80 ms).
+        return self._step() if len(self._buffer) >= e.window_samples else None
+
+    def _event(self, work: "_Work") -> TokenEvent:
+        event = self._token(work)
+        if event.token_id == self.engine.eos_id:
+            event = self._end_of_sequence(event)
+        return event
 
     def finish(self) -> Iterator[TokenEvent]:
         """End of audio: pad to a whole chunk, push the right padding, drain, close the text."""
@@ -484,7 +504,7 @@ class RealtimeSession(_StreamAudio):
             self._pad()
         return dataclasses.replace(event, restart_at_s=at / SAMPLE_RATE)
 
-    def _prefill(self, need: int) -> TokenEvent:
+    def _prefill(self, need: int) -> "_Work":
         torch = self._torch
         e = self.engine
         if self.t_first_chunk_ready is None:
@@ -495,9 +515,9 @@ class RealtimeSession(_StreamAudio):
         ids = torch.tensor([e.prompt_ids], device=e.device)
         self._drop(e.next_window_start)
         self._started = True
-        return self._forward(ids, feats, t0, prefill=True)
+        return self._work(ids, feats, t0, prefill=True)
 
-    def _step(self) -> TokenEvent:
+    def _step(self) -> "_Work":
         e = self.engine
         t0 = time.perf_counter()
         if self._feats_next >= self._feats.shape[-1]:
@@ -506,24 +526,24 @@ class RealtimeSession(_StreamAudio):
         feats = self._feats[..., self._feats_next:self._feats_next + frames]
         self._feats_next += frames
         self._drop(e.hop_samples)
-        return self._forward(self._last_token, feats, t0)
+        return self._work(self._last_token, feats, t0)
 
-    def _forward(self, input_ids, feats, t0: float, prefill: bool = False) -> TokenEvent:
-        e = self.engine
-        with self._torch.inference_mode():
-            if self._state is not None:
-                if prefill:
-                    next_id, logits = e.static.prefill(self._state, input_ids, feats)
-                else:
-                    next_id, logits = e.static.step(self._state, feats)
-            else:
-                next_id, logits = self._hf(input_ids, feats)
-                self._last_token = next_id[:, None]  # the static step keeps it in its state
-        token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
-        t_emitted = time.perf_counter()
-        if self.logits is not None:  # after the clock: a comparison's copy is not the step's time
-            self.logits.append(logits.float().cpu().clone())
-        step_ms = (t_emitted - t0) * 1000.0
+    def _work(self, input_ids, feats, t0: float, prefill: bool = False) -> "_Work":
+        from voxcli.engine.static import Job
+
+        job = None
+        if self._state is not None:
+            job = Job(self._state, feats, input_ids if prefill else None, keep_logits=self.logits is not None)
+        return _Work(self, input_ids, feats, prefill, job, (time.perf_counter() - t0) * 1000.0)
+
+    def _token(self, work: "_Work") -> TokenEvent:
+        """The event for a forward just done."""
+        t_emitted = work.t_done
+        if self.logits is not None:  # copied after the clock: a comparison's copy is not the step's time
+            self.logits.append(work.logits)
+        prefill = work.prefill
+        token_id = work.token_id
+        step_ms = work.features_ms + work.forward_ms
         if not prefill:
             self.step_ms.append(step_ms)
         k = self.n_tokens
@@ -540,7 +560,50 @@ class RealtimeSession(_StreamAudio):
             audio_end_s=start_s + TOKEN_MS / 1000.0,
             special=self._detok.is_special(token_id),
             step_ms=None if prefill else step_ms,
+            batch=work.batch,
         )
+
+
+@dataclasses.dataclass(eq=False)
+class _Work:
+    """One forward a session's audio allows: its inputs, then its result."""
+
+    session: RealtimeSession
+    input_ids: object
+    feats: object
+    prefill: bool
+    job: object  # the static step's Job, or None (the hf step)
+    features_ms: float  # the session's own part of the step, before the forward
+    token_id: int = -1
+    logits: object = None
+    forward_ms: float = 0.0
+    batch: int | None = None  # streams that forward stepped together (the static step)
+    t_done: float = 0.0
+
+
+def _compute(work: list[_Work]) -> None:
+    """Every forward of ``work``: on the static step in as few forwards as the rows allow (the
+    sessions share one StaticModel), on the hf step one by one."""
+    static = [w for w in work if w.job is not None]
+    if static:
+        w0 = static[0]
+        w0.session.engine.static.run([w.job for w in static])
+        t_done = time.perf_counter()
+        for w in static:
+            w.token_id, w.logits, w.forward_ms, w.batch = w.job.token_id, w.job.logits, w.job.step_ms, w.job.batch
+            w.t_done = t_done
+    for w in work:
+        if w.job is None:
+            s = w.session
+            t0 = time.perf_counter()
+            with s._torch.inference_mode():
+                next_id, logits = s._hf(w.input_ids, w.feats)
+            s._last_token = next_id[:, None]  # the static step keeps it in its state
+            w.token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
+            w.t_done = time.perf_counter()
+            w.forward_ms = (w.t_done - t0) * 1000.0
+            if s.logits is not None:
+                w.logits = logits.float().cpu().clone()
 
 
 class _History:
@@ -727,7 +790,8 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     config = _load_config(path, model)
     kind = detect_kind(config)
     compiled = step == "static" and wants_compile(compile, str(device))
-    check_fits(config, kind, torch_dtype, device, model, sessions=sessions, graphs=kind == "realtime" and compiled)
+    est = check_fits(config, kind, torch_dtype, device, model, sessions=sessions,
+                     graphs=kind == "realtime" and compiled)
     try:
         from transformers import AutoProcessor
 
@@ -747,6 +811,13 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     info = EngineInfo(model=name or str(model), kind=kind, device=str(device),
                       dtype=str(torch_dtype).removeprefix("torch."), n_params=n_params,
                       load_s=time.perf_counter() - t0)
+    if est is not None and kind == "realtime" and step == "static" and sessions > 1:
+        from voxcli.engine.memory import available_bytes
+
+        free = available_bytes(str(device))  # the weights are in; no row is allocated yet
+        if free is not None and est.row_bytes:
+            info.extra["streams"] = {"rows": sessions, "row_gib": round(est.row_bytes / 1024**3, 3),
+                                     "fit": int(free[0] // est.row_bytes)}
     if dtype == "auto" and torch_dtype == torch.float16:
         info.extra["dtype_why"] = "this GPU has no bfloat16"  # the load line says why it is not bf16
     if kind == "realtime":

@@ -1,27 +1,30 @@
 """The static Realtime step: preallocated ring buffers, no allocation or shape change per step,
-compilable (``torch.compile``; CUDA graphs on a GPU).
+many streams in one forward, compilable (``torch.compile``; CUDA graphs on a GPU).
 
 transformers' eager forward (the reference, ``model.step: hf``) grows and slices its sliding-window
 caches with ``cat`` on every step and rebuilds the attention masks each time: hundreds of small
 ops on a tiny model, ~3,600 on the full-size one (docs/design.md, "The Realtime step"). Here the
-same weights run through a few functions shaped like gpt-fast's ``prefill`` / ``decode_one_token``:
+same weights run through :mod:`voxcli.engine.forward`, over the rows of a
+:class:`voxcli.engine.rows.StaticRows`:
 
-- :class:`StaticState` holds one session's state, allocated once and reset in place: a ring
-  buffer per sliding window (encoder: its window + 3 slots, because a step writes 4 encoder
-  positions before attending; decoder: its window), the effective position of what every slot
-  holds (the attention mask is computed from those), both causal convolutions' padding, and the
-  delay conditioning ``1 + ada_rms_norm(t_cond)`` per decoder layer, computed once per delay.
-- :func:`prefill` and :func:`decode_one` are the model: encoder (conv front end, 4 positions per
-  token), projector, decoder, greedy argmax. They take only tensors that live in the state, so
-  a compiled (graph-captured) step replays with the same addresses every time.
-- Positions stay bounded (:meth:`StaticState.advance`, :meth:`StaticModel.reanchor_ring`): once
-  a ring's position reaches twice its window, every position is lowered by whole windows and the
-  cached keys are rotated back by the same angle. RoPE scores depend only on the difference of
-  positions, so attention is unchanged, and hour 8 of a session computes with the positions of
-  minute 11 (bench/soak.py).
+- Every stream is a row of a batch, allocated once and reset in place. :meth:`StaticModel.run`
+  takes the work of any number of rows (:class:`Job`: a prefill or a step) and does it in as few
+  forwards as it can: every step in one forward per batch (rows ``[:n]``, ``n`` the smallest
+  bucket that holds them: 1, 2, 4, 8, ...; a row with nothing to do computes along, unkept), and
+  the prefills of rows that start together with the same prompt in one. Two-pass steps both of
+  its streams this way; sessions in threads of their own (``bench --concurrency``) are batched by
+  the stepper thread, which takes everything submitted while it ran the last forward
+  (continuous batching, as vLLM does).
+- One step costs one read of the weights, whatever the rows: on a GPU a Realtime step is bound by
+  that read, so more streams cost little more than one.
+- Positions stay bounded (:meth:`voxcli.engine.rows.StaticState.advance`,
+  :meth:`StaticModel.reanchor_row`): once a row's position reaches twice its window, its
+  positions are lowered by whole windows and its cached keys rotated back by the same angle.
+  RoPE scores depend only on the difference of positions, so attention is unchanged, and hour 8
+  of a session computes with the positions of minute 11 (bench/soak.py).
 
-The modules are transformers' own (norms, projections, MLPs, rotary embeddings), so weights are
-shared with the loaded model and numerics match it. Not thread-safe: one thread steps a state.
+Thread-safe: every forward and every row's reset runs under one lock (in the stepper thread when
+there is one).
 """
 
 from __future__ import annotations
@@ -31,22 +34,29 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-EMPTY = -(1 << 40)  # the position of a slot that holds nothing: never inside any window
-ENCODER_STEP = 4  # encoder positions per text token (8 mel frames, conv stride 2)
-# A young session's decoder ring is mostly empty: a step attends over its first 512, 2048, ...
+from voxcli.engine.forward import decode_rows, prefill
+from voxcli.engine.rows import ENCODER_STEP, Ring, StaticRows, StaticState, bounded
+
+__all__ = ["BUCKETS", "DeviceLogMel", "Job", "StaticModel", "StaticState", "bounded", "check_compilable"]
+
+# A young stream's decoder ring is mostly empty: a step attends over its first 512, 2048, ...
 # slots until the ring is full (on tiny models that is most of the step: 140 us for 8192 slots,
 # 12 us for 512). Each span is one compiled graph, all compiled at warm-up.
 FIRST_SPAN = 512
 SPAN_GROWTH = 4
+# Batch sizes a forward runs at (rows [:n]); one compiled graph each, up to the model's streams.
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _COMPILED = [0]  # compiled models made in this process (their graphs stay in dynamo's cache)
-# Calls of each compiled function, per state and shape, at warm-up. In torch 2.13 the first call
-# of a CUDA-graphed function only warms it up and a later one records the graph; the third
-# replays it, so a session never records (nor a session's first token waits for a recording).
+# Calls of each compiled function, per shape, at warm-up. In torch 2.13 the first call of a
+# CUDA-graphed function only warms it up and a later one records the graph; the third replays it,
+# so a session never records (nor a session's first token waits for a recording).
 WARM_CALLS = 3
+STEP_LOG_KEEP = 4096  # recent forwards kept for bench: (rows stepped, bucket, ms)
 
 
 def _torch():
@@ -83,113 +93,6 @@ class DeviceLogMel:
         return ((log_spec + 4.0) / 4.0)[None]
 
 
-# --------------------------------------------------------------------------------------- state
-
-
-@dataclass
-class Ring:
-    """One sliding-window KV cache for every layer of a stack, as a ring of ``size`` slots.
-
-    ``slot_pos[i]`` is the effective position of what slot ``i`` holds (EMPTY if nothing);
-    ``pos`` the effective position of the next token, ``written`` how many tokens were written
-    (slot = written % size). Host-side mirrors (``host_pos``, ``host_written``) know both without a
-    device sync, because every step advances them by a fixed amount."""
-
-    k: list  # per layer (1, kv_heads, size, head_dim): one tensor each, so a write stays in place
-    v: list
-    slot_pos: object  # (size,) int64
-    pos: object  # (1,) int64
-    written: object  # (1,) int64
-    window: int
-    size: int
-    host_pos: int = 0
-    host_written: int = 0
-    shifted: int = 0  # positions taken away by re-anchoring: absolute = effective + shifted
-
-    @classmethod
-    def allocate(cls, layers: int, kv_heads: int, head_dim: int, window: int, size: int, device, dtype):
-        torch = _torch()
-
-        def zeros():
-            return [torch.zeros(1, kv_heads, size, head_dim, device=device, dtype=dtype) for _ in range(layers)]
-
-        return cls(k=zeros(), v=zeros(), slot_pos=torch.full((size,), EMPTY, device=device, dtype=torch.long),
-                   pos=torch.zeros(1, device=device, dtype=torch.long),
-                   written=torch.zeros(1, device=device, dtype=torch.long), window=window, size=size)
-
-    def tensors(self):
-        return (*self.k, *self.v, self.slot_pos, self.pos, self.written)
-
-    def reset(self, start: int) -> None:
-        # The keys need no clearing: a slot at EMPTY is masked out.
-        self.slot_pos.fill_(EMPTY)
-        self.pos.fill_(start)
-        self.written.zero_()
-        self.host_pos, self.host_written, self.shifted = start, 0, 0
-
-
-class StaticState:
-    """One Realtime session's whole state, allocated once (by :meth:`StaticModel.acquire`, when
-    the pool is empty) and reset in place for every session that uses it."""
-
-    def __init__(self, model: "StaticModel") -> None:
-        torch = _torch()
-        m = model
-        dev, dt = m.device, m.dtype
-        self.model = model
-        self.enc = Ring.allocate(m.enc_layers, m.enc_kv_heads, m.enc_head_dim, m.enc_window,
-                                 m.enc_window + ENCODER_STEP - 1, dev, dt)
-        self.dec = Ring.allocate(m.dec_layers, m.dec_kv_heads, m.dec_head_dim, m.dec_window, m.dec_window, dev, dt)
-        self.conv1_pad = torch.zeros(1, m.mel_bins, m.conv1_left, device=dev, dtype=dt)
-        self.conv2_pad = torch.zeros(1, m.enc_hidden, m.conv2_left, device=dev, dtype=dt)
-        self.ada = torch.zeros(m.dec_layers, 1, 1, m.dec_hidden, device=dev, dtype=dt)
-        self.token = torch.zeros(1, 1, device=dev, dtype=torch.long)  # the last token, fed to the next step
-        self.mel = torch.zeros(1, m.mel_bins, m.frames_per_token, device=dev, dtype=torch.float32)  # a step's input
-        # A step's convolution inputs, padding and new frames side by side (no cat per step).
-        self.conv1_in = torch.zeros(1, m.mel_bins, m.conv1_left + m.frames_per_token, device=dev, dtype=dt)
-        self.conv2_in = torch.zeros(1, m.enc_hidden, m.conv2_left + m.frames_per_token, device=dev, dtype=dt)
-        self.delay_tokens: int | None = None
-        buffers = (self.conv1_pad, self.conv2_pad, self.conv1_in, self.conv2_in, self.ada, self.token, self.mel)
-        for t in (*self.enc.tensors(), *self.dec.tensors(), *buffers):
-            _mark_static(t)
-
-    def reset(self, num_delay_tokens: int, *, position_offset: int = 0) -> None:
-        """A new session: every buffer cleared in place, nothing allocated (but the first use of
-        a delay computes its conditioning once). ``position_offset``: start as if the session had
-        already run that many tokens (bench/soak.py's 8-hour check)."""
-        m = self.model
-        self.conv1_pad.zero_()
-        self.conv2_pad.zero_()
-        self.token.zero_()
-        if self.delay_tokens != num_delay_tokens:
-            self.ada.copy_(m.ada_scale(num_delay_tokens))
-            self.delay_tokens = num_delay_tokens
-        for ring, absolute in ((self.dec, position_offset), (self.enc, position_offset * ENCODER_STEP)):
-            # Where an unbroken session would stand after that many positions of re-anchoring (or,
-            # with re-anchoring off, the positions as they come: the case it avoids).
-            start = bounded(absolute, ring.window) if m.reanchor else absolute
-            ring.reset(start)
-            ring.shifted = absolute - start
-
-    def advance(self, enc_tokens: int, dec_tokens: int) -> None:
-        """Host-side bookkeeping after a forward, then re-anchor a ring whose positions reached
-        twice its window (a separate, rare operation: once per window of tokens)."""
-        for ring, n in ((self.enc, enc_tokens), (self.dec, dec_tokens)):
-            ring.host_pos += n
-            ring.host_written += n
-            if self.model.reanchor and ring.host_pos >= 2 * ring.window:
-                windows = (ring.host_pos - ring.window) // ring.window  # back into [window, 2 x window)
-                self.model.reanchor_ring(ring, ring is self.enc, windows * ring.window)
-
-
-def _mark_static(t) -> None:
-    """The tensor keeps its address for the state's life: a CUDA graph reads it in place. No
-    guard on the address (older torch guards by default, which would compile again for every
-    state); each state's graphs are recorded at warm-up instead."""
-    torch = _torch()
-    torch._dynamo.mark_static_address(t, guard=False)
-
-
 def check_compilable() -> None:
     """Refuse, in one line, a torch that lacks what the compiled step relies on."""
     import inspect
@@ -204,62 +107,183 @@ def check_compilable() -> None:
                          "upgrade torch, or use model.compile=off")
 
 
-class _Stepper:
-    """One long-lived thread that makes every compiled call. CUDA graph trees are kept per thread
-    (torch/_inductor/cudagraph_trees.py), and every file and session runs in an engine thread of
-    its own: graphs recorded at warm-up in one thread would be recorded again in each new one.
-    A call's hand-off costs tens of microseconds; a graph recording inside a session costs a step."""
 
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="voxcli-stepper", daemon=True)
+
+@dataclass(eq=False)
+class Job:
+    """One row's work in a forward: a prefill (``prompt_ids`` (1, P) and its mel (1, bins, 8P)) or
+    a step (``mel`` (1, bins, 8)). :meth:`StaticModel.run` fills in the rest."""
+
+    state: StaticState
+    mel: object
+    prompt_ids: object = None
+    keep_logits: bool = False  # copy this row's logits to the host (after the clock)
+    token_id: int = -1
+    logits: object = None
+    step_ms: float = 0.0  # the forward's time, to its token ids on the host
+    batch: int = 0  # the rows that forward stepped (or started)
+
+
+class _Stepper:
+    """One long-lived thread that makes every forward when streams run in threads of their own, or
+    when the step is CUDA-graphed (CUDA graph trees are kept per thread,
+    torch/_inductor/cudagraph_trees.py, and every file and session runs in an engine thread of its
+    own: graphs recorded at warm-up in one thread would be recorded again in each new one).
+
+    ``run(jobs)`` hands work over and waits; everything handed over while the last forward ran goes
+    into the next one together. A hand-off costs tens of microseconds."""
+
+    def __init__(self, run_jobs) -> None:
+        self._run_jobs = run_jobs
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="voxcli-stepper", daemon=True)
         self.thread.start()
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         torch = _torch()
         while True:
-            fn, args, done = self._jobs.get()
-            try:
-                with torch.inference_mode():  # grad modes are per thread
-                    done.append((True, fn(*args)))
-            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-                done.append((False, exc))
-            finally:
-                done.event.set()
+            items = [self._queue.get()]
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            with torch.inference_mode():  # grad modes are per thread
+                for item in items:
+                    if item.jobs is None:
+                        self._settle([item], item.fn, *item.args)
+                runs = [item for item in items if item.jobs is not None]
+                if runs:
+                    self._settle(runs, self._run_jobs, [job for item in runs for job in item.jobs])
 
-    def __call__(self, fn, *args):
-        if threading.current_thread() is self.thread:
-            return fn(*args)
-        done = _Result()
-        self._jobs.put((fn, args, done))
-        done.event.wait()
-        ok, value = done[0]
+    @staticmethod
+    def _settle(items, fn, *args) -> None:
+        try:
+            result = (True, fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - raised again in each caller's thread
+            result = (False, exc)
+        for item in items:
+            item.result = result
+            item.event.set()
+
+    def _wait(self, item):
+        self._queue.put(item)
+        item.event.wait()
+        ok, value = item.result
         if not ok:
             raise value
         return value
 
+    def __call__(self, fn, *args):
+        if threading.current_thread() is self.thread:
+            return fn(*args)
+        return self._wait(_Item(fn, args, None))
 
-class _Result(list):
-    def __init__(self) -> None:
-        super().__init__()
+    def run(self, jobs: list[Job]) -> list[Job]:
+        if threading.current_thread() is self.thread:
+            return self._run_jobs(jobs)
+        self._wait(_Item(None, (), jobs))
+        return jobs
+
+
+class _Item:
+    def __init__(self, fn, args, jobs) -> None:
+        self.fn, self.args, self.jobs = fn, args, jobs
         self.event = threading.Event()
+        self.result = None
+
+
+def _inline(fn, *args):
+    return fn(*args)
 
 
 # --------------------------------------------------------------------------------------- model
 
 
-def bounded(position: int, window: int) -> int:
-    """Where re-anchoring keeps ``position``: below 2 x window, lowered a window at a time."""
-    if position < 2 * window:
-        return position
-    return window + (position - window) % window
+class _Compiled:
+    """The shapes a forward runs at (decoder spans, batch buckets) and their compilation, mixed
+    into :class:`StaticModel`: every graph made at warm-up, and guards checked only where they
+    tell graphs apart."""
+
+    def spans(self) -> list[int]:
+        """Every decoder span a stream can use, smallest first."""
+        return list(self._spans)
+
+    def span(self, written: int) -> int:
+        """The decoder slots a step attends over once ``written`` tokens are in the ring."""
+        return next(s for s in self._spans if s >= min(written, self.dec_window))
+
+    def buckets(self) -> list[int]:
+        """Every batch size a forward runs at, smallest first."""
+        return [b for b in BUCKETS if b < self.streams] + [self.streams]
+
+    def bucket(self, rows: int) -> int:
+        return next(b for b in self.buckets() if b >= rows)
+
+    def precompile(self, num_delay_tokens: int, *, spans: list[int] | None = None, prompt_ids=None,
+                   mel=None) -> None:
+        """Compile now, at warm-up, so that no session meets a compile or a graph recording: the
+        prefill at this delay (given ``prompt_ids`` and ``mel``) and the step for every span (or
+        those given), for every bucket, each called WARM_CALLS times, in the thread that will step
+        them. The batch's rows are reset afterwards."""
+        if not self.compiled:
+            return
+        with self._lock:
+            if not self._batches:
+                self._batches.append(StaticRows(self, self.streams))
+            batch = self._batches[0]
+            if batch.in_use():
+                return  # a session is running in it: its graphs exist already
+            self._call(self._warm, batch, num_delay_tokens, spans, prompt_ids, mel)
+
+    def _warm(self, b: StaticRows, num_delay_tokens: int, spans, prompt_ids, mel) -> None:
+        torch = _torch()
+        with torch.inference_mode():
+            for state in b.states:
+                state.reset(self, num_delay_tokens)
+            for n in self.buckets():
+                b.prefill_rows[:n].copy_(torch.arange(n))
+                b.active.copy_(torch.arange(b.rows) < n)
+                for _ in range(WARM_CALLS) if prompt_ids is not None else ():
+                    t0 = time.perf_counter()
+                    self._prefill(self, b, prompt_ids.expand(n, -1), mel.expand(n, -1, -1), n)
+                    self._note_compile(("prefill", prompt_ids.shape[-1], n), t0)
+                for span in spans or self.spans():
+                    for _ in range(WARM_CALLS):
+                        t0 = time.perf_counter()
+                        self._step(self, b, span, n)
+                        self._note_compile(("step", span, n), t0)
+            for state in b.states:
+                state.reset(self, num_delay_tokens)
+
+    def _guarded_step(self, b: StaticRows, span: int, n: int):
+        with self._guards():
+            return self._step(self, b, span, n)
+
+    def _guards(self):
+        """Once every graph exists, dynamo's guard checks are ~90 us a call (measured on the tiny
+        model: its whole compiled step is ~700 us); with one compiled model in the process, the
+        only things that tell its step graphs apart are ``span`` and the bucket, so only those
+        guards are checked (for the step only: a prefill at a new delay must still compile). Once a
+        process has compiled a second model (graphs of both share one code object, and a constant
+        such as a window size may tell them apart), every guard is checked."""
+        torch = _torch()
+        if self._all_steps_compiled and _COMPILED[0] == 1:
+            return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+        return contextlib.nullcontext()
+
+    def _note_compile(self, key, t0: float) -> None:
+        if self.compiled and key not in self._seen:
+            self._seen.add(key)
+            self.compile_s[" ".join(map(str, key))] = time.perf_counter() - t0
+            self._all_steps_compiled = all(("step", s, n) in self._seen for s in self._spans for n in self.buckets())
 
 
-class StaticModel:
+class StaticModel(_Compiled):
     """The Realtime model's weights (transformers' modules, shared, not copied) with the static
-    prefill and step, eager or compiled, and a pool of reusable session states."""
+    prefill and step, eager or compiled, over batches of ``streams`` rows."""
 
-    def __init__(self, hf_model, *, compile: bool = False, reanchor: bool = True, states: int = 1,
+    def __init__(self, hf_model, *, compile: bool = False, reanchor: bool = True, streams: int = 1,
                  one_thread: bool | None = None) -> None:
         torch = _torch()
         inner = hf_model.model
@@ -284,23 +308,27 @@ class StaticModel:
         self.frames_per_token = cfg.audio_length_per_tok
         self.reanchor = reanchor
         self.compiled = compile
+        self.streams = max(1, streams)  # rows per batch: streams that step in one forward
         self._ada: dict[int, object] = {}
         self._rotations: dict[tuple[bool, int], tuple] = {}
-        self._free: list[StaticState] = []
-        self._all: list[StaticState] = []  # every state made: warm-up records each one's graphs
-        self.states = states  # states warm-up prepares: sessions open at once (two-pass: 2)
+        self._batches: list[StaticRows] = []
+        self._lock = threading.RLock()
         self.compile_s: dict[str, float] = {}  # first call of each compiled function, per shape
-        self._prefill, self._step = prefill, decode_one
+        self.step_log: deque[tuple[int, int, float]] = deque(maxlen=STEP_LOG_KEEP)  # (rows, bucket, ms)
+        self._prefill, self._step = prefill, decode_rows
         graphs = compile and self.device.type == "cuda"
-        # Compiled calls run in one thread of their own where their CUDA graphs live (_Stepper).
-        self._call = _Stepper() if (graphs if one_thread is None else one_thread) else _inline
+        threads = graphs or self.streams > 1 if one_thread is None else one_thread
+        # Forwards run in one thread of their own where CUDA graphs live, and where the work of
+        # streams in other threads meets (_Stepper).
+        self._stepper = _Stepper(self._run) if threads else None
+        self._call = self._stepper if threads else _inline
         if compile:
             check_compilable()
-            # One graph per (function, shape, span): more than dynamo's default of 8.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            # One graph per (function, shape, span, bucket): more than dynamo's default of 8.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
             mode = "reduce-overhead" if graphs else None  # CUDA graphs on a GPU
             self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
-            self._step = torch.compile(decode_one, fullgraph=True, dynamic=False, mode=mode)
+            self._step = torch.compile(decode_rows, fullgraph=True, dynamic=False, mode=mode)
             _COMPILED[0] += 1
         self._seen: set = set()
         spans, span = [], FIRST_SPAN
@@ -308,31 +336,53 @@ class StaticModel:
             spans.append(span)
             span *= SPAN_GROWTH
         self._spans = (*spans, self.dec_window)
-        self._all_steps_compiled = False  # every span's step graph exists (set by _note_compile)
+        self._all_steps_compiled = False  # every step graph exists (set by _note_compile)
 
     @property
     def name(self) -> str:
         return "static compiled" if self.compiled else "static eager"
 
-    # States -------------------------------------------------------------------------------------
+    # Rows ---------------------------------------------------------------------------------------
 
     def acquire(self, num_delay_tokens: int, *, position_offset: int = 0) -> StaticState:
-        """A reset state from the pool (allocated only when every state is in use)."""
-        state = self._free.pop() if self._free else self._new_state()
-        state.reset(num_delay_tokens, position_offset=position_offset)
-        return state
-
-    def _new_state(self) -> StaticState:
-        state = StaticState(self)
-        self._all.append(state)
-        return state
+        """A reset row (a new batch is allocated only when every row of every batch is in use)."""
+        with self._lock:
+            state = next((s for s in (b.take() for b in self._batches) if s is not None), None)
+            if state is None:
+                batch = StaticRows(self, self.streams)
+                self._batches.append(batch)
+                state = batch.take()
+            state.reset(self, num_delay_tokens, position_offset=position_offset)
+            return state
 
     def release(self, state: StaticState) -> None:
-        if state not in self._free:
-            self._free.append(state)
+        with self._lock:
+            state.rows.give_back(state.row)
+
+    def restart(self, state: StaticState, num_delay_tokens: int) -> None:
+        """A new stream in a row already held (an end of sequence with audio left)."""
+        with self._lock:
+            state.reset(self, num_delay_tokens)
+
+    def free_rows(self) -> int:
+        """Rows allocated and not in use."""
+        return sum(len(b.free) for b in self._batches)
+
+    def reserve(self, streams: int) -> None:
+        """Make batches of at least ``streams`` rows (two-pass: 2). Batches with no row in use are
+        dropped and made again at the new size; a compiled model's warm-up must follow."""
+        with self._lock:
+            if streams <= self.streams:
+                return
+            self.streams = streams
+            self._batches = [b for b in self._batches if b.in_use()]
+            if self._stepper is None and not self.compiled:
+                self._stepper = _Stepper(self._run)
+                self._call = self._stepper
 
     def ada_scale(self, num_delay_tokens: int):
-        """``1 + ada_rms_norm(t_cond)`` for every decoder layer, as transformers computes it."""
+        """``1 + ada_rms_norm(t_cond)`` for every decoder layer, as transformers computes it:
+        (layers, 1, 1, hidden)."""
         torch = _torch()
         if num_delay_tokens not in self._ada:
             with torch.inference_mode():
@@ -344,90 +394,77 @@ class StaticModel:
 
     # Forward ------------------------------------------------------------------------------------
 
-    def prefill(self, state: StaticState, prompt_ids, mel):
-        """The prompt and its audio (mel frames: 8 per prompt token). Returns (next id, logits)."""
-        t0 = time.perf_counter()
-        key = ("prefill", tuple(prompt_ids.shape))
-        out = self._call(self._prefill, self, state, prompt_ids, mel)
-        self._note_compile(key, t0)
-        state.advance(mel.shape[-1] // 2, prompt_ids.shape[-1])
-        state.token.copy_(out[0].view(1, 1))
-        return out
+    def run(self, jobs: list[Job]) -> list[Job]:
+        """Do every job, in as few forwards as possible, and fill in their results. From a thread
+        other than the stepper's, jobs handed over by other threads meanwhile join the forward."""
+        if self._stepper is not None:
+            return self._stepper.run(jobs)
+        return self._run(jobs)
 
-    def step(self, state: StaticState, mel):
-        """One token from 8 mel frames and the last token. Returns (next id, logits)."""
-        t0 = time.perf_counter()
-        state.mel.copy_(mel)  # one static input: the compiled step (a CUDA graph) reads it in place
-        span = self.span(state.dec.host_written + 1)
-        out = self._call(self._guarded_step, state, span)
-        self._note_compile(("step", span), t0)
-        state.advance(ENCODER_STEP, 1)
-        return out
+    def _run(self, jobs: list[Job]) -> list[Job]:
+        with self._lock, _torch().inference_mode():
+            groups: dict[tuple, list[Job]] = {}
+            for job in jobs:
+                key = (id(job.state.rows),) + (("prefill", tuple(job.prompt_ids.shape), tuple(job.mel.shape))
+                                              if job.prompt_ids is not None else ("step",))
+                groups.setdefault(key, []).append(job)
+            for key, group in groups.items():
+                if key[1] == "prefill":
+                    while group:  # in bucket-sized groups: one graph per bucket
+                        n = max(b for b in self.buckets() if b <= len(group))
+                        self._prefill_rows(group[:n])
+                        group = group[n:]
+                else:
+                    self._step_rows(group)
+        return jobs
 
-    def spans(self) -> list[int]:
-        """Every decoder span a session can use, smallest first."""
-        return list(self._spans)
-
-    def span(self, written: int) -> int:
-        """The decoder slots a step attends over once ``written`` tokens are in the ring."""
-        return next(s for s in self._spans if s >= min(written, self.dec_window))
-
-    def precompile(self, num_delay_tokens: int, *, spans: list[int] | None = None, prompt_ids=None,
-                   mel=None) -> None:
-        """Compile now, at warm-up, so that no session meets a compile or a graph recording: for
-        every state a session will use (``states`` of them), the prefill at this delay (given
-        ``prompt_ids`` and ``mel``) and the step for every span (or those given), each called
-        WARM_CALLS times, in the thread that will step them. The states are reset afterwards."""
-        if not self.compiled:
-            return
-        while len(self._all) < self.states:
-            self._free.append(self._new_state())
-        with _torch().inference_mode():
-            self._warm_states(num_delay_tokens, spans, prompt_ids, mel)
-
-    def _warm_states(self, num_delay_tokens: int, spans, prompt_ids, mel) -> None:
-        for state in list(self._all):
-            state.reset(num_delay_tokens)
-            if prompt_ids is not None:
-                key = ("prefill", tuple(prompt_ids.shape))
-                for _ in range(WARM_CALLS):
-                    t0 = time.perf_counter()
-                    self._call(self._prefill, self, state, prompt_ids, mel)
-                    self._note_compile(key, t0)
-            for span in spans or self.spans():
-                for _ in range(WARM_CALLS):
-                    t0 = time.perf_counter()
-                    self._call(self._step, self, state, span)
-                    self._note_compile(("step", span), t0)
-            state.reset(num_delay_tokens)
-
-    def _guarded_step(self, state: StaticState, span: int):
-        with self._guards():
-            return self._step(self, state, span)
-
-    def _guards(self):
-        """Once every graph exists, dynamo's guard checks are ~90 us a call (measured on the tiny
-        model: its whole compiled step is ~700 us); with one compiled model in the process, the
-        only thing that tells its step graphs apart is ``span``, so only those guards are checked
-        (for the step only: a prefill at a new delay must still compile). Once a process has
-        compiled a second model (graphs of both share one code object, and a constant such as a
-        window size may tell them apart), every guard is checked."""
+    def _prefill_rows(self, jobs: list[Job]) -> None:
         torch = _torch()
-        if self._all_steps_compiled and _COMPILED[0] == 1:
-            return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
-        return contextlib.nullcontext()
+        t0 = time.perf_counter()
+        b, r = jobs[0].state.rows, len(jobs)
+        b.prefill_rows[:r].copy_(torch.tensor([j.state.row for j in jobs]))
+        prompt = torch.cat([j.prompt_ids for j in jobs])
+        mel = torch.cat([j.mel for j in jobs])
+        next_id, logits = self._call(self._prefill, self, b, prompt, mel, r)
+        ids = next_id.tolist()  # the one sync: every row's token on the host
+        self._finish(jobs, ids, logits, t0, ("prefill", prompt.shape[-1], r))
+        for job in jobs:
+            job.state.advance(self, mel.shape[-1] // 2, prompt.shape[-1])
 
-    def _note_compile(self, key, t0: float) -> None:
-        if self.compiled and key not in self._seen:
-            self._seen.add(key)
-            self.compile_s[" ".join(map(str, key))] = time.perf_counter() - t0
-            self._all_steps_compiled = all(("step", n) in self._seen for n in self._spans)
+    def _step_rows(self, jobs: list[Job]) -> None:
+        torch = _torch()
+        t0 = time.perf_counter()
+        b = jobs[0].state.rows
+        active = [False] * b.rows
+        for job in jobs:
+            b.mel[job.state.row].copy_(job.mel[0])  # static inputs: a compiled step reads them in place
+            active[job.state.row] = True
+        b.active.copy_(torch.tensor(active))
+        n = self.bucket(max(j.state.row for j in jobs) + 1)
+        span = self.span(max(b.dec.host_written[j.state.row] for j in jobs) + 1)
+        next_id, logits = self._call(self._guarded_step, b, span, n)
+        ids = next_id.tolist()
+        ms = self._finish(jobs, ids, logits, t0, ("step", span, n))
+        self.step_log.append((len(jobs), n, ms))
+        for job in jobs:
+            job.state.advance(self, ENCODER_STEP, 1)
+
+    def _finish(self, jobs: list[Job], ids: list[int], logits, t0: float, key: tuple) -> float:
+        ms = (time.perf_counter() - t0) * 1000.0
+        self._note_compile(key, t0)
+        prefill = key[0] == "prefill"
+        for i, job in enumerate(jobs):
+            at = i if prefill else job.state.row
+            job.token_id, job.step_ms, job.batch = ids[at], ms, len(jobs)
+            # After the clock: a comparison's copy is not the step's time.
+            job.logits = logits[at:at + 1].float().cpu().clone() if job.keep_logits else None
+        return ms
 
     # Positions ----------------------------------------------------------------------------------
 
-    def reanchor_ring(self, ring: Ring, encoder: bool, shift: int) -> None:
-        """Lower every position of ``ring`` by ``shift``: rotate the cached keys by -shift (the
-        angle reduced mod 2 pi in float64, so the shift adds no error of its own)."""
+    def reanchor_row(self, ring: Ring, row: int, encoder: bool, shift: int) -> None:
+        """Lower every position of ``ring``'s row ``row`` by ``shift``: rotate its cached keys by
+        -shift (the angle reduced mod 2 pi in float64, so the shift adds no error of its own)."""
         torch = _torch()
         if (encoder, shift) not in self._rotations:  # made once: no device sync in a session
             rotary = (self.tower if encoder else self.lm).rotary_emb
@@ -437,143 +474,4 @@ class StaticModel:
             # rotation; a rotation by a pure angle keeps it once.
             self._rotations[(encoder, shift)] = (emb.cos().to(self.device, torch.float32),
                                                  emb.sin().to(self.device, torch.float32))
-        cos, sin = self._rotations[(encoder, shift)]
-        with torch.inference_mode():
-            for k in ring.k:
-                # In float32, rounded to the cache's dtype once: in bf16, cos and sin rounded to 8
-                # bits and a bf16 product and sum made hour 8 worse than no re-anchoring at all.
-                x = k.float()
-                half = x.shape[-1] // 2
-                rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-                k.copy_(x * cos + rotated * sin)
-            ring.slot_pos.sub_(torch.where(ring.slot_pos > EMPTY // 2, shift, 0))
-            ring.pos.sub_(shift)
-        ring.host_pos -= shift
-        ring.shifted += shift
-
-
-def _inline(fn, *args):
-    return fn(*args)
-
-
-# ------------------------------------------------------------------------- the compilable functions
-
-
-def _attend(q, k, v, mask, scale: float, groups: int):
-    """SDPA over a whole ring with a boolean mask; a single query per head is packed across its
-    KV group (as transformers does) so no key is repeated."""
-    import torch.nn.functional as F
-
-    b, heads, t, d = q.shape
-    if t == 1 and groups > 1:
-        out = F.scaled_dot_product_attention(q.reshape(b, heads // groups, groups, d), k, v,
-                                             attn_mask=mask, scale=scale)
-        return out.reshape(b, heads, 1, d)
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
-def _window_mask(q_pos, key_pos, window: int):
-    """(1, 1, T, K): key visible to query iff q - window < k <= q (transformers' sliding window)."""
-    diff = q_pos[:, None] - key_pos[None, :]
-    return ((diff >= 0) & (diff < window))[None, None]
-
-
-def _stack(layers, x, ring: Ring, rotary, n_heads: int, n_kv: int, head_dim: int, prefill: bool,
-           ada=None, span: int | None = None):
-    """The layers of one stack over ``x`` (1, T, hidden), reading and writing ``ring``.
-
-    A step writes its T keys into the ring first, then attends over the whole ring (the ring is
-    T - 1 slots longer than the window, so the oldest query still sees its whole window). A
-    prefill (the ring is empty) attends over its own keys only, then stores the last ``size``.
-    ``span``: attend over the first ``span`` slots only (the rest are still empty)."""
-    from transformers.models.voxtral_realtime.modeling_voxtral_realtime import apply_rotary_pos_emb
-
-    torch = _torch()
-    t = x.shape[1]
-    q_pos = ring.pos + torch.arange(t, device=x.device)
-    cos, sin = rotary(x, q_pos[None])
-    keep = min(t, ring.size)
-    slots = (ring.written + torch.arange(t - keep, t, device=x.device)) % ring.size
-    # Index assignment (index_put_), which the compiler keeps in place; index_copy_ it would not.
-    ring.slot_pos[slots] = q_pos[t - keep:]
-    span = span or ring.size
-    mask = _window_mask(q_pos, q_pos if prefill else ring.slot_pos[:span], ring.window)
-    groups = n_heads // n_kv
-    for i, layer in enumerate(layers):
-        attn = layer.self_attn
-        residual = x
-        h = (layer.input_layernorm if ada is not None else layer.self_attn_layer_norm)(x)
-        q = attn.q_proj(h).view(1, t, n_heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(1, t, n_kv, head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(1, t, n_kv, head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        ring.k[i][:, :, slots] = k[:, :, t - keep:]
-        ring.v[i][:, :, slots] = v[:, :, t - keep:]
-        if prefill:
-            o = _attend(q, k, v, mask, attn.scaling, groups)
-        else:
-            o = _attend(q, ring.k[i][:, :, :span], ring.v[i][:, :, :span], mask, attn.scaling, groups)
-        x = residual + attn.o_proj(o.transpose(1, 2).reshape(1, t, n_heads * head_dim))
-        residual = x
-        if ada is not None:
-            h = layer.post_attention_layernorm(x) * ada[i]
-        else:
-            h = layer.final_layer_norm(x)
-        x = residual + layer.mlp(h)
-    ring.pos.add_(t)
-    ring.written.add_(t)
-    return x
-
-
-def _conv(conv, x, pad, buf=None):
-    """A causal convolution continuing from ``pad`` (its last inputs); updates ``pad`` in place.
-    A step assembles its input in ``buf`` (the state's); the prefill, once a session, concatenates."""
-    torch = _torch()
-    left = pad.shape[-1]
-    if buf is None:
-        full = torch.cat([pad, x], dim=-1)
-    else:
-        buf[..., :left].copy_(pad)
-        buf[..., left:].copy_(x)
-        full = buf
-    pad.copy_(full[..., full.shape[-1] - left:])
-    return torch.nn.functional.conv1d(full, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
-
-
-def _audio_embeds(m: StaticModel, s: StaticState, mel, prefill: bool):
-    torch = _torch()
-    gelu = torch.nn.functional.gelu
-    mel = mel.to(m.dtype)
-    x = gelu(_conv(m.tower.embedder.conv1, mel, s.conv1_pad, None if prefill else s.conv1_in))
-    x = gelu(_conv(m.tower.embedder.conv2, x, s.conv2_pad, None if prefill else s.conv2_in)).permute(0, 2, 1)
-    x = _stack(m.tower.layers, x, s.enc, m.tower.rotary_emb, m.enc_heads, m.enc_kv_heads, m.enc_head_dim, prefill)
-    x = m.tower.norm(x)
-    x = x.reshape(1, -1, m.enc_hidden * m.downsample)
-    return m.projector(x)
-
-
-def _logits(m: StaticModel, s: StaticState, embeds, prefill: bool, span: int | None = None):
-    x = _stack(m.lm.layers, embeds, s.dec, m.lm.rotary_emb, m.dec_heads, m.dec_kv_heads, m.dec_head_dim, prefill,
-               ada=s.ada, span=span)
-    x = m.lm.norm(x[:, -1:])
-    logits = m.lm_head(x)[:, -1]
-    return logits.argmax(-1), logits
-
-
-def prefill(m: StaticModel, s: StaticState, prompt_ids, mel):
-    """The prompt (1, P) with its P x 8 mel frames: the session's first token."""
-    embeds = m.lm.embed_tokens(prompt_ids) + _audio_embeds(m, s, mel, True)
-    return _logits(m, s, embeds, True)
-
-
-def decode_one(m: StaticModel, s: StaticState, span: int):
-    """One step: 8 mel frames and the last token (both in the state) -> the next token and logits,
-    attending over the first ``span`` decoder slots. The next token is written back into the
-    state, so the host reads it only to print it."""
-    embeds = m.lm.embed_tokens(s.token) + _audio_embeds(m, s, s.mel, False)
-    next_id, logits = _logits(m, s, embeds, False, span)
-    s.token.copy_(next_id.view(1, 1))
-    return next_id, logits
+        ring.reanchor(row, shift, *self._rotations[(encoder, shift)])

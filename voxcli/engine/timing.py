@@ -33,8 +33,9 @@ def critical_path_ms(engine, audio: np.ndarray) -> float:
             feats = engine.log_mel(np.concatenate([engine.left_pad, clip]), center=True)
             ids = torch.tensor([engine.prompt_ids], device=model.device)
             if state is not None:
-                next_id, _ = static.prefill(state, ids, feats)
-                int(next_id.item())
+                from voxcli.engine.static import Job
+
+                static.run([Job(state, feats, ids)])  # reads the token id back: synchronized
                 sync()
                 static.release(state)
                 return (time.perf_counter() - t0) * 1000.0

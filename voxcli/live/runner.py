@@ -208,7 +208,7 @@ class _Tally:
     def token(self, item: LiveToken, t_drawn: float) -> tuple[float | None, float | None]:
         """Count a token just drawn; its emission latency and its time after its chunk was ready."""
         self.events.append(item.event)
-        if item.event.step_ms is not None:
+        if item.event.step_ms is not None and not _shared(item):
             (self.final_steps if item.stream == "final" else self.steps).append(item.event.step_ms)
         emission_ms = after_ms = None
         if item.t_audio is not None:
@@ -229,6 +229,12 @@ class _Tally:
             step_ms=step.get("p50"), final_step_ms=final_step.get("p50"), backlog_blocks=self.backlog,
             dropped_blocks=source.dropped_blocks, input_overflows=source.input_overflows,
             endpoints=self.endpoints, notice=self.notice)
+
+
+def _shared(item: LiveToken) -> bool:
+    """A two-pass final token from a forward it shared with the provisional stream: that step's
+    time is counted once, with the provisional token it came with."""
+    return item.stream == "final" and (item.event.batch or 1) > 1
 
 
 @dataclass

@@ -122,7 +122,10 @@ class TwoPassRecorder:
         self._replaced(draw(self.text, self.view, event, stream))
 
     def latency(self, stream: str, event: TokenEvent, emission_ms: float | None) -> None:
-        self.tokens.append((stream, event.text, emission_ms, event.step_ms))
+        # A final token from a forward shared with the provisional stream: its step is counted once,
+        # with the provisional token.
+        shared = stream == "final" and (event.batch or 1) > 1
+        self.tokens.append((stream, event.text, emission_ms, None if shared else event.step_ms))
 
     def endpoint(self) -> None:
         replacement = self.text.seal()
@@ -168,13 +171,17 @@ def word_latencies(tokens: list[tuple[str, str, float | None, float | None]], st
 
 def two_pass_figures(tokens, replacements) -> dict:
     """Figures of a two-pass session from its tokens as (stream, text, emission latency, step) and
-    its replacements: word latency per stream, the revision rate, both step times."""
+    its replacements: word latency per stream, the revision rate, the (shared) step and the final
+    stream's own."""
     replaced = sum(r.words for r in replacements)
     return {
         "provisional_word_latency_ms": summarize(word_latencies(tokens, "provisional")),
         "final_word_latency_ms": summarize(word_latencies(tokens, "final")),
         "revision_rate": round(sum(r.changed for r in replacements) / replaced, 4) if replaced else None,
         "replacements": len(replacements),
-        "provisional_step_ms": summarize([t[3] for t in tokens if t[0] == "provisional" and t[3] is not None]),
+        # Every forward the provisional stream took part in: with a Realtime final stream, both streams
+        # step in one forward, so this is the step of both.
+        "step_ms": summarize([t[3] for t in tokens if t[0] == "provisional" and t[3] is not None]),
+        # The final stream's steps on its own: an offline final model's, or a flush after an end of speech.
         "final_step_ms": summarize([t[3] for t in tokens if t[0] == "final" and t[3] is not None]),
     }

@@ -198,6 +198,12 @@ class _Emitting:
             self._emit(event, offset, event.t_emitted if t_ready is None else t_ready, stream=stream)
         self._incidents(session, offset)
 
+    def _take_both(self, session, final, offset: int, t_ready: float) -> None:
+        """Two-pass: both streams' tokens so far, each step of both in one forward."""
+        streams = (None, "final")
+        for i, event in self.engine.steps_together([session, final]):
+            self._emit(event, offset, t_ready, stream=streams[i])
+
     def _incidents(self, session, offset: int) -> None:
         for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
             if isinstance(item, Reconnect):  # to the session's audio; replayed: all of it since the replay began
@@ -345,10 +351,11 @@ class LiveWorker(_Emitting):
                         if vad.kind == "start" and utterance_from is None:
                             utterance_from = vad.sample
                     session.push(x)
-                self._take(session, offset, t_cap if x is not None else None)
-                if final is not None and x is not None:  # the same audio, in this thread, at the longer delay
+                if final is not None and x is not None:  # the same audio at the longer delay: one forward for both
                     final.push(x)
-                    self._take(final, offset, t_cap, stream="final")
+                    self._take_both(session, final, offset, t_cap)
+                else:
+                    self._take(session, offset, t_cap if x is not None else None)
                 for vad in vad_events:
                     if vad.kind == "end":
                         self._end_stream(session, offset)

@@ -1,0 +1,183 @@
+"""Many streams, one forward (voxcli/engine/static.py, rows.py, forward.py): every stream's token ids
+are exactly those of the same audio alone.
+
+On a held-out model whose windows wrap and re-anchor many times inside the clip, at mixed delays,
+with streams that start and end at different ticks and stall (a row with nothing to do computes
+along, unkept), for B in 1, 2, 3, 5 and 8; with a stream that restarts at an end of sequence while
+the others go on; with sessions in threads of their own, which the stepper batches; and
+compiled. "Alone" is the same engine stepping one stream at a time (B = 1 of the same code, which
+tests/test_static.py holds to transformers' own forward).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from voxcli.audio.decode import load_audio
+from voxcli.engine.local import load_engine
+
+HELLO = "examples/hello.wav"
+LONG = "examples/long.wav"
+HOP = 1280
+DELAYS = [480, 160, 2400, 480, 80, 960, 480, 240]  # per stream: two-pass rows run at different delays
+
+
+@pytest.fixture(scope="module")
+def wrap_dir(tmp_path_factory):
+    from voxcli.testing.tiny import make_tiny_model
+
+    # Windows far smaller than the clip: decoder 24 tokens, encoder 40 positions.
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-wrap-batch"), "realtime", seed=11,
+                           text_sliding_window=24, audio_sliding_window=40)
+
+
+@pytest.fixture(scope="module")
+def eos_dir(tmp_path_factory):
+    from voxcli.testing.tiny import make_tiny_model
+
+    # As tests/test_restarts.py: says EOS now and then mid-clip (five times in long.wav).
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-eos-batch"), "realtime", seed=5, eos_std=0.6)
+
+
+@pytest.fixture(scope="module")
+def hello():
+    return load_audio(HELLO)
+
+
+def alone(engine, audio, **kw) -> list:
+    session = engine.session(**kw)
+    events = []
+    for i in range(0, len(audio), HOP):
+        session.push(audio[i:i + HOP])
+        events += session.steps()
+    events += session.finish()
+    return events
+
+
+def clips(audio, n: int) -> list[np.ndarray]:
+    """``n`` different clips: shifted, louder, and shorter one after another (they end at
+    different ticks)."""
+    return [(np.roll(audio, i * 3000) * (1 + 0.1 * i))[: len(audio) - i * 4000].astype(np.float32) for i in range(n)]
+
+
+def together(base, streams: list[dict], *, stall_every: int = 0) -> None:
+    """Run ``streams`` (each: engine, audio, start tick) tick by tick: each pushes 80 ms a tick
+    from its start on, and every stream that can step does, in one forward (steps_together).
+    ``stall_every``: stream i skips a push every ``stall_every + i`` ticks and catches up at the
+    next, so its row sits out some forwards. Each stream's events land in ``events``."""
+    tick = 0
+    while any(not s.get("done") for s in streams):
+        for s in streams:
+            if not s.get("done") and "session" not in s and tick >= s["start"]:
+                s.update(session=s["engine"].session(), pos=0, events=[], owed=0)
+        running = [s for s in streams if "session" in s and not s.get("done")]
+        for i, s in enumerate(running):
+            s["owed"] += 1
+            if stall_every and tick % (stall_every + i) == 0 and s["pos"] + HOP < len(s["audio"]):
+                continue
+            n = s["owed"] * HOP
+            s["session"].push(s["audio"][s["pos"]:s["pos"] + n])
+            s["pos"] += n
+            s["owed"] = 0
+        for i, event in base.steps_together([s["session"] for s in running]):
+            running[i]["events"].append(event)
+        for s in running:
+            if s["pos"] >= len(s["audio"]):
+                s["events"] += s["session"].finish()
+                s["done"] = True
+        tick += 1
+
+
+def ids(events) -> list[int]:
+    return [e.token_id for e in events]
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 5, 8])
+def test_each_stream_says_what_it_says_alone(B, wrap_dir, hello):
+    base = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=8)
+    engines = {d: base if d == 480 else base.with_delay(d) for d in set(DELAYS[:B])}
+    streams = [{"engine": engines[DELAYS[i]], "audio": a, "start": 3 * i} for i, a in enumerate(clips(hello, B))]
+    refs = [alone(s["engine"], s["audio"]) for s in streams]
+    together(base, streams, stall_every=7)
+    for s, ref in zip(streams, refs):
+        assert ids(s["events"]) == ids(ref)
+        assert [e.text for e in s["events"]] == [e.text for e in ref]
+        assert [e.audio_start_s for e in s["events"]] == [e.audio_start_s for e in ref]
+    batches = [e.batch for s in streams for e in s["events"] if e.batch]
+    assert max(batches) == B  # they did step together
+    assert base.static.free_rows() == 8  # every row given back
+    assert base.static.buckets() == [1, 2, 4, 8]
+
+
+def test_the_logits_of_a_row_in_a_batch_match_the_row_alone(wrap_dir, hello):
+    base = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=4)
+    audio = clips(hello, 3)
+    ref = base.session(keep_logits=True)
+    others = [base.session() for _ in range(2)]
+    mine = base.session(keep_logits=True)
+    for i in range(0, len(audio[2]), HOP):
+        ref.push(audio[2][i:i + HOP])
+        list(ref.steps())
+    for i in range(0, len(audio[2]), HOP):
+        for s, a in zip([*others, mine], audio):
+            s.push(a[i:i + HOP])
+        list(base.steps_together([*others, mine]))
+    assert len(mine.logits) == len(ref.logits) > 40
+    worst = max(float((x - y).abs().max()) for x, y in zip(mine.logits, ref.logits))
+    scale = max(float(x.abs().max()) for x in ref.logits)
+    assert worst <= 1e-4 * scale
+
+
+def test_a_stream_restarts_at_its_end_of_sequence_while_the_others_go_on(eos_dir):
+    long_audio = load_audio(LONG)
+    base = load_engine(str(eos_dir), device="cpu", compile="off", sessions=4)
+    streams = [{"engine": base, "audio": a, "start": 2 * i} for i, a in enumerate(clips(long_audio, 3))]
+    refs = [alone(base, s["audio"]) for s in streams]
+    restarts = [sum(e.restart_at_s is not None for e in ref) for ref in refs]
+    assert restarts[0] >= 3, "the EOS model should restart several times in this clip"
+    together(base, streams)
+    for s, ref in zip(streams, refs):
+        assert [(e.token_id, e.restart_at_s) for e in s["events"]] == [(e.token_id, e.restart_at_s) for e in ref]
+
+
+def test_sessions_in_threads_of_their_own_are_batched_and_say_what_they_say_alone(wrap_dir, hello):
+    base = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=4)
+    audio = clips(hello, 4)
+    refs = [alone(base, a) for a in audio]
+    got: list = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        got[i] = alone(base, audio[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [ids(g) for g in got] == [ids(r) for r in refs]
+    assert max(b for b, _, _ in base.static.step_log) > 1  # the stepper put them in one forward
+
+
+@pytest.mark.compile
+def test_the_compiled_batched_step_gives_the_eager_ids_and_never_recompiles_per_step(wrap_dir, hello):
+    import torch._dynamo.utils
+
+    eager = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=2)
+    compiled = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="on", sessions=2)
+    fast = compiled.with_delay(160)
+    slow = eager.with_delay(160)
+    made = dict(torch._dynamo.utils.counters["stats"])
+    runs = []
+    for base, other in ((eager, slow), (compiled, fast)):
+        # Two-pass-like: two delays, staggered, one stalling now and then (bucket 2 with a row out).
+        streams = [{"engine": e, "audio": a, "start": 2 * i} for i, (e, a) in enumerate(zip((base, other), clips(hello, 2)))]
+        together(base, streams, stall_every=5)
+        runs.append([ids(s["events"]) for s in streams])
+    assert runs[0] == runs[1]
+    assert dict(torch._dynamo.utils.counters["stats"]).get("unique_graphs") == made.get("unique_graphs")
+

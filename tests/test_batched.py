@@ -11,7 +11,12 @@ tests/test_static.py holds to transformers' own forward).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +24,7 @@ import pytest
 from voxcli.audio.decode import load_audio
 from voxcli.engine.local import load_engine
 
+ROOT = Path(__file__).resolve().parent.parent
 HELLO = "examples/hello.wav"
 LONG = "examples/long.wav"
 HOP = 1280
@@ -181,3 +187,37 @@ def test_the_compiled_batched_step_gives_the_eager_ids_and_never_recompiles_per_
     assert runs[0] == runs[1]
     assert dict(torch._dynamo.utils.counters["stats"]).get("unique_graphs") == made.get("unique_graphs")
 
+
+def _voxcli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "voxcli", *map(str, args)], env={**os.environ, "NO_COLOR": "1"},
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_bench_concurrency_on_a_local_model_steps_the_sessions_together(realtime_dir, tmp_path):
+    from voxcli.events import STEP_BUDGET_MS, summarize
+
+    out = tmp_path / "load.json"
+    run = _voxcli("bench", "--model", realtime_dir, "--concurrency", 3, "--paced", "--json", out,
+                  ROOT / "examples" / "short.wav")
+    assert run.returncode == 0, run.stderr
+    assert "3 streams per forward" in run.stderr  # the load line: the rows, what one costs, how many fit
+    load = json.loads(out.read_text())["load"]
+    sessions = load["sessions"]
+    assert len(sessions) == 3 and all(s["error"] is None and s["n_deltas"] > 0 for s in sessions)
+    agg = load["aggregate"]
+    after = [x for s in sessions for x in s["emitted_after_ready_ms"]]
+    assert after and agg["emitted_after_ready_ms"] == summarize(after)
+    steps = load["batched_steps"]
+    by = {int(b): v for b, v in steps["by_batch"].items()}
+    assert max(by) > 1 and set(by) <= {1, 2, 3}  # started together: they shared forwards
+    fits = [b for b, v in by.items() if v["p99"] < STEP_BUDGET_MS]
+    assert steps["largest_within_budget"] == (max(fits) if fits else None)
+    assert "the batched step" in run.stdout and "largest batch with step p99 under" in run.stdout
+
+
+def test_bench_concurrency_on_a_local_offline_model_is_one_line(offline_dir):
+    run = _voxcli("bench", "--model", offline_dir, "--concurrency", 2, ROOT / "examples" / "short.wav")
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("voxcli: error:")]
+    assert len(errors) == 1 and "needs a Realtime model" in errors[0], run.stderr

@@ -260,11 +260,6 @@ def test_bench_runs_unchanged_against_a_server(vllm_offline, tmp_path):
     assert report["summary"]["all"]["critical_path_ms"]["n"] == 0  # not measurable through a server
 
 
-def test_concurrency_needs_a_server(realtime_dir):
-    line = _one_error(voxcli("bench", "--model", realtime_dir, "--concurrency", 2))
-    assert "--server" in line
-
-
 @pytest.mark.vllm
 def test_listen_through_the_server_ends_speech_at_each_pause(vllm_realtime, tmp_path):  # noqa: F811
     """At an end of speech the finished stream's last deltas arrive while the next stream is fed

@@ -49,6 +49,10 @@ class ModelConfig:
     compile: str = field(default="auto", metadata=_choices(
         *COMPILE_MODES, help="static step: torch.compile it (CUDA graphs on a GPU); auto = on for CUDA, "
                                   "off on the CPU, where compiling takes longer than a session saves"))
+    max_streams: int = field(default=1, metadata={
+        "help": "Realtime model, static step: the most streams one forward steps together (each a row with its own "
+                "caches, about 1 GiB at full size in bf16); two-pass takes 2, bench --concurrency N takes N",
+        "min": 1, "max": 64})
     max_new_tokens: int = field(default=500, metadata={
         "help": "offline models: most tokens generated per segment of up to 30 s", "min": 1})
     server: str | None = field(default=None, metadata={
@@ -212,6 +216,7 @@ def _allowed(f: dataclasses.Field) -> str:
         text = "true or false"
     elif base == "int":
         text = f"an integer >= {meta['min']}" if "min" in meta else "an integer"
+        text += f" and <= {meta['max']}" if "max" in meta else ""
     elif base == "float":
         text = (f"a number <= {meta['max']}" if "max" in meta else
                 f"a number >= {meta['min']}" if "min" in meta else "a number")
@@ -240,7 +245,8 @@ def _valid(base: str, meta: dict, value: Any) -> bool:
     if base == "bool":
         return isinstance(value, bool)
     if base == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= meta.get("min", value)
+        ok = (isinstance(value, int) and not isinstance(value, bool)
+              and meta.get("min", value) <= value <= meta.get("max", value))
         return ok and (is_allowed_delay_ms(value) if meta.get("delay") else True)
     if base == "float":
         return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

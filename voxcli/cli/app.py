@@ -167,9 +167,18 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
     status_console.print(
         f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}"
         f"{' (' + info.extra['dtype_why'] + ')' if 'dtype_why' in info.extra else ''}; "
-        f"{_step_text(info)}loaded in {info.load_s:.1f} s, warm-up {info.warmup_s * 1000:.0f} ms[/dim]",
-        highlight=False)
+        f"{_step_text(info)}{_streams_text(info)}loaded in {info.load_s:.1f} s, "
+        f"warm-up {info.warmup_s * 1000:.0f} ms[/dim]", highlight=False)
     return engine
+
+
+def _streams_text(info) -> str:
+    """With model.max_streams > 1: the rows of the batched step, what one costs, how many fit."""
+    streams = info.extra.get("streams")
+    if not streams:
+        return ""
+    return (f"{streams['rows']} streams per forward, {streams['row_gib'] * 1024:.0f} MiB each, "
+            f"{streams['fit']} fit; ")
 
 
 def _loading_text(cfg: Config) -> str:
@@ -343,8 +352,9 @@ def bench_cmd(
     json_path: Annotated[Path | None, typer.Option(
         "--json", show_default=False, help="Write every raw sample, the summary and the environment here.")] = None,
     concurrency: Annotated[int, typer.Option(
-        "--concurrency", min=0, help="With --server: run this many simultaneous sessions (one clip each) and "
-                                     "report per-session and aggregate figures.")] = 0,
+        "--concurrency", min=0, help="Run this many simultaneous sessions (one clip each) and report per-session "
+                                     "and aggregate figures: on a --server, or on a local Realtime model, where "
+                                     "they step together in one forward (the step's time per batch size).")] = 0,
     model: ModelOpt = None,
     model_device: Annotated[str | None, typer.Option(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,

@@ -37,8 +37,8 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
             clips.append(Clip(path.stem, path, load_audio(path)))
         except AudioError as exc:
             raise VoxcliError(str(exc)) from None
-    if concurrency and not cfg.model.server:
-        raise VoxcliError("--concurrency measures a server: add --server URL")
+    if concurrency and not cfg.model.server:  # local: every session is a row of one batched step
+        cfg.model.max_streams = max(cfg.model.max_streams, concurrency)
     if json_path is not None and not json_path.parent.exists():
         raise VoxcliError(f"--json {json_path}: directory {json_path.parent} does not exist")
     if plot_path is not None:
@@ -48,6 +48,9 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
 
         check_output(plot_path)  # before the model loads
     engine = load_engine(cfg, err)
+    if concurrency and engine.kind != "realtime" and not cfg.model.server:
+        raise VoxcliError("--concurrency on a local model needs a Realtime model (sessions step together); "
+                          "an offline model is measured one file at a time")
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
     from voxcli.live.worker import LiveOptions
@@ -122,6 +125,13 @@ def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: 
     for s in load["sessions"]:
         if s.get("error"):
             out.print(f"session {s['session']}: failed: {s['error']}")
+    steps = load["batched_steps"]
+    if steps["by_batch"]:
+        out.print(metrics_table("the batched step (ms) by streams in one forward",
+                                {f"{b} stream(s)": v for b, v in steps["by_batch"].items()}))
+        fits = steps["largest_within_budget"]
+        out.print(f"largest batch with step p99 under the {STEP_BUDGET_MS:.0f} ms budget: "
+                  f"{fits if fits is not None else 'none'}")
     if json_path is not None:
         json_path.write_text(json.dumps({"environment": environment(engine), "load": load}, indent=1))
         err.print(f"raw samples, summary and environment -> {json_path}")

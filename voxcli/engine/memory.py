@@ -34,10 +34,21 @@ class MemoryEstimate:
     def total_bytes(self) -> int:
         return self.weights_bytes + self.cache_bytes + self.graph_bytes
 
+    @property
+    def row_bytes(self) -> int:
+        """What one more stream costs: one row of both rings (the Realtime model)."""
+        return self.cache_bytes // max(self.sessions, 1)
+
+    def streams_fit(self, free_bytes: int) -> int:
+        """How many streams fit beside the weights in ``free_bytes`` (the graph pool counted once)."""
+        room = free_bytes - self.weights_bytes - self.graph_bytes
+        return max(0, room // self.row_bytes) if self.row_bytes else 0
+
     def items(self, device: str) -> list[tuple[str, int, str]]:
         """What the estimate counts, item by item (``--debug`` prints them)."""
         rows = [("weights", self.weights_bytes, f"{self.n_params / 1e9:.2f} B parameters"),
-                ("session states", self.cache_bytes, f"{self.sessions} x both sliding-window caches at their largest"),
+                ("session states", self.cache_bytes, f"{self.sessions} x both sliding-window caches at their largest "
+                                                     "(a row of the batched step each)"),
                 ("graph pool", self.graph_bytes, "compiled step on CUDA: one step's activations and logits")]
         if device.startswith("cuda"):
             rows.append(("CUDA context", 0, "already taken from the free figure: reading it creates the context"))
@@ -128,6 +139,9 @@ def check_fits(config, kind: str, dtype, device: str, model: str, *, sessions: i
                 f"({SKIP_ENV}=1 loads it anyway)", model=model, needed_bytes=est.weights_bytes, free_bytes=host[0])
     if free is not None:
         log.debug("memory: %-24s %6.2f GiB  (%s)", "free", free[0] / GIB, free[1])
+        if kind == "realtime":
+            log.debug("memory: %-24s %6.2f GiB  (%d fit)", "one more stream", est.row_bytes / GIB,
+                      est.streams_fit(free[0]))
     if free is None or est.total_bytes <= free[0]:
         return est
     dtype_name = str(dtype).removeprefix("torch.")
@@ -140,7 +154,7 @@ def check_fits(config, kind: str, dtype, device: str, model: str, *, sessions: i
     raise ModelError(
         f"{model} needs about {est.total_bytes / GIB:.1f} GiB in {dtype_name} ({est.n_params / 1e9:.2f} B "
         f"parameters = {est.weights_bytes / GIB:.1f} GiB, caches {est.cache_bytes / GIB:.1f} GiB"
-        f"{f' for {est.sessions} streams' if est.sessions > 1 else ''}"
+        f"{f' for {est.sessions} streams, {est.row_bytes / GIB:.2f} GiB each' if est.sessions > 1 else ''}"
         f"{f', graphs {est.graph_bytes / GIB:.1f} GiB' if est.graph_bytes else ''}), but only "
         f"{free[0] / GIB:.1f} GiB is {free[1]}; try {', or '.join(tries)} "
         f"({SKIP_ENV}=1 loads it anyway)", model=model, needed_bytes=est.total_bytes, free_bytes=free[0])

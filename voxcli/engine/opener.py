@@ -33,5 +33,5 @@ def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = 
             str(path), name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
             delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
             max_new_tokens=cfg.model.max_new_tokens, step=cfg.model.step, compile=cfg.model.compile,
-            sessions=2 if cfg.transcription.final_delay_ms is not None else 1,
+            sessions=max(cfg.model.max_streams, 2 if cfg.transcription.final_delay_ms is not None else 1),
         )

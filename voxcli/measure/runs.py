@@ -35,7 +35,7 @@ import numpy as np
 from rich.console import Console
 
 from voxcli.errors import first_line
-from voxcli.events import TokenEvent, TranscriptMetrics, pool, summarize
+from voxcli.events import STEP_BUDGET_MS, TokenEvent, TranscriptMetrics, pool, summarize
 from voxcli.output.view import FILE_REDRAW_S, LiveTranscript
 from voxcli.live.twopass import TwoPassRecorder, word_latencies
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
@@ -266,6 +266,7 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
     possible), time every delta. Never raises: a failure is recorded in the result."""
     record: dict = {"clip": clip.name, "audio_s": round(len(clip.audio) / SAMPLE_RATE, 4), "error": None}
     events: list[TokenEvent] = []
+    after_ready: list[float] = []  # paced: each token's emission after the push that let it step
     t0 = time.perf_counter()
     t_audio_end = t0
     try:
@@ -275,8 +276,11 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
             for i in range(0, len(clip.audio), step):
                 if paced:
                     time.sleep(max(0.0, t0 + (i + step) / SAMPLE_RATE - time.perf_counter()))
+                t_ready = time.perf_counter()
                 session.push(clip.audio[i:i + step])
-                events += session.steps()
+                new = list(session.steps())
+                after_ready += [(e.t_emitted - t_ready) * 1000.0 for e in new if engine.info.step_times]
+                events += new
                 if time.perf_counter() - t0 > LOAD_TIMEOUT_S:
                     raise TimeoutError(f"session exceeded {LOAD_TIMEOUT_S:.0f} s")
             t_audio_end = time.perf_counter()
@@ -298,6 +302,8 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
         finalize_ms=(times[-1] - t_audio_end) * 1000.0 if times and paced else None,
         delta_interval_ms=[(b - a) * 1000.0 for a, b in zip(times, times[1:])],
         deltas_per_s=len(times) / max(end - t0, 1e-9),
+        emitted_after_ready_ms=after_ready if paced else [],
+        steps=[(e.batch, e.step_ms) for e in events if e.batch and e.step_ms is not None],
     )
     record["behind"] = bool(paced and record["finalize_ms"] is not None and record["finalize_ms"] > BEHIND_MS)
     return record
@@ -329,14 +335,31 @@ def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
     def pooled(metric: str) -> list[float]:
         return pool(s.get(metric) for s in ok)
 
+    steps = [step for s in ok for step in s.pop("steps", [])]
+    for s in sessions:
+        s.pop("steps", None)
     return {
         "concurrency": concurrency, "paced": paced, "clip": clip.name, "wall_s": wall_s,
         "sessions": sessions,
+        "batched_steps": batched_steps(steps),
         "aggregate": {
             "ttft_ms": summarize(pooled("ttft_ms")), "total_ms": summarize(pooled("total_ms")),
             "finalize_ms": summarize(pooled("finalize_ms")),
             "delta_interval_ms": summarize(pooled("delta_interval_ms")),
+            "emitted_after_ready_ms": summarize(pooled("emitted_after_ready_ms")),
             "deltas_per_s": sum(s["n_deltas"] for s in ok) / wall_s if wall_s > 0 else None,
             "failed": len(sessions) - len(ok), "behind": sum(1 for s in ok if s["behind"]),
         },
     }
+
+
+def batched_steps(steps: list[tuple[int, float]]) -> dict:
+    """A local engine's batched step from its tokens' ``(batch, step_ms)``: the step time's
+    percentiles per number of streams stepped together (every forward of B streams made B tokens,
+    so each forward weighs the same within its B), and the largest B whose p99 fits the budget."""
+    by: dict[int, list[float]] = {}
+    for batch, ms in steps:
+        by.setdefault(batch, []).append(ms)
+    stats = {b: summarize(by[b]) for b in sorted(by)}
+    fits = [b for b, v in stats.items() if v["p99"] is not None and v["p99"] < STEP_BUDGET_MS]
+    return {"by_batch": {str(b): v for b, v in stats.items()}, "largest_within_budget": max(fits) if fits else None}

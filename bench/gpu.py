@@ -10,13 +10,17 @@ For each step path (transformers' eager forward ``hf``, voxcli's ``static`` step
   ``critical_path_ms``: the prefill alone (features, encoder, decoder, first id);
 - ``compile_s`` (compiled only, apart from every step figure) and ``peak_mem_gib`` (allocated);
 - then, for the fastest path, ``sessions``: how many sessions stepped in turn by one thread keep
-  real time (every session's 80 ms step done within 80 ms of wall clock, p95 over the rounds).
+  real time (every session's 80 ms step done within 80 ms of wall clock, p95 over the rounds);
+- ``batched`` (the compiled path if it ran, else static eager): B streams stepped together in one
+  forward, B = 1, 2, 4, ... up to ``--max-sessions`` or what memory holds, each B's step p50/p99
+  and peak memory as a phase line of its own, the memory one stream's row costs, and the
+  largest B whose step p99 stays under 40 ms (half the 80 ms budget).
 
 - for the compiled path also: ``compile_warm_s`` (a second engine over the same weights: the
   compile caches are warm), ``graphs_after_warmup`` (CUDA graphs recorded, and cudagraph skips,
   while sessions ran after warm-up: both must be 0), ``long_session`` (steps 505-520 and
   2040-2055 of one session, around the decoder spans 512 and 2048) and ``two_pass`` (a 480 ms and
-  a 960 ms stream stepped together on the same audio).
+  a 960 ms stream on the same audio, in one forward).
 
 Random weights make meaningless tokens; the step's work does not depend on them. The bandwidth
 floor (weights read once a step) is printed beside the figures. A GPU machine is lent for
@@ -285,12 +289,67 @@ def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases
             t0 = time.perf_counter()
             for s in (a, b):
                 s.push(audio[i:i + 1280])
-                for _ in s.steps():
-                    pass
+            for _ in engine.steps_together([a, b]):  # one forward for both streams
+                pass
             both.append((time.perf_counter() - t0) * 1000.0)
         list(a.finish()), list(b.finish())
     phases.write("two_pass", {"step_ms_p50": pct(both[10:], 50), "step_ms_p99": pct(both[10:], 99),
                               "provisional_ms_p50": pct(list(a.step_ms), 50), "final_ms_p50": pct(list(b.step_ms), 50)})
+
+
+def batched(model, processor, info, *, compiled: bool, delay_ms: int, audio: np.ndarray, max_streams: int,
+            device: str, phases: Phases, t_end: float) -> dict:
+    """Many streams, one forward: B streams of the clip stepped together, for every bucket up to
+    ``max_streams`` (or what memory holds), each B's step p50/p99 written as its own phase; the
+    largest B whose p99 is under half the budget."""
+    import torch
+
+    from voxcli.engine.local import RealtimeEngine
+    from voxcli.engine.rows import StaticRows
+    from voxcli.engine.static import StaticModel
+
+    probe = StaticModel(model, streams=1)
+    row_bytes = sum(t.numel() * t.element_size() for t in (*StaticRows(probe, 1).enc.tensors(),
+                                                           *StaticRows(probe, 1).dec.tensors()))
+    streams = max_streams
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        # Leave room for the activations of the widest forward (a few GiB at 64 rows).
+        streams = max(1, min(max_streams, int((free - 8 * 2**30) // row_bytes)))
+    static = StaticModel(model, compile=compiled, streams=streams)
+    engine = RealtimeEngine(model, processor, info, delay_ms=delay_ms, step="static", static=static)
+    t0 = time.perf_counter()
+    with deadline_at(t_end):
+        engine.warmup(spans=static.spans()[:1])  # clips here stay inside the first decoder span
+    out = {"path": "compiled" if compiled else "static", "rows": streams, "row_gib": round(row_bytes / 2**30, 3),
+           "warmup_s": round(time.perf_counter() - t0, 1), "by_batch": {}}
+    phases.write("batched_setup", dict(out))
+    for b in static.buckets():
+        try:
+            with deadline_at(t_end):
+                sessions = [engine.session() for _ in range(b)]
+                for s in sessions:
+                    s.push(audio)
+                static.step_log.clear()
+                for _ in engine.steps_together(sessions):
+                    pass
+                times = [ms for rows, _, ms in static.step_log if rows == b]
+                for s in sessions:
+                    s.close()
+        except Deadline as exc:
+            phases.write(f"batched_{b}", {"error": str(exc)})
+            break
+        entry = {"step_ms_p50": pct(times, 50), "step_ms_p99": pct(times, 99), "n": len(times),
+                 "per_stream_ms": (pct(times, 50) or 0.0) / b}
+        if device.startswith("cuda"):
+            entry["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["by_batch"][str(b)] = entry
+        phases.write(f"batched_{b}", entry)
+    fits = [int(b) for b, v in out["by_batch"].items() if v["step_ms_p99"] is not None
+            and v["step_ms_p99"] < STEP_BUDGET_MS / 2]
+    out["largest_under_40_ms"] = max(fits) if fits else None
+    return out
 
 
 def floor_ms(n_params: int, dtype_bytes: int, device_name: str) -> dict | None:
@@ -386,6 +445,18 @@ def main(argv: list[str] | None = None) -> int:
             phases.write("sessions", result["sessions"])
         except Deadline as exc:
             phases.write("sessions", {"error": str(exc)})
+        batched_path = "compiled" if "compiled" in timed else "static" if "static" in timed else None
+        if batched_path is not None:
+            try:
+                info = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
+                                  n_params=n_params, load_s=build_s)
+                result["batched"] = batched(model, processor, info, compiled=batched_path == "compiled",
+                                            delay_ms=args.delay_ms, audio=clip(min(args.clip_s, 4.0)),
+                                            max_streams=args.max_sessions, device=args.device, phases=phases,
+                                            t_end=deadline)
+                phases.write("batched", result["batched"])
+            except Exception as exc:  # noqa: BLE001 - the figures before it stand
+                phases.write("batched", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
     result["wall_s"] = round(time.perf_counter() - t_begin, 1)
     phases.write("summary", result)
     print(json.dumps(result, indent=1))

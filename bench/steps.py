@@ -10,9 +10,17 @@ the machine is shared. Compile time is reported apart from every step figure.
     python bench/steps.py --model DIR --paced --json steps.json
     python bench/steps.py --tiny                            # builds the tiny model (hidden 64, 2 layers)
     python bench/steps.py --tiny --hidden-size 256 --layers 4   # the "mid" model
+    python bench/steps.py --tiny --batch 1,2,4,8 --json batch.json   # many streams, one forward
 
 Prints a markdown table (bench/RESULTS.md's section 5 was pasted from it) and, with
 ``--json``, every raw sample per path.
+
+``--batch 1,2,4,8`` measures instead the batched step (voxcli/engine/static.py) on the static
+eager and compiled paths, in one run: B streams of the same clip stepped together, forward after
+forward, for each B; two-pass (two streams at 480 and 2400 ms) in one forward and apart; and B/2
+streams masked into a batch of B (what compacting the batch would save). Its JSON holds
+``{"batch": {PATH: {"B": {"step_ms_p50", "step_ms_p99", "per_stream_ms"}}}, "two_pass": ...,
+"masked": ...}``.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--paced", action="store_true", help="also the live pipeline at real speed")
     p.add_argument("--json")
+    p.add_argument("--batch", help="comma-separated batch sizes: measure the batched step instead")
     p.add_argument("clips", nargs="*", type=Path, help="default: examples/*.wav")
     args = p.parse_args(argv)
 
@@ -79,6 +88,17 @@ def main(argv: list[str] | None = None) -> int:
                                         hidden_size=args.hidden_size, num_layers=args.layers))
     if not model_dir:
         p.error("give --model DIR or --tiny")
+    if args.batch:
+        from batched import run_batched
+
+        sizes = sorted({int(b) for b in args.batch.split(",")})
+        clip = load_audio(args.clips[0] if args.clips else ROOT / "examples" / "long.wav")
+        result = run_batched(model_dir, sizes, clip, threads=args.threads, rounds=args.rounds, runs=args.runs)
+        print(result.pop("table"))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+            print(f"raw samples -> {args.json}", file=sys.stderr)
+        return 0
     clips = [Clip(path.stem, path, load_audio(path)) for path in (args.clips or default_clips())]
     paths = engines(model_dir, args.threads, args.delay_ms)
     runs: dict[str, list[dict]] = {name: [] for name in paths}

@@ -310,6 +310,10 @@ def test_the_memory_check_counts_two_pass_states_graphs_and_host_ram(monkeypatch
     assert two.cache_bytes == 2 * one.cache_bytes and two.graph_bytes > 0 == one.graph_bytes
     # decoder ring 8192 slots (~0.81 GiB) + encoder ring 753 slots (~0.18 GiB) per session
     assert one.cache_bytes / memory.GIB == pytest.approx(0.81 + 0.18, abs=0.02)
+    # One more stream is one more row of both rings (1.0 GiB): beside the weights in 139 GiB, 131 of them.
+    many = memory.estimate(config, "realtime", 2, sessions=64)
+    assert many.row_bytes == one.row_bytes == one.cache_bytes
+    assert many.streams_fit(139 * memory.GIB) == int((139 * memory.GIB - one.weights_bytes) // one.row_bytes) == 131
     names = [name for name, _, _ in two.items("cuda")]
     assert names == ["weights", "session states", "graph pool", "CUDA context", "host RAM while loading"]
     monkeypatch.setattr(memory, "available_bytes",

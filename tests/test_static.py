@@ -225,6 +225,11 @@ def test_gpu_bench_script_runs_on_a_tiny_model_on_the_cpu(tmp_path):
         assert entry["step_ms"]["p50"] > 0 and entry["ttft_ms"]["p50"] > 0 and entry["critical_path_ms"]["p50"] > 0
     assert result["paths"]["static"]["step"] == "static eager" and result["sessions"]["keep_real_time"] >= 1
     assert result["speedup_vs_hf"]["hf"] == 1.0
+    # Many streams, one forward: a phase line per batch size, then the whole phase.
+    assert {"batched_setup", "batched_1", "batched_2", "batched"} <= set(phases)
+    batched = result["batched"]
+    assert batched["path"] == "static" and batched["rows"] == 2 and batched["row_gib"] > 0
+    assert set(batched["by_batch"]) == {"1", "2"} and all(v["n"] > 0 for v in batched["by_batch"].values())
 
 
 def test_gpu_bench_phases_stop_at_the_deadline():
@@ -413,7 +418,7 @@ def test_no_cuda_graph_is_recorded_or_skipped_after_warm_up(realtime_dir, hello)
             transcribe_audio(eng, hello, source="hello", on_event=lambda e: None)
         a, b = engine.session(), final.session()
         a.push(hello), b.push(hello)
-        list(a.steps()), list(b.steps()), list(a.finish()), list(b.finish())
+        list(engine.steps_together([a, b])), list(a.finish()), list(b.finish())  # both buckets: 2 rows, then 1
     finally:
         torch.cuda.CUDAGraph.capture_begin = original
     assert not recorded and counters["inductor"]["cudagraph_skips"] == skips

@@ -12,9 +12,9 @@ same weights run through :mod:`voxcli.engine.forward`, over the rows of a
   forwards as it can: every step in one forward per batch (rows ``[:n]``, ``n`` the smallest
   bucket that holds them: 1, 2, 4, 8, ...; a row with nothing to do computes along, unkept), and
   the prefills of rows that start together with the same prompt in one. Two-pass steps both of
-  its streams this way; sessions in threads of their own (``bench --concurrency``) are batched by
-  the stepper thread, which takes everything submitted while it ran the last forward
-  (continuous batching, as vLLM does).
+  its streams this way; sessions in threads of their own (``bench --concurrency``) are batched
+  as they come: whoever takes the lock next runs everything handed over while the last forward
+  ran (continuous batching, as vLLM does; with CUDA graphs, the stepper thread does).
 - One step costs one read of the weights, whatever the rows: on a GPU a Realtime step is bound by
   that read, so more streams cost little more than one.
 - Positions stay bounded (:meth:`voxcli.engine.rows.StaticState.advance`,
@@ -125,22 +125,27 @@ class Job:
 
 
 class _Stepper:
-    """One long-lived thread that makes every forward when streams run in threads of their own, or
-    when the step is CUDA-graphed (CUDA graph trees are kept per thread,
-    torch/_inductor/cudagraph_trees.py, and every file and session runs in an engine thread of its
-    own: graphs recorded at warm-up in one thread would be recorded again in each new one).
+    """One long-lived thread that makes every forward when the step is CUDA-graphed (CUDA graph
+    trees are kept per thread, torch/_inductor/cudagraph_trees.py, and every file and session runs
+    in an engine thread of its own: graphs recorded at warm-up in one thread would be recorded
+    again in each new one).
 
     ``run(jobs)`` hands work over and waits; everything handed over while the last forward ran goes
     into the next one together. A hand-off costs tens of microseconds."""
 
     def __init__(self, run_jobs) -> None:
         self._run_jobs = run_jobs
+        self._threads = _torch().get_num_threads()  # what the creating thread was told (model.threads)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="voxcli-stepper", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         torch = _torch()
+        # OpenMP's thread count is per thread: a new thread starts at the default (every core), and
+        # a kernel compiled or run here would use that rather than what the user set.
+        torch.set_num_threads(self._threads)
+        _raise_recompile_limit()  # dynamo's settings are per thread
         while True:
             items = [self._queue.get()]
             while True:
@@ -191,6 +196,15 @@ class _Item:
         self.fn, self.args, self.jobs = fn, args, jobs
         self.event = threading.Event()
         self.result = None
+
+
+def _raise_recompile_limit() -> None:
+    """One graph per (function, shape, span, bucket): more than dynamo's default of 8 per function.
+    Dynamo's settings are per thread (torch 2.13): set here and in the stepper thread."""
+    config = _torch()._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name since torch 2.7, and before
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 256))
 
 
 def _inline(fn, *args):
@@ -317,15 +331,16 @@ class StaticModel(_Compiled):
         self.step_log: deque[tuple[int, int, float]] = deque(maxlen=STEP_LOG_KEEP)  # (rows, bucket, ms)
         self._prefill, self._step = prefill, decode_rows
         graphs = compile and self.device.type == "cuda"
-        threads = graphs or self.streams > 1 if one_thread is None else one_thread
-        # Forwards run in one thread of their own where CUDA graphs live, and where the work of
-        # streams in other threads meets (_Stepper).
+        threads = graphs if one_thread is None else one_thread
+        # CUDA-graphed forwards run in one thread of their own, where the graphs live (_Stepper);
+        # elsewhere, whichever thread takes the lock runs the work handed over meanwhile (_lead).
         self._stepper = _Stepper(self._run) if threads else None
+        self._queued: list[_Item] = []
+        self._queued_lock = threading.Lock()
         self._call = self._stepper if threads else _inline
         if compile:
             check_compilable()
-            # One graph per (function, shape, span, bucket): more than dynamo's default of 8.
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+            _raise_recompile_limit()
             mode = "reduce-overhead" if graphs else None  # CUDA graphs on a GPU
             self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
             self._step = torch.compile(decode_rows, fullgraph=True, dynamic=False, mode=mode)
@@ -376,9 +391,6 @@ class StaticModel(_Compiled):
                 return
             self.streams = streams
             self._batches = [b for b in self._batches if b.in_use()]
-            if self._stepper is None and not self.compiled:
-                self._stepper = _Stepper(self._run)
-                self._call = self._stepper
 
     def ada_scale(self, num_delay_tokens: int):
         """``1 + ada_rms_norm(t_cond)`` for every decoder layer, as transformers computes it:
@@ -395,11 +407,28 @@ class StaticModel(_Compiled):
     # Forward ------------------------------------------------------------------------------------
 
     def run(self, jobs: list[Job]) -> list[Job]:
-        """Do every job, in as few forwards as possible, and fill in their results. From a thread
-        other than the stepper's, jobs handed over by other threads meanwhile join the forward."""
+        """Do every job, in as few forwards as possible, and fill in their results; jobs that other
+        threads hand over meanwhile join the forward (continuous batching)."""
         if self._stepper is not None:
             return self._stepper.run(jobs)
-        return self._run(jobs)
+        return self._lead(jobs)
+
+    def _lead(self, jobs: list[Job]) -> list[Job]:
+        """Batching without a thread of its own: queue the jobs, take the lock, and run everything
+        queued by then (others' too), unless the last holder of the lock already ran ours. A lone
+        caller (two-pass, a file) runs its own jobs at once, with no hand-off."""
+        ticket = _Item(None, (), jobs)
+        with self._queued_lock:
+            self._queued.append(ticket)
+        with self._lock:
+            if not ticket.event.is_set():
+                with self._queued_lock:
+                    batch, self._queued = self._queued, []
+                _Stepper._settle(batch, self._run, [job for item in batch for job in item.jobs])
+        ok, value = ticket.result
+        if not ok:
+            raise value
+        return jobs
 
     def _run(self, jobs: list[Job]) -> list[Job]:
         with self._lock, _torch().inference_mode():

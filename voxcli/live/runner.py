@@ -232,9 +232,11 @@ class _Tally:
 
 
 def _shared(item: LiveToken) -> bool:
-    """A two-pass final token from a forward it shared with the provisional stream: that step's
-    time is counted once, with the provisional token it came with."""
-    return item.stream == "final" and (item.event.batch or 1) > 1
+    """A two-pass final token from the batched static step: it shares its forwards with the
+    provisional stream (whose tokens count that time once), or flushes alone after an end of
+    speech, which is no step of every 80 ms. Only a final stream that steps on its own (an offline
+    final model, the hf step) adds a step of its own to every tick."""
+    return item.stream == "final" and item.event.batch is not None
 
 
 @dataclass

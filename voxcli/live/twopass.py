@@ -122,9 +122,9 @@ class TwoPassRecorder:
         self._replaced(draw(self.text, self.view, event, stream))
 
     def latency(self, stream: str, event: TokenEvent, emission_ms: float | None) -> None:
-        # A final token from a forward shared with the provisional stream: its step is counted once,
-        # with the provisional token.
-        shared = stream == "final" and (event.batch or 1) > 1
+        # A final token from the batched static step: its forwards are the provisional stream's
+        # (counted once, with those tokens), or a flush after an end of speech.
+        shared = stream == "final" and event.batch is not None
         self.tokens.append((stream, event.text, emission_ms, None if shared else event.step_ms))
 
     def endpoint(self) -> None:
@@ -182,6 +182,7 @@ def two_pass_figures(tokens, replacements) -> dict:
         # Every forward the provisional stream took part in: with a Realtime final stream, both streams
         # step in one forward, so this is the step of both.
         "step_ms": summarize([t[3] for t in tokens if t[0] == "provisional" and t[3] is not None]),
-        # The final stream's steps on its own: an offline final model's, or a flush after an end of speech.
+        # The final stream's own steps, where it does not share the provisional stream's forwards (an
+        # offline final model, or the hf step).
         "final_step_ms": summarize([t[3] for t in tokens if t[0] == "final" and t[3] is not None]),
     }

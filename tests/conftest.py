@@ -57,6 +57,26 @@ def offline_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def wrap_dir(tmp_path_factory):
+    """Held out: a seed no other model uses, and windows far smaller than a clip (decoder 24
+    tokens, encoder 40 positions), so the rings wrap and re-anchor many times inside one."""
+    from voxcli.testing.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-wrap"), "realtime", seed=11,
+                           text_sliding_window=24, audio_sliding_window=40)
+
+
+@pytest.fixture(scope="session")
+def eos_dir(tmp_path_factory):
+    """A model that says end of sequence now and then mid-clip, as a real checkpoint does (random
+    tiny models never do: their special rows are zeroed). Seed 5, EOS row std 0.6: five EOS
+    mid-clip in long.wav (1.4, 5.0, 9.4, 10.5 and 13.9 s)."""
+    from voxcli.testing.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-eos"), "realtime", seed=5, eos_std=0.6)
+
+
+@pytest.fixture(scope="session")
 def realtime_engine(realtime_dir):
     from voxcli.engine.local import load_engine
 

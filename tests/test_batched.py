@@ -32,23 +32,6 @@ DELAYS = [480, 160, 2400, 480, 80, 960, 480, 240]  # per stream: two-pass rows r
 
 
 @pytest.fixture(scope="module")
-def wrap_dir(tmp_path_factory):
-    from voxcli.testing.tiny import make_tiny_model
-
-    # Windows far smaller than the clip: decoder 24 tokens, encoder 40 positions.
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-wrap-batch"), "realtime", seed=11,
-                           text_sliding_window=24, audio_sliding_window=40)
-
-
-@pytest.fixture(scope="module")
-def eos_dir(tmp_path_factory):
-    from voxcli.testing.tiny import make_tiny_model
-
-    # As tests/test_restarts.py: says EOS now and then mid-clip (five times in long.wav).
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-eos-batch"), "realtime", seed=5, eos_std=0.6)
-
-
-@pytest.fixture(scope="module")
 def hello():
     return load_audio(HELLO)
 

@@ -30,14 +30,6 @@ EOS, BLANK = 2, 32
 
 
 @pytest.fixture(scope="module")
-def eos_dir(tmp_path_factory):
-    from voxcli.testing.tiny import make_tiny_model
-
-    # seed 5, EOS row std 0.6: five EOS mid-clip in long.wav (1.4, 5.0, 9.4, 10.5 and 13.9 s).
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-eos"), "realtime", seed=5, eos_std=0.6)
-
-
-@pytest.fixture(scope="module")
 def long_audio():
     return load_audio(LONG)
 

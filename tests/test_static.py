@@ -27,15 +27,6 @@ HOURS_8 = 8 * 3600 * 1000 // 80  # tokens in 8 hours of audio
 
 
 @pytest.fixture(scope="session")
-def wrap_dir(tmp_path_factory):
-    from voxcli.testing.tiny import make_tiny_model
-
-    # Held out: a seed no other test uses, and windows far smaller than the clip.
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-wrap"), "realtime", seed=11,
-                           text_sliding_window=24, audio_sliding_window=40)
-
-
-@pytest.fixture(scope="session")
 def mid_dir(tmp_path_factory):
     from voxcli.testing.tiny import make_tiny_model
 

@@ -598,6 +598,7 @@ def test_two_pass_streams_each_equal_a_single_session_at_its_delay(realtime_dir,
     final_rows = [r for r in rows if r["type"] == "token" and r.get("stream") == "final"]
     shared = [r for r in final_rows if r["batch"] == 2]
     assert len(shared) > len(final_rows) // 2
+    assert any(r["flushed"] for r in shared)  # the end of the input: both flush in shared forwards too
     assert figures["step_ms"]["n"] > 0 and figures["final_step_ms"]["n"] == 0
     assert 0 <= figures["revision_rate"] <= 1
     # The transcript file holds the final text; the session file both streams and the replacements.

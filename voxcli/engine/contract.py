@@ -113,6 +113,7 @@ class Engine(Protocol):
 class RealtimeEngine(Engine, Protocol):
     """``with_delay(ms)``, where ``info.other_delays``: the same weights at another delay; such an
     engine also has ``steps_together(sessions)``: the tokens of several of its sessions (two-pass),
-    as ``(which session, event)``, each step of all of them in one forward."""
+    as ``(which session, event)``, each step of all of them in one forward, and
+    ``finish_together(sessions)``, their ends the same way."""
 
     def session(self) -> Session: ...

@@ -259,6 +259,19 @@ class RealtimeEngine(Engine):
             for i, w in work:
                 yield i, sessions[i]._event(w)
 
+    def finish_together(self, sessions: list["RealtimeSession"]) -> Iterator[tuple[int, TokenEvent]]:
+        """End of audio for several sessions at once (two-pass at an end of speech): their right
+        padding stepped in shared forwards, as ``(which session, event)``."""
+        open_ = [i for i, s in enumerate(sessions) if not s._finished]
+        for i in open_:
+            sessions[i]._begin_finish()
+        for j, event in self.steps_together([sessions[i] for i in open_]):
+            yield open_[j], event
+        for i in open_:
+            tail = sessions[i]._end_finish()
+            if tail is not None:
+                yield i, tail
+
     def warmup(self, *, spans: list[int] | None = None) -> float:
         """The base warm-up; on the compiled path also every step graph (or those for ``spans``
         only, see :meth:`voxcli.static.StaticModel.spans`). Compile time is kept apart in
@@ -462,18 +475,26 @@ class RealtimeSession(_StreamAudio):
         """End of audio: pad to a whole chunk, push the right padding, drain, close the text."""
         if self._finished:
             return
+        self._begin_finish()
+        yield from self.steps()
+        tail = self._end_finish()
+        if tail is not None:
+            yield tail
+
+    def _begin_finish(self) -> None:
         self._finishing = True
         self._pad()
-        yield from self.steps()
+
+    def _end_finish(self) -> TokenEvent | None:
+        """Done: the row back to the pool; a dangling partial character at the end (its event)."""
         self._finished = True
         if self._state is not None:
             self._release()
         tail = self._detok.flush()
-        if tail:
-            # A dangling partial character at the very end: emit it rather than lose it, on the
-            # span of the token that began it.
-            end_s = (self._stream_start / SAMPLE_RATE) + self._stream_tokens * TOKEN_MS / 1000.0
-            yield TokenEvent(self.n_tokens, -1, tail, time.perf_counter(), max(0.0, end_s - TOKEN_MS / 1000.0), end_s)
+        if not tail:
+            return None
+        end_s = (self._stream_start / SAMPLE_RATE) + self._stream_tokens * TOKEN_MS / 1000.0
+        return TokenEvent(self.n_tokens, -1, tail, time.perf_counter(), max(0.0, end_s - TOKEN_MS / 1000.0), end_s)
 
     def close(self) -> None:
         """Drop the stream unfinished (its state goes back to the pool now, not when collected)."""

@@ -191,6 +191,31 @@ class _Stepper:
         return jobs
 
 
+class _Leader:
+    """Batching without a thread of its own: a caller queues its jobs, takes the lock, and runs
+    everything queued by then (others' too), unless the last holder of the lock already ran its
+    jobs. A lone caller (two-pass, a file) runs its own jobs at once, with no hand-off."""
+
+    def __init__(self, run_jobs, lock) -> None:
+        self._run_jobs, self._lock = run_jobs, lock
+        self._queued: list[_Item] = []
+        self._queued_lock = threading.Lock()
+
+    def run(self, jobs: list[Job]) -> list[Job]:
+        ticket = _Item(None, (), jobs)
+        with self._queued_lock:
+            self._queued.append(ticket)
+        with self._lock:
+            if not ticket.event.is_set():
+                with self._queued_lock:
+                    batch, self._queued = self._queued, []
+                _Stepper._settle(batch, self._run_jobs, [job for item in batch for job in item.jobs])
+        ok, value = ticket.result
+        if not ok:
+            raise value
+        return jobs
+
+
 class _Item:
     def __init__(self, fn, args, jobs) -> None:
         self.fn, self.args, self.jobs = fn, args, jobs
@@ -335,8 +360,7 @@ class StaticModel(_Compiled):
         # CUDA-graphed forwards run in one thread of their own, where the graphs live (_Stepper);
         # elsewhere, whichever thread takes the lock runs the work handed over meanwhile (_lead).
         self._stepper = _Stepper(self._run) if threads else None
-        self._queued: list[_Item] = []
-        self._queued_lock = threading.Lock()
+        self._leader = _Leader(self._run, self._lock)
         self._call = self._stepper if threads else _inline
         if compile:
             check_compilable()
@@ -409,26 +433,7 @@ class StaticModel(_Compiled):
     def run(self, jobs: list[Job]) -> list[Job]:
         """Do every job, in as few forwards as possible, and fill in their results; jobs that other
         threads hand over meanwhile join the forward (continuous batching)."""
-        if self._stepper is not None:
-            return self._stepper.run(jobs)
-        return self._lead(jobs)
-
-    def _lead(self, jobs: list[Job]) -> list[Job]:
-        """Batching without a thread of its own: queue the jobs, take the lock, and run everything
-        queued by then (others' too), unless the last holder of the lock already ran ours. A lone
-        caller (two-pass, a file) runs its own jobs at once, with no hand-off."""
-        ticket = _Item(None, (), jobs)
-        with self._queued_lock:
-            self._queued.append(ticket)
-        with self._lock:
-            if not ticket.event.is_set():
-                with self._queued_lock:
-                    batch, self._queued = self._queued, []
-                _Stepper._settle(batch, self._run, [job for item in batch for job in item.jobs])
-        ok, value = ticket.result
-        if not ok:
-            raise value
-        return jobs
+        return (self._stepper or self._leader).run(jobs)
 
     def _run(self, jobs: list[Job]) -> list[Job]:
         with self._lock, _torch().inference_mode():

@@ -252,6 +252,18 @@ class _Emitting:
             self._incidents(session, offset)
         self.flushes += 1
 
+    def _finish_both(self, session, final, offset: int) -> None:
+        """Two-pass at an end of speech (or of the input): both streams' right padding in shared
+        forwards; each stream's flushed tokens count from its last one, as ``_finish`` counts."""
+        t_ready = [time.perf_counter()] * 2
+        ends = [session.pushed_samples / SAMPLE_RATE, final.pushed_samples / SAMPLE_RATE]
+        streams = (None, "final")
+        for i, event in self.engine.finish_together([session, final]):
+            event = clamp_span(event, ends[i])
+            self._emit(event, offset, t_ready[i], flushed=True, stream=streams[i])
+            t_ready[i] = event.t_emitted
+        self.flushes += 2
+
     def _finishing(self, session, offset: int):
         """A server's last deltas as they come. Waiting for them can take ``model.reconnect_s``
         when the server is away, and what happens meanwhile (that it went away) is said when it
@@ -358,10 +370,11 @@ class LiveWorker(_Emitting):
                     self._take(session, offset, t_cap if x is not None else None)
                 for vad in vad_events:
                     if vad.kind == "end":
-                        self._end_stream(session, offset)
-                        if final is not None:
-                            self._finish(final, offset, stream="final")
+                        if final is not None:  # both flush in shared forwards
+                            self._finish_both(session, final, offset)
                             final = self.final_engine.session()
+                        else:
+                            self._end_stream(session, offset)
                         self._endpoint(vad)
                         if final_pass is not None and utterance_from is not None:
                             self._final_pass(final_pass, tape, max(offset, utterance_from - self._preroll),
@@ -374,9 +387,10 @@ class LiveWorker(_Emitting):
                     session, offset = self._restart_blank(session, offset, tape)
                 tape.keep_from(min(self.heard, offset if final_pass is not None else self.heard,
                                    self.blank.run_from(self.heard)))
-            self._finish(session, offset)  # the input is over: now waiting is fine
             if final is not None:
-                self._finish(final, offset, stream="final")
+                self._finish_both(session, final, offset)
+            else:
+                self._finish(session, offset)  # the input is over: now waiting is fine
             while self._draining:
                 self._drain()
                 time.sleep(POLL_S if self._draining else 0)

@@ -184,19 +184,19 @@ class RealtimeEngine(Engine):
     kind = "realtime"
 
     def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None,
-                 step: str = "static", compile: bool = False, static=None, states: int = 1) -> None:
+                 step: str = "static", compile: bool = False, static=None, streams: int = 1) -> None:
         super().__init__(model, processor, info)
         if step not in STEPS:
             raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
         self.step = step
         # The static path: one StaticModel per loaded model (weights shared, compiled functions and
-        # session states reused by every session and by with_delay()); features on the device.
+        # batch rows reused by every session and by with_delay()); features on the device.
         self.static = None
         self.log_mel = self.proc.log_mel
         if step == "static":
             from voxcli.engine.static import DeviceLogMel, StaticModel
 
-            self.static = static or StaticModel(model, compile=compile, streams=states)
+            self.static = static or StaticModel(model, compile=compile, streams=streams)
             self.log_mel = DeviceLogMel(self.proc.frontend, model.device)
         proc = self.proc
         audio_cfg = proc.audio_config
@@ -792,7 +792,8 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     are read, the memory the model needs is compared with what the device has free. Raises
     :class:`ModelError` with one actionable line when any of that cannot work. ``name`` is how
     reports name the model (default: ``model``), e.g. the hub id of an already resolved path.
-    ``sessions``: Realtime session states the memory check counts (two-pass holds two).
+    ``sessions``: Realtime streams stepped together, the batch's rows (two-pass: 2; ``model.max_streams``),
+    each counted by the memory check.
     """
     t0 = time.perf_counter()
     from voxcli.engine.hub import resolve_checkpoint
@@ -843,7 +844,7 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
         info.extra["dtype_why"] = "this GPU has no bfloat16"  # the load line says why it is not bf16
     if kind == "realtime":
         engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step, compile=compiled,
-                                        states=sessions)
+                                        streams=sessions)
     else:
         engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens)
     if warmup:

@@ -260,7 +260,7 @@ def test_warm_up_records_every_graph_for_every_bucket_in_the_thread_that_steps(r
         return call
 
     model.compiled = True
-    model._stepper = model._call = st._Stepper(model._run)
+    model._batcher = model._call = st._Stepper(model._run)
     model._prefill, model._step = recorder("prefill", st.prefill), recorder("step", st.decode_rows)
     final = engine.with_delay(960)  # two-pass: two rows, a second delay's prefill
     assert model.buckets() == [1, 2]

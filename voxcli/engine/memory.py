@@ -39,10 +39,13 @@ class MemoryEstimate:
         """What one more stream costs: one row of both rings (the Realtime model)."""
         return self.cache_bytes // max(self.sessions, 1)
 
+    def rows_in(self, room_bytes: int) -> int:
+        """How many streams' rows ``room_bytes`` holds."""
+        return max(0, room_bytes // self.row_bytes) if self.row_bytes else 0
+
     def streams_fit(self, free_bytes: int) -> int:
         """How many streams fit beside the weights in ``free_bytes`` (the graph pool counted once)."""
-        room = free_bytes - self.weights_bytes - self.graph_bytes
-        return max(0, room // self.row_bytes) if self.row_bytes else 0
+        return self.rows_in(free_bytes - self.weights_bytes - self.graph_bytes)
 
     def items(self, device: str) -> list[tuple[str, int, str]]:
         """What the estimate counts, item by item (``--debug`` prints them)."""

@@ -135,17 +135,12 @@ class _Stepper:
 
     def __init__(self, run_jobs) -> None:
         self._run_jobs = run_jobs
-        self._threads = _torch().get_num_threads()  # what the creating thread was told (model.threads)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="voxcli-stepper", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         torch = _torch()
-        # OpenMP's thread count is per thread: a new thread starts at the default (every core), and
-        # a kernel compiled or run here would use that rather than what the user set.
-        torch.set_num_threads(self._threads)
-        _raise_recompile_limit()  # dynamo's settings are per thread
         while True:
             items = [self._queue.get()]
             while True:
@@ -156,20 +151,10 @@ class _Stepper:
             with torch.inference_mode():  # grad modes are per thread
                 for item in items:
                     if item.jobs is None:
-                        self._settle([item], item.fn, *item.args)
+                        _settle([item], item.fn, *item.args)
                 runs = [item for item in items if item.jobs is not None]
                 if runs:
-                    self._settle(runs, self._run_jobs, [job for item in runs for job in item.jobs])
-
-    @staticmethod
-    def _settle(items, fn, *args) -> None:
-        try:
-            result = (True, fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - raised again in each caller's thread
-            result = (False, exc)
-        for item in items:
-            item.result = result
-            item.event.set()
+                    _settle(runs, self._run_jobs, [job for item in runs for job in item.jobs])
 
     def _wait(self, item):
         self._queue.put(item)
@@ -209,7 +194,7 @@ class _Leader:
             if not ticket.event.is_set():
                 with self._queued_lock:
                     batch, self._queued = self._queued, []
-                _Stepper._settle(batch, self._run_jobs, [job for item in batch for job in item.jobs])
+                _settle(batch, self._run_jobs, [job for item in batch for job in item.jobs])
         ok, value = ticket.result
         if not ok:
             raise value
@@ -223,13 +208,31 @@ class _Item:
         self.result = None
 
 
+def _settle(items: list[_Item], fn, *args) -> None:
+    """Run ``fn`` once for all ``items`` and hand each its result (or exception), waking its caller."""
+    try:
+        result = (True, fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - raised again in each caller's thread
+        result = (False, exc)
+    for item in items:
+        item.result = result
+        item.event.set()
+
+
+_LIMIT_RAISED = threading.local()
+
+
 def _raise_recompile_limit() -> None:
     """One graph per (function, shape, span, bucket): more than dynamo's default of 8 per function.
-    Dynamo's settings are per thread (torch 2.13): set here and in the stepper thread."""
+    Dynamo's settings are per thread (torch 2.13: set in one thread, another still reads 8), and a
+    compiled call may be made in any thread that runs a forward: done once in each."""
+    if getattr(_LIMIT_RAISED, "done", False):
+        return
     config = _torch()._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # the name since torch 2.7, and before
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 256))
+    _LIMIT_RAISED.done = True
 
 
 def _inline(fn, *args):
@@ -265,19 +268,20 @@ class _Compiled:
         prefill at this delay (given ``prompt_ids`` and ``mel``) and the step for every span (or
         those given), for every bucket, each called WARM_CALLS times, in the thread that will step
         them. The batch's rows are reset afterwards."""
-        if not self.compiled:
-            return
-        with self._lock:
+        if self.compiled:
+            # The lock is taken in the thread that warms (the stepper's with CUDA graphs): held here
+            # while waiting for that thread, it would deadlock with a forward queued there first.
+            self._call(self._warm, num_delay_tokens, spans, prompt_ids, mel)
+
+    def _warm(self, num_delay_tokens: int, spans, prompt_ids, mel) -> None:
+        torch = _torch()
+        _raise_recompile_limit()
+        with self._lock, torch.inference_mode():
             if not self._batches:
                 self._batches.append(StaticRows(self, self.streams))
-            batch = self._batches[0]
-            if batch.in_use():
+            b = self._batches[0]
+            if b.in_use():
                 return  # a session is running in it: its graphs exist already
-            self._call(self._warm, batch, num_delay_tokens, spans, prompt_ids, mel)
-
-    def _warm(self, b: StaticRows, num_delay_tokens: int, spans, prompt_ids, mel) -> None:
-        torch = _torch()
-        with torch.inference_mode():
             for state in b.states:
                 state.reset(self, num_delay_tokens)
             for n in self.buckets():
@@ -358,13 +362,11 @@ class StaticModel(_Compiled):
         graphs = compile and self.device.type == "cuda"
         threads = graphs if one_thread is None else one_thread
         # CUDA-graphed forwards run in one thread of their own, where the graphs live (_Stepper);
-        # elsewhere, whichever thread takes the lock runs the work handed over meanwhile (_lead).
-        self._stepper = _Stepper(self._run) if threads else None
-        self._leader = _Leader(self._run, self._lock)
-        self._call = self._stepper if threads else _inline
+        # elsewhere, whichever thread takes the lock runs the work handed over meanwhile (_Leader).
+        self._batcher = _Stepper(self._run) if threads else _Leader(self._run, self._lock)
+        self._call = self._batcher if threads else _inline
         if compile:
             check_compilable()
-            _raise_recompile_limit()
             mode = "reduce-overhead" if graphs else None  # CUDA graphs on a GPU
             self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
             self._step = torch.compile(decode_rows, fullgraph=True, dynamic=False, mode=mode)
@@ -433,9 +435,11 @@ class StaticModel(_Compiled):
     def run(self, jobs: list[Job]) -> list[Job]:
         """Do every job, in as few forwards as possible, and fill in their results; jobs that other
         threads hand over meanwhile join the forward (continuous batching)."""
-        return (self._stepper or self._leader).run(jobs)
+        return self._batcher.run(jobs)
 
     def _run(self, jobs: list[Job]) -> list[Job]:
+        if self.compiled:
+            _raise_recompile_limit()  # in the thread that may compile: the one running the forward
         with self._lock, _torch().inference_mode():
             groups: dict[tuple, list[Job]] = {}
             for job in jobs:

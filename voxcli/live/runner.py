@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.events import LiveStatus, Notice, Reconnect, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
+from voxcli.live.twopass import shares_step
 from voxcli.live.worker import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker
 from voxcli.units import SAMPLE_RATE
 
@@ -208,7 +209,7 @@ class _Tally:
     def token(self, item: LiveToken, t_drawn: float) -> tuple[float | None, float | None]:
         """Count a token just drawn; its emission latency and its time after its chunk was ready."""
         self.events.append(item.event)
-        if item.event.step_ms is not None and not _shared(item):
+        if item.event.step_ms is not None and not shares_step(item.stream, item.event):
             (self.final_steps if item.stream == "final" else self.steps).append(item.event.step_ms)
         emission_ms = after_ms = None
         if item.t_audio is not None:
@@ -229,14 +230,6 @@ class _Tally:
             step_ms=step.get("p50"), final_step_ms=final_step.get("p50"), backlog_blocks=self.backlog,
             dropped_blocks=source.dropped_blocks, input_overflows=source.input_overflows,
             endpoints=self.endpoints, notice=self.notice)
-
-
-def _shared(item: LiveToken) -> bool:
-    """A two-pass final token from the batched static step: it shares its forwards with the
-    provisional stream (whose tokens count that time once), or flushes alone after an end of
-    speech, which is no step of every 80 ms. Only a final stream that steps on its own (an offline
-    final model, the hf step) adds a step of its own to every tick."""
-    return item.stream == "final" and item.event.batch is not None
 
 
 @dataclass

@@ -122,10 +122,8 @@ class TwoPassRecorder:
         self._replaced(draw(self.text, self.view, event, stream))
 
     def latency(self, stream: str, event: TokenEvent, emission_ms: float | None) -> None:
-        # A final token from the batched static step: its forwards are the provisional stream's
-        # (counted once, with those tokens), or a flush after an end of speech.
-        shared = stream == "final" and event.batch is not None
-        self.tokens.append((stream, event.text, emission_ms, None if shared else event.step_ms))
+        step = None if shares_step(stream, event) else event.step_ms
+        self.tokens.append((stream, event.text, emission_ms, step))
 
     def endpoint(self) -> None:
         replacement = self.text.seal()
@@ -143,6 +141,14 @@ class TwoPassRecorder:
             self.replacements.append(replacement)
             if self.on_replacement is not None:
                 self.on_replacement(replacement)
+
+
+def shares_step(stream: str, event: TokenEvent) -> bool:
+    """A two-pass final token from the batched static step: it shares its forwards with the
+    provisional stream (whose tokens count that time once), or flushes alone after an end of
+    speech, which is no step of every 80 ms. Only a final stream that steps on its own (an offline
+    final model, the hf step) adds a step of its own to every tick."""
+    return stream == "final" and event.batch is not None
 
 
 def _word_groups(events: list[TokenEvent]) -> list[list[int]]:

@@ -41,6 +41,7 @@ from voxcli.events import Notice, Reconnect, Restart, TokenEvent, clamp_span
 from voxcli.units import SAMPLE_RATE
 
 POLL_S = 0.05  # how long the worker waits for a block before looking at a server's deltas again
+TWO_STREAMS = (None, "final")  # two-pass, in steps_together's order: the first stream, then the final
 BLANK_RESTARTS = 3  # blank-run restarts in a row (each after twice the speech of the last) before giving up
 
 
@@ -200,9 +201,8 @@ class _Emitting:
 
     def _take_both(self, session, final, offset: int, t_ready: float) -> None:
         """Two-pass: both streams' tokens so far, each step of both in one forward."""
-        streams = (None, "final")
         for i, event in self.engine.steps_together([session, final]):
-            self._emit(event, offset, t_ready, stream=streams[i])
+            self._emit(event, offset, t_ready, stream=TWO_STREAMS[i])
 
     def _incidents(self, session, offset: int) -> None:
         for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
@@ -257,10 +257,9 @@ class _Emitting:
         forwards; each stream's flushed tokens count from its last one, as ``_finish`` counts."""
         t_ready = [time.perf_counter()] * 2
         ends = [session.pushed_samples / SAMPLE_RATE, final.pushed_samples / SAMPLE_RATE]
-        streams = (None, "final")
         for i, event in self.engine.finish_together([session, final]):
             event = clamp_span(event, ends[i])
-            self._emit(event, offset, t_ready[i], flushed=True, stream=streams[i])
+            self._emit(event, offset, t_ready[i], flushed=True, stream=TWO_STREAMS[i])
             t_ready[i] = event.t_emitted
         self.flushes += 2
 

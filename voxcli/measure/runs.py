@@ -335,9 +335,7 @@ def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
     def pooled(metric: str) -> list[float]:
         return pool(s.get(metric) for s in ok)
 
-    steps = [step for s in ok for step in s.pop("steps", [])]
-    for s in sessions:
-        s.pop("steps", None)
+    steps = [step for s in sessions for step in s.pop("steps", []) if not s.get("error")]  # raw: not in the JSON
     return {
         "concurrency": concurrency, "paced": paced, "clip": clip.name, "wall_s": wall_s,
         "sessions": sessions,

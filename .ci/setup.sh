@@ -33,7 +33,7 @@ fi
 if (( with_tests )); then
   .venv/bin/python -m pip install -q -e ".[test,report]"
 else
-  .venv/bin/python -m pip install -q -e ".[report]"
+  .venv/bin/python -m pip install -q -e ".[report,serve]"
 fi
 if (( with_tests )); then
   # The tests that run voxcli against a real vLLM server need vLLM's CPU build in its own venv

@@ -114,11 +114,35 @@ class ListenConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "serve: the address to bind; anything but loopback without api_key gets a warning"})
+    port: int = field(default=8000, metadata={"help": "serve: the TCP port", "min": 1, "max": 65535})
+    api_key: str | None = field(default=None, metadata={
+        "help": f"serve: clients must send it as Authorization: Bearer (compared in constant time, never "
+                f"logged); {API_KEY_ENV} sets it too; null = no key", "secret": True})
+    ssl_certfile: str | None = field(default=None, metadata={"help": "serve: certificate (PEM) to serve https/wss"})
+    ssl_keyfile: str | None = field(default=None, metadata={"help": "serve: its private key (PEM)"})
+    max_sessions: int = field(default=8, metadata={
+        "help": "serve: realtime sessions at once, each a row of the batched step; one more is refused", "min": 1,
+        "max": 64})
+    max_upload_mb: float = field(default=200.0, metadata={
+        "help": "serve: the largest file POST /v1/audio/transcriptions takes (larger: 413)", "min": 0.001})
+    client_queue: int = field(default=2000, metadata={
+        "help": "serve: events waiting for one client (about 12 per second of audio); a client that falls "
+                "this far behind is dropped with an error event", "min": 8})
+    send_timeout_s: float = field(default=10.0, metadata={
+        "help": "serve: the longest one send to a client may wait; a client that stops reading is dropped",
+        "min": 0.1})
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     transcription: TranscriptionConfig = field(default_factory=TranscriptionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,14 +155,14 @@ def default_config_path() -> Path:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file (``path``, else the user's default file if it exists), then
-    $VOXCLI_API_KEY, then ``overrides`` given as dotted keys (``{"model.device": "cpu"}``; ``None`` values mean "not given")."""
+    $VOXCLI_API_KEY (model.api_key and serve.api_key), then ``overrides`` given as dotted keys (``{"model.device": "cpu"}``; ``None`` values mean "not given")."""
     config = Config()
     if path is None and default_config_path().is_file():
         path = default_config_path()
     if path is not None:
         apply_mapping(config, read_yaml(Path(path)), source=str(path))
-    if os.environ.get(API_KEY_ENV):
-        config.model.api_key = os.environ[API_KEY_ENV]
+    if os.environ.get(API_KEY_ENV):  # the key a client sends, and the one `voxcli serve` asks for
+        config.model.api_key = config.serve.api_key = os.environ[API_KEY_ENV]
     for key, value in (overrides or {}).items():
         if value is not None:
             set_key(config, key, value, source="command line")

@@ -382,6 +382,55 @@ def bench_cmd(
                                          final_delay_ms=final_delay_ms), debug)
 
 
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(
+        "--host", show_default=False, help="Address to bind. Default 127.0.0.1 (this machine only); another "
+                                           "address without --api-key gets a warning.")] = None,
+    port: Annotated[int | None, typer.Option("--port", "-p", show_default=False, help="TCP port. Default 8000.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", show_default=False,
+        help="Clients must send it as Authorization: Bearer. VOXCLI_API_KEY does the same and keeps the key "
+             "out of the process list.")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(
+        "--ssl-certfile", show_default=False, help="Certificate (PEM): serve https:// and wss://.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(
+        "--ssl-keyfile", show_default=False, help="The certificate's private key (PEM).")] = None,
+    max_sessions: Annotated[int | None, typer.Option(
+        "--max-sessions", show_default=False, min=1, max=64,
+        help="Realtime sessions at once, each a row of one batched step (default 8); one more is refused.")] = None,
+    model: ModelOpt = None,
+    model_device: Annotated[str | None, typer.Option(
+        "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
+    dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
+    offline: OfflineOpt = False, step: StepOpt = None, compile: CompileOpt = None,
+    config: ConfigOpt = None, debug: DebugOpt = False,
+) -> None:
+    """Serve the local model to apps and browsers: OpenAI- and vLLM-compatible APIs, many sessions.
+
+    - `POST /v1/audio/transcriptions`: OpenAI's (json, text, verbose_json, srt, vtt; `stream=true` as
+      server-sent events): the `openai` package works with only `base_url` and `api_key` set.
+    - `WS /v1/realtime`: vLLM's realtime protocol (what `voxcli listen --server` speaks), and OpenAI's
+      Realtime transcription sessions (`?intent=transcription`, server VAD).
+    - `GET /`: a live page (microphone to transcript); `/health`, `/v1/models`, `/metrics` (Prometheus).
+
+    Every realtime session is a row of the batched step: one scheduler thread steps them all in one
+    forward. SIGTERM or Ctrl-C ends every open session with its last words, then stops.
+
+    Example: `voxcli serve --port 8000` then `voxcli listen --server http://127.0.0.1:8000`
+    """
+    debug = _debug_on(debug)
+    cfg = _resolve_config(ctx, config, debug, {
+        **{k: v for k, v in MODEL_KEYS.items() if k not in ("model.server", "model.api_key")},
+        "model.device": "model_device", "serve.host": "host", "serve.port": "port", "serve.api_key": "api_key",
+        "serve.ssl_certfile": "ssl_certfile", "serve.ssl_keyfile": "ssl_keyfile",
+        "serve.max_sessions": "max_sessions"})
+    from voxcli.cli.serve import run_serve
+
+    _exit_with(ctx, lambda: run_serve(cfg, load_engine=partial(_load_engine, debug=debug)), debug)
+
+
 @app.command("report")
 def report_cmd(
     paths: Annotated[list[Path], typer.Argument(

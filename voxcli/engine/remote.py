@@ -22,6 +22,7 @@ carry their segment's span, which the client knows).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import queue
@@ -289,7 +290,7 @@ class RemoteRealtimeSession:
                 kind = message.get("type")
                 if kind == "transcription.delta":
                     self.answered_samples = self.pushed_samples
-                    self._inbox.put((time.perf_counter(), message.get("delta", "")))
+                    self._inbox.put((time.perf_counter(), message.get("delta", ""), message.get("voxcli")))
                 elif kind == "transcription.done":
                     # Before the final commit: the model said end of sequence with audio still
                     # coming (vLLM ends the request there). The caller opens a new session.
@@ -339,14 +340,21 @@ class RemoteRealtimeSession:
     def steps(self) -> Iterator[TokenEvent]:
         while True:
             try:
-                t, delta = self._inbox.get_nowait()
+                item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            yield self._event(t, delta)
+            yield self._event(*item)
         self._raise_if_failed()
 
-    def _event(self, t: float, delta: str) -> TokenEvent:
+    def _event(self, t: float, delta: str, extra: dict | None = None) -> TokenEvent:
+        """``extra``: what ``voxcli serve`` adds to a delta (its token id, whether it is a blank,
+        its step); vLLM sends none of it. Its audio span is left out: it counts from this
+        connection's first sample, which a reconnect's replay moves."""
         event = TokenEvent(index=self.n_tokens, token_id=-1, text=delta, t_emitted=t, special=not delta)
+        if isinstance(extra, dict):
+            event = dataclasses.replace(event, token_id=int(extra.get("token_id", -1)),
+                                        special=bool(extra.get("special", not delta)),
+                                        step_ms=extra.get("step_ms"), batch=extra.get("batch"))
         self.n_tokens += 1
         return event
 
@@ -363,11 +371,11 @@ class RemoteRealtimeSession:
             return
         while True:
             try:
-                t, delta = self._inbox.get_nowait()
+                item = self._inbox.get_nowait()
             except queue.Empty:
                 break
             self._deadline = time.monotonic() + self._timeout_s  # the server is still talking
-            yield self._event(t, delta)
+            yield self._event(*item)
         if self._done.is_set() and self._inbox.empty():
             self.finished = True
             self.close()

@@ -1,0 +1,173 @@
+"""The server: Starlette routes over one engine, run by uvicorn.
+
+Starlette rather than FastAPI: every body here is audio, a form or a WebSocket event checked by
+hand for its own error wording, so FastAPI's pydantic layer would add weight and validate nothing.
+
+    app = create_app(engine, ServeOptions(...))   # usable from Python and tests (TestClient)
+    serve(engine, options)                         # uvicorn, with SIGTERM draining the sessions
+
+Routes: ``GET /`` (the live page), ``GET /health``, ``GET /v1/models``, ``GET /metrics``
+(Prometheus), ``POST /v1/audio/transcriptions`` (:mod:`voxcli.serve.rest`), ``WS /v1/realtime``
+(:mod:`voxcli.serve.realtime`). With an API key, ``/v1/*`` wants ``Authorization: Bearer KEY``
+(compared in constant time); a browser's WebSocket, which cannot set headers, may send it as the
+subprotocol ``openai-insecure-api-key.KEY``, as OpenAI's browser clients do. The page, ``/health``
+and ``/metrics`` are open, as vLLM's are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from voxcli.serve import wire
+from voxcli.serve.metrics import CONTENT_TYPE, Metrics
+from voxcli.serve.realtime import Connection
+from voxcli.serve.rest import problem, transcriptions
+from voxcli.serve.scheduler import Scheduler
+
+KEY_PROTOCOL = "openai-insecure-api-key."
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What the server needs besides the engine (``serve:`` in the config file)."""
+
+    api_key: str | None = None
+    max_sessions: int = 8
+    max_upload_mb: float = 200.0
+    client_queue: int = 2000
+    send_timeout_s: float = 10.0
+    model_name: str | None = None  # what /v1/models says (default: the engine's)
+
+    @classmethod
+    def from_config(cls, cfg) -> ServeOptions:
+        s = cfg.serve
+        return cls(api_key=s.api_key, max_sessions=s.max_sessions, max_upload_mb=s.max_upload_mb,
+                   client_queue=s.client_queue, send_timeout_s=s.send_timeout_s, model_name=cfg.model.name)
+
+
+class ServerState:
+    """One per app: the engine's scheduler, the metrics, the open connections."""
+
+    def __init__(self, engine, options: ServeOptions) -> None:
+        self.engine = engine
+        self.options = options
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(engine, max_sessions=options.max_sessions, on_step=self.metrics.on_step)
+        self.model_name = options.model_name or engine.info.model
+        self.model_names = {self.model_name, engine.info.model}
+        self.connections: set[Connection] = set()
+        self.started = int(time.time())
+        self.draining = False
+
+    def authorized(self, headers, protocols: list[str] = ()) -> bool:
+        key = self.options.api_key
+        if not key:
+            return True
+        offered = headers.get("authorization", "")
+        token = offered[7:] if offered[:7].lower() == "bearer " else ""
+        for protocol in protocols:
+            if protocol.startswith(KEY_PROTOCOL):
+                token = protocol[len(KEY_PROTOCOL):]
+        return hmac.compare_digest(token.encode(), key.encode())
+
+    async def drain(self, timeout_s: float) -> None:
+        """SIGTERM: take no more sessions, end the open ones (each flushes and gets its done
+        event), let their writers send it, within ``timeout_s``."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        await asyncio.to_thread(self.scheduler.stop, timeout_s)
+        while time.monotonic() < deadline:
+            if all(c.gone or (c.out.empty() and not c.open_utterances) for c in self.connections):
+                break
+            await asyncio.sleep(0.02)
+        for c in list(self.connections):
+            await c._closing()
+
+
+def create_app(engine, options: ServeOptions | None = None) -> Starlette:
+    state = ServerState(engine, options or ServeOptions())
+    app = Starlette(routes=[
+        Route("/", page),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
+        Route("/health", health),
+        Route("/metrics", metrics),
+        Route("/v1/models", keyed(models)),
+        Route("/v1/audio/transcriptions", keyed(transcriptions), methods=["POST"]),
+        WebSocketRoute("/v1/realtime", realtime),
+    ])
+    app.state.server = state
+    return app
+
+
+def keyed(endpoint):
+    async def guarded(request: Request) -> Response:
+        server = request.app.state.server
+        if not server.authorized(request.headers):
+            server.metrics.rejected.labels("unauthorized").inc()
+            return problem(401, "a valid API key is needed: Authorization: Bearer KEY", "invalid_api_key")
+        if server.draining:
+            return problem(503, "the server is shutting down", "shutting_down")
+        return await endpoint(request)
+    return guarded
+
+
+async def page(request: Request) -> Response:
+    html = resources.files("voxcli.serve").joinpath("page.html").read_text(encoding="utf-8")
+    return HTMLResponse(html)
+
+
+async def health(request: Request) -> Response:
+    server = request.app.state.server
+    if not server.scheduler.alive:
+        return JSONResponse({"status": "error", "error": server.scheduler.error}, 503)
+    return JSONResponse({"status": "draining" if server.draining else "ok",
+                         "sessions": server.scheduler.active, "max_sessions": server.options.max_sessions})
+
+
+async def models(request: Request) -> Response:
+    server = request.app.state.server
+    info = server.engine.info
+    return JSONResponse({"object": "list", "data": [{
+        "id": server.model_name, "object": "model", "created": server.started, "owned_by": "voxcli",
+        "voxcli": {"kind": server.engine.kind, "device": info.device, "dtype": info.dtype,
+                   "delay_ms": info.delay_ms}}]})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.server.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def realtime(ws: WebSocket) -> None:
+    server = ws.app.state.server
+    protocols = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    if not server.authorized(ws.headers, protocols):
+        server.metrics.rejected.labels("unauthorized").inc()
+        await ws.send_denial_response(problem(401, "a valid API key is needed: Authorization: Bearer KEY",
+                                              "invalid_api_key"))
+        return
+    if server.engine.kind != "realtime":  # as vLLM: a server for an offline model has no realtime endpoint
+        await ws.send_denial_response(problem(403, f"{server.model_name} is an offline model: use "
+                                                   f"POST /v1/audio/transcriptions", "not_realtime"))
+        return
+    if server.draining:
+        await ws.send_denial_response(problem(503, "the server is shutting down", "shutting_down"))
+        return
+    query = ws.query_params
+    dialect = wire.OPENAI if ("intent" in query or "model" in query) else wire.VLLM
+    await ws.accept(subprotocol="realtime" if "realtime" in protocols else None)
+    connection = Connection(ws, server, dialect)
+    server.connections.add(connection)
+    try:
+        await connection.run()
+    finally:
+        server.connections.discard(connection)

@@ -1,0 +1,47 @@
+"""``GET /metrics``: the server's figures in Prometheus' text format (``prometheus-client``).
+
+Each app has its own registry (two servers in one process, as in tests, count apart).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from voxcli.serve.scheduler import Token
+
+MS_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.active = Gauge("voxcli_sessions_active", "Streams open on the engine (realtime sessions and "
+                            "transcription requests)", registry=r)
+        self.sessions = Counter("voxcli_sessions", "Sessions opened", ["api"], registry=r)
+        self.tokens = Counter("voxcli_tokens", "Tokens the model emitted (blanks included)", registry=r)
+        self.step = Histogram("voxcli_step_seconds", "One decode step: features, forward, id back",
+                              buckets=MS_BUCKETS, registry=r)
+        self.batch = Histogram("voxcli_batch_size", "Streams stepped in the forward that made each token", buckets=BATCH_BUCKETS,
+                               registry=r)
+        self.latency = Histogram("voxcli_emission_latency_seconds", "Token emitted - the audio that let it "
+                                 "step arrived at the server", buckets=MS_BUCKETS, registry=r)
+        self.rejected = Counter("voxcli_rejected_requests", "Requests and events refused", ["reason"], registry=r)
+        self.dropped = Counter("voxcli_dropped_clients", "Clients dropped by the server", ["reason"], registry=r)
+
+    def on_step(self, tokens: list[Token]) -> None:
+        """Called by the scheduler thread after each round of forwards (prometheus-client is thread-safe)."""
+        for token in tokens:
+            e = token.event
+            self.tokens.inc()
+            if e.step_ms is not None:
+                self.step.observe(e.step_ms / 1000.0)
+            if e.batch is not None:
+                self.batch.observe(e.batch)
+            if token.latency_ms is not None:
+                self.latency.observe(max(token.latency_ms, 0.0) / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

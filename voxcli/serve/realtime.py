@@ -1,0 +1,214 @@
+"""``WS /v1/realtime``: one client's connection, in either dialect (:mod:`voxcli.serve.wire`).
+
+Two tasks per connection: the reader takes the client's events (audio to the scheduler's
+:class:`~voxcli.serve.scheduler.Stream`), the writer sends what the scheduler delivers. The
+scheduler thread delivers onto this connection's own bounded queue (``serve.client_queue``) and
+never waits on it; a client that falls that far behind, or does not take one send within
+``serve.send_timeout_s``, is dropped with an ``error`` event, so it slows no one else. A client
+whose audio outruns the model waits (its own socket is read no further) once
+``MAX_BUFFERED_S`` of its audio is waiting for the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+import soxr
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from voxcli.serve import wire
+from voxcli.serve.scheduler import Done, Failed, Full
+from voxcli.units import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+MAX_BUFFERED_S = 60.0
+CLOSE_WAIT_S = 1.0  # a goodbye to a client that stopped reading gets this long
+_STOP = object()
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, server, dialect: str) -> None:
+        self.ws = ws
+        self.server = server  # voxcli.serve.app.ServerState
+        self.loop = asyncio.get_running_loop()
+        self.settings = wire.initial(dialect)
+        self.id = uuid.uuid4().hex[:16]
+        self.out: asyncio.Queue = asyncio.Queue(maxsize=server.options.client_queue)
+        self.stream = None
+        self.resampler = None
+        self.gone = False  # dropped, or left: nothing more is sent
+        self.open_utterances = 0  # ends asked for and not yet done (SIGTERM waits for them)
+
+    # -- from the scheduler thread --
+
+    def deliver(self, message: object) -> None:
+        self.loop.call_soon_threadsafe(self._put, message)
+
+    def _put(self, message: object) -> None:
+        if self.gone:
+            return
+        try:
+            self.out.put_nowait(message)
+        except asyncio.QueueFull:
+            self.drop("slow", f"this client fell {self.out.maxsize} events behind (serve.client_queue); dropped")
+
+    # -- the connection's life --
+
+    async def run(self) -> None:
+        await self._send(wire.created(self.settings, self.id, self.server.model_name))
+        writer = asyncio.create_task(self._write())
+        try:
+            await self._read()
+        finally:
+            self.gone = True
+            if self.stream is not None:
+                self.stream.close()  # its row is free at the scheduler's next cycle
+                self.server.metrics.active.dec()
+                self.stream = None
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def _read(self) -> None:
+        while not self.gone:
+            try:
+                message = await self.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                if self.stream is not None and not self.gone:
+                    self.server.metrics.dropped.labels("vanished").inc()
+                return
+            if message.get("text") is None:
+                await self._refuse(wire.BadEvent("send JSON events as text frames", "invalid_event"))
+                continue
+            try:
+                await self._handle(wire.parse(message["text"]))
+            except wire.BadEvent as exc:
+                await self._refuse(exc)
+                if exc.code == "server_full":  # nothing this connection can do: say so and close
+                    self._put(_STOP)
+                    await self._closing()
+                    return
+
+    async def _handle(self, event: dict) -> None:
+        kind = event["type"]
+        if kind in ("session.update", "transcription_session.update"):
+            wire.update(self.settings, event)
+            self._check_model()
+            self._open()
+            reply = wire.updated(self.settings, self.id, self.server.model_name)
+            if reply:
+                await self._queue_json(reply)
+        elif kind == "input_audio_buffer.append":
+            await self._append(event)
+        elif kind == "input_audio_buffer.commit":
+            self._commit(event)
+        else:
+            raise wire.BadEvent(f"unknown event type {kind!r}", "unknown_event", event.get("event_id"))
+
+    def _check_model(self) -> None:
+        model = self.settings.model
+        if model and model not in self.server.model_names:
+            raise wire.BadEvent(f"model {model!r} is not served here; this server serves "
+                                f"{self.server.model_name!r}", "model_not_found")
+
+    def _open(self) -> None:
+        if self.stream is not None:
+            return
+        try:
+            self.stream = self.server.scheduler.open(self.deliver, vad=self.settings.vad)
+        except Full as exc:
+            self.server.metrics.rejected.labels("full").inc()
+            raise wire.BadEvent(str(exc), "server_full") from None
+        self.server.metrics.sessions.labels(f"realtime-{self.settings.dialect}").inc()
+        self.server.metrics.active.inc()
+        self.resampler = None if self.settings.rate == SAMPLE_RATE else \
+            soxr.ResampleStream(self.settings.rate, SAMPLE_RATE, 1, dtype="float32")
+
+    async def _append(self, event: dict) -> None:
+        if not self.settings.configured:
+            raise wire.BadEvent("audio before session.update: send session.update (with the model) first",
+                                "session_not_configured", event.get("event_id"))
+        samples = wire.audio(event, self.settings.rate)
+        if self.stream is None:
+            self._open()
+        if self.resampler is not None:
+            samples = self.resampler.resample_chunk(samples)
+        t = time.perf_counter()
+        while self.stream.buffered > MAX_BUFFERED_S * SAMPLE_RATE and not self.gone:
+            await asyncio.sleep(0.01)  # the model is behind this client: read no more of its audio for now
+        self.stream.push(samples, t)
+
+    def _commit(self, event: dict) -> None:
+        vllm = self.settings.dialect == wire.VLLM
+        if vllm and not event.get("final"):
+            return  # vLLM's first commit starts generation; here audio is transcribed as it comes
+        if self.stream is None:
+            if not self.settings.configured:
+                raise wire.BadEvent("commit before session.update", "session_not_configured", event.get("event_id"))
+            self._open()
+        self.open_utterances += 1
+        self.stream.end()
+
+    # -- out --
+
+    async def _write(self) -> None:
+        while True:
+            message = await self.out.get()
+            if message is _STOP:
+                return
+            if isinstance(message, Done):
+                self.open_utterances = max(0, self.open_utterances - 1)
+            for event in wire.outgoing(self.settings, self.id, message) if not isinstance(message, dict) else [message]:
+                if not await self._send(event):
+                    return
+            if isinstance(message, Failed):
+                self.stream = None  # the scheduler dropped it
+                self.server.metrics.active.dec()
+
+    async def _send(self, event: dict) -> bool:
+        try:
+            await asyncio.wait_for(self.ws.send_json(event), self.server.options.send_timeout_s)
+            return True
+        except TimeoutError:
+            self.drop("slow", f"a send waited {self.server.options.send_timeout_s:g} s (serve.send_timeout_s); "
+                              f"this client stopped reading and is dropped")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.gone = True
+        return False
+
+    async def _queue_json(self, event: dict) -> None:
+        self._put(event)
+
+    async def _closing(self) -> None:
+        """Let the writer send what is queued (bounded), then close."""
+        for _ in range(int(CLOSE_WAIT_S / 0.01)):
+            if self.out.empty():
+                break
+            await asyncio.sleep(0.01)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=1013), CLOSE_WAIT_S)
+
+    async def _refuse(self, exc: wire.BadEvent) -> None:
+        self.server.metrics.rejected.labels(exc.code).inc()
+        self._put(wire.error(self.settings, str(exc), exc.code, exc.event_id))
+
+    def drop(self, reason: str, message: str) -> None:
+        """Stop serving this client: one ``error`` event if it still reads, then the socket closes."""
+        if self.gone:
+            return
+        self.gone = True
+        self.server.metrics.dropped.labels(reason).inc()
+        log.warning("session %s: %s", self.id, message)
+        asyncio.ensure_future(self._goodbye(wire.error(self.settings, message, f"client_{reason}")))
+
+    async def _goodbye(self, event: dict) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.send_json(event), CLOSE_WAIT_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=1008), CLOSE_WAIT_S)

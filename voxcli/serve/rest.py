@@ -1,0 +1,155 @@
+"""``POST /v1/audio/transcriptions``, OpenAI's shape: a multipart ``file`` (any format libsndfile
+reads), ``model``, ``language``, ``response_format`` (json, text, verbose_json, srt, vtt) and
+``stream=true`` for server-sent events (``transcript.text.delta`` / ``transcript.text.done``).
+
+The file runs through the same scheduler as the realtime sessions (a stream that is pushed all its
+audio and ended at once), so it counts against ``serve.max_sessions`` (503 when full). Past
+``serve.max_upload_mb``: 413, before the body is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from voxcli.audio.decode import load_audio
+from voxcli.errors import AudioError
+from voxcli.events import Transcript, TranscriptMetrics, clamp_span
+from voxcli.output.cues import events_to_cues
+from voxcli.output.formats import render_transcript
+from voxcli.serve.scheduler import Done, Failed, Full, Token
+from voxcli.units import SAMPLE_RATE
+
+FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+_MEDIA = {"text": "text/plain; charset=utf-8", "srt": "application/x-subrip", "vtt": "text/vtt"}
+
+
+def problem(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+
+
+async def transcriptions(request: Request) -> Response:
+    server = request.app.state.server
+    limit = int(server.options.max_upload_mb * 1024 * 1024)
+    length = request.headers.get("content-length")
+    if length is None:
+        return _refused(server, 411, "send a Content-Length (chunked uploads are not taken)", "length_required")
+    if int(length) > limit:
+        return _refused(server, 413, f"the upload is {int(length) / 1e6:.1f} MB; this server takes at most "
+                                     f"{server.options.max_upload_mb:g} MB (serve.max_upload_mb)", "file_too_large")
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as exc:  # noqa: BLE001 - python-multipart's and Starlette's parse errors alike
+        return _refused(server, 400, f"not a multipart form: {exc}", "invalid_form")
+    upload = form.get("file")
+    fmt = str(form.get("response_format") or "json")
+    if upload is None or isinstance(upload, str):
+        return _refused(server, 400, "the form needs a 'file' part (the audio)", "missing_file", "file")
+    if fmt not in FORMATS:
+        return _refused(server, 400, f"response_format {fmt!r}: one of {', '.join(FORMATS)}", "invalid_format",
+                        "response_format")
+    model = str(form.get("model") or server.model_name)
+    if model not in server.model_names:
+        return _refused(server, 404, f"model {model!r} is not served here; this server serves "
+                                     f"{server.model_name!r}", "model_not_found", "model")
+    try:
+        audio = await asyncio.to_thread(_decode, await upload.read(), upload.filename or "upload")
+    except AudioError as exc:
+        return _refused(server, 400, str(exc), "invalid_audio", "file")
+    try:
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        stream = server.scheduler.open(lambda m: loop.call_soon_threadsafe(queue.put_nowait, m))
+    except Full as exc:
+        return _refused(server, 503, str(exc), "server_full")
+    server.metrics.sessions.labels("transcriptions").inc()
+    server.metrics.active.inc()
+    stream.push(audio)
+    stream.end()
+    if str(form.get("stream") or "false").lower() == "true":
+        return StreamingResponse(_events(server, stream, queue), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        events, failed = await _collect(queue)
+    finally:
+        _closed(server, stream)
+    if failed is not None:
+        return problem(500, failed.message, failed.code)
+    return _render(events, fmt, len(audio) / SAMPLE_RATE, model, str(form.get("language") or ""))
+
+
+def _refused(server, status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    server.metrics.rejected.labels(code).inc()
+    return problem(status, message, code, param)
+
+
+def _decode(data: bytes, name: str):
+    suffix = os.path.splitext(name)[1][:16]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as f:  # libsndfile reads files; the upload is spooled already
+        f.write(data)
+        f.flush()
+        return load_audio(f.name)
+
+
+def _closed(server, stream) -> None:
+    stream.close()
+    server.metrics.active.dec()
+
+
+async def _collect(queue: asyncio.Queue):
+    events = []
+    while True:
+        message = await queue.get()
+        if isinstance(message, Token):
+            events.append(message.event)
+        elif isinstance(message, Done):
+            return events, None
+        elif isinstance(message, Failed):
+            return events, message
+
+
+async def _events(server, stream, queue: asyncio.Queue):
+    """Server-sent events as OpenAI sends them; a client that leaves frees the stream (finally)."""
+    text = []
+    try:
+        while True:
+            message = await queue.get()
+            if isinstance(message, Token) and message.event.text:
+                text.append(message.event.text)
+                yield _sse({"type": "transcript.text.delta", "delta": message.event.text})
+            elif isinstance(message, Done):
+                yield _sse({"type": "transcript.text.done", "text": "".join(text).strip()})
+                return
+            elif isinstance(message, Failed):
+                yield _sse({"type": "error", "error": {"message": message.message, "type": "server_error",
+                                                        "code": message.code, "param": None}})
+                return
+    finally:
+        _closed(server, stream)
+
+
+def _sse(event: dict) -> str:
+    return f"data: {json.dumps(event)}\n\n"
+
+
+def _render(events, fmt: str, audio_s: float, model: str, language: str) -> Response:
+    events = [clamp_span(e, audio_s) for e in events]
+    transcript = Transcript(source="upload", model=model, events=events,
+                            metrics=TranscriptMetrics(audio_s=audio_s, n_tokens=len(events)))
+    if fmt == "json":
+        return JSONResponse({"text": transcript.text})
+    if fmt == "verbose_json":
+        cues = events_to_cues(events, fallback_end_s=audio_s)
+        segments = [{"id": i, "start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text}
+                    for i, c in enumerate(cues)]
+        return JSONResponse({"task": "transcribe", "language": language or "unknown", "duration": round(audio_s, 3),
+                             "text": transcript.text, "segments": segments})
+    body = transcript.text + "\n" if fmt == "text" else render_transcript(transcript, fmt)
+    return PlainTextResponse(body, media_type=_MEDIA[fmt])

@@ -411,14 +411,14 @@ def serve_cmd(
 
     - `POST /v1/audio/transcriptions`: OpenAI's (json, text, verbose_json, srt, vtt; `stream=true` as
       server-sent events): the `openai` package works with only `base_url` and `api_key` set.
-    - `WS /v1/realtime`: vLLM's realtime protocol (what `voxcli listen --server` speaks), and OpenAI's
+    - `WS /v1/realtime`: vLLM's realtime protocol (what voxcli's own server client speaks), and OpenAI's
       Realtime transcription sessions (`?intent=transcription`, server VAD).
     - `GET /`: a live page (microphone to transcript); `/health`, `/v1/models`, `/metrics` (Prometheus).
 
     Every realtime session is a row of the batched step: one scheduler thread steps them all in one
     forward. SIGTERM or Ctrl-C ends every open session with its last words, then stops.
 
-    Example: `voxcli serve --port 8000` then `voxcli listen --server http://127.0.0.1:8000`
+    Example: `voxcli serve --port 8000`, then `voxcli listen` with `model.server: http://127.0.0.1:8000`
     """
     debug = _debug_on(debug)
     cfg = _resolve_config(ctx, config, debug, {

@@ -5,6 +5,10 @@ Two tasks per connection: the reader takes the client's events (audio to the sch
 scheduler thread delivers onto this connection's own bounded queue (``serve.client_queue``) and
 never waits on it; a client that falls that far behind, or does not take one send within
 ``serve.send_timeout_s``, is dropped with an ``error`` event, so it slows no one else. A client
+that reads nothing at all (the kernel's socket buffers take a megabyte or so of events first) is
+found by uvicorn's WebSocket ping, sent every ``send_timeout_s`` and due back within as long:
+uvicorn closes it, and its row is free (``voxcli_dropped_clients{reason="lost"}``, as for a
+client that vanished without closing). A client
 whose audio outruns the model waits (its own socket is read no further) once
 ``MAX_BUFFERED_S`` of its audio is waiting for the model.
 """
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_BUFFERED_S = 60.0
 CLOSE_WAIT_S = 1.0  # a goodbye to a client that stopped reading gets this long
 _STOP = object()
+CLEAN_CLOSE = (1000, 1001)  # a client that closed the connection itself
 
 
 class Connection:
@@ -42,6 +47,8 @@ class Connection:
         self.resampler = None
         self.gone = False  # dropped, or left: nothing more is sent
         self.open_utterances = 0  # ends asked for and not yet done (SIGTERM waits for them)
+        self.closed_cleanly = False
+        self.dropped = False  # by this server (drop())
 
     # -- from the scheduler thread --
 
@@ -64,6 +71,9 @@ class Connection:
         try:
             await self._read()
         finally:
+            if self.stream is not None and not self.dropped and not self.closed_cleanly:
+                # Gone without closing: vanished, or let uvicorn's ping go unanswered (read nothing).
+                self.server.metrics.dropped.labels("lost").inc()
             self.gone = True
             if self.stream is not None:
                 self.stream.close()  # its row is free at the scheduler's next cycle
@@ -80,8 +90,7 @@ class Connection:
             except (WebSocketDisconnect, RuntimeError):
                 return
             if message["type"] == "websocket.disconnect":
-                if self.stream is not None and not self.gone:
-                    self.server.metrics.dropped.labels("vanished").inc()
+                self.closed_cleanly = message.get("code") in CLEAN_CLOSE
                 return
             if message.get("text") is None:
                 await self._refuse(wire.BadEvent("send JSON events as text frames", "invalid_event"))
@@ -202,7 +211,7 @@ class Connection:
         """Stop serving this client: one ``error`` event if it still reads, then the socket closes."""
         if self.gone:
             return
-        self.gone = True
+        self.gone = self.dropped = True
         self.server.metrics.dropped.labels(reason).inc()
         log.warning("session %s: %s", self.id, message)
         asyncio.ensure_future(self._goodbye(wire.error(self.settings, message, f"client_{reason}")))

@@ -20,6 +20,15 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024  # a WebSocket message larger than this close
 log = logging.getLogger(__name__)
 
 
+def uvicorn_config(app, options: ServeOptions, **kwargs) -> uvicorn.Config:
+    """uvicorn as voxcli serves: WebSocket frames up to ``MAX_FRAME_BYTES``, a ping every
+    ``send_timeout_s`` that must come back within as long (a client that reads nothing is dropped)."""
+    return uvicorn.Config(app, ws="websockets-sansio", ws_max_size=MAX_FRAME_BYTES,
+                          ws_ping_interval=options.send_timeout_s, ws_ping_timeout=options.send_timeout_s,
+                          log_level="warning", timeout_graceful_shutdown=GRACEFUL_S, lifespan="off",
+                          access_log=False, **kwargs)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, whose first SIGTERM drains the sessions before uvicorn's own shutdown."""
 
@@ -45,9 +54,7 @@ class _Server(uvicorn.Server):
 def serve(engine, options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000,
           ssl_certfile: str | None = None, ssl_keyfile: str | None = None, on_ready=None) -> None:
     app = create_app(engine, options)
-    config = uvicorn.Config(app, host=host, port=port, ws="websockets", ws_max_size=MAX_FRAME_BYTES,
-                            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level="warning",
-                            timeout_graceful_shutdown=GRACEFUL_S, lifespan="off", access_log=False)
+    config = uvicorn_config(app, options, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     server = _Server(config, app.state.server)
     if on_ready is not None:
         original = server.startup

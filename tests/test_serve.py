@@ -1,0 +1,487 @@
+"""``voxcli serve`` against the clients its users already have: voxcli's own ``--server`` client
+(vLLM's realtime protocol), the ``openai`` package (REST, server-sent events, the Realtime
+transcription client), raw WebSockets for every fault, and a real headless Chromium for the page.
+
+One tiny random Realtime model serves all of it (8 rows: one per session); every text is checked
+against the same weights run locally, one stream alone (``realtime_engine``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_server import served
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from voxcli.audio.decode import load_audio, resample
+from voxcli.serve.app import ServeOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello.wav"
+LONG = ROOT / "examples" / "long.wav"
+KEY = "serve-test-key-7c1d"
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+
+
+@pytest.fixture(scope="module")
+def serve_engine(realtime_dir):
+    from voxcli.engine.local import load_engine
+
+    return load_engine(str(realtime_dir), device="cpu", sessions=8)
+
+
+@pytest.fixture(scope="module")
+def server(serve_engine):
+    with served(serve_engine, ServeOptions(max_sessions=8)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def clips():
+    """Eight different stretches of speech, 2.5 to 6 s."""
+    audio = load_audio(LONG)
+    return [audio[int(s * 16000):int((s + d) * 16000)] for s, d in
+            [(0, 4), (1.5, 3), (3, 5), (4.5, 2.5), (6, 6), (7.5, 3.5), (9, 4.5), (10.5, 3)]]
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory):
+    """hello.wav, a second of silence, hello.wav again: several ends of speech (long.wav has none)."""
+    import soundfile as sf
+
+    hello = load_audio(HELLO)
+    audio = np.concatenate([hello, np.zeros(16000, np.float32), hello])
+    path = tmp_path_factory.mktemp("talk") / "talk.wav"
+    sf.write(path, audio, 16000, subtype="PCM_16")
+    return path, load_audio(path)
+
+
+def local_text(engine, audio) -> str:
+    return "".join(e.text for e in engine.transcribe(audio)).strip()
+
+
+def pcm16(samples: np.ndarray) -> str:
+    return base64.b64encode((np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes()).decode()
+
+
+def vllm_session(server, **kw):
+    """A raw vLLM-dialect connection, set up; returns the socket (session.created read)."""
+    ws = connect(server.ws_url + "/v1/realtime", open_timeout=10, **kw)
+    assert json.loads(ws.recv(10))["type"] == "session.created"
+    return ws
+
+
+def until(ws, kind: str, timeout_s: float = 60.0) -> tuple[list[dict], dict]:
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        event = json.loads(ws.recv(max(0.1, deadline - time.monotonic())))
+        if event["type"] == kind:
+            return seen, event
+        seen.append(event)
+
+
+def healthy_after(server, engine, clips) -> None:
+    """The server is fine: health ok, no stream left open, and a new session transcribes right."""
+    server.wait_idle()
+    assert server.health()["status"] == "ok"
+    from voxcli.engine.remote import connect_engine
+
+    remote = connect_engine(server.url, timeout_s=60)
+    assert "".join(e.text for e in remote.transcribe(clips[3])).strip() == local_text(engine, clips[3])
+
+
+# ---------------------------------------------------------------------------------------------
+# The same text as the local engine, through every client
+# ---------------------------------------------------------------------------------------------
+
+
+def test_voxcli_transcribe_file_through_serve_gives_the_local_text(server, realtime_engine):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "voxcli", "transcribe", "file", str(HELLO), "--server", server.url,
+                          "--format", "json"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    served_json = json.loads(run.stdout)
+    assert served_json["text"] == local_text(realtime_engine, load_audio(HELLO))
+    tokens = served_json["events"]
+    assert {t["token_id"] for t in tokens} != {-1}, "voxcli's per-delta fields were read: real token ids"
+
+
+def _utterances(stdout: str) -> dict[int, str]:
+    texts: dict[int, list[str]] = {}
+    for line in stdout.splitlines():
+        event = json.loads(line)
+        if event["type"] == "token":
+            texts.setdefault(event["utterance"], []).append(event["text"])
+    return {u: "".join(t) for u, t in texts.items()}
+
+
+def test_voxcli_listen_through_serve_gives_the_local_text(server, realtime_dir, talk):
+    """Per utterance (a server's flushed words may arrive after the next utterance's first ones)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    common = [sys.executable, "-m", "voxcli", "listen", "--input", str(talk[0]), "--speed", "0", "--format", "jsonl"]
+    runs = [subprocess.run(common + extra, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+            for extra in (["--server", server.url], ["-m", str(realtime_dir), "--model-device", "cpu"])]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    remote, local = (_utterances(r.stdout) for r in runs)
+    assert len(local) >= 2, "the clip has several utterances"
+    assert remote == local
+
+
+def test_the_openai_package_transcribes_plain_streamed_and_in_every_format(server, realtime_engine):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    expected = local_text(realtime_engine, load_audio(HELLO))
+    with open(HELLO, "rb") as f:
+        assert client.audio.transcriptions.create(model=model, file=f).text == expected
+    with open(HELLO, "rb") as f:
+        events = list(client.audio.transcriptions.create(model=model, file=f, stream=True))
+    assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1)
+    assert events[-1].type == "transcript.text.done" and events[-1].text == expected
+    assert "".join(e.delta for e in events[:-1]).strip() == expected
+    with open(HELLO, "rb") as f:
+        verbose = client.audio.transcriptions.create(model=model, file=f, response_format="verbose_json")
+    assert verbose.text == expected and abs(verbose.duration - 4.324) < 0.01 and verbose.segments
+    for fmt, head in (("text", expected[:10]), ("srt", "1\n00:00:00,000 --> "), ("vtt", "WEBVTT\n")):
+        with open(HELLO, "rb") as f:
+            assert client.audio.transcriptions.create(model=model, file=f, response_format=fmt).startswith(head)
+
+
+def test_eight_concurrent_realtime_sessions_each_give_their_text_alone(server, realtime_engine, clips):
+    from voxcli.engine.remote import connect_engine
+
+    def one(clip):
+        remote = connect_engine(server.url, timeout_s=120)
+        return list(remote.transcribe(clip))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, clips))
+    for clip, events in zip(clips, results):
+        assert "".join(e.text for e in events).strip() == local_text(realtime_engine, clip)
+    batches = [e.batch for events in results for e in events if e.batch]
+    assert max(batches) >= 2, "sessions stepped together in one forward"
+    server.wait_idle()
+
+
+def test_openai_realtime_client_with_server_vad(server, talk):
+    """The openai package's Realtime client, pointed here: 24 kHz PCM16, server VAD: speech
+    started/stopped, then per item deltas and a completed transcript that is their sum."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", websocket_base_url=server.ws_url + "/v1")
+    audio24 = resample(talk[1], 16000, 24000)
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        watchdog = threading.Timer(90, conn.close)  # recv() has no timeout of its own: a failure must not hang
+        watchdog.start()
+        assert conn.recv().type == "session.created"
+        conn.session.update(session={"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": {"type": "server_vad"}}}})
+        assert conn.recv().type == "session.updated"
+        for i in range(0, len(audio24), 4800):
+            conn.input_audio_buffer.append(audio=pcm16(audio24[i:i + 4800]))
+        conn.input_audio_buffer.commit()  # the end of the input: whatever is open completes
+        deltas: dict[str, list[str]] = {}
+        completed: dict[str, str] = {}
+        kinds = []
+        while len(completed) < 2 or len(completed) < kinds.count("input_audio_buffer.speech_stopped") + 1:
+            event = conn.recv()
+            kinds.append(event.type)
+            if event.type == "conversation.item.input_audio_transcription.delta":
+                deltas.setdefault(event.item_id, []).append(event.delta)
+            elif event.type == "conversation.item.input_audio_transcription.completed":
+                completed[event.item_id] = event.transcript
+        watchdog.cancel()
+    assert "input_audio_buffer.speech_started" in kinds and "input_audio_buffer.speech_stopped" in kinds
+    assert "input_audio_buffer.committed" in kinds
+    assert all(completed[i] == "".join(d).strip() for i, d in deltas.items())
+    assert any(completed.values())
+
+
+def test_health_models_and_metrics(server):
+    assert server.health()["max_sessions"] == 8
+    status, body = server.get("/v1/models")
+    assert status == 200 and len(json.loads(body)["data"]) == 1
+    status, body = server.get("/metrics")
+    for name in ("voxcli_sessions_active", "voxcli_tokens_total", "voxcli_step_seconds_bucket",
+                 "voxcli_batch_size_bucket", "voxcli_emission_latency_seconds_bucket"):
+        assert name in body
+    assert server.metric("voxcli_tokens_total") > 0
+    status, page = server.get("/")
+    assert status == 200 and 'id="transcript"' in page and 'id="start"' in page
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: each answered clearly; the server and the other sessions go on
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("send, code", [
+    ("{not json", "invalid_json"),
+    (json.dumps({"type": "conversation.item.create"}), "unknown_event"),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_audio"),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}), "invalid_audio"),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (6 * 1024 * 1024)}), "audio_too_large"),
+])
+def test_bad_events_get_an_error_and_the_session_goes_on(server, realtime_engine, clips, send, code):
+    ws = vllm_session(server)
+    ws.send(json.dumps({"type": "session.update", "model": server.state.model_name}))
+    ws.send(send)
+    _, error = until(ws, "error", 20)
+    assert error["code"] == code and error["error"]
+    for i in range(0, len(clips[0]), 1280):  # the same connection still transcribes
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(clips[0][i:i + 1280])}))
+    ws.send(json.dumps({"type": "input_audio_buffer.commit", "final": True}))
+    _, done = until(ws, "transcription.done")
+    assert done["text"] == local_text(realtime_engine, clips[0])
+    ws.close()
+    server.wait_idle()
+
+
+def test_audio_before_setup_and_a_frame_past_the_limit(server, realtime_engine, clips):
+    ws = vllm_session(server)
+    ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(clips[0][:1280])}))
+    _, error = until(ws, "error", 20)
+    assert error["code"] == "session_not_configured"
+    ws.close()
+    ws = vllm_session(server, max_size=None)
+    ws.send("x" * (17 * 1024 * 1024))  # past uvicorn's frame limit: the server closes with 1009
+    with pytest.raises(ConnectionClosed) as closed:
+        until(ws, "never", 20)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    healthy_after(server, realtime_engine, clips)
+
+
+def test_a_client_that_vanishes_mid_stream_frees_its_row(server, realtime_engine, clips):
+    before = server.metric("voxcli_dropped_clients_total", '{reason="lost"}')
+    ws = vllm_session(server)
+    ws.send(json.dumps({"type": "session.update", "model": server.state.model_name}))
+    for i in range(0, len(clips[4]), 1280):
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(clips[4][i:i + 1280])}))
+    until(ws, "transcription.delta")
+    ws.socket.shutdown(socket.SHUT_RDWR)  # gone, without a closing handshake
+    ws.socket.close()
+    server.wait_idle()
+    assert server.metric("voxcli_dropped_clients_total", '{reason="lost"}') == before + 1
+    healthy_after(server, realtime_engine, clips)
+
+
+class NeverReads:
+    """A WebSocket client that sends and never reads a byte: websockets' sans-I/O protocol over a
+    raw socket with a small receive window (a library client would keep reading in its own thread)."""
+
+    def __init__(self, url: str, port: int) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: small from the start
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(60)  # the server reads no more audio while a minute of it waits for the model
+        self.protocol = ClientProtocol(parse_uri(url))
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+        response = b""
+        while b"\r\n\r\n" not in response:  # the handshake's answer; nothing is read after it
+            response += self.sock.recv(1)
+        self.protocol.receive_data(response)
+
+    def send(self, event: dict) -> None:
+        self.protocol.send_text(json.dumps(event).encode())
+        self._flush()
+
+    def _flush(self) -> None:
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+
+def test_a_client_that_never_reads_is_dropped_and_slows_no_one(serve_engine, realtime_engine, clips):
+    """A client that sends audio and reads nothing: its pings go unanswered and it is dropped within
+    the bound (a second here; its events meanwhile fill the kernel's buffers, not the server's
+    memory), its row freed, while another session goes on."""
+    with served(serve_engine, ServeOptions(client_queue=16, send_timeout_s=1.0)) as slow_server:
+        client = NeverReads(slow_server.ws_url + "/v1/realtime", slow_server.port)
+        client.send({"type": "session.update"})
+        audio = np.tile(clips[4], 20)  # two minutes
+        stop = threading.Event()
+
+        def flood():
+            try:
+                for i in range(0, len(audio), 16000):
+                    if stop.is_set():
+                        return
+                    client.send({"type": "input_audio_buffer.append", "audio": pcm16(audio[i:i + 16000])})
+            except OSError:
+                return  # dropped: the server closed the connection
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        from voxcli.engine.remote import connect_engine
+
+        other = connect_engine(slow_server.url, timeout_s=60)  # meanwhile another session gets its text
+        assert "".join(e.text for e in other.transcribe(clips[1])).strip() == local_text(realtime_engine, clips[1])
+        deadline = time.monotonic() + 60
+        while slow_server.metric("voxcli_dropped_clients_total", '{reason="lost"}') < 1:
+            assert time.monotonic() < deadline, "the client that never reads was not dropped"
+            time.sleep(0.1)
+        stop.set()
+        client.sock.close()
+        flooder.join(10)
+        healthy_after(slow_server, realtime_engine, clips)
+
+
+def test_a_full_server_says_so_on_both_apis(server, realtime_engine, clips, monkeypatch):
+    monkeypatch.setattr(server.state.scheduler, "max_sessions", 1)
+    holder = vllm_session(server)
+    holder.send(json.dumps({"type": "session.update", "model": server.state.model_name}))
+    ws = vllm_session(server)
+    ws.send(json.dumps({"type": "session.update", "model": server.state.model_name}))
+    _, error = until(ws, "error", 20)
+    assert error["code"] == "server_full"
+    with pytest.raises(ConnectionClosed):
+        until(ws, "never", 10)
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with open(HELLO, "rb") as f, pytest.raises(openai.InternalServerError) as full:
+        client.audio.transcriptions.create(model=server.state.model_name, file=f)
+    assert full.value.status_code == 503 and "max_sessions" in str(full.value)
+    holder.close()
+    monkeypatch.undo()
+    assert server.metric("voxcli_rejected_requests_total", '{reason="full"}') >= 1
+    healthy_after(server, realtime_engine, clips)
+
+
+def test_rest_refuses_large_uploads_bad_audio_and_unknown_models(server, realtime_engine, clips, monkeypatch):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    model = server.state.model_name
+    monkeypatch.setattr(server.state, "options", replace(server.state.options, max_upload_mb=0.05))
+    with open(HELLO, "rb") as f, pytest.raises(openai.APIStatusError) as large:
+        client.audio.transcriptions.create(model=model, file=f)
+    assert large.value.status_code == 413 and "max_upload_mb" in str(large.value)
+    monkeypatch.undo()
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.audio.transcriptions.create(model=model, file=("notes.wav", b"this is not audio"))
+    assert "not a readable audio file" in str(bad.value)
+    with open(HELLO, "rb") as f, pytest.raises(openai.NotFoundError):
+        client.audio.transcriptions.create(model="whisper-1", file=f)
+    healthy_after(server, realtime_engine, clips)
+
+
+def test_a_wrong_key_is_refused_on_every_api(serve_engine, realtime_engine, clips):
+    import openai
+    from websockets.exceptions import InvalidStatus
+
+    from voxcli.engine.remote import connect_engine
+    from voxcli.errors import ServerError
+
+    with served(serve_engine, ServeOptions(api_key=KEY)) as keyed:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(keyed.ws_url + "/v1/realtime", additional_headers={"Authorization": "Bearer wrong"})
+        assert refused.value.response.status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            with open(HELLO, "rb") as f:
+                openai.OpenAI(base_url=keyed.url + "/v1", api_key="wrong").audio.transcriptions.create(
+                    model=keyed.state.model_name, file=f)
+        with pytest.raises(ServerError, match="refused the API key"):
+            connect_engine(keyed.url, api_key="wrong")
+        with pytest.raises(ServerError, match="wants an API key"):
+            connect_engine(keyed.url)
+        # The right key, by header and by the browser's subprotocol; /health stays open.
+        remote = connect_engine(keyed.url, api_key=KEY, timeout_s=60)
+        assert "".join(e.text for e in remote.transcribe(clips[2])).strip() == local_text(realtime_engine, clips[2])
+        ws = connect(keyed.ws_url + "/v1/realtime?intent=transcription",
+                     subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"])
+        assert json.loads(ws.recv(10))["type"] == "session.created" and ws.subprotocol == "realtime"
+        ws.close()
+        assert keyed.health()["status"] == "ok"
+        assert keyed.metric("voxcli_rejected_requests_total", '{reason="unauthorized"}') >= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM, and the page in a real browser
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sigterm_ends_open_sessions_with_done_and_exits(realtime_dir, realtime_engine, clips):
+    from vllm_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "voxcli", "serve", "-m", str(realtime_dir), "--model-device", "cpu",
+                             "--port", str(port)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ws = connect(f"ws://127.0.0.1:{port}/v1/realtime", open_timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.3)
+        json.loads(ws.recv(10))
+        ws.send(json.dumps({"type": "session.update"}))
+        for i in range(0, len(clips[0]), 1280):
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(clips[0][i:i + 1280])}))
+        until(ws, "transcription.delta")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, done = until(ws, "transcription.done", 20)
+        assert done["text"] == local_text(realtime_engine, clips[0])  # all of it, flushed
+        assert proc.wait(30) == 0
+        assert time.monotonic() - t0 < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_live_page_shows_text_from_a_fake_microphone(server, tmp_path):
+    """Debian's chromium, headless, its fake microphone playing a WAV: text appears in #transcript."""
+    pytest.importorskip("playwright", reason="pip install playwright (the test extra has it)")
+    browser_path = _chromium()
+    if browser_path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs chromium (apt install chromium; .ci/setup.sh --test does)")
+        pytest.skip("needs chromium (apt install chromium)")
+    import soundfile as sf
+    from playwright.sync_api import sync_playwright
+
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, resample(load_audio(HELLO), 16000, 48000), 48000, subtype="PCM_16")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=[
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}"])
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.click("#start")
+            page.wait_for_function("document.getElementById('transcript').textContent.trim().length > 3",
+                                   timeout=60000)
+            assert "emission latency" in page.text_content("#status")
+        finally:
+            browser.close()
+    server.wait_idle()

@@ -81,7 +81,7 @@ def pcm16(samples: np.ndarray) -> str:
 
 def vllm_session(server, **kw):
     """A raw vLLM-dialect connection, set up; returns the socket (session.created read)."""
-    ws = connect(server.ws_url + "/v1/realtime", open_timeout=10, **kw)
+    ws = connect(server.ws_url + "/v1/realtime", open_timeout=10, legacy=True, **kw)
     assert json.loads(ws.recv(10))["type"] == "session.created"
     return ws
 
@@ -395,7 +395,7 @@ def test_a_wrong_key_is_refused_on_every_api(serve_engine, realtime_engine, clip
 
     with served(serve_engine, ServeOptions(api_key=KEY)) as keyed:
         with pytest.raises(InvalidStatus) as refused:
-            connect(keyed.ws_url + "/v1/realtime", additional_headers={"Authorization": "Bearer wrong"})
+            connect(keyed.ws_url + "/v1/realtime", additional_headers={"Authorization": "Bearer wrong"}, legacy=True)
         assert refused.value.response.status_code == 401
         with pytest.raises(openai.AuthenticationError):
             with open(HELLO, "rb") as f:
@@ -409,7 +409,7 @@ def test_a_wrong_key_is_refused_on_every_api(serve_engine, realtime_engine, clip
         remote = connect_engine(keyed.url, api_key=KEY, timeout_s=60)
         assert "".join(e.text for e in remote.transcribe(clips[2])).strip() == local_text(realtime_engine, clips[2])
         ws = connect(keyed.ws_url + "/v1/realtime?intent=transcription",
-                     subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"])
+                     subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"], legacy=True)
         assert json.loads(ws.recv(10))["type"] == "session.created" and ws.subprotocol == "realtime"
         ws.close()
         assert keyed.health()["status"] == "ok"
@@ -432,7 +432,7 @@ def test_sigterm_ends_open_sessions_with_done_and_exits(realtime_dir, realtime_e
         deadline = time.monotonic() + 120
         while True:
             try:
-                ws = connect(f"ws://127.0.0.1:{port}/v1/realtime", open_timeout=5)
+                ws = connect(f"ws://127.0.0.1:{port}/v1/realtime", open_timeout=5, legacy=True)
                 break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()

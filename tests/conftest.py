@@ -24,15 +24,14 @@ from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - one server o
 
 
 def pytest_collection_modifyitems(config, items):
-    """``vllm`` and ``compile`` tests are ``slow`` too; the vLLM tests run in two pytest-xdist
-    groups (``--dist loadgroup``: the realtime server's, and the offline and https servers'), so
-    each server starts once; ``gpu`` tests are skipped without a GPU (torch is imported only when
-    there are some)."""
+    """``vllm`` and ``compile`` tests are ``slow`` too; the vLLM tests run in one pytest-xdist
+    worker (``--dist loadgroup``), so each session-scoped server starts once; ``gpu`` tests are
+    skipped without a GPU (torch is imported only when there are some)."""
     for item in items:
         if {"vllm", "compile"} & set(item.keywords):
             item.add_marker(pytest.mark.slow)
         if "vllm" in item.keywords or any(name.startswith("vllm_") for name in item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group(_vllm_group(item)))
+            item.add_marker(pytest.mark.xdist_group("vllm"))
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:
         return
@@ -41,16 +40,6 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         for item in gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-
-
-def _vllm_group(item) -> str:
-    """Two groups, so two workers share the vLLM tests: those on the realtime server, and those on
-    the offline server or the https+key one (each server still starts once, in one worker)."""
-    params = getattr(item, "callspec", None)
-    kind = params.params.get("kind") if params is not None else None
-    if kind == "offline" or {"vllm_offline", "vllm_keyed_tls"} & set(item.fixturenames):
-        return "vllm-offline"
-    return "vllm"
 
 
 @pytest.fixture(scope="session")

@@ -27,12 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the vLLM launcher the tests use
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_voxcli(model: Path, port: int, sessions: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "voxcli", "serve", "-m", str(model), "--model-device", "cpu",
                              "--port", str(port), "--max-sessions", str(sessions)], cwd=ROOT,
@@ -63,7 +57,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     counts = [int(n) for n in args.sessions.split(",")]
-    from vllm_server import start_vllm_server
+    from vllm_server import free_port, start_vllm_server
     from voxcli.testing.tiny import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="serve-vs-vllm-"))

@@ -364,7 +364,7 @@ def test_a_full_server_says_so_on_both_apis(server, realtime_engine, clips, monk
     assert full.value.status_code == 503 and "max_sessions" in str(full.value)
     holder.close()
     monkeypatch.undo()
-    assert server.metric("voxcli_rejected_requests_total", '{reason="full"}') >= 1
+    assert server.metric("voxcli_rejected_requests_total", '{reason="server_full"}') >= 2  # both APIs
     healthy_after(server, realtime_engine, clips)
 
 

@@ -18,6 +18,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # Read from the scheduler when scraped (ServerState sets the function): never a count kept apart.
         self.active = Gauge("voxcli_sessions_active", "Streams open on the engine (realtime sessions and "
                             "transcription requests)", registry=r)
         self.sessions = Counter("voxcli_sessions", "Sessions opened", ["api"], registry=r)

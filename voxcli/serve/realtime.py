@@ -77,7 +77,6 @@ class Connection:
             self.gone = True
             if self.stream is not None:
                 self.stream.close()  # its row is free at the scheduler's next cycle
-                self.server.metrics.active.dec()
                 self.stream = None
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -93,12 +92,12 @@ class Connection:
                 self.closed_cleanly = message.get("code") in CLEAN_CLOSE
                 return
             if message.get("text") is None:
-                await self._refuse(wire.BadEvent("send JSON events as text frames", "invalid_event"))
+                self._refuse(wire.BadEvent("send JSON events as text frames", "invalid_event"))
                 continue
             try:
                 await self._handle(wire.parse(message["text"]))
             except wire.BadEvent as exc:
-                await self._refuse(exc)
+                self._refuse(exc)
                 if exc.code == "server_full":  # nothing this connection can do: say so and close
                     self._put(_STOP)
                     await self._closing()
@@ -112,7 +111,7 @@ class Connection:
             self._open()
             reply = wire.updated(self.settings, self.id, self.server.model_name)
             if reply:
-                await self._queue_json(reply)
+                self._put(reply)
         elif kind == "input_audio_buffer.append":
             await self._append(event)
         elif kind == "input_audio_buffer.commit":
@@ -132,10 +131,8 @@ class Connection:
         try:
             self.stream = self.server.scheduler.open(self.deliver, vad=self.settings.vad)
         except Full as exc:
-            self.server.metrics.rejected.labels("full").inc()
-            raise wire.BadEvent(str(exc), "server_full") from None
+            raise wire.BadEvent(str(exc), "server_full") from None  # counted by _refuse, as REST counts it
         self.server.metrics.sessions.labels(f"realtime-{self.settings.dialect}").inc()
-        self.server.metrics.active.inc()
         self.resampler = None if self.settings.rate == SAMPLE_RATE else \
             soxr.ResampleStream(self.settings.rate, SAMPLE_RATE, 1, dtype="float32")
 
@@ -143,7 +140,7 @@ class Connection:
         if not self.settings.configured:
             raise wire.BadEvent("audio before session.update: send session.update (with the model) first",
                                 "session_not_configured", event.get("event_id"))
-        samples = wire.audio(event, self.settings.rate)
+        samples = wire.audio(event)
         if self.stream is None:
             self._open()
         if self.resampler is not None:
@@ -178,7 +175,6 @@ class Connection:
                     return
             if isinstance(message, Failed):
                 self.stream = None  # the scheduler dropped it
-                self.server.metrics.active.dec()
 
     async def _send(self, event: dict) -> bool:
         try:
@@ -191,9 +187,6 @@ class Connection:
             self.gone = True
         return False
 
-    async def _queue_json(self, event: dict) -> None:
-        self._put(event)
-
     async def _closing(self) -> None:
         """Let the writer send what is queued (bounded), then close."""
         for _ in range(int(CLOSE_WAIT_S / 0.01)):
@@ -203,7 +196,7 @@ class Connection:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(code=1013), CLOSE_WAIT_S)
 
-    async def _refuse(self, exc: wire.BadEvent) -> None:
+    def _refuse(self, exc: wire.BadEvent) -> None:
         self.server.metrics.rejected.labels(exc.code).inc()
         self._put(wire.error(self.settings, str(exc), exc.code, exc.event_id))
 

@@ -70,16 +70,15 @@ async def transcriptions(request: Request) -> Response:
     except Full as exc:
         return _refused(server, 503, str(exc), "server_full")
     server.metrics.sessions.labels("transcriptions").inc()
-    server.metrics.active.inc()
     stream.push(audio)
     stream.end()
     if str(form.get("stream") or "false").lower() == "true":
-        return StreamingResponse(_events(server, stream, queue), media_type="text/event-stream",
+        return StreamingResponse(_events(stream, queue), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     try:
         events, failed = await _collect(queue)
     finally:
-        _closed(server, stream)
+        stream.close()  # its row is free at the scheduler's next cycle
     if failed is not None:
         return problem(500, failed.message, failed.code)
     return _render(events, fmt, len(audio) / SAMPLE_RATE, model, str(form.get("language") or ""))
@@ -98,11 +97,6 @@ def _decode(data: bytes, name: str):
         return load_audio(f.name)
 
 
-def _closed(server, stream) -> None:
-    stream.close()
-    server.metrics.active.dec()
-
-
 async def _collect(queue: asyncio.Queue):
     events = []
     while True:
@@ -115,7 +109,7 @@ async def _collect(queue: asyncio.Queue):
             return events, message
 
 
-async def _events(server, stream, queue: asyncio.Queue):
+async def _events(stream, queue: asyncio.Queue):
     """Server-sent events as OpenAI sends them; a client that leaves frees the stream (finally)."""
     text = []
     try:
@@ -132,7 +126,7 @@ async def _events(server, stream, queue: asyncio.Queue):
                                                         "code": message.code, "param": None}})
                 return
     finally:
-        _closed(server, stream)
+        stream.close()  # its row is free at the scheduler's next cycle
 
 
 def _sse(event: dict) -> str:

@@ -188,7 +188,7 @@ class Scheduler:
                 self._wake.clear()
                 with self._lock:
                     streams = list(self._streams.values())
-                    if self._stopping and not any(s._inbox for s in streams):
+                    if self._stopping and not any(s.waiting for s in streams):
                         for s in streams:
                             self._drop(s)
                         return
@@ -270,12 +270,8 @@ class Scheduler:
         else:
             pairs = ((i, e) for i, s in enumerate(running) for e in s.session.steps())
         for i, event in pairs:
-            s = running[i]
-            t = latest.get(s.id)
-            token = Token(event, s.utterance, None if t is None else (event.t_emitted - t) * 1000.0)
-            s.text.append(event.text)
-            s.deliver(token)
-            tokens.append(token)
+            t = latest.get(running[i].id)
+            tokens.append(_emit(running[i], event, None if t is None else (event.t_emitted - t) * 1000.0))
         self.on_step(tokens)
 
     def _finish(self, ending: list[Stream]) -> None:
@@ -284,20 +280,12 @@ class Scheduler:
             pairs = self.engine.finish_together([s.session for s in realtime])
         else:
             pairs = ((i, e) for i, s in enumerate(realtime) for e in s.session.finish())
-        tokens = []
-        for i, event in pairs:
-            s = realtime[i]
-            token = Token(event, s.utterance, None)
-            s.text.append(event.text)
-            s.deliver(token)
-            tokens.append(token)
+        tokens = [_emit(realtime[i], event, None) for i, event in pairs]
         for s in ending:
             if s.offline_audio:
                 audio = np.concatenate(s.offline_audio)
                 s.offline_audio = []
-                for event in self.engine.transcribe(audio):
-                    s.text.append(event.text)
-                    s.deliver(Token(event, s.utterance, None))
+                tokens += [_emit(s, event, None) for event in self.engine.transcribe(audio)]
         self.on_step(tokens)
         for s in ending:
             if s.session is not None:
@@ -307,3 +295,11 @@ class Scheduler:
             s.deliver(Done(s.utterance, "".join(s.text).strip(), audio_s))
             s.text, s.ending, s.utterance_from = [], False, s.heard
             s.utterance += 1
+
+
+def _emit(s: Stream, event: TokenEvent, latency_ms: float | None) -> Token:
+    """A token of ``s``'s open utterance: kept for its done event, handed to its client."""
+    token = Token(event, s.utterance, latency_ms)
+    s.text.append(event.text)
+    s.deliver(token)
+    return token

@@ -117,8 +117,8 @@ def _openai_session(settings: Settings, session: dict) -> None:
             settings.vad = EndpointOptions(min_silence_ms=max(silence, 32), threshold=min(max(threshold, 0.36), 0.99))
 
 
-def audio(event: dict, rate: int) -> np.ndarray:
-    """An append's samples as float32; ``rate`` is only checked by the caller's resampler."""
+def audio(event: dict) -> np.ndarray:
+    """An append's samples as float32, at the session's rate (the caller resamples)."""
     data = event.get("audio")
     if not isinstance(data, str):
         raise BadEvent("input_audio_buffer.append needs 'audio': base64 PCM16", "invalid_audio", event.get("event_id"))

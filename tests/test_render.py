@@ -264,6 +264,20 @@ def test_gap_and_duration_force_breaks():
         assert cue.end_s - cue.start_s <= 2.0 + 1e-9
 
 
+def test_blanks_lend_no_time_to_the_next_word():
+    """A Realtime stream says a blank (a special token, no text) for every 80 ms of silence; a
+    word after two seconds of them starts where it is said, not where the silence began, and the
+    pause before it breaks the cue."""
+    events, t = [], 0.0
+    for text in [""] * 25 + [" Hello", " world"] + [""] * 25 + [" again"]:
+        events.append(TokenEvent(len(events), 1, text, 0.0, t, t + TOKEN_S, special=not text))
+        t += TOKEN_S
+    cues = events_to_cues(events)
+    assert [c.text for c in cues] == ["Hello world", "again"]
+    assert cues[0].start_s == pytest.approx(25 * TOKEN_S) and cues[0].end_s == pytest.approx(27 * TOKEN_S)
+    assert cues[1].start_s == pytest.approx(52 * TOKEN_S)
+
+
 def test_cue_times_come_from_token_spans():
     events = make_events([SEG0])
     cues = events_to_cues(events, max_chars=1000, max_duration_s=1000, max_gap_s=1000)

@@ -53,10 +53,14 @@ def _is_boundary(prev_text: str, next_text: str) -> bool:
 
 
 def _words(events: Iterable[TokenEvent]) -> list[_Word]:
+    """Words rebuilt from the text events; special tokens take no part (a Realtime blank's span
+    joined to the next word would start it at the beginning of the silence before it)."""
     words: list[_Word] = []
     held: list[TokenEvent] = []  # empty pieces (an incomplete multi-byte char) join what follows
     prev_text = ""
     for event in events:
+        if event.special:
+            continue  # a blank or a marker: no text, and its span is silence, not a word's
         if not event.text:
             held.append(event)
             continue

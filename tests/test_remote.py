@@ -290,12 +290,13 @@ KEY = "voxcli-test-key-5f3e9a"
 
 @pytest.fixture(scope="module")
 def vllm_keyed_tls(tmp_path_factory):
-    from vllm_server import self_signed_certificate
+    from vllm_server import self_signed_certificate, shared_cache
 
     python = vllm_python()
     workdir = Path(tempfile.mkdtemp(prefix="vxt-"))
     tls = self_signed_certificate(tmp_path_factory.mktemp("tls"))
-    server = start_vllm_server("realtime", workdir, python=python, tls=tls, extra_args=("--api-key", KEY))
+    server = start_vllm_server("realtime", workdir, python=python, tls=tls, extra_args=("--api-key", KEY),
+                               cache_root=shared_cache(tmp_path_factory))
     try:
         yield server
     finally:

@@ -56,12 +56,13 @@ def together(base, streams: list[dict], *, stall_every: int = 0) -> None:
     """Run ``streams`` (each: engine, audio, start tick) tick by tick: each pushes 80 ms a tick
     from its start on, and every stream that can step does, in one forward (steps_together).
     ``stall_every``: stream i skips a push every ``stall_every + i`` ticks and catches up at the
-    next, so its row sits out some forwards. Each stream's events land in ``events``."""
+    next, so its row sits out some forwards. Each stream's events land in ``events``; its ``kw``,
+    if any, are the arguments of its ``engine.session()``."""
     tick = 0
     while any(not s.get("done") for s in streams):
         for s in streams:
             if not s.get("done") and "session" not in s and tick >= s["start"]:
-                s.update(session=s["engine"].session(), pos=0, events=[], owed=0)
+                s.update(session=s["engine"].session(**s.get("kw", {})), pos=0, events=[], owed=0)
         running = [s for s in streams if "session" in s and not s.get("done")]
         for i, s in enumerate(running):
             s["owed"] += 1
@@ -157,7 +158,8 @@ def test_compiled_steps_give_the_eager_ids_alone_and_together_and_never_recompil
     """One compiled model (its graphs made once, at warm-up), three delays over it: each stream
     alone gives the eager step's ids and logits, a second session compiles nothing, and two streams
     at two delays stepping together (staggered, one stalling: bucket 2 with a row out) give the
-    eager ids too. (Was two tests, one in test_static.py; one compile serves both.)"""
+    eager ids too, and so do sessions with keyterms, whose change recompiles nothing. (Was two
+    tests, one in test_static.py; one compile serves them all.)"""
     import torch._dynamo.utils
 
     from test_static import assert_same, run_session
@@ -181,6 +183,13 @@ def test_compiled_steps_give_the_eager_ids_alone_and_together_and_never_recompil
         together(base, streams, stall_every=5)
         runs.append([ids(s["events"]) for s in streams])
     assert runs[0] == runs[1]
+    # Keyterms are a buffer the graph reads: sessions with other phrases and biases give the eager
+    # ids, and nothing compiles for them.
+    from voxcli.engine.keyterms import Keyterms
+
+    for kt in (Keyterms.of(["two", "class"], 3.0), Keyterms.of(["class"], 1.0)):
+        assert ids(alone(compiled, hello, keyterms=kt)) == ids(alone(eager, hello, keyterms=kt))
+    assert ids(alone(eager, hello, keyterms=Keyterms.of(["two", "class"], 3.0))) != ids(alone(eager, hello))
     assert dict(counters["stats"]).get("unique_graphs") == made.get("unique_graphs")  # nothing compiled in a session
 
 def _voxcli(*args, timeout=300):

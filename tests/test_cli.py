@@ -570,7 +570,8 @@ def test_config_prints_the_files_values(cli_env, tmp_path):
     printed = yaml.safe_load(run.stdout)
     assert printed == load_config(path).to_dict()
     assert printed["model"]["device"] == "cpu" and printed["model"]["threads"] == 3
-    assert printed["transcription"] == {"delay_ms": 960, "final_delay_ms": None, "final_model": None, "language": "fr"}
+    assert printed["transcription"] == {"delay_ms": 960, "final_delay_ms": None, "final_model": None, "language": "fr",
+                                        "keyterms": [], "keyterm_bias": 2.0, "alternatives": 0}
     assert printed["output"]["format"] == "vtt"
 
 

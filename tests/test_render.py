@@ -6,6 +6,7 @@ import io
 import json
 import re
 import time
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -575,6 +576,28 @@ def test_the_live_view_draws_final_text_then_the_provisional_tail_dim():
         live.set_tail(" provisional ones")
         frame = plain(last_render(buf.getvalue()))
         assert "Final words and provisional ones" in frame and frame.count("and") == 1
+
+
+def test_words_the_model_was_unsure_of_are_underlined_whole():
+    """--low-confidence 0.5: a word with one unlikely token is underlined, all of its pieces and not
+    the space before it; sure words and tokens without ``p`` are not. Underline reads in black and
+    white: it is kept with NO_COLOR (Rich's no_color drops colours, not underline)."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=80, height=12, no_color=True)
+    pieces = [(" Hello", 0.9), (" un", 0.9), ("sure", 0.2), ("ly", 0.95), (" again", 0.8), (" no", None),
+              ("p", None), (" last", 0.49)]
+    with LiveTranscript(console, title="t", low_confidence=0.5) as live:
+        for text, p in pieces:
+            live.add(replace(_tok(text, 1.0), p=p))
+        frame = last_render(buf.getvalue())
+    assert "Hello unsurely again nop last" in plain(frame)
+    for word, underlined in (("Hello", False), ("unsurely", True), ("again", False), ("nop", False), ("last", True)):
+        assert ("4" in sgr_before(frame, word[-2:])) == underlined, word
+    assert "Hello \x1b[4mun" in frame  # the space before the word is not underlined
+    quiet = io.StringIO()
+    with LiveTranscript(Console(file=quiet, force_terminal=True, width=80, no_color=True), title="t") as live:
+        live.add(replace(_tok(" unsure", 1.0), p=0.01))  # off by default
+    assert "\x1b[4m" not in quiet.getvalue()
 
 
 def test_two_pass_status_shows_both_steps_against_the_budget():

@@ -228,6 +228,48 @@ def test_health_models_and_metrics(server):
     assert status == 200 and 'id="transcript"' in page and 'id="start"' in page
 
 
+def test_keyterms_are_a_session_option_on_both_apis(server, realtime_engine, clips):
+    """A realtime session's ``voxcli.keyterms`` (beside one without, at the same time: rows of one
+    forward) and a REST upload's ``keyterms`` (the openai package's ``extra_body``) give the text the
+    local engine gives with the same keyterms; deltas name the phrase a token completed."""
+    import openai
+
+    from voxcli.engine.keyterms import Keyterms
+
+    kt = Keyterms.of(["two", "class"], 3.0)
+    clip = clips[2]
+    favoured = "".join(e.text for e in realtime_engine.transcribe(clip, keyterms=kt)).strip()
+    assert favoured != local_text(realtime_engine, clip)
+
+    def one(options):
+        ws = vllm_session(server)
+        ws.send(json.dumps({"type": "session.update", "model": server.state.model_name, **options}))
+        for i in range(0, len(clip), 1280):
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(clip[i:i + 1280])}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit", "final": True}))
+        seen, done = until(ws, "transcription.done")
+        ws.close()
+        return seen, done
+
+    options = {"voxcli": {"keyterms": ["two", "class"], "keyterm_bias": 3.0}}
+    with ThreadPoolExecutor(2) as pool:
+        (seen, done), (_, other) = pool.map(one, [options, {}])
+    assert done["text"] == favoured and other["text"] == local_text(realtime_engine, clip)
+    said = [e["voxcli"]["keyterm"] for e in seen if e["type"] == "transcription.delta" and "keyterm" in e["voxcli"]]
+    assert said and set(said) <= {"two", "class"}
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    hello = load_audio(HELLO)
+    with open(HELLO, "rb") as f:
+        result = client.audio.transcriptions.create(model=server.state.model_name, file=f,
+                                                    extra_body={"keyterms": ["two", "class"], "keyterm_bias": 3.0})
+    assert result.text == "".join(e.text for e in realtime_engine.transcribe(hello, keyterms=kt)).strip()
+    assert sum(c["said"] for c in result.model_extra["keyterms"].values()) > 0
+    with open(HELLO, "rb") as f, pytest.raises(openai.BadRequestError, match="keyterm_bias"):
+        client.audio.transcriptions.create(model=server.state.model_name, file=f,
+                                           extra_body={"keyterms": ["two"], "keyterm_bias": 99})
+    server.wait_idle()
+
+
 # ---------------------------------------------------------------------------------------------
 # Faults: each answered clearly; the server and the other sessions go on
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +281,7 @@ def test_health_models_and_metrics(server):
     (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_audio"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}), "invalid_audio"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (6 * 1024 * 1024)}), "audio_too_large"),
+    (json.dumps({"type": "session.update", "voxcli": {"keyterms": "two"}}), "invalid_keyterms"),
 ])
 def test_bad_events_get_an_error_and_the_session_goes_on(server, realtime_engine, clips, send, code):
     ws = vllm_session(server)

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from voxcli.choices import (COMPILE_MODES, DEFAULT_MODEL, DETECTORS, DTYPES, OUTPUT_FORMATS, SERVER_KINDS,
-                            STEPS)
+from voxcli.choices import (COMPILE_MODES, DEFAULT_MODEL, DETECTORS, DTYPES, KEYTERM_BIAS, OUTPUT_FORMATS,
+                            SERVER_KINDS, STEPS)
 from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
 from voxcli.delays import is_allowed_delay_ms
 from voxcli.errors import ConfigError
@@ -85,11 +85,24 @@ class TranscriptionConfig:
                 "null = none"})
     language: str = field(default="auto", metadata={
         "help": "offline models: ISO 639-1 language hint (en, fr, ...) or auto to detect"})
+    keyterms: list[str] = field(default_factory=list, metadata={
+        "help": "words or phrases to favour (names, jargon): their tokens' scores get keyterm_bias added in "
+                "every step; each one said is counted in the summary; [] = none"})
+    keyterm_bias: float = field(default=KEYTERM_BIAS, metadata={
+        "help": "logits added for keyterms: a favoured token wins a step when its probability is at least "
+                "exp(-bias) of the top one's (2.0: about 14 %: near ties, not confident words); 0 counts "
+                "without favouring", "min": 0.0, "max": 20.0})
+    alternatives: int = field(default=0, metadata={
+        "help": "every token event carries p (its probability) and the top K alternatives with their "
+                "log-probabilities (JSON, JSONL, session files); 0 = off", "min": 0, "max": 20})
 
 
 @dataclass
 class OutputConfig:
     format: str = field(default="text", metadata=_choices(*OUTPUT_FORMATS, help="transcribe file output format"))
+    low_confidence: float = field(default=0.0, metadata={
+        "help": "the live view underlines words with a token less likely than this (0 to 1; the step then "
+                "reads back each token's probability); 0 = off", "min": 0.0, "max": 1.0})
     plain: bool = field(default=False, metadata={
         "help": "print plain text as it arrives, without the live view (always so when stdout is not a terminal)"})
 
@@ -244,6 +257,8 @@ def _allowed(f: dataclasses.Field) -> str:
     elif base == "float":
         text = (f"a number <= {meta['max']}" if "max" in meta else
                 f"a number >= {meta['min']}" if "min" in meta else "a number")
+    elif base == "list[str]":
+        text = "a list of non-empty strings"
     elif meta.get("accepts_index"):
         text = "a device name or index"
     else:
@@ -272,6 +287,8 @@ def _valid(base: str, meta: dict, value: Any) -> bool:
         ok = (isinstance(value, int) and not isinstance(value, bool)
               and meta.get("min", value) <= value <= meta.get("max", value))
         return ok and (is_allowed_delay_ms(value) if meta.get("delay") else True)
+    if base == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
     if base == "float":
         return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                 and meta.get("min", -math.inf) <= value <= meta.get("max", math.inf))

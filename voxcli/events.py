@@ -31,6 +31,13 @@ class TokenEvent:
     :class:`voxcli.engine.RealtimeSession`); ``None`` for every other token. ``batch``: how many
     streams the forward that made it stepped together (the static step: two-pass, concurrent
     sessions); ``None`` where not known.
+
+    Asked for (``transcription.alternatives``, ``output.low_confidence``): ``p``, the probability
+    of the emitted token under the scores it was decoded from, and ``alternatives``, the top K as
+    ``{token_id, text, logprob}``, best first (the emitted token first). With keyterms
+    (:mod:`voxcli.engine.keyterms`): ``keyterm``, the phrase this token completed, and
+    ``keyterm_biased``, whether the bias changed one of its tokens. Left out of ``to_dict`` when
+    not set.
     """
 
     index: int
@@ -44,9 +51,22 @@ class TokenEvent:
     step_ms: float | None = None
     restart_at_s: float | None = None
     batch: int | None = None
+    p: float | None = None
+    alternatives: tuple[dict, ...] | None = None
+    keyterm: str | None = None
+    keyterm_biased: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        for key in _UNSET_LEFT_OUT:
+            if row[key] is None or row[key] is False:
+                del row[key]
+        if row.get("alternatives") is not None:
+            row["alternatives"] = list(row["alternatives"])
+        return row
+
+
+_UNSET_LEFT_OUT = ("p", "alternatives", "keyterm", "keyterm_biased")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +173,18 @@ class TranscriptMetrics:
         return {k: v for k, v in figures.items() if v is not None}
 
 
+def keyterm_counts(events, counts: dict | None = None) -> dict:
+    """``{phrase: {"said": n, "biased": m}}``: how often each keyterm was completed, and how many
+    of those needed the bias (it changed one of the phrase's tokens); added into ``counts``."""
+    counts = {} if counts is None else counts
+    for event in events:
+        if event.keyterm is not None:
+            tally = counts.setdefault(event.keyterm, {"said": 0, "biased": 0})
+            tally["said"] += 1
+            tally["biased"] += int(event.keyterm_biased)
+    return counts
+
+
 def first_token(events) -> TokenEvent | None:
     """The first token that counts for time-to-first-token: the first one that is not special."""
     return next((e for e in events if not e.special), None)
@@ -200,12 +232,14 @@ class Transcript:
         return "".join(e.text for e in self.events).strip()
 
     def to_dict(self) -> dict:
+        keyterms = keyterm_counts(self.events)
         return {
             "source": self.source,
             "model": self.model,
             "text": self.text,
             "complete": self.complete,
             "metrics": self.metrics.to_dict(),
+            **({"keyterms": keyterms} if keyterms else {}),
             "restarts": [r.to_dict() for r in restarts(self.events)],
             "events": [e.to_dict() for e in self.events],
         }

@@ -72,6 +72,26 @@ CompileOpt = Annotated[bool | None, typer.Option(
     help="Static step: torch.compile it (CUDA graphs on a GPU). Default: on for CUDA, off on the CPU. "
          "Compiling takes seconds to minutes at start-up, reported apart.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+KeytermOpt = Annotated[list[str] | None, typer.Option(
+    "--keyterm", "-k", show_default=False,
+    help="A word or phrase to favour (a name, jargon); repeat for more. Its tokens' scores get --keyterm-bias "
+         "in every step; each one said is counted in the summary. Local models only.")]
+KeytermsFileOpt = Annotated[Path | None, typer.Option(
+    "--keyterms-file", show_default=False, help="Keyterms from a file, one phrase a line (# comments).")]
+KeytermBiasOpt = Annotated[float | None, typer.Option(
+    "--keyterm-bias", show_default=False, min=0.0, max=20.0,
+    help="Logits added for keyterms (default 2.0: a favoured token wins when at least ~14% as likely as "
+         "the top one). 0 counts them without favouring.")]
+AlternativesOpt = Annotated[int | None, typer.Option(
+    "--alternatives", show_default=False, min=0, max=20,
+    help="Every token event carries p and the top K alternatives with log-probabilities (json, jsonl, "
+         "session files). Default 0: off.")]
+LowConfidenceOpt = Annotated[float | None, typer.Option(
+    "--low-confidence", show_default=False, min=0.0, max=1.0,
+    help="Underline words in the live view with a token less likely than P (e.g. 0.5). Default 0: off.")]
+# The configuration keys the keyterm and confidence options set.
+TOKEN_KEYS = {"transcription.keyterms": "keyterm", "transcription.keyterm_bias": "keyterm_bias",
+              "transcription.alternatives": "alternatives"}
 # The configuration keys the model options above set (each command adds its own device flag).
 MODEL_KEYS = {"model.name": "model", "model.dtype": "dtype", "model.threads": "threads",
               "model.offline": "offline", "model.server": "server", "model.api_key": "api_key",
@@ -103,6 +123,8 @@ def _resolve_config(ctx: typer.Context, config_path: Path | None, debug: bool = 
     ``listen``, ``--device`` elsewhere).
     """
     options = {param.name: param for param in ctx.command.params}
+    if "keyterm" in ctx.params:
+        _gather_keyterms(ctx, debug)
     overrides, names = {}, {}
     for key, name in (keys or {}).items():
         value = ctx.params[name]
@@ -117,6 +139,24 @@ def _resolve_config(ctx: typer.Context, config_path: Path | None, debug: bool = 
         if debug:
             raise
         raise _fail(exc, 2, ctx) from None
+
+
+def _gather_keyterms(ctx: typer.Context, debug: bool) -> None:
+    """--keyterm and --keyterms-file together are the keyterms (None, neither given: the config
+    file's); a file that cannot be read exits 2."""
+    from voxcli.engine.keyterms import read_keyterms_file
+    from voxcli.errors import first_line
+
+    phrases = list(ctx.params.get("keyterm") or [])
+    path = ctx.params.get("keyterms_file")
+    if path is not None:
+        try:
+            phrases += read_keyterms_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            if debug:
+                raise
+            raise _fail(f"--keyterms-file {path}: cannot read it: {first_line(exc)}", 2) from None
+    ctx.params["keyterm"] = phrases if phrases or path is not None else None
 
 
 def _exit_with(ctx: typer.Context, job, debug: bool):
@@ -236,6 +276,8 @@ def transcribe_file(
     model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
     delay_ms: DelayOpt = None, language: LanguageOpt = None, offline: OfflineOpt = False,
     server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None, compile: CompileOpt = None,
+    keyterm: KeytermOpt = None, keyterms_file: KeytermsFileOpt = None, keyterm_bias: KeytermBiasOpt = None,
+    alternatives: AlternativesOpt = None, low_confidence: LowConfidenceOpt = None,
     config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe audio files, streaming each token to the screen as the model makes it.
@@ -247,8 +289,8 @@ def transcribe_file(
     """
     debug = _debug_on(debug)
     cfg = _resolve_config(ctx, config, debug, {
-        **MODEL_KEYS, "model.device": "device", "transcription.language": "language",
-        "output.format": "output_format", "output.plain": "plain"})
+        **MODEL_KEYS, **TOKEN_KEYS, "model.device": "device", "transcription.language": "language",
+        "output.format": "output_format", "output.plain": "plain", "output.low_confidence": "low_confidence"})
     from voxcli.cli.transcribe import FileJob, run_files
 
     job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
@@ -300,7 +342,9 @@ def listen_cmd(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
     offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None,
-    compile: CompileOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    compile: CompileOpt = None, keyterm: KeytermOpt = None, keyterms_file: KeytermsFileOpt = None,
+    keyterm_bias: KeytermBiasOpt = None, alternatives: AlternativesOpt = None,
+    low_confidence: LowConfidenceOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe the microphone live, drawing every token the moment the model makes it.
 
@@ -315,7 +359,8 @@ def listen_cmd(
     """
     debug = _debug_on(debug)
     cfg = _resolve_config(ctx, config, debug, {
-        **MODEL_KEYS, "model.device": "model_device", "output.plain": "plain", "listen.device": "device",
+        **MODEL_KEYS, **TOKEN_KEYS, "model.device": "model_device", "output.plain": "plain",
+        "output.low_confidence": "low_confidence", "listen.device": "device",
         "listen.save_dir": "save", "listen.vad": "vad", "listen.flush_after_ms": "flush_after_ms",
         "transcription.final_delay_ms": "final_delay_ms", "transcription.final_model": "final_model"})
     from voxcli.choices import LISTEN_FORMATS
@@ -405,7 +450,8 @@ def serve_cmd(
         "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
     dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
     offline: OfflineOpt = False, step: StepOpt = None, compile: CompileOpt = None,
-    config: ConfigOpt = None, debug: DebugOpt = False,
+    keyterm: KeytermOpt = None, keyterms_file: KeytermsFileOpt = None, keyterm_bias: KeytermBiasOpt = None,
+    alternatives: AlternativesOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Serve the local model to apps and browsers: OpenAI- and vLLM-compatible APIs, many sessions.
 
@@ -422,7 +468,7 @@ def serve_cmd(
     """
     debug = _debug_on(debug)
     cfg = _resolve_config(ctx, config, debug, {
-        **{k: v for k, v in MODEL_KEYS.items() if k not in ("model.server", "model.api_key")},
+        **{k: v for k, v in MODEL_KEYS.items() if k not in ("model.server", "model.api_key")}, **TOKEN_KEYS,
         "model.device": "model_device", "serve.host": "host", "serve.port": "port", "serve.api_key": "api_key",
         "serve.ssl_certfile": "ssl_certfile", "serve.ssl_keyfile": "ssl_keyfile",
         "serve.max_sessions": "max_sessions"})

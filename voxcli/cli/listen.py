@@ -125,7 +125,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     final_engine = _final_engine(engine, cfg, load_engine, err)
     jsonl = job.format == "jsonl"
     plain = jsonl or cfg.output.plain or not stdout.isatty()
-    session = ListenSession(view=_view(jsonl, plain, stdout), out=stdout if jsonl else None,
+    session = ListenSession(view=_view(jsonl, plain, stdout, cfg.output.low_confidence), out=stdout if jsonl else None,
                             say=(lambda line: err.print(line, markup=False)) if plain else None,
                             recorder=_recorder(cfg, job, engine, final_engine), two_pass=final_engine is not None)
     recorder = session.recorder
@@ -157,12 +157,12 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     return 0
 
 
-def _view(jsonl: bool, plain: bool, stdout):
+def _view(jsonl: bool, plain: bool, stdout, low_confidence: float = 0.0):
     if jsonl:
         return NullView()  # stdout carries the events themselves
     if plain:
         return PlainTranscript(stdout)
-    return LiveTranscript(Console(file=stdout), title="listening")
+    return LiveTranscript(Console(file=stdout), title="listening", low_confidence=low_confidence)
 
 
 def _recorder(cfg: Config, job: ListenJob, engine, final_engine):

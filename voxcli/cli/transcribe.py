@@ -97,10 +97,11 @@ def _view(outputs: _Outputs, cfg: Config, title: str, stdout, err: Console):
     plain = cfg.output.plain
     if outputs.streams_text_to_stdout:
         if not plain and stdout.isatty():
-            return LiveTranscript(Console(file=stdout), title=title, min_redraw_s=FILE_REDRAW_S)
+            return LiveTranscript(Console(file=stdout), title=title, min_redraw_s=FILE_REDRAW_S,
+                                  low_confidence=cfg.output.low_confidence)
         return PlainTranscript(stdout)
     if not plain and err.is_terminal:
-        return LiveTranscript(err, title=title, min_redraw_s=FILE_REDRAW_S)
+        return LiveTranscript(err, title=title, min_redraw_s=FILE_REDRAW_S, low_confidence=cfg.output.low_confidence)
     return NullView()
 
 

@@ -12,6 +12,7 @@ the numerics match it.
 
 from __future__ import annotations
 
+from voxcli.engine.pick import pick
 from voxcli.engine.rows import Ring, StaticRows
 
 
@@ -135,28 +136,30 @@ def _logits(m, b: StaticRows, rows, embeds, active=None, span: int | None = None
                active=active, ada=b.ada[:, rows], span=span)
     x = m.lm.norm(x[:, -1:])
     logits = m.lm_head(x)[:, -1]
-    return logits.argmax(-1), logits
+    next_id, packed = pick(logits, b.bias[rows], m.top_k)
+    return next_id, packed, logits
 
 
 def prefill(m, b: StaticRows, prompt_ids, mel, r: int):
     """The prompt (r, P) with its P x 8 mel frames (r, bins, 8P), for the rows in
-    ``b.prefill_rows[:r]``: their first tokens (r,) and logits (r, vocab)."""
+    ``b.prefill_rows[:r]``: their first tokens, as :func:`voxcli.engine.pick.pick` packs them
+    (r, ...), and logits (r, vocab)."""
     rows = b.prefill_rows[:r]
     embeds = m.lm.embed_tokens(prompt_ids) + _audio_embeds(m, b, rows, mel)
-    next_id, logits = _logits(m, b, rows, embeds)
+    next_id, packed, logits = _logits(m, b, rows, embeds)
     b.token[rows] = next_id[:, None]
-    return next_id, logits
+    return packed, logits
 
 
 def decode_rows(m, b: StaticRows, span: int, n: int):
     """One step of rows ``[:n]``: 8 mel frames and the last token of each (both in the state) ->
-    the next tokens (n,) and logits (n, vocab), attending over the first ``span`` decoder slots.
+    the next tokens (packed, (n, ...)) and logits (n, vocab), attending over the first ``span`` decoder slots.
     The rows marked active advance; their next token is written back into the state, so the host
     reads it only to print it."""
     torch = _torch()
     rows = slice(0, n)
     active = b.active[:n]
     embeds = m.lm.embed_tokens(b.token[:n]) + _audio_embeds(m, b, rows, b.mel[:n], active)
-    next_id, logits = _logits(m, b, rows, embeds, active, span)
+    next_id, packed, logits = _logits(m, b, rows, embeds, active, span)
     b.token[:n] = torch.where(active[:, None], next_id[:, None], b.token[:n])
-    return next_id, logits
+    return packed, logits

@@ -44,6 +44,7 @@ import numpy as np
 from voxcli.choices import COMPILE_MODES, DEFAULT_MODEL, DEVICES, DTYPES, STEPS
 from voxcli.engine.compat import ProcessorAdapter, cache_kwarg_names
 from voxcli.engine.contract import EngineInfo
+from voxcli.engine.pick import unpack
 from voxcli.delays import TOKEN_MS, check_delay_ms
 from voxcli.errors import ModelError, first_line, setting
 from voxcli.events import TokenEvent, clamp_span
@@ -52,6 +53,7 @@ from voxcli.units import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 DEVICE = setting("model.device")
+DEFAULT = object()  # "the engine's own keyterms"
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
 FEATURE_BATCH_STEPS = 64  # most steps whose features are computed in one call (5.1 s of audio)
 
@@ -117,6 +119,13 @@ class _Detokenizer:
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
 
+    def piece(self, token_id: int) -> str:
+        """One token's own text, out of context (an alternative's): a special's name, a byte
+        piece that is not a whole character as the replacement character."""
+        if self._tok.is_special(token_id):
+            return self._tok.id_to_piece(token_id)
+        return self._tok.id_to_byte_piece(token_id).decode("utf-8", errors="replace")
+
 
 class Engine:
     """What both model kinds share: loading state, warm-up, detokenization. Satisfies
@@ -124,7 +133,8 @@ class Engine:
 
     kind: str = ""
 
-    def __init__(self, model, processor, info: EngineInfo) -> None:
+    def __init__(self, model, processor, info: EngineInfo, *, alternatives: int = 0, confidence: bool = False,
+                 keyterms=None) -> None:
         self.model = model
         self.processor = processor
         self.proc = ProcessorAdapter(processor)
@@ -132,6 +142,44 @@ class Engine:
         self._tekken = self.proc.tekken
         self.eos_id = self._tekken.eos_id
         self.cache_kwargs = cache_kwarg_names(model)
+        if alternatives < 0:
+            raise ValueError(f"alternatives must be >= 0, got {alternatives}")
+        self.alternatives = alternatives  # the top K each token event carries (with p)
+        self.top_k = max(alternatives, int(confidence))  # what each step reads back: 1 for p alone
+        self.keyterms = keyterms  # voxcli.engine.keyterms.Keyterms every session favours unless told otherwise
+        self._tries: dict = {}
+
+    def bias_walk(self, vector, keyterms=DEFAULT):
+        """A stream's keyterm walk over ``vector`` (its bias on the device, zero), for
+        ``keyterms`` (default: the engine's); None when there is nothing to favour."""
+        from voxcli.engine.keyterms import BiasWalk, KeytermTrie
+
+        keyterms = self.keyterms if keyterms is DEFAULT else keyterms
+        if not keyterms:
+            return None
+        if keyterms not in self._tries:
+            self._tries[keyterms] = KeytermTrie(keyterms, self._tekken)
+        return BiasWalk(self._tries[keyterms], vector)
+
+    def bias_vector(self):
+        """A zero bias for a stream of its own (the hf step, the offline loop)."""
+        import torch
+
+        return torch.zeros(self.model.lm_head.weight.shape[0], device=self.model.device, dtype=self.model.dtype)
+
+    def token_extras(self, picked, walk, special: bool, detok: "_Detokenizer") -> dict:
+        """What a token event says beyond its id: ``p`` and ``alternatives`` (with top_k), the
+        keyterm it completed."""
+        extras: dict = {}
+        if picked.logprob is not None:
+            extras["p"] = picked.p
+            if self.alternatives:
+                extras["alternatives"] = tuple({"token_id": i, "text": detok.piece(i), "logprob": lp}
+                                               for i, lp in picked.top[:self.alternatives])
+        done = walk.after(picked.token_id, picked.plain_id, special) if walk is not None else None
+        if done is not None:
+            extras["keyterm"], extras["keyterm_biased"] = done
+        return extras
 
     @property
     def device(self):
@@ -184,8 +232,8 @@ class RealtimeEngine(Engine):
     kind = "realtime"
 
     def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None,
-                 step: str = "static", compile: bool = False, static=None, streams: int = 1) -> None:
-        super().__init__(model, processor, info)
+                 step: str = "static", compile: bool = False, static=None, streams: int = 1, **outputs) -> None:
+        super().__init__(model, processor, info, **outputs)
         if step not in STEPS:
             raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
         self.step = step
@@ -196,7 +244,7 @@ class RealtimeEngine(Engine):
         if step == "static":
             from voxcli.engine.static import DeviceLogMel, StaticModel
 
-            self.static = static or StaticModel(model, compile=compile, streams=streams)
+            self.static = static or StaticModel(model, compile=compile, streams=streams, top_k=self.top_k)
             self.log_mel = DeviceLogMel(self.proc.frontend, model.device)
         proc = self.proc
         audio_cfg = proc.audio_config
@@ -239,7 +287,8 @@ class RealtimeEngine(Engine):
         second stream of two-pass transcription costs no memory beyond its caches."""
         info = dataclasses.replace(self.info, extra=dict(self.info.extra))
         other = RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms, step=self.step,
-                               static=self.static)
+                               static=self.static, alternatives=self.alternatives, confidence=self.top_k > 0,
+                               keyterms=self.keyterms)
         if self.static is not None:
             self.static.reserve(2)  # both streams are rows of one batch: they step in one forward
             if self.static.compiled:
@@ -290,25 +339,28 @@ class RealtimeEngine(Engine):
         return self.info.warmup_s
 
     def session(self, *, max_new_tokens: int | None = None, position_offset: int = 0,
-                keep_logits: bool = False) -> "RealtimeSession":
+                keep_logits: bool = False, keyterms=DEFAULT) -> "RealtimeSession":
         """A push-based streaming session: push audio as it arrives, pull tokens as they exist.
 
         ``position_offset`` (static step): start as if that many tokens had already gone by, to
         check that a session hours long computes like a fresh one. ``keep_logits``: keep each
-        step's logits (a copy, on the host) in ``session.logits``, for comparisons."""
+        step's logits (a copy, on the host) in ``session.logits``, for comparisons. ``keyterms``:
+        this session's (:class:`voxcli.engine.keyterms.Keyterms`, or None for none); default:
+        the engine's."""
         return RealtimeSession(self, max_new_tokens=max_new_tokens, position_offset=position_offset,
-                               keep_logits=keep_logits)
+                               keep_logits=keep_logits, keyterms=keyterms)
 
-    def stream(self, blocks: Iterable[np.ndarray], *, max_new_tokens: int | None = None) -> Iterator[TokenEvent]:
+    def stream(self, blocks: Iterable[np.ndarray], *, max_new_tokens: int | None = None,
+               keyterms=DEFAULT) -> Iterator[TokenEvent]:
         """Tokens for audio arriving in blocks of any size; the stream's end flushes the delay."""
-        session = self.session(max_new_tokens=max_new_tokens)
+        session = self.session(max_new_tokens=max_new_tokens, keyterms=keyterms)
         for block in blocks:
             session.push(_validate_audio(block))
             yield from session.steps()
         yield from session.finish()
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None,
-                   max_new_tokens: int | None = None) -> Iterator[TokenEvent]:
+                   max_new_tokens: int | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
         """All of ``audio`` at once, through the same chunked path live audio takes.
 
         ``language`` is accepted for a uniform interface; the Realtime model detects the language
@@ -316,15 +368,15 @@ class RealtimeEngine(Engine):
         """
         audio = _validate_audio(audio)
         end_s = len(audio) / SAMPLE_RATE
-        for event in self.stream([audio], max_new_tokens=max_new_tokens):
+        for event in self.stream([audio], max_new_tokens=max_new_tokens, keyterms=keyterms):
             yield clamp_span(event, end_s)
 
 
 class _StreamAudio:
     """A Realtime session's audio side, mixed into :class:`RealtimeSession`: the samples not yet
     handed to the model (``_buffer``, from the left pad on), the real ones already handed over
-    (``_history``, for a restart's replay), features computed ahead, and opening a stream at a
-    given sample (prompt, left pad, caches cleared)."""
+    (``_history``, for a restart's replay), features computed ahead, opening a stream at a
+    given sample (prompt, left pad, caches cleared), and the inputs of the next prefill or step."""
 
     def _open_stream(self, start: int, audio: np.ndarray, *, fresh: bool = False) -> None:
         """A stream from sample ``start`` of the session's audio (``audio``: what was pushed from
@@ -342,9 +394,12 @@ class _StreamAudio:
         self._feats_next = 0
         if self._state is not None:
             if not fresh:
-                e.static.restart(self._state, e.num_delay_tokens)
+                e.static.restart(self._state, e.num_delay_tokens)  # its bias row zeroed too
+            bias = self._state.rows.bias[self._state.row]
         else:
             self._hf = _HfForward(e)
+            bias = self._hf.bias
+        self._walk = e.bias_walk(bias, self._keyterms)  # writes this stream's first-token bias
 
     def _pad(self) -> None:
         """Pad exactly as mistral-common pads a whole clip: up to a whole 80 ms token, then the
@@ -383,6 +438,30 @@ class _StreamAudio:
         self._feats_next = 0
 
 
+    def _prefill(self, need: int) -> "_Work":
+        torch = self._torch
+        e = self.engine
+        if self.t_first_chunk_ready is None:
+            self.t_first_chunk_ready = time.perf_counter()
+        t0 = time.perf_counter()
+        window = self._buffer[:need]
+        feats = e.log_mel(window, center=True)
+        ids = torch.tensor([e.prompt_ids], device=e.device)
+        self._drop(e.next_window_start)
+        self._started = True
+        return self._work(ids, feats, t0, prefill=True)
+
+    def _step(self) -> "_Work":
+        e = self.engine
+        t0 = time.perf_counter()
+        if self._feats_next >= self._feats.shape[-1]:
+            self._extract_features()
+        frames = e.frames_per_token
+        feats = self._feats[..., self._feats_next:self._feats_next + frames]
+        self._feats_next += frames
+        self._drop(e.hop_samples)
+        return self._work(self._last_token, feats, t0)
+
 class RealtimeSession(_StreamAudio):
     """One streaming transcription: ``push(samples)``, then ``steps()`` yields every token the
     buffered audio allows, one model step per 80 ms chunk; ``finish()`` pushes the right padding
@@ -403,11 +482,12 @@ class RealtimeSession(_StreamAudio):
     waiting = False  # never waits on anyone: the model is here
 
     def __init__(self, engine: RealtimeEngine, *, max_new_tokens: int | None = None, position_offset: int = 0,
-                 keep_logits: bool = False) -> None:
+                 keep_logits: bool = False, keyterms=DEFAULT) -> None:
         import torch
 
         self._torch = torch
         self.engine = engine
+        self._keyterms = keyterms
         self.logits: list | None = [] if keep_logits else None
         self._max_new_tokens = max_new_tokens
         self._finished = False
@@ -525,30 +605,6 @@ class RealtimeSession(_StreamAudio):
             self._pad()
         return dataclasses.replace(event, restart_at_s=at / SAMPLE_RATE)
 
-    def _prefill(self, need: int) -> "_Work":
-        torch = self._torch
-        e = self.engine
-        if self.t_first_chunk_ready is None:
-            self.t_first_chunk_ready = time.perf_counter()
-        t0 = time.perf_counter()
-        window = self._buffer[:need]
-        feats = e.log_mel(window, center=True)
-        ids = torch.tensor([e.prompt_ids], device=e.device)
-        self._drop(e.next_window_start)
-        self._started = True
-        return self._work(ids, feats, t0, prefill=True)
-
-    def _step(self) -> "_Work":
-        e = self.engine
-        t0 = time.perf_counter()
-        if self._feats_next >= self._feats.shape[-1]:
-            self._extract_features()
-        frames = e.frames_per_token
-        feats = self._feats[..., self._feats_next:self._feats_next + frames]
-        self._feats_next += frames
-        self._drop(e.hop_samples)
-        return self._work(self._last_token, feats, t0)
-
     def _work(self, input_ids, feats, t0: float, prefill: bool = False) -> "_Work":
         from voxcli.engine.static import Job
 
@@ -572,6 +628,7 @@ class RealtimeSession(_StreamAudio):
         # Token j of a stream covers the j-th 80 ms of the audio the stream started at.
         start_s = self._stream_start / SAMPLE_RATE + self._stream_tokens * TOKEN_MS / 1000.0
         self._stream_tokens += 1
+        special = self._detok.is_special(token_id)
         return TokenEvent(
             index=k,
             token_id=token_id,
@@ -579,9 +636,10 @@ class RealtimeSession(_StreamAudio):
             t_emitted=t_emitted,
             audio_start_s=start_s,
             audio_end_s=start_s + TOKEN_MS / 1000.0,
-            special=self._detok.is_special(token_id),
+            special=special,
             step_ms=None if prefill else step_ms,
             batch=work.batch,
+            **self.engine.token_extras(work.picked, self._walk, special, self._detok),
         )
 
 
@@ -596,6 +654,7 @@ class _Work:
     job: object  # the static step's Job, or None (the hf step)
     features_ms: float  # the session's own part of the step, before the forward
     token_id: int = -1
+    picked: object = None  # voxcli.engine.pick.Picked
     logits: object = None
     forward_ms: float = 0.0
     batch: int | None = None  # streams that forward stepped together (the static step)
@@ -612,15 +671,17 @@ def _compute(work: list[_Work]) -> None:
         t_done = time.perf_counter()
         for w in static:
             w.token_id, w.logits, w.forward_ms, w.batch = w.job.token_id, w.job.logits, w.job.step_ms, w.job.batch
+            w.picked = w.job.picked
             w.t_done = t_done
     for w in work:
         if w.job is None:
             s = w.session
             t0 = time.perf_counter()
             with s._torch.inference_mode():
-                next_id, logits = s._hf(w.input_ids, w.feats)
+                next_id, packed, logits = s._hf(w.input_ids, w.feats)
             s._last_token = next_id[:, None]  # the static step keeps it in its state
-            w.token_id = int(next_id.item())  # the host needs the id: this is the one sync per token
+            w.picked = unpack(packed[0].tolist(), s.engine.top_k)  # the one sync per token
+            w.token_id = w.picked.token_id
             w.t_done = time.perf_counter()
             w.forward_ms = (w.t_done - t0) * 1000.0
             if s.logits is not None:
@@ -662,14 +723,19 @@ class _HfForward:
             engine.cache_kwargs["encoder_cache"]: DynamicCache(config=config.audio_config),
             "padding_cache": VoxtralRealtimeConv1dPaddingCache(),
         }
+        self.bias = engine.bias_vector()  # this stream's keyterm bias
 
     def __call__(self, input_ids, feats):
-        """(next token id, its logits) for the prompt (the prefill) or the last token."""
+        """(next token id, what the host reads of it (:func:`voxcli.engine.pick.pick`), its
+        logits) for the prompt (the prefill) or the last token."""
+        from voxcli.engine.pick import pick
+
         model = self.engine.model
         out = model(input_ids=input_ids, input_features=feats.to(model.device, model.dtype), use_cache=True,
                     **self.caches, num_delay_tokens=self.engine.num_delay_tokens, logits_to_keep=1)
         logits = out.logits[:, -1]
-        return logits.argmax(-1), logits
+        next_id, packed = pick(logits, self.bias, self.engine.top_k)
+        return next_id, packed, logits
 
 
 # ---------------------------------------------------------------------------------------- offline
@@ -681,13 +747,13 @@ class OfflineEngine(Engine):
     kind = "offline"
     MAX_SEGMENT_S = 30.0
 
-    def __init__(self, model, processor, info: EngineInfo, *, max_new_tokens: int = 500) -> None:
-        super().__init__(model, processor, info)
+    def __init__(self, model, processor, info: EngineInfo, *, max_new_tokens: int = 500, **outputs) -> None:
+        super().__init__(model, processor, info, **outputs)
         self.max_new_tokens = max_new_tokens
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None,
                    max_new_tokens: int | None = None,
-                   segments: list[tuple[int, int]] | None = None) -> Iterator[TokenEvent]:
+                   segments: list[tuple[int, int]] | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
         """Tokens for each speech segment in turn; each event carries its segment's span.
 
         ``segments`` (sample ranges) default to :func:`voxcli.vad.stream_segments`: the speech
@@ -697,7 +763,7 @@ class OfflineEngine(Engine):
         """
         audio = _validate_audio(audio)
         limit = max_new_tokens or self.max_new_tokens
-        yield from transcribe_segments(audio, segments, lambda clip: self._generate(clip, language, limit),
+        yield from transcribe_segments(audio, segments, lambda clip: self._generate(clip, language, limit, keyterms),
                                        max_segment_s=self.MAX_SEGMENT_S)
 
     def warmup(self) -> float:
@@ -711,9 +777,12 @@ class OfflineEngine(Engine):
         self.info.warmup_s = time.perf_counter() - t0
         return self.info.warmup_s
 
-    def _generate(self, clip: np.ndarray, language: str | None, max_new_tokens: int) -> Iterator[TokenEvent]:
+    def _generate(self, clip: np.ndarray, language: str | None, max_new_tokens: int,
+                  keyterms=DEFAULT) -> Iterator[TokenEvent]:
         import torch
         from transformers import DynamicCache
+
+        from voxcli.engine.pick import pick
 
         model = self.model
         inputs = self.proc.transcription_request(clip, language=language, model_id=self.info.model)
@@ -721,6 +790,8 @@ class OfflineEngine(Engine):
         inputs["input_features"] = inputs["input_features"].to(model.dtype)
         detok = self.detokenizer()
         cache = DynamicCache(config=model.config.text_config)
+        bias = self.bias_vector()
+        walk = self.bias_walk(bias, keyterms)
         ids = inputs["input_ids"]
         kwargs = {"input_features": inputs["input_features"], "attention_mask": inputs.get("attention_mask")}
         for k in range(max_new_tokens):
@@ -728,13 +799,16 @@ class OfflineEngine(Engine):
             with torch.inference_mode():
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1,
                             **{self.cache_kwargs["cache"]: cache}, **kwargs)
-                next_id = out.logits[:, -1].argmax(-1)
-            token_id = int(next_id.item())
+                next_id, packed = pick(out.logits[:, -1], bias, self.top_k)
+            picked = unpack(packed[0].tolist(), self.top_k)  # the one sync per token
+            token_id = picked.token_id
             t_emitted = time.perf_counter()
             if token_id == self.eos_id:
                 break
-            yield TokenEvent(k, token_id, detok.push(token_id), t_emitted, special=detok.is_special(token_id),
-                             step_ms=(t_emitted - t0) * 1000.0 if k else None)  # step 0 is the prefill
+            special = detok.is_special(token_id)
+            yield TokenEvent(k, token_id, detok.push(token_id), t_emitted, special=special,
+                             step_ms=(t_emitted - t0) * 1000.0 if k else None,  # step 0 is the prefill
+                             **self.token_extras(picked, walk, special, detok))
             ids = next_id[:, None]
             kwargs = {}
         tail = detok.flush()
@@ -784,7 +858,8 @@ def detect_kind(config) -> str:
 def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
                 delay_ms: int | None = None, threads: int = 0, warmup: bool = True,
                 offline: bool = False, max_new_tokens: int = 500, name: str | None = None,
-                step: str = "static", compile: str = "auto", sessions: int = 1) -> Engine:
+                step: str = "static", compile: str = "auto", sessions: int = 1, alternatives: int = 0,
+                confidence: bool = False, keyterms=None) -> Engine:
     """Load a Voxtral checkpoint from a hub id or a local directory and warm it up.
 
     Safetensors only, no remote code. The first use of a hub id downloads it (with progress
@@ -793,7 +868,9 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     :class:`ModelError` with one actionable line when any of that cannot work. ``name`` is how
     reports name the model (default: ``model``), e.g. the hub id of an already resolved path.
     ``sessions``: Realtime streams stepped together, the batch's rows (two-pass: 2; ``model.max_streams``),
-    each counted by the memory check.
+    each counted by the memory check. ``alternatives``: the top K every token event carries, with
+    ``p`` (``confidence``: ``p`` alone); ``keyterms``: what every session favours unless it says
+    otherwise (:class:`voxcli.engine.keyterms.Keyterms`).
     """
     t0 = time.perf_counter()
     from voxcli.engine.hub import resolve_checkpoint
@@ -842,11 +919,12 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
                                      "fit": est.rows_in(free[0])}
     if dtype == "auto" and torch_dtype == torch.float16:
         info.extra["dtype_why"] = "this GPU has no bfloat16"  # the load line says why it is not bf16
+    outputs = {"alternatives": alternatives, "confidence": confidence, "keyterms": keyterms}
     if kind == "realtime":
         engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step, compile=compiled,
-                                        streams=sessions)
+                                        streams=sessions, **outputs)
     else:
-        engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens)
+        engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens, **outputs)
     if warmup:
         engine.warmup()
     return engine

@@ -88,6 +88,7 @@ def estimate(config, kind: str, dtype_bytes: int, *, sessions: int = 1, graphs: 
         audio = config.audio_config
         text_tokens = min(text.sliding_window or text.max_position_embeddings, text.max_position_embeddings)
         cache = _kv_bytes(text, text_tokens, dtype_bytes) + _kv_bytes(audio, audio.sliding_window + 3, dtype_bytes)
+        cache += text.vocab_size * dtype_bytes  # the row's keyterm bias (voxcli.engine.rows)
         cache *= sessions
         if graphs:
             # The largest graph is the prefill: 39 prompt tokens, 156 encoder positions. Its peak is

@@ -11,13 +11,23 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from voxcli.config import Config
+from voxcli.errors import ConfigError, setting
 
 
 def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = contextlib.nullcontext):
     """The engine ``cfg`` names. ``loading()`` is entered around the part that takes time without
     showing progress of its own (a spinner); a first run's download, before it, draws the hub's
     own progress bars."""
+    from voxcli.engine.keyterms import Keyterms
+
+    t = cfg.transcription
+    keyterms = Keyterms.of(t.keyterms, t.keyterm_bias)
     if cfg.model.server:
+        asked = [name for name, on in (("transcription.keyterms", keyterms), ("transcription.alternatives", t.alternatives),
+                                       ("output.low_confidence", cfg.output.low_confidence)) if on]
+        if asked:
+            raise ConfigError(f"{setting(asked[0])} needs a local model: a server's tokens come without scores "
+                              f"({setting('model.server')} is set)", server=cfg.model.server)
         from voxcli.engine.remote import connect_engine
 
         with loading():
@@ -34,4 +44,5 @@ def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = 
             delay_ms=cfg.transcription.delay_ms, threads=cfg.model.threads,
             max_new_tokens=cfg.model.max_new_tokens, step=cfg.model.step, compile=cfg.model.compile,
             sessions=max(cfg.model.max_streams, 2 if cfg.transcription.final_delay_ms is not None else 1),
+            alternatives=t.alternatives, confidence=cfg.output.low_confidence > 0, keyterms=keyterms,
         )

@@ -6,7 +6,8 @@ them (:mod:`voxcli.engine.static`): per stack, a ring buffer of keys and values
 encoder positions before attending; decoder: its window), the effective position of what every
 slot holds (masks are computed from those), each row's next position and write count, both
 causal convolutions' padding, the delay conditioning ``1 + ada_rms_norm(t_cond)`` per decoder
-layer (two-pass rows run at different delays), the last token and the step's input. A stream takes
+layer (two-pass rows run at different delays), each row's keyterm bias (a vocabulary-sized vector
+added to its scores, :mod:`voxcli.engine.keyterms`), the last token and the step's input. A stream takes
 a free row (:class:`StaticState`, a handle), resets it in place without touching the other rows,
 and gives it back when it ends.
 
@@ -147,6 +148,7 @@ class StaticRows:
         self.conv2_pad = torch.zeros(rows, m.enc_hidden, m.conv2_left, device=dev, dtype=dt)
         self.ada = torch.zeros(m.dec_layers, rows, 1, m.dec_hidden, device=dev, dtype=dt)
         self.token = torch.zeros(rows, 1, device=dev, dtype=torch.long)  # the last token, fed to the next step
+        self.bias = torch.zeros(rows, m.vocab, device=dev, dtype=dt)  # added to each row's scores (keyterms)
         self.mel = torch.zeros(rows, m.mel_bins, m.frames_per_token, device=dev, dtype=torch.float32)  # a step's input
         # A step's convolution inputs, padding and new frames side by side (no cat per step).
         self.conv1_in = torch.zeros(rows, m.mel_bins, m.conv1_left + m.frames_per_token, device=dev, dtype=dt)
@@ -156,7 +158,7 @@ class StaticRows:
         self.delay_tokens: list[int | None] = [None] * rows
         self.free = list(range(rows))  # lowest first: the rows in use stay in the smallest bucket
         self.states = [StaticState(self, r) for r in range(rows)]
-        buffers = (self.conv1_pad, self.conv2_pad, self.conv1_in, self.conv2_in, self.ada, self.token, self.mel,
+        buffers = (self.conv1_pad, self.conv2_pad, self.conv1_in, self.conv2_in, self.ada, self.token, self.bias, self.mel,
                    self.active, self.prefill_rows)
         for t in (*self.enc.tensors(), *self.dec.tensors(), *buffers):
             _mark_static(t)
@@ -200,6 +202,7 @@ class StaticState:
         b.conv1_pad[r].zero_()
         b.conv2_pad[r].zero_()
         b.token[r].zero_()
+        b.bias[r].zero_()  # no keyterm of the last stream here; the new one's walk writes its own
         if b.delay_tokens[r] != num_delay_tokens:
             b.ada[:, r].copy_(model.ada_scale(num_delay_tokens)[:, 0])
             b.delay_tokens[r] = num_delay_tokens

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.engine.forward import decode_rows, prefill
+from voxcli.engine.pick import unpack
 from voxcli.engine.rows import ENCODER_STEP, Ring, StaticRows, StaticState, bounded
 
 __all__ = ["BUCKETS", "DeviceLogMel", "Job", "StaticModel", "StaticState", "bounded", "check_compilable"]
@@ -119,6 +120,7 @@ class Job:
     prompt_ids: object = None
     keep_logits: bool = False  # copy this row's logits to the host (after the clock)
     token_id: int = -1
+    picked: object = None  # voxcli.engine.pick.Picked: the id without the bias, the alternatives
     logits: object = None
     step_ms: float = 0.0  # the forward's time, to its token ids on the host
     batch: int = 0  # the rows that forward stepped (or started)
@@ -327,7 +329,7 @@ class StaticModel(_Compiled):
     prefill and step, eager or compiled, over batches of ``streams`` rows."""
 
     def __init__(self, hf_model, *, compile: bool = False, reanchor: bool = True, streams: int = 1,
-                 one_thread: bool | None = None) -> None:
+                 one_thread: bool | None = None, top_k: int = 0) -> None:
         torch = _torch()
         inner = hf_model.model
         self.tower = inner.audio_tower
@@ -335,6 +337,8 @@ class StaticModel(_Compiled):
         self.projector = inner.multi_modal_projector
         self.time_embedding = inner.time_embedding
         self.lm_head = hf_model.lm_head
+        self.vocab = hf_model.lm_head.weight.shape[0]
+        self.top_k = top_k  # alternatives every step reads back (a constant of its graphs)
         cfg = hf_model.config
         a, t = cfg.audio_config, cfg.text_config
         self.device, self.dtype = hf_model.device, hf_model.dtype
@@ -463,9 +467,9 @@ class StaticModel(_Compiled):
         b.prefill_rows[:r].copy_(torch.tensor([j.state.row for j in jobs]))
         prompt = torch.cat([j.prompt_ids for j in jobs])
         mel = torch.cat([j.mel for j in jobs])
-        next_id, logits = self._call(self._prefill, self, b, prompt, mel, r)
-        ids = next_id.tolist()  # the one sync: every row's token on the host
-        self._finish(jobs, ids, logits, t0, ("prefill", prompt.shape[-1], r))
+        packed, logits = self._call(self._prefill, self, b, prompt, mel, r)
+        picks = packed.tolist()  # the one sync: every row's token on the host
+        self._finish(jobs, picks, logits, t0, ("prefill", prompt.shape[-1], r))
         for job in jobs:
             job.state.advance(self, mel.shape[-1] // 2, prompt.shape[-1])
 
@@ -480,20 +484,21 @@ class StaticModel(_Compiled):
         b.active.copy_(torch.tensor(active))
         n = self.bucket(max(j.state.row for j in jobs) + 1)
         span = self.span(max(b.dec.host_written[j.state.row] for j in jobs) + 1)
-        next_id, logits = self._call(self._guarded_step, b, span, n)
-        ids = next_id.tolist()
-        ms = self._finish(jobs, ids, logits, t0, ("step", span, n))
+        packed, logits = self._call(self._guarded_step, b, span, n)
+        picks = packed.tolist()
+        ms = self._finish(jobs, picks, logits, t0, ("step", span, n))
         self.step_log.append((len(jobs), n, ms))
         for job in jobs:
             job.state.advance(self, ENCODER_STEP, 1)
 
-    def _finish(self, jobs: list[Job], ids: list[int], logits, t0: float, key: tuple) -> float:
+    def _finish(self, jobs: list[Job], picks: list[list[float]], logits, t0: float, key: tuple) -> float:
         ms = (time.perf_counter() - t0) * 1000.0
         self._note_compile(key, t0)
         prefill = key[0] == "prefill"
         for i, job in enumerate(jobs):
             at = i if prefill else job.state.row
-            job.token_id, job.step_ms, job.batch = ids[at], ms, len(jobs)
+            job.picked = unpack(picks[at], self.top_k)
+            job.token_id, job.step_ms, job.batch = job.picked.token_id, ms, len(jobs)
             # After the clock: a comparison's copy is not the step's time.
             job.logits = logits[at:at + 1].float().cpu().clone() if job.keep_logits else None
         return ms

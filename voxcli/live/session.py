@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from voxcli.events import LiveStatus, round_or_none, summarize
+from voxcli.events import LiveStatus, keyterm_counts, round_or_none, summarize
 from voxcli.live.runner import LiveResult, run_live
 from voxcli.live.twopass import TwoPassRecorder
 
@@ -39,6 +39,7 @@ class ListenSession:
         self.two_pass = TwoPassRecorder(view, on_replacement=self.row) if two_pass else None
         self.shown = _Shown()
         self.result: LiveResult | None = None
+        self.keyterms: dict = {}  # phrase -> said, biased (in the transcript's stream)
 
     def run(self, engine, source, stop, options, final_engine=None, quit_now=None) -> LiveResult:
         self.result = run_live(engine, source, on_token=self.token, stop=stop, quit_now=quit_now, options=options,
@@ -68,6 +69,8 @@ class ListenSession:
             extra["stream"] = token.stream
             self.two_pass.latency(token.stream, token.event, emission_ms)
         self._emit({"type": "token", **token.event.to_dict(), **extra})
+        if token.stream != "provisional":
+            keyterm_counts([token.event], self.keyterms)
         if self.recorder:
             self.recorder.write_event(token.event, transcript=token.stream != "provisional", **extra)
             self._saving_failed()
@@ -113,6 +116,7 @@ class ListenSession:
             "n_tokens": len(result.events),
             "text": text.strip(),
             **({"two_pass": two.figures()} if two is not None else {}),
+            **({"keyterms": self.keyterms} if self.keyterms else {}),
             "emission_latency_ms": summarize(result.emission_latency_ms),
             "emitted_after_ready_ms": summarize(result.emit_after_ready_ms),
             "step_ms": summarize(result.step_ms),

@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from voxcli.choices import OUTPUT_FORMATS
-from voxcli.events import Restart, Transcript
-from voxcli.output.cues import events_to_cues
+from voxcli.events import Restart, Transcript, keyterm_counts
+from voxcli.output.cues import Cue, events_to_cues
 
 FORMATS = OUTPUT_FORMATS
 
@@ -67,20 +67,28 @@ def render_transcript(transcript: Transcript, fmt: str) -> str:
             "text": transcript.text,
             "metrics": transcript.metrics.to_dict(),
         }
+        keyterms = keyterm_counts(transcript.events)
+        if keyterms:
+            summary["keyterms"] = keyterms
         lines.append(_json(summary))
         return "\n".join(lines) + "\n"
     cues = events_to_cues(transcript.events, fallback_end_s=transcript.metrics.audio_s)
     if fmt == "srt":
-        blocks = [
-            f"{i}\n{_timestamp(c.start_s, ',')} --> {_timestamp(c.end_s, ',')}\n"
-            f"{c.text.replace('-->', '->')}\n"
-            for i, c in enumerate(cues, 1)
-        ]
-        return "\n".join(blocks)
-    blocks = [
-        f"{_timestamp(c.start_s, '.')} --> {_timestamp(c.end_s, '.')}\n{_vtt_escape(c.text)}\n"
-        for c in cues
-    ]
-    return "\n".join(["WEBVTT\n", *blocks])
+        return "\n".join(srt_block(i, c) for i, c in enumerate(cues, 1))
+    return "\n".join([VTT_HEADER, *(vtt_block(c) for c in cues)])
+
+
+VTT_HEADER = "WEBVTT\n"  # a WebVTT file; each cue block follows after a blank line
+
+
+def srt_block(number: int, cue: Cue) -> str:
+    """One SRT cue (1-based ``number``), ending with a newline; blocks are joined by a blank line."""
+    return (f"{number}\n{_timestamp(cue.start_s, ',')} --> {_timestamp(cue.end_s, ',')}\n"
+            f"{cue.text.replace('-->', '->')}\n")
+
+
+def vtt_block(cue: Cue) -> str:
+    """One WebVTT cue, ending with a newline; after ``VTT_HEADER``, blocks are joined by a blank line."""
+    return f"{_timestamp(cue.start_s, '.')} --> {_timestamp(cue.end_s, '.')}\n{_vtt_escape(cue.text)}\n"
 
 

@@ -57,6 +57,7 @@ class LiveState:
 
     title: str | None = None
     pieces: list[str] = field(default_factory=list)
+    unsure: set[int] = field(default_factory=set)  # pieces of words the model was unsure of (underlined)
     tail: str = ""  # two-pass: provisional words beyond the final text, drawn dim
     status: LiveStatus | FileStatus | None = None
     done: bool = False
@@ -123,8 +124,14 @@ class _TranscriptView:
             while start > 0 and n < max_chars:
                 start -= 1
                 n += len(pieces[start])
-        for text in pieces[start:]:
-            body.append(text)
+        for i in range(start, len(pieces)):
+            text = pieces[i]
+            if i in self.state.unsure:  # underlined: readable without colour; the space before it is not
+                word = text.lstrip()
+                body.append(text[:len(text) - len(word)])
+                body.append(word, style="underline")
+            else:
+                body.append(text)
         if self.state.tail:
             body.append(self.state.tail if pieces else self.state.tail.lstrip(), style="dim")
         return body
@@ -180,14 +187,18 @@ class LiveTranscript:
     100x30 screen, which the engine thread waits for, Python running one thread at a time). Live
     tokens, 80 ms apart, are each drawn at once. On exit the full transcript and the status stay
     on the console.
+    ``low_confidence``: a word with a token whose probability (``event.p``) is below it is
+    underlined, all of it (0: off).
     Call from one thread (the one that owns the console).
     """
 
     def __init__(
         self, console: Console, title: str | None = None, *, newline_per_segment: bool = True,
-        min_redraw_s: float = 0.0,
+        min_redraw_s: float = 0.0, low_confidence: float = 0.0,
     ) -> None:
         self.console = console
+        self.low_confidence = low_confidence
+        self._word: tuple[int, bool] = (0, False)  # where the word being drawn began, and is it unsure
         self.min_redraw_s = min_redraw_s
         self._last_draw = -math.inf
         self.state = LiveState(title=title)
@@ -228,10 +239,25 @@ class LiveTranscript:
         text = self._layout.delta(event)
         if text:
             self.state.pieces.append(text)
+            self._mark(text, event.p)
             self._dirty = True
         self._undrawn.append(event.t_emitted)
         if time.perf_counter() - self._last_draw >= self.min_redraw_s:
             self.draw()
+
+    def _mark(self, text: str, p: float | None) -> None:
+        """Underline the word this piece belongs to if this piece, or one before it in the word,
+        is less likely than ``low_confidence``."""
+        i = len(self.state.pieces) - 1
+        start, unsure = self._word
+        if text[0].isspace() or i == 0:
+            start, unsure = i, False
+        if not unsure and p is not None and p < self.low_confidence:
+            self.state.unsure.update(range(start, i + 1))
+            unsure = True
+        if unsure:
+            self.state.unsure.add(i)
+        self._word = (start, unsure)
 
     def draw(self) -> None:
         """Draw what was added since the last draw (nothing to do if nothing was)."""

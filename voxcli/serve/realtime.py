@@ -129,7 +129,7 @@ class Connection:
         if self.stream is not None:
             return
         try:
-            self.stream = self.server.scheduler.open(self.deliver, vad=self.settings.vad)
+            self.stream = self.server.scheduler.open(self.deliver, vad=self.settings.vad, options=self.settings.options)
         except Full as exc:
             raise wire.BadEvent(str(exc), "server_full") from None  # counted by _refuse, as REST counts it
         self.server.metrics.sessions.labels(f"realtime-{self.settings.dialect}").inc()

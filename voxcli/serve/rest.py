@@ -1,6 +1,9 @@
 """``POST /v1/audio/transcriptions``, OpenAI's shape: a multipart ``file`` (any format libsndfile
 reads), ``model``, ``language``, ``response_format`` (json, text, verbose_json, srt, vtt) and
 ``stream=true`` for server-sent events (``transcript.text.delta`` / ``transcript.text.done``).
+voxcli's own fields: ``keyterms`` (repeated, or ``keyterms[]`` as the ``openai`` package sends a
+list in ``extra_body``) and ``keyterm_bias``: phrases to favour for this file; ``json`` and
+``verbose_json`` then say how often each was said (``keyterms``).
 
 The file runs through the same scheduler as the realtime sessions (a stream that is pushed all its
 audio and ended at once), so it counts against ``serve.max_sessions`` (503 when full). Past
@@ -18,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from voxcli.audio.decode import load_audio
+from voxcli.choices import KEYTERM_BIAS
 from voxcli.errors import AudioError
-from voxcli.events import Transcript, TranscriptMetrics, clamp_span
+from voxcli.events import Transcript, TranscriptMetrics, clamp_span, keyterm_counts
+from voxcli.serve import wire
 from voxcli.output.cues import events_to_cues
 from voxcli.output.formats import render_transcript
 from voxcli.serve.scheduler import Done, Failed, Full, Token
@@ -45,7 +50,7 @@ async def transcriptions(request: Request) -> Response:
         return _refused(server, 413, f"the upload is {int(length) / 1e6:.1f} MB; this server takes at most "
                                      f"{server.options.max_upload_mb:g} MB (serve.max_upload_mb)", "file_too_large")
     try:
-        form = await request.form(max_files=1, max_fields=16)
+        form = await request.form(max_files=1, max_fields=16 + wire.MAX_KEYTERMS)
     except Exception as exc:  # noqa: BLE001 - python-multipart's and Starlette's parse errors alike
         return _refused(server, 400, f"not a multipart form: {exc}", "invalid_form")
     upload = form.get("file")
@@ -60,13 +65,17 @@ async def transcriptions(request: Request) -> Response:
         return _refused(server, 404, f"model {model!r} is not served here; this server serves "
                                      f"{server.model_name!r}", "model_not_found", "model")
     try:
+        options = _options(form)
+    except wire.BadEvent as exc:
+        return _refused(server, 400, str(exc), exc.code, "keyterms")
+    try:
         audio = await asyncio.to_thread(_decode, await upload.read(), upload.filename or "upload")
     except AudioError as exc:
         return _refused(server, 400, str(exc), "invalid_audio", "file")
     try:
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        stream = server.scheduler.open(lambda m: loop.call_soon_threadsafe(queue.put_nowait, m))
+        stream = server.scheduler.open(lambda m: loop.call_soon_threadsafe(queue.put_nowait, m), options=options)
     except Full as exc:
         return _refused(server, 503, str(exc), "server_full")
     server.metrics.sessions.labels("transcriptions").inc()
@@ -82,6 +91,19 @@ async def transcriptions(request: Request) -> Response:
     if failed is not None:
         return problem(500, failed.message, failed.code)
     return _render(events, fmt, len(audio) / SAMPLE_RATE, model, str(form.get("language") or ""))
+
+
+def _options(form) -> dict:
+    """The engine options a form asks for: its keyterms (wire.BadEvent if they are wrong)."""
+    phrases = [str(v) for v in form.getlist("keyterms") + form.getlist("keyterms[]")]
+    if not phrases:
+        return {}
+    bias = form.get("keyterm_bias")
+    try:
+        bias = KEYTERM_BIAS if bias is None else float(str(bias))
+    except ValueError:
+        raise wire.BadEvent("keyterm_bias: a number from 0 to 20", "invalid_keyterms") from None
+    return {"keyterms": wire.keyterms(phrases, bias)}
 
 
 def _refused(server, status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
@@ -137,13 +159,15 @@ def _render(events, fmt: str, audio_s: float, model: str, language: str) -> Resp
     events = [clamp_span(e, audio_s) for e in events]
     transcript = Transcript(source="upload", model=model, events=events,
                             metrics=TranscriptMetrics(audio_s=audio_s, n_tokens=len(events)))
+    said = keyterm_counts(events)
+    extra = {"keyterms": said} if said else {}
     if fmt == "json":
-        return JSONResponse({"text": transcript.text})
+        return JSONResponse({"text": transcript.text, **extra})
     if fmt == "verbose_json":
         cues = events_to_cues(events, fallback_end_s=audio_s)
         segments = [{"id": i, "start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text}
                     for i, c in enumerate(cues)]
         return JSONResponse({"task": "transcribe", "language": language or "unknown", "duration": round(audio_s, 3),
-                             "text": transcript.text, "segments": segments})
+                             "text": transcript.text, "segments": segments, **extra})
     body = transcript.text + "\n" if fmt == "text" else render_transcript(transcript, fmt)
     return PlainTextResponse(body, media_type=_MEDIA[fmt])

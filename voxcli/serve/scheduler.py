@@ -74,8 +74,9 @@ class Stream:
     any thread; the rest belongs to the scheduler thread."""
 
     def __init__(self, scheduler: Scheduler, deliver: Callable[[object], None], sid: int,
-                 vad: EndpointOptions | None) -> None:
+                 vad: EndpointOptions | None, options: dict | None = None) -> None:
         self.id = sid
+        self.options = options or {}  # the engine's session / transcribe arguments (keyterms)
         self.deliver = deliver
         self._scheduler = scheduler
         self._lock = threading.Lock()
@@ -159,14 +160,17 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    def open(self, deliver: Callable[[object], None], *, vad: EndpointOptions | None = None) -> Stream:
+    def open(self, deliver: Callable[[object], None], *, vad: EndpointOptions | None = None,
+             options: dict | None = None) -> Stream:
+        """``options``: arguments of the engine's ``session()`` / ``transcribe()`` for this stream
+        (``keyterms``)."""
         with self._lock:
             if self._stopping:
                 raise Full("the server is shutting down")
             if len(self._streams) >= self.max_sessions:
                 raise Full(f"all {self.max_sessions} sessions are in use (serve.max_sessions)")
             self._next_id += 1
-            stream = Stream(self, deliver, self._next_id, vad)
+            stream = Stream(self, deliver, self._next_id, vad, options)
             self._streams[stream.id] = stream
         return stream
 
@@ -253,7 +257,7 @@ class Scheduler:
                 s.offline_audio.append(samples)
             else:
                 if s.session is None:
-                    s.session = self.engine.session()
+                    s.session = self.engine.session(**s.options)
                 s.session.push(samples)
             s.heard += len(samples)
             for vad in s.endpointer.feed(samples) if s.endpointer is not None else []:
@@ -285,7 +289,7 @@ class Scheduler:
             if s.offline_audio:
                 audio = np.concatenate(s.offline_audio)
                 s.offline_audio = []
-                tokens += [_emit(s, event, None) for event in self.engine.transcribe(audio)]
+                tokens += [_emit(s, event, None) for event in self.engine.transcribe(audio, **s.options)]
         self.on_step(tokens)
         for s in ending:
             if s.session is not None:

@@ -12,7 +12,11 @@
   ``conversation.item.input_audio_transcription.delta`` / ``.completed``.
 
 voxcli's own additions ride along under one key, ``voxcli``, on each delta (token id, audio span,
-step time, streams in the forward, emission latency); clients that do not know them ignore them.
+step time, streams in the forward, emission latency; ``p`` and ``alternatives`` when the server
+computes them, the ``keyterm`` a token completed); clients that do not know them ignore them. A
+``session.update`` may carry ``voxcli: {"keyterms": [...], "keyterm_bias": B}`` (beside ``model``,
+or inside OpenAI's ``session`` object): that session's phrases to favour, instead of the server's.
+Set them before the first audio: the stream opens with them.
 vLLM's dialect sends a delta for every token, blanks included (``delta: ""``), so a client can time
 each token; OpenAI's sends text only.
 """
@@ -28,12 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxcli.audio.vad import EndpointOptions
+from voxcli.choices import KEYTERM_BIAS
+from voxcli.engine.keyterms import Keyterms
 from voxcli.serve.scheduler import Done, Failed, Speech, Token
 from voxcli.units import SAMPLE_RATE
 
 VLLM, OPENAI = "vllm", "openai"
 OPENAI_RATE = 24000  # OpenAI's audio/pcm
 MAX_APPEND_BYTES = 4 * 1024 * 1024  # one append's decoded audio: about 2 min at 16 kHz
+MAX_KEYTERMS, MAX_KEYTERM_CHARS = 1000, 200  # a session's keyterms: how many, how long each
 _event_ids = itertools.count(1)
 
 
@@ -57,6 +64,7 @@ class Settings:
     vad: EndpointOptions | None = None
     language: str | None = None
     extra: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # the engine session's own (keyterms)
 
 
 def initial(dialect: str) -> Settings:
@@ -81,6 +89,7 @@ def update(settings: Settings, event: dict) -> Settings:
     if isinstance(session, dict):
         settings.dialect = OPENAI
         _openai_session(settings, session)
+        _voxcli_options(settings, session.get("voxcli"))
     elif event.get("type") == "transcription_session.update":
         raise BadEvent("transcription_session.update needs a 'session' object", "invalid_event", event.get("event_id"))
     else:
@@ -88,8 +97,30 @@ def update(settings: Settings, event: dict) -> Settings:
         if model is not None and not isinstance(model, str):
             raise BadEvent("session.update: 'model' must be a string", "invalid_event")
         settings.model = model
+    _voxcli_options(settings, event.get("voxcli"))
     settings.configured = True
     return settings
+
+
+def _voxcli_options(settings: Settings, options) -> None:
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise BadEvent("'voxcli' must be an object, e.g. {\"keyterms\": [\"Voxtral\"]}", "invalid_event")
+    if "keyterms" in options:
+        settings.options["keyterms"] = keyterms(options["keyterms"], options.get("keyterm_bias", KEYTERM_BIAS))
+
+
+def keyterms(phrases, bias) -> Keyterms | None:
+    """A client's keyterms, checked (BadEvent says what is wrong); an empty list: none."""
+    if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+        raise BadEvent("keyterms: a list of strings", "invalid_keyterms")
+    if len(phrases) > MAX_KEYTERMS or any(len(p) > MAX_KEYTERM_CHARS for p in phrases):
+        raise BadEvent(f"keyterms: at most {MAX_KEYTERMS}, each at most {MAX_KEYTERM_CHARS} characters",
+                       "invalid_keyterms")
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not 0 <= bias <= 20:
+        raise BadEvent("keyterm_bias: a number from 0 to 20", "invalid_keyterms")
+    return Keyterms.of(phrases, float(bias))
 
 
 def _openai_session(settings: Settings, session: dict) -> None:
@@ -139,7 +170,7 @@ def created(settings: Settings, session_id: str, model: str) -> dict:
     if settings.dialect == OPENAI:
         session.update(type="transcription", audio={"input": _openai_input(settings)})
     return {"type": "session.created", "event_id": _event_id(), "id": session_id, "session": session,
-            "voxcli": {"token_fields": True}}
+            "voxcli": {"token_fields": True, "keyterms": True}}
 
 
 def updated(settings: Settings, session_id: str, model: str) -> dict | None:
@@ -215,6 +246,12 @@ def _token_fields(token: Token) -> dict:
               "latency_ms": _r(token.latency_ms), "utterance": token.utterance}
     if e.restart_at_s is not None:
         fields["restart_at_s"] = e.restart_at_s
+    if e.p is not None:
+        fields["p"] = e.p
+    if e.alternatives is not None:
+        fields["alternatives"] = list(e.alternatives)
+    if e.keyterm is not None:
+        fields.update(keyterm=e.keyterm, keyterm_biased=e.keyterm_biased)
     return fields
 
 

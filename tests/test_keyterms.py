@@ -1,0 +1,254 @@
+"""Keyterm biasing and confidence (voxcli/engine/keyterms.py, pick.py): the walk over a phrase
+trie, the bias inside every decoding path (the static step alone and batched, transformers'
+forward, the offline loop), and what token events say about how sure the model was.
+
+The tiny models are random: a phrase is "rare" when the model says it at most once in a clip
+without the bias. Token ids, not words, are compared.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from voxcli.audio.decode import load_audio
+from voxcli.engine.keyterms import BiasWalk, Keyterms, KeytermTrie, read_keyterms_file
+from voxcli.engine.local import load_engine
+from voxcli.engine.pick import pick, unpack
+from voxcli.events import keyterm_counts
+
+HELLO = "examples/hello.wav"
+# Rare phrases of the tiny tokenizer: " two" and " class" are one token each; the random
+# realtime model says each at most twice in hello.wav's 54 tokens without the bias.
+RARE = ("two", "class")
+
+
+@pytest.fixture(scope="module")
+def hello():
+    return load_audio(HELLO)
+
+
+def ids(events) -> list[int]:
+    return [e.token_id for e in events]
+
+
+# ---------------------------------------------------------------------------------------------
+# The walk, on a tokenizer of whole words
+# ---------------------------------------------------------------------------------------------
+
+
+class WordTokenizer:
+    """Ids 0-9 are specials (PAD = 1, WORD = 2); every word is one id, " word" another."""
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def id(self, piece: str) -> int:
+        return self.vocab.setdefault(piece, 10 + len(self.vocab))
+
+    def encode(self, text: str, bos: bool, eos: bool) -> list[int]:
+        words = text.split(" ")
+        out = [self.id(words[0])] if words[0] else []
+        return out + [self.id(" " + w) for w in words[1:]]
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id < 10
+
+
+def walk_of(phrases, bias=2.0):
+    tok = WordTokenizer()
+    vector = torch.zeros(64)
+    return tok, BiasWalk(KeytermTrie(Keyterms.of(phrases, bias), tok), vector)
+
+
+def favoured(walk) -> set[int]:
+    return set(torch.nonzero(walk.vector).flatten().tolist())
+
+
+def test_first_tokens_are_favoured_from_the_start_in_both_spellings():
+    tok, walk = walk_of(["New York", "Voxtral"])
+    assert favoured(walk) == {tok.id("New"), tok.id(" New"), tok.id("Voxtral"), tok.id(" Voxtral")}
+    assert walk.vector[tok.id(" New")] == 2.0
+
+
+def test_a_begun_phrase_favours_its_next_token_and_blanks_do_not_break_it():
+    tok, walk = walk_of(["New York City"])
+    first = favoured(walk)
+    assert walk.after(tok.id(" New"), tok.id(" New"), False) is None
+    assert favoured(walk) == first | {tok.id(" York")}
+    for special in (1, 2, 1):  # PAD, WORD, PAD: the walk stays where it was
+        assert walk.after(special, special, True) is None
+    assert favoured(walk) == first | {tok.id(" York")}
+    walk.after(tok.id(" York"), tok.id(" York"), False)
+    assert favoured(walk) == first | {tok.id(" City")}
+    assert walk.after(tok.id(" City"), tok.id(" Paris"), False) == ("New York City", True)  # the bias changed it
+    assert favoured(walk) == first  # done: back to first tokens only
+
+
+def test_another_word_breaks_a_phrase_and_the_longest_completed_one_is_reported():
+    tok, walk = walk_of(["New York", "York"])
+    walk.after(tok.id(" New"), tok.id(" New"), False)
+    walk.after(tok.id(" big"), tok.id(" big"), False)
+    assert walk.after(tok.id(" York"), tok.id(" York"), False) == ("York", False)  # "New" was broken off
+    walk.after(tok.id(" New"), tok.id(" Old"), False)
+    assert walk.after(tok.id(" York"), tok.id(" York"), False) == ("New York", True)  # " New" needed the bias
+
+
+def test_keyterms_are_cleaned_and_a_file_reads_one_a_line(tmp_path):
+    assert Keyterms.of(["  New   York ", "", "New York", "Voxtral"], 1.5) == Keyterms(("New York", "Voxtral"), 1.5)
+    assert Keyterms.of(["", "  "]) is None
+    assert Keyterms.of(["x"], 0).bias == 0.0  # counts without favouring
+    path = tmp_path / "terms.txt"
+    path.write_text("# names\nVoxtral\n\n  Mistral AI  \n", encoding="utf-8")
+    assert read_keyterms_file(path) == ["Voxtral", "Mistral AI"]
+
+
+def test_pick_packs_the_token_what_it_would_have_been_and_the_top_k():
+    logits = torch.tensor([[0.0, 3.0, 2.5, -1.0], [1.0, 1.0, 0.0, 0.0]])
+    bias = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    next_id, packed = pick(logits, bias, 3)
+    assert next_id.tolist() == [2, 0]
+    a, b = (unpack(row, 3) for row in packed.tolist())
+    assert (a.token_id, a.plain_id) == (2, 1)  # the bias turned 1 into 2
+    assert [i for i, _ in a.top] == [2, 1, 0]
+    expected = torch.log_softmax(logits[0] + bias[0], -1)
+    assert a.logprob == pytest.approx(float(expected[2])) and a.p == pytest.approx(math.exp(a.logprob))
+    assert b.top[0][0] == b.token_id == 0 and b.top[0][1] == b.top[1][1]  # an exact tie: the emitted one first
+    _, plain = pick(logits, bias, 0)
+    assert unpack(plain.tolist()[0], 0).logprob is None
+
+
+# ---------------------------------------------------------------------------------------------
+# In the model's steps
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engines(realtime_dir):
+    return {step: load_engine(str(realtime_dir), device="cpu", step=step) for step in ("static", "hf")}
+
+
+@pytest.mark.parametrize("step", ["static", "hf"])
+def test_a_bias_of_zero_gives_exactly_the_ids_without_keyterms_and_counts(step, engines, hello):
+    engine = engines[step]
+    plain = list(engine.transcribe(hello))
+    counted = list(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 0.0)))
+    assert ids(counted) == ids(plain)
+    text = "".join(e.text for e in plain)
+    said = keyterm_counts(counted)
+    assert sum(c["said"] for c in said.values()) == sum(text.count(" " + p) for p in RARE)
+    assert all(said.get(p, {"said": 0})["said"] <= 2 for p in RARE)  # rare
+    assert all(c["biased"] == 0 for c in said.values())
+
+
+@pytest.mark.parametrize("step", ["static", "hf"])
+def test_a_rare_keyterm_is_said_markedly_more_often_with_the_bias(step, engines, hello):
+    engine = engines[step]
+    without = keyterm_counts(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 0.0)))
+    events = list(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 3.0)))
+    said = keyterm_counts(events)
+    for phrase in RARE:
+        before = without.get(phrase, {"said": 0})["said"]
+        assert said[phrase]["said"] >= 4 * max(before, 1), (phrase, before, said)
+        assert 0 < said[phrase]["biased"] <= said[phrase]["said"]
+    text = "".join(e.text for e in events)
+    assert text.count(" two") >= said["two"]["said"]  # what is counted is in the text
+
+
+def test_the_engines_keyterms_are_every_sessions_and_a_session_may_have_its_own(realtime_dir, engines, hello):
+    favouring = load_engine(str(realtime_dir), device="cpu", keyterms=Keyterms.of(RARE, 3.0))
+    biased = ids(favouring.transcribe(hello))
+    assert biased == ids(engines["static"].transcribe(hello, keyterms=Keyterms.of(RARE, 3.0)))
+    assert ids(favouring.transcribe(hello, keyterms=None)) == ids(engines["static"].transcribe(hello))
+    assert biased != ids(engines["static"].transcribe(hello))
+
+
+def test_static_and_hf_steps_agree_with_keyterms(engines, hello):
+    kt = Keyterms.of(RARE, 3.0)
+    assert ids(engines["static"].transcribe(hello, keyterms=kt)) == ids(engines["hf"].transcribe(hello, keyterms=kt))
+
+
+def test_rows_of_one_forward_keep_their_own_keyterms(wrap_dir, hello):
+    """Three streams in one batch, each with other keyterms (one with none), stepping together:
+    each gives exactly its ids alone. A bias row shared by accident would show here."""
+    from test_batched import alone, clips, together
+
+    base = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=4)
+    terms = [Keyterms.of(["two"], 4.0), None, Keyterms.of(["class", "two"], 2.5)]
+    streams = [{"engine": base, "audio": a, "start": i, "kw": {"keyterms": kt}}
+               for i, (a, kt) in enumerate(zip(clips(hello, 3), terms))]
+    refs = [alone(base, s["audio"], keyterms=s["kw"]["keyterms"]) for s in streams]
+    assert ids(refs[0]) != ids(alone(base, streams[0]["audio"], keyterms=None))  # the bias does something here
+    together(base, streams, stall_every=5)
+    assert max(b for b, _, _ in base.static.step_log) > 1
+    for s, ref in zip(streams, refs):
+        assert ids(s["events"]) == ids(ref)
+    # A row given back and taken again starts with no bias of the last stream.
+    again = alone(base, streams[0]["audio"], keyterms=None)
+    assert ids(again) == ids(alone(load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off"),
+                                   streams[0]["audio"]))
+
+
+def test_a_stream_that_restarts_at_end_of_sequence_keeps_its_keyterms(eos_dir):
+    """The EOS model restarts its stream mid-clip five times (a fresh row state each time): with
+    a bias of 0 the ids are exactly those without keyterms, and counting goes on after a restart."""
+    engine = load_engine(str(eos_dir), device="cpu")
+    long = load_audio("examples/long.wav")
+    plain = list(engine.transcribe(long))
+    counted = list(engine.transcribe(long, keyterms=Keyterms.of(RARE, 0.0)))
+    assert sum(e.restart_at_s is not None for e in plain) >= 3
+    assert ids(counted) == ids(plain)
+    biased = list(engine.transcribe(long, keyterms=Keyterms.of(RARE, 3.0)))
+    last_restart = max(e.index for e in biased if e.restart_at_s is not None)
+    assert any(e.keyterm for e in biased if e.index > last_restart)
+
+
+def test_the_offline_loop_favours_keyterms_too(offline_dir, hello):
+    engine = load_engine(str(offline_dir), device="cpu", max_new_tokens=24)
+    plain = list(engine.transcribe(hello))
+    assert ids(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 0.0))) == ids(plain)
+    biased = list(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 4.0)))
+    assert ids(biased) != ids(plain) and keyterm_counts(biased)
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence and alternatives
+# ---------------------------------------------------------------------------------------------
+
+
+def check_alternatives(events, k: int) -> None:
+    assert events
+    for e in events:
+        alts = e.alternatives
+        assert len(alts) == k, e
+        assert alts[0]["token_id"] == e.token_id
+        logprobs = [a["logprob"] for a in alts]
+        assert logprobs == sorted(logprobs, reverse=True) and logprobs[0] <= 0
+        assert e.p == pytest.approx(math.exp(logprobs[0]), rel=1e-12)
+        assert all(isinstance(a["text"], str) for a in alts)
+
+
+@pytest.mark.parametrize("step", ["static", "hf"])
+def test_every_token_carries_p_and_its_alternatives(step, realtime_dir, engines, hello):
+    engine = load_engine(str(realtime_dir), device="cpu", step=step, alternatives=3)
+    events = list(engine.transcribe(hello))
+    assert ids(events) == ids(engines[step].transcribe(hello))  # reading them back changes nothing
+    check_alternatives(events, 3)
+    assert np.mean([e.p for e in events]) < 1  # a random model is unsure
+    row = events[1].to_dict()
+    assert row["p"] == events[1].p and row["alternatives"][0]["token_id"] == events[1].token_id
+    assert "p" not in next(iter(engines[step].transcribe(hello))).to_dict()  # not asked: not written
+
+
+def test_the_offline_model_carries_them_too(offline_dir, hello):
+    engine = load_engine(str(offline_dir), device="cpu", max_new_tokens=24, alternatives=2)
+    check_alternatives([e for e in engine.transcribe(hello) if e.token_id >= 0], 2)
+
+
+def test_p_alone_for_the_low_confidence_view(realtime_dir, hello):
+    engine = load_engine(str(realtime_dir), device="cpu", confidence=True)
+    events = list(engine.transcribe(hello))
+    assert all(0 < e.p <= 1 and e.alternatives is None for e in events)

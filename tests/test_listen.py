@@ -65,6 +65,34 @@ def _check_events(lines: list[dict]) -> list[dict]:
     return tokens
 
 
+def _check_subtitles(save: Path, lines: list[dict]) -> None:
+    """The session's SRT and WebVTT parse with the `srt` and `webvtt-py` packages, their cues are
+    monotonic and say the transcript, and they are the cues `transcribe file` would make from the
+    session's events (each utterance a segment)."""
+    import html
+
+    import srt
+    import webvtt
+
+    from voxcli.output.cues import events_to_cues
+
+    (srt_path,), (vtt_path,), (txt,) = (list(save.glob(f"*.{ext}")) for ext in ("srt", "vtt", "txt"))
+    subs = list(srt.parse(srt_path.read_text(encoding="utf-8")))
+    captions = webvtt.read(str(vtt_path)).captions
+    fields = set(TokenEvent.__dataclass_fields__) - {"alternatives", "segment"}
+    events = [TokenEvent(**{k: v for k, v in r.items() if k in fields}, segment=r["utterance"])
+              for r in lines if r["type"] == "token" and r.get("stream") != "provisional"]
+    expected = events_to_cues(events)
+    assert expected, "the session said something"
+    assert [(s.start.total_seconds(), s.end.total_seconds(), s.content) for s in subs] == \
+        [(c.start_s, c.end_s, c.text.replace("-->", "->")) for c in expected]
+    assert [(c.start, c.end, html.unescape(c.text)) for c in captions] == [(v.start, v.end, s.content) for v, s in
+                                                                          zip(captions, subs)]
+    assert all(a.end <= b.start for a, b in zip(subs, subs[1:])) and all(s.start < s.end for s in subs)
+    said = "".join(txt.read_text(encoding="utf-8").split())
+    assert "".join("".join(s.content for s in subs).split()) == said.replace("-->", "->")
+
+
 @pytest.mark.slow
 def test_virtual_mic_session_files(vmic, realtime_dir, tmp_path):
     save = tmp_path / "save"
@@ -231,6 +259,15 @@ def test_second_ctrl_c_quits_with_valid_files(realtime_dir, tmp_path):
     assert rate == 16000 and len(heard) >= 16000
     for line in jsonl.read_text(encoding="utf-8").splitlines():
         json.loads(line)  # every line written is whole
+    import srt
+    import webvtt
+
+    # The subtitles as far as they were written: whole cues, each file valid.
+    (srt_path,), (vtt_path,) = save.glob("*.srt"), save.glob("*.vtt")
+    subs = list(srt.parse(srt_path.read_text(encoding="utf-8")))
+    assert [(c.start, c.end) for c in webvtt.read(str(vtt_path)).captions] == \
+        [(srt.timedelta_to_srt_timestamp(s.start).replace(",", "."),
+          srt.timedelta_to_srt_timestamp(s.end).replace(",", ".")) for s in subs]
 
 
 def test_devices_lists_the_virtual_mic_once(vmic):
@@ -474,6 +511,7 @@ def test_one_endpoint_per_pause_and_none_inside_speech(realtime_dir, offline_dir
     tokens = [line for line in lines if line["type"] == "token"]
     assert all("utterance" in t for t in tokens)
     assert lines[-1]["endpoints"] == len(truth)
+    _check_subtitles(save, lines)
     if kind == "offline":  # one transcription per sentence, each within its own sentence's audio
         by_utterance = {}
         for t in tokens:

@@ -8,11 +8,12 @@ import re
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from rich.console import Console
 
 from voxcli.events import FileStatus, LiveStatus, TokenEvent, Transcript, TranscriptMetrics, summarize
-from voxcli.output.cues import Cue, events_to_cues
+from voxcli.output.cues import Cue, LiveCues, events_to_cues
 from voxcli.output.formats import FORMATS, render_transcript
 from voxcli.output.tables import format_summary, metrics_table, sig3
 from voxcli.output.view import LiveTranscript, PlainTranscript, status_text
@@ -277,6 +278,73 @@ def test_blanks_lend_no_time_to_the_next_word():
     assert [c.text for c in cues] == ["Hello world", "again"]
     assert cues[0].start_s == pytest.approx(25 * TOKEN_S) and cues[0].end_s == pytest.approx(27 * TOKEN_S)
     assert cues[1].start_s == pytest.approx(52 * TOKEN_S)
+
+
+def live_cues(events, *, ends=(), audio_s=0.0, **limits):
+    """Cues as a running session hands them out: each event added, ``end()`` after the events at
+    ``ends``, ``finish()`` last; with, for each cue, how many events had been added when it closed."""
+    live = LiveCues(**limits)
+    out = []
+    for i, event in enumerate(events):
+        out += [(c, i + 1) for c in live.add(event)]
+        if i in ends:
+            out += [(c, i + 1) for c in live.end()]
+    out += [(c, len(events)) for c in live.finish(audio_s)]
+    return [c for c, _ in out], [n for _, n in out]
+
+
+def _random_session(seed: int, shared_spans: bool = False):
+    """Words of 1-3 pieces, blanks between, pauses, sentence ends, utterances (segments): what a
+    listen session's events look like; ``shared_spans``: every word of an utterance shares its span
+    (an offline model's)."""
+    rng = np.random.default_rng(seed)
+    events, t, ends = [], 0.0, []
+    for utterance in range(int(rng.integers(1, 5))):
+        seg_start = t
+        pieces = []
+        for _ in range(int(rng.integers(1, 40))):
+            word = [" " + "w" * int(rng.integers(1, 6))] + ["x"] * int(rng.integers(0, 3))
+            if rng.random() < 0.1:
+                word[-1] += "."
+            pieces += [(p, False) for p in word] + [("", True)] * int(rng.choice([0, 0, 1, 3, 15]))
+        for text, special in pieces:
+            events.append((text, special, t, utterance))
+            t += TOKEN_S
+        span = (seg_start, t)
+        events = [(x, sp, (span if shared_spans and u == utterance else (a, a + TOKEN_S)), u)
+                  if not isinstance(a, tuple) else (x, sp, a, u) for x, sp, a, u in events]
+        ends.append(len(events) - 1)
+        t += float(rng.choice([0.3, 1.0]))
+    return [TokenEvent(i, i, x, 0.0, a, b, segment=u, special=sp) for i, (x, sp, (a, b), u) in enumerate(events)], ends
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cues_closed_while_a_session_runs_are_those_of_the_whole_session(seed):
+    limits = [{}, {"max_chars": 20}, {"max_duration_s": 1.0, "max_gap_s": 0.2}][seed % 3]
+    events, ends = _random_session(seed, shared_spans=seed % 4 == 3)
+    whole = events_to_cues(events, **limits)
+    assert whole
+    for at_ends in (ends, ()):  # with an end() at each end of speech, and with none
+        got, _ = live_cues(events, ends=at_ends, **limits)
+        assert got == whole, (seed, at_ends)
+
+
+def test_cues_close_as_the_session_goes_not_at_its_end():
+    words = [f" w{i}" + ("." if i % 5 == 4 else "") for i in range(60)]
+    events = make_events([words])
+    got, closed_at = live_cues(events)
+    assert got == events_to_cues(events) and len(got) == 12
+    assert closed_at[:-1] == [5 * (k + 1) + 1 for k in range(11)]  # each when the next cue's first word came
+    events = make_events([SEG0, SEG1])
+    ends = {len(SEG0) - 1}
+    got, closed_at = live_cues(events, ends=ends)
+    assert got == events_to_cues(events) and closed_at[1] == len(SEG0)  # the end of speech closed it at once
+
+
+def test_a_session_without_spans_is_one_cue_at_its_end():
+    events = make_events([SEG0, SEG1], spans=False)
+    got, _ = live_cues(events, ends={3}, audio_s=4.2)
+    assert got == events_to_cues(events, fallback_end_s=4.2)
 
 
 def test_cue_times_come_from_token_spans():

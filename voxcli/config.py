@@ -113,7 +113,7 @@ class ListenConfig:
         "help": "input device name or index (see `voxcli devices`); null = the system default input",
         "accepts_index": True})
     save_dir: str | None = field(default=None, metadata={
-        "help": "directory for session files (WAV, JSONL events, transcript); null = save nothing"})
+        "help": "directory for session files (WAV, JSONL events, transcript, SRT/VTT subtitles); null = save nothing"})
     vad: str = field(default="silero", metadata=_choices(
         *DETECTORS, help="what finds the end of speech: Silero VAD, or the energy fallback (a level threshold)"))
     flush_after_ms: int = field(default=320, metadata={

@@ -311,7 +311,8 @@ def listen_cmd(
     save: Annotated[Path | None, typer.Option(
         "--save", show_default=False,
         help="Directory for this session's files, written as you speak: the WAV the engine heard, "
-             "per-token JSONL events, and the transcript. Created if needed; checked before the model loads.")] = None,
+             "per-token JSONL events, the transcript, and SRT/VTT subtitles (each cue as it closes). "
+             "Created if needed; checked before the model loads.")] = None,
     final_delay_ms: Annotated[int | None, typer.Option(
         "--final-delay-ms", show_default=False,
         help="Two-pass: a second Realtime stream at this longer delay is fed the same audio; its final "

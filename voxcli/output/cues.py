@@ -1,8 +1,10 @@
 """Subtitle cues from token events: words rebuilt from pieces, split at sentence ends and pauses,
-with real timestamps (the audio each token covers)."""
+with real timestamps (the audio each token covers): all at once for a file (``events_to_cues``),
+or as they close while a session runs (:class:`LiveCues`), the same cues either way."""
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ class Cue:
 @dataclass(slots=True)
 class _Word:
     segment: int
+    first: int = 0  # index of its first event (LiveCues drops the events of closed cues)
     text: str = ""
     start_s: float | None = None
     end_s: float | None = None
@@ -58,10 +61,12 @@ def _words(events: Iterable[TokenEvent]) -> list[_Word]:
     words: list[_Word] = []
     held: list[TokenEvent] = []  # empty pieces (an incomplete multi-byte char) join what follows
     prev_text = ""
-    for event in events:
+    held_from = 0
+    for i, event in enumerate(events):
         if event.special:
             continue  # a blank or a marker: no text, and its span is silence, not a word's
         if not event.text:
+            held_from = held_from if held else i
             held.append(event)
             continue
         if (
@@ -69,7 +74,7 @@ def _words(events: Iterable[TokenEvent]) -> list[_Word]:
             or event.segment != words[-1].segment
             or (_is_boundary(prev_text, event.text) and not words[-1].text.isspace())
         ):
-            words.append(_Word(segment=event.segment))
+            words.append(_Word(segment=event.segment, first=held_from if held else i))
         for e in (*held, event):
             words[-1].add(e)
         held.clear()
@@ -126,6 +131,13 @@ def _ends_sentence(text: str) -> bool:
     return text.rstrip().rstrip(_CLOSERS).endswith(_SENTENCE_END)
 
 
+def _check_limits(max_chars: int, max_duration_s: float, max_gap_s: float) -> None:
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    if max_duration_s <= 0 or max_gap_s < 0:
+        raise ValueError("max_duration_s must be > 0 and max_gap_s >= 0")
+
+
 def events_to_cues(
     events: Sequence[TokenEvent],
     *,
@@ -143,15 +155,21 @@ def events_to_cues(
     Returned cues have non-empty stripped text, start < end (at millisecond resolution), and are
     monotonic without overlap.
     """
-    if max_chars < 1:
-        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-    if max_duration_s <= 0 or max_gap_s < 0:
-        raise ValueError("max_duration_s must be > 0 and max_gap_s >= 0")
+    _check_limits(max_chars, max_duration_s, max_gap_s)
     words = _spread_shared_spans(_words(events))
-    if not any(w.start_s is not None or w.end_s is not None for w in words):
+    if not _timed(words):
         text = _clean(_join(words))
         return _fix_times([Cue(0.0, fallback_end_s, text)]) if text else []
+    groups = _groups(words, max_chars, max_duration_s, max_gap_s)
+    return _fix_times(_cues(groups, fallback_end_s))
 
+
+def _timed(words: list[_Word]) -> bool:
+    return any(w.start_s is not None or w.end_s is not None for w in words)
+
+
+def _groups(words: list[_Word], max_chars: int, max_duration_s: float, max_gap_s: float) -> list[list[_Word]]:
+    """The words of each cue, greedily: a break, once made, stays made whatever words follow."""
     groups: list[list[_Word]] = []
     cur: list[_Word] = []
     cur_text = ""
@@ -177,7 +195,11 @@ def events_to_cues(
             last_end = w.start_s if last_end is None else max(last_end, w.start_s)
     if cur:
         groups.append(cur)
+    return groups
 
+
+def _cues(groups: list[list[_Word]], fallback_end_s: float, before: Cue | None = None) -> list[Cue]:
+    """A cue per group with text (``before``: the cue that precedes them, if any), times not yet fixed."""
     cues: list[Cue] = []
     for i, group in enumerate(groups):
         text = _clean(_join(group))
@@ -188,16 +210,81 @@ def events_to_cues(
         start = starts[0] if starts else (ends[0] if ends else None)
         end = max(ends) if ends else (starts[-1] if starts else None)
         if start is None:  # a cue made only of events without spans: fill the hole between known ones
-            start = cues[-1].end_s if cues else 0.0
+            last = cues[-1] if cues else before
+            start = last.end_s if last else 0.0
             later = [w.start_s for g in groups[i + 1 :] for w in g if w.start_s is not None]
             end = later[0] if later else max(fallback_end_s, start)
         cues.append(Cue(start, end if end is not None else start, text))
-    return _fix_times(cues)
+    return cues
 
 
-def _fix_times(cues: list[Cue]) -> list[Cue]:
-    """Clamp to >= 0, make start < end and cues non-overlapping, in whole milliseconds."""
-    prev_end_ms = 0
+class LiveCues:
+    """The cues of a session that is still running, each handed out once it is closed: when the
+    next cue has begun (a break once made stays made: later words only follow it), or at an end of
+    speech (:meth:`end`; the session's events carry their utterance as ``segment``, and a new
+    segment always breaks). Together, the closed cues are exactly :func:`events_to_cues` of all the
+    events: this keeps only the open cue's events and recomputes just those.
+
+    A cue whose words share one span with the next cue's (an offline segment's words, timed by
+    spreading the segment's span over them) stays open until the run ends; a session whose events
+    carry no spans at all (some servers) has one cue, handed out by :meth:`finish`.
+    """
+
+    def __init__(self, *, max_chars: int = 84, max_duration_s: float = 6.0, max_gap_s: float = 0.8) -> None:
+        _check_limits(max_chars, max_duration_s, max_gap_s)
+        self._limits = (max_chars, max_duration_s, max_gap_s)
+        self._events: list[TokenEvent] = []
+        self._last: Cue | None = None  # the last cue handed out, times fixed
+        self._untimed: list[TokenEvent] = []  # every event, while none has had a span
+
+    def add(self, event: TokenEvent) -> list[Cue]:
+        """The cues this event closed (usually none). A special token takes no part in cues, and a
+        token without a span in a session that never had one cannot close any: both cost nothing."""
+        if event.special:
+            return []
+        self._events.append(event)
+        if self._untimed is not None:
+            self._untimed.append(event)
+            if event.audio_start_s is None and event.audio_end_s is None:
+                return []
+        return self._close(everything=False)
+
+    def end(self) -> list[Cue]:
+        """An end of speech: every cue so far is closed."""
+        return self._close(everything=True)
+
+    def finish(self, audio_s: float) -> list[Cue]:
+        """The session is over: what is left (all of it, from 0 to ``audio_s``, if nothing had a span)."""
+        if self._untimed is not None and self._untimed:
+            text = _clean(_join(_words(self._untimed)))
+            self._untimed, self._events = None, []
+            return _fix_times([Cue(0.0, audio_s, text)]) if text else []
+        return self.end()
+
+    def _close(self, everything: bool) -> list[Cue]:
+        words = _words(self._events)
+        spans = [(w.start_s, w.end_s, w.segment) for w in words]  # before a shared span is spread
+        words = _spread_shared_spans(words)
+        if not _timed(words):
+            return []
+        self._untimed = None
+        groups = _groups(words, *self._limits)
+        firsts = [0, *itertools.accumulate(len(g) for g in groups)]  # each group's first word
+        n = len(groups) if everything else len(groups) - 1
+        while 0 < n < len(groups) and spans[firsts[n]] == spans[firsts[n] - 1]:
+            n -= 1  # the last closed word's span goes on into the open cue: it is not final yet
+        if n <= 0:
+            return []
+        cues = _fix_times(_cues(groups[:n], 0.0, self._last), round(self._last.end_s * 1000) if self._last else 0)
+        self._events = self._events[groups[n][0].first:] if n < len(groups) else []
+        if cues:
+            self._last = cues[-1]
+        return cues
+
+
+def _fix_times(cues: list[Cue], prev_end_ms: int = 0) -> list[Cue]:
+    """Clamp to >= 0 (and to ``prev_end_ms``: where the cue before them ended), make start < end
+    and cues non-overlapping, in whole milliseconds."""
     for cue in cues:
         start_ms = max(round(cue.start_s * 1000), prev_end_ms, 0)
         end_ms = max(round(cue.end_s * 1000), start_ms + 1)

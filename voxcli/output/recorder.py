@@ -1,4 +1,6 @@
-"""Session files written while listening: audio (WAV), token events (JSONL), transcript (text).
+"""Session files written while listening: audio (WAV), token events (JSONL), transcript (text),
+and subtitles (SRT and WebVTT), each cue written as it closes (:class:`voxcli.output.cues.LiveCues`:
+at an end of speech, or once the next cue has begun), so both files are whole after every write.
 
 Every write leaves valid files behind: the WAV is written by libsndfile (soundfile), which
 rewrites its header after each block and turns it into RF64 once the data passes 4 GiB (about
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,8 @@ import soundfile
 
 from voxcli.errors import ConfigError, setting
 from voxcli.events import TokenEvent
+from voxcli.output.cues import LiveCues
+from voxcli.output.formats import VTT_HEADER, srt_block, vtt_block
 from voxcli.units import SAMPLE_RATE
 
 # libsndfile commands (sndfile.h) soundfile has no method for:
@@ -137,8 +142,11 @@ class _Wav:
             self.io.close()
 
 
+EXTENSIONS = (".wav", ".jsonl", ".txt", ".srt", ".vtt")
+
+
 class SessionRecorder:
-    """``DIR/voxcli-YYYYmmdd-HHMMSS.{wav,jsonl,txt}``: a new stem per session, never overwriting.
+    """``DIR/voxcli-YYYYmmdd-HHMMSS.{wav,jsonl,txt,srt,vtt}``: a new stem per session, never overwriting.
 
     The WAV is mono 32-bit float, exactly what the engine heard (no requantisation).
     """
@@ -147,23 +155,30 @@ class SessionRecorder:
         directory = check_directory(directory)
         stem = time.strftime("voxcli-%Y%m%d-%H%M%S")
         n = 1
-        while any((directory / f"{stem}{ext}").exists() for ext in (".wav", ".jsonl", ".txt")):
+        while any((directory / f"{stem}{ext}").exists() for ext in EXTENSIONS):
             n += 1
             stem = time.strftime("voxcli-%Y%m%d-%H%M%S") + f"-{n}"
         self.sample_rate = sample_rate
         self.wav_path = directory / f"{stem}.wav"
         self.jsonl_path = directory / f"{stem}.jsonl"
         self.text_path = directory / f"{stem}.txt"
+        self.srt_path = directory / f"{stem}.srt"
+        self.vtt_path = directory / f"{stem}.vtt"
         self.n_samples = 0
         self.failure: str | None = None  # one line, once a write has failed
         self._wav = _Wav(self.wav_path, sample_rate)
         self._jsonl = _File(self.jsonl_path)
         self._text = _File(self.text_path)
+        self._srt = _File(self.srt_path)
+        self._vtt = _File(self.vtt_path)
+        self._cues = LiveCues()
+        self._n_cues = 0
         self._write_line({"type": "session", "sample_rate": sample_rate, **(meta or {})})
+        self._guard(self._vtt, self._vtt.append, VTT_HEADER.encode())
 
     @property
     def paths(self) -> list[Path]:
-        return [self.wav_path, self.jsonl_path, self.text_path]
+        return [self.wav_path, self.jsonl_path, self.text_path, self.srt_path, self.vtt_path]
 
     @property
     def saved_s(self) -> float:
@@ -191,18 +206,30 @@ class SessionRecorder:
         self._write_line({"type": "token", **event.to_dict(), **extra})
         if event.text and transcript:
             self._guard(self._text, self._text.append, event.text.encode("utf-8"))
+        if transcript:  # an utterance is a segment of the subtitles: an end of speech ends a cue
+            self._write_cues(self._cues.add(replace(event, segment=extra.get("utterance", event.segment))))
 
     def write_summary(self, summary: dict) -> None:
         self._write_line({"type": "summary", **summary})
 
     def write_row(self, row: dict) -> None:
-        """Any other JSONL row (an endpoint)."""
+        """Any other JSONL row (an endpoint: the cues so far close)."""
         self._write_line(row)
+        if row.get("type") == "endpoint":
+            self._write_cues(self._cues.end())
+
+    def _write_cues(self, cues) -> None:
+        for cue in cues:
+            self._n_cues += 1
+            gap = b"\n" if self._n_cues > 1 else b""
+            self._guard(self._srt, self._srt.append, gap + srt_block(self._n_cues, cue).encode("utf-8"))
+            self._guard(self._vtt, self._vtt.append, b"\n" + vtt_block(cue).encode("utf-8"))
 
     def _write_line(self, obj: dict) -> None:
         self._guard(self._jsonl, self._jsonl.append, (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def close(self) -> None:
+        self._write_cues(self._cues.finish(self.saved_s))
         self._guard(self._text, self._text.append, b"\n")
-        for f in (self._wav, self._jsonl, self._text):
+        for f in (self._wav, self._jsonl, self._text, self._srt, self._vtt):
             f.close()

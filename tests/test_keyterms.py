@@ -252,3 +252,67 @@ def test_p_alone_for_the_low_confidence_view(realtime_dir, hello):
     engine = load_engine(str(realtime_dir), device="cpu", confidence=True)
     events = list(engine.transcribe(hello))
     assert all(0 < e.p <= 1 and e.alternatives is None for e in events)
+
+
+# ---------------------------------------------------------------------------------------------
+# From the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _voxcli(*args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "voxcli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**os.environ, "NO_COLOR": "1"})
+
+
+@pytest.mark.slow
+def test_transcribe_json_with_alternatives_and_keyterms(realtime_dir, tmp_path):
+    import json
+
+    terms = tmp_path / "terms.txt"
+    terms.write_text("# from a file\nclass\n", encoding="utf-8")
+    run = _voxcli("transcribe", "file", HELLO, "--model", realtime_dir, "-f", "json", "--alternatives", 3,
+                  "-k", "two", "--keyterms-file", terms, "--keyterm-bias", 3)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    text_tokens = [e for e in doc["events"] if not e["special"] and e["token_id"] >= 0]
+    assert text_tokens
+    for e in text_tokens:
+        alts = e["alternatives"]
+        assert len(alts) == 3 and alts[0]["token_id"] == e["token_id"]
+        assert [a["logprob"] for a in alts] == sorted((a["logprob"] for a in alts), reverse=True)
+        assert e["p"] == pytest.approx(math.exp(alts[0]["logprob"]), rel=1e-12)
+    assert set(doc["keyterms"]) == {"two", "class"}
+    assert all(c["said"] >= c["biased"] >= 0 and c["said"] > 0 for c in doc["keyterms"].values())
+    said = sum(1 for e in doc["events"] if e.get("keyterm") == "two")
+    assert doc["keyterms"]["two"]["said"] == said
+
+
+@pytest.mark.slow
+def test_listen_jsonl_counts_keyterms_in_its_summary(realtime_dir):
+    import json
+
+    run = _voxcli("listen", "--input", HELLO, "--speed", 0, "--model", realtime_dir, "-f", "jsonl",
+                  "-k", "two", "--keyterm-bias", 3, "--alternatives", 1)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    tokens = [r for r in rows if r["type"] == "token"]
+    assert all(len(r["alternatives"]) == 1 and 0 < r["p"] <= 1 for r in tokens)
+    assert rows[-1]["keyterms"]["two"]["said"] == sum(1 for r in tokens if r.get("keyterm") == "two") > 0
+
+
+def test_keyterms_with_a_server_or_an_unreadable_file_are_one_line(realtime_dir, tmp_path):
+    run = _voxcli("transcribe", "file", HELLO, "--server", "http://127.0.0.1:9", "-k", "Voxtral")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("voxcli: error:")]
+    assert run.returncode == 2 and len(errors) == 1, run.stderr
+    assert "--keyterm needs a local model" in errors[0] and "--server is set" in errors[0]
+    run = _voxcli("listen", "--input", HELLO, "--server", "http://127.0.0.1:9", "--alternatives", 2)
+    assert run.returncode == 2 and "--alternatives needs a local model" in run.stderr
+    run = _voxcli("transcribe", "file", HELLO, "--model", realtime_dir, "--keyterms-file", tmp_path / "none.txt")
+    assert run.returncode == 2 and "--keyterms-file" in run.stderr and "cannot read it" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -20,6 +20,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 timeout "$(( ${BUDGET_S:-480} + 60 ))" python3 bench/gpu.py --paths compiled,static,hf --budget-s "${BUDGET_S:-480}" \
   --json "$out/gpu.jsonl" > "$out/gpu.json"
 status=$?
-timeout 150 python3 -m pytest -q -m gpu tests/test_static.py 2>&1 | tail -n 15
+timeout 150 python3 -m pytest -q -m gpu tests/test_static.py tests/test_batched.py tests/test_keyterms.py 2>&1 | tail -n 15
 echo "gpu.sh: bench exit $status; phases in $out/gpu.jsonl" >&2
 exit $status

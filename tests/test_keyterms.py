@@ -316,3 +316,20 @@ def test_keyterms_with_a_server_or_an_unreadable_file_are_one_line(realtime_dir,
     run = _voxcli("transcribe", "file", HELLO, "--model", realtime_dir, "--keyterms-file", tmp_path / "none.txt")
     assert run.returncode == 2 and "--keyterms-file" in run.stderr and "cannot read it" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_in_bf16_compiled_keyterms_change_no_graph_and_zero_changes_no_id(wrap_dir, hello):
+    """CUDA graphs, bfloat16 (not yet run on a GPU): a bias of 0 gives exactly the ids without
+    keyterms (bf16 logits + 0 are the logits), other keyterms between sessions make no new graph,
+    and the alternatives read back with each id are ordered, the emitted token first."""
+    import torch._dynamo.utils
+
+    counters = torch._dynamo.utils.counters
+    engine = load_engine(str(wrap_dir), device="cuda", dtype="bfloat16", compile="on", alternatives=3)
+    plain = list(engine.transcribe(hello))
+    made = dict(counters["stats"])
+    assert ids(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 0.0))) == ids(plain)
+    assert ids(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 5.0))) != ids(plain)
+    assert dict(counters["stats"]).get("unique_graphs") == made.get("unique_graphs")
+    check_alternatives(plain, 3)

@@ -40,6 +40,10 @@ class EngineInfo:
     step_times: bool = True  # events carry step times, and each token comes from the chunk just pushed
     delay_ms: int | None = None  # a Realtime model's delay; None: offline, or not known
     other_delays: bool = False  # ``with_delay()`` gives the same weights at another delay (two-pass)
+    # The engine decodes here: its ``session()`` and ``transcribe()`` take ``keyterms=`` (a
+    # :class:`voxcli.engine.keyterms.Keyterms`, or None), and its events can carry ``p``,
+    # ``alternatives`` and ``keyterm`` (voxcli.engine.pick, keyterms). A server's tokens come without scores.
+    scores: bool = True
 
 
 @runtime_checkable

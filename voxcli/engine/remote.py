@@ -198,7 +198,7 @@ class RemoteEngine:
         # events carry their segment's span, which this side knows), nor how long a step took.
         self.info = EngineInfo(model=model, kind=kind, device=f"vLLM server {server.url}", dtype="server",
                                n_params=0, load_s=load_s, token_ids=False, audio_spans=kind == "offline",
-                               step_times=False)
+                               step_times=False, scores=False)
 
     def warmup(self) -> float:
         return 0.0

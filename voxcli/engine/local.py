@@ -31,6 +31,7 @@ as :class:`voxcli.errors.ModelError` / ``ValueError``.
 from __future__ import annotations
 
 import codecs
+import collections
 import dataclasses
 import logging
 import time
@@ -56,6 +57,7 @@ DEVICE = setting("model.device")
 DEFAULT = object()  # "the engine's own keyterms"
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
 FEATURE_BATCH_STEPS = 64  # most steps whose features are computed in one call (5.1 s of audio)
+TRIES_KEPT = 32  # keyterm tries an engine keeps made (each session's phrases; the engine's own among them)
 
 
 def resolve_device(device: str) -> str:
@@ -147,7 +149,7 @@ class Engine:
         self.alternatives = alternatives  # the top K each token event carries (with p)
         self.top_k = max(alternatives, int(confidence))  # what each step reads back: 1 for p alone
         self.keyterms = keyterms  # voxcli.engine.keyterms.Keyterms every session favours unless told otherwise
-        self._tries: dict = {}
+        self._tries: collections.OrderedDict = collections.OrderedDict()  # Keyterms -> trie, the latest TRIES_KEPT
 
     def bias_walk(self, vector, keyterms=DEFAULT):
         """A stream's keyterm walk over ``vector`` (its bias on the device, zero), for
@@ -159,6 +161,9 @@ class Engine:
             return None
         if keyterms not in self._tries:
             self._tries[keyterms] = KeytermTrie(keyterms, self._tekken)
+            if len(self._tries) > TRIES_KEPT:  # a server's sessions may each bring their own
+                self._tries.popitem(last=False)
+        self._tries.move_to_end(keyterms)
         return BiasWalk(self._tries[keyterms], vector)
 
     def bias_vector(self):

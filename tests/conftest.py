@@ -23,10 +23,15 @@ from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, f
 from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - one server of each kind for the whole run
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """``vllm`` and ``compile`` tests are ``slow`` too; the vLLM tests run in one pytest-xdist
     worker (``--dist loadgroup``), so each session-scoped server starts once; ``gpu`` tests are
-    skipped without a GPU (torch is imported only when there are some)."""
+    skipped without a GPU (torch is imported only when there are some).
+
+    First among the hooks (tryfirst): xdist's own turns each test's ``xdist_group`` mark into its
+    node id's group in the same hook, and a mark added after it groups nothing: for a while every
+    vLLM server started in both workers (each worker ran some vLLM tests)."""
     for item in items:
         if {"vllm", "compile"} & set(item.keywords):
             item.add_marker(pytest.mark.slow)

@@ -291,6 +291,9 @@ def test_transcribe_json_with_alternatives_and_keyterms(realtime_dir, tmp_path):
     assert all(c["said"] >= c["biased"] >= 0 and c["said"] > 0 for c in doc["keyterms"].values())
     said = sum(1 for e in doc["events"] if e.get("keyterm") == "two")
     assert doc["keyterms"]["two"]["said"] == said
+    two = doc["keyterms"]["two"]
+    line = " ".join(run.stderr.split())  # the summary line says them too
+    assert ", keyterms " in line and f"two {two['said']} ({two['biased']} biased)" in line
 
 
 @pytest.mark.slow

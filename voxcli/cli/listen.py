@@ -19,6 +19,7 @@ from rich.console import Console
 
 from voxcli.config import Config
 from voxcli.errors import ConfigError, ModelError, ServerError, setting
+from voxcli.output.tables import keyterm_words
 from voxcli.output.view import LiveTranscript, NullView, PlainTranscript
 
 
@@ -184,7 +185,7 @@ def _print_summary(err: Console, s: dict, recorder) -> None:
     err.print(
         f"{s['audio_s']:.2f} s heard, {s['n_tokens']} tokens, emission_latency_ms "
         f"p50 {_f(lat.get('p50'))} p95 {_f(lat.get('p95'))}, dropped blocks {s['dropped_blocks']}, "
-        f"input overflows {s['input_overflows']}"
+        f"input overflows {s['input_overflows']}{keyterm_words(s.get('keyterms', {}))}"
         + (f" -> {', '.join(str(p) for p in recorder.paths)}" if recorder else ""), markup=False)
 
 

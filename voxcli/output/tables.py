@@ -6,7 +6,7 @@ import math
 
 from rich.table import Table
 
-from voxcli.events import Transcript
+from voxcli.events import Transcript, keyterm_counts
 
 # --------------------------------------------------------------------------------------------
 # Summaries
@@ -24,8 +24,15 @@ def format_summary(transcript: Transcript) -> str:
     return (
         f"{transcript.source}: {n_tokens} tokens, {m.audio_s:.2f} s audio, "
         f"ttft_ms {_num(m.ttft_ms, '.1f')}, total_ms {_num(m.total_ms, '.1f')}, "
-        f"rtf {_num(m.rtf, '.2f')}"
+        f"rtf {_num(m.rtf, '.2f')}{keyterm_words(keyterm_counts(transcript.events))}"
     )
+
+
+def keyterm_words(counts: dict) -> str:
+    """``, keyterms Voxtral 3 (1 biased), ...`` for a summary line; empty without keyterms said."""
+    if not counts:
+        return ""
+    return ", keyterms " + ", ".join(f"{phrase} {c['said']} ({c['biased']} biased)" for phrase, c in counts.items())
 
 
 _STAT_COLUMNS = ("p50", "p90", "p95", "p99", "mean", "min", "max")

@@ -309,13 +309,13 @@ def test_listen_jsonl_counts_keyterms_in_its_summary(realtime_dir):
     assert rows[-1]["keyterms"]["two"]["said"] == sum(1 for r in tokens if r.get("keyterm") == "two") > 0
 
 
-def test_keyterms_with_a_server_or_an_unreadable_file_are_one_line(realtime_dir, tmp_path):
-    run = _voxcli("transcribe", "file", HELLO, "--server", "http://127.0.0.1:9", "-k", "Voxtral")
-    errors = [line for line in run.stderr.splitlines() if line.startswith("voxcli: error:")]
-    assert run.returncode == 2 and len(errors) == 1, run.stderr
-    assert "--keyterm needs a local model" in errors[0] and "--server is set" in errors[0]
-    run = _voxcli("listen", "--input", HELLO, "--server", "http://127.0.0.1:9", "--alternatives", 2)
-    assert run.returncode == 2 and "--alternatives needs a local model" in run.stderr
+def test_alternatives_with_a_server_or_an_unreadable_keyterms_file_are_one_line(realtime_dir, tmp_path):
+    """Said before any server is reached (keyterms through a server: tests/test_serve.py, test_remote.py)."""
+    for flag, value in (("--alternatives", 2), ("--low-confidence", 0.5)):
+        run = _voxcli("listen", "--input", HELLO, "--server", "http://127.0.0.1:9", flag, value)
+        errors = [line for line in run.stderr.splitlines() if line.startswith("voxcli: error:")]
+        assert run.returncode == 2 and len(errors) == 1, run.stderr
+        assert f"{flag} needs a local model" in errors[0] and "--server is set" in errors[0]
     run = _voxcli("transcribe", "file", HELLO, "--model", realtime_dir, "--keyterms-file", tmp_path / "none.txt")
     assert run.returncode == 2 and "--keyterms-file" in run.stderr and "cannot read it" in run.stderr
     assert "Traceback" not in run.stderr

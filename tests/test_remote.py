@@ -107,6 +107,16 @@ def test_wrong_model_and_unreachable_server_are_one_line(vllm_offline):
 
 
 @pytest.mark.vllm
+def test_keyterms_through_a_vllm_server_are_one_line(vllm_realtime):
+    """vLLM's tokens come without scores (its /v1/models says owned_by vllm): keyterms are refused
+    before any audio is sent; voxcli serve takes them (tests/test_serve.py)."""
+    run = voxcli("transcribe", "file", HELLO, "--server", vllm_realtime.url, "-k", "Voxtral")
+    assert run.returncode == 2, run.stderr
+    line = _one_error(run)
+    assert "keyterms (--keyterm) need a local model, or voxcli serve" in line and vllm_realtime.url in line
+
+
+@pytest.mark.vllm
 def test_bad_language_is_one_line(vllm_offline):
     line = _one_error(voxcli("transcribe", "file", HELLO, "--server", vllm_offline.url, "--language", "xx"))
     assert "xx" in line

@@ -264,6 +264,18 @@ def test_keyterms_are_a_session_option_on_both_apis(server, realtime_engine, cli
                                                     extra_body={"keyterms": ["two", "class"], "keyterm_bias": 3.0})
     assert result.text == "".join(e.text for e in realtime_engine.transcribe(hello, keyterms=kt)).strip()
     assert sum(c["said"] for c in result.model_extra["keyterms"].values()) > 0
+    # voxcli's own client sends them too (--server against voxcli serve), and reads what each token completed.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "voxcli", "transcribe", "file", str(HELLO), "--server", server.url,
+                          "-k", "two", "-k", "class", "--keyterm-bias", "3", "--format", "json"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    through = json.loads(run.stdout)
+    local = list(realtime_engine.transcribe(hello, keyterms=kt))
+    assert through["text"] == "".join(e.text for e in local).strip()
+    from voxcli.events import keyterm_counts
+
+    assert through["keyterms"] == keyterm_counts(local)
     with open(HELLO, "rb") as f, pytest.raises(openai.BadRequestError, match="keyterm_bias"):
         client.audio.transcriptions.create(model=server.state.model_name, file=f,
                                            extra_body={"keyterms": ["two"], "keyterm_bias": 99})

@@ -75,7 +75,7 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on
 KeytermOpt = Annotated[list[str] | None, typer.Option(
     "--keyterm", "-k", show_default=False,
     help="A word or phrase to favour (a name, jargon); repeat for more. Its tokens' scores get --keyterm-bias "
-         "in every step; each one said is counted in the summary. Local models only.")]
+         "in every step; each one said is counted in the summary. A local model, or voxcli serve as the server.")]
 KeytermsFileOpt = Annotated[Path | None, typer.Option(
     "--keyterms-file", show_default=False, help="Keyterms from a file, one phrase a line (# comments).")]
 KeytermBiasOpt = Annotated[float | None, typer.Option(

@@ -23,9 +23,9 @@ def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = 
     t = cfg.transcription
     keyterms = Keyterms.of(t.keyterms, t.keyterm_bias)
     if cfg.model.server:
-        asked = [name for name, on in (("transcription.keyterms", keyterms), ("transcription.alternatives", t.alternatives),
+        asked = [name for name, on in (("transcription.alternatives", t.alternatives),
                                        ("output.low_confidence", cfg.output.low_confidence)) if on]
-        if asked:
+        if asked:  # keyterms: voxcli serve takes them (connect_engine checks)
             raise ConfigError(f"{setting(asked[0])} needs a local model: a server's tokens come without scores "
                               f"({setting('model.server')} is set)", server=cfg.model.server)
         from voxcli.engine.remote import connect_engine
@@ -33,7 +33,8 @@ def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = 
         with loading():
             return connect_engine(cfg.model.server, cfg.model.name, kind=cfg.model.server_kind,
                                   max_new_tokens=cfg.model.max_new_tokens, api_key=cfg.model.api_key,
-                                  timeout_s=cfg.model.timeout_s, reconnect_s=cfg.model.reconnect_s)
+                                  timeout_s=cfg.model.timeout_s, reconnect_s=cfg.model.reconnect_s,
+                                  keyterms=keyterms)
     from voxcli.engine.hub import resolve_checkpoint
     from voxcli.engine.local import load_engine
 

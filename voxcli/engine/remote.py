@@ -31,6 +31,7 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
+from functools import partial
 from urllib.parse import urlsplit
 
 import httpx2
@@ -41,8 +42,8 @@ from websockets.sync.client import ClientConnection, connect
 from voxcli.choices import DEFAULT_MODEL, SERVER_KINDS
 from voxcli.config import API_KEY_ENV
 from voxcli.engine.contract import EngineInfo
-from voxcli.engine.local import transcribe_segments
-from voxcli.errors import ServerError, StreamEnded, first_line, setting
+from voxcli.engine.local import DEFAULT, transcribe_segments
+from voxcli.errors import ConfigError, ServerError, StreamEnded, first_line, setting
 from voxcli.engine.reconnect import Link, ReconnectingSession
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
@@ -216,26 +217,31 @@ class RemoteRealtimeEngine(RemoteEngine):
     and opened again at once."""
 
     spare: ClientConnection | None = None
+    keyterms = None  # every session's (voxcli serve only: info.scores)
 
-    def session(self, *, reconnect_s: float | None = None) -> ReconnectingSession:
+    def session(self, *, reconnect_s: float | None = None, keyterms=DEFAULT) -> ReconnectingSession:
         """A stream that outlives the server for ``reconnect_s`` (default: the engine's): see
-        :mod:`voxcli.engine.reconnect`."""
-        return ReconnectingSession(self._connection, name=f"the vLLM server at {self.server.url}", link=self.link,
-                                   reconnect_s=self.reconnect_s if reconnect_s is None else reconnect_s,
+        :mod:`voxcli.engine.reconnect`. ``keyterms`` (default: the engine's) go to the server
+        with the session's setup: only ``voxcli serve`` takes them (``info.scores``)."""
+        keyterms = self.keyterms if keyterms is DEFAULT else keyterms
+        if keyterms and not self.info.scores:
+            raise _no_keyterms(self.server.url)
+        return ReconnectingSession(partial(self._connection, keyterms), name=f"the vLLM server at {self.server.url}",
+                                   link=self.link, reconnect_s=self.reconnect_s if reconnect_s is None else reconnect_s,
                                    overlap_samples=REPLAY_OVERLAP_SAMPLES)
 
-    def _connection(self) -> "RemoteRealtimeSession":
+    def _connection(self, keyterms=None) -> "RemoteRealtimeSession":
         ws, self.spare = self.spare, None
-        return RemoteRealtimeSession(self, ws)
+        return RemoteRealtimeSession(self, ws, keyterms=keyterms)
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
-                   segments=None) -> Iterator[TokenEvent]:
+                   segments=None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
         """All of ``audio`` as fast as the server takes it, then the final commit. A stream the
         server ends early (end of sequence) goes on in a new connection from where it had answered,
         less the model's delay, marked by an empty event carrying ``restart_at_s``. A file is not
         reconnected: a lost server fails it at once."""
         audio = np.asarray(audio, dtype=np.float32)
-        session = self.session(reconnect_s=0)
+        session = self.session(reconnect_s=0, keyterms=keyterms)
         try:
             for i in range(0, len(audio), APPEND_SAMPLES):
                 session.push(audio[i:i + APPEND_SAMPLES])
@@ -254,7 +260,7 @@ class RemoteRealtimeSession:
     ``answered_samples``: how much audio had been sent when the latest delta arrived, which is
     how far the server is known to have listened (a reconnect replays from there)."""
 
-    def __init__(self, engine: RemoteRealtimeEngine, ws: ClientConnection | None = None) -> None:
+    def __init__(self, engine: RemoteRealtimeEngine, ws: ClientConnection | None = None, *, keyterms=None) -> None:
         self.engine = engine
         self.pushed_samples = 0
         self.answered_samples = 0
@@ -275,7 +281,10 @@ class RemoteRealtimeSession:
             if first.get("type") != "session.created":
                 raise ServerError(f"vLLM realtime: expected session.created, got {first.get('type')!r}",
                                   url=server.url)
-            self._ws.send(json.dumps({"type": "session.update", "model": engine.model_name}))
+            setup = {"type": "session.update", "model": engine.model_name}
+            if keyterms:  # voxcli serve's session option (vLLM is never sent it: see session())
+                setup["voxcli"] = {"keyterms": list(keyterms.phrases), "keyterm_bias": keyterms.bias}
+            self._ws.send(json.dumps(setup))
             self._ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # starts generation
         except (ConnectionClosed, OSError, TimeoutError, ValueError) as exc:
             self._ws.close()
@@ -348,13 +357,17 @@ class RemoteRealtimeSession:
 
     def _event(self, t: float, delta: str, extra: dict | None = None) -> TokenEvent:
         """``extra``: what ``voxcli serve`` adds to a delta (its token id, whether it is a blank,
-        its step); vLLM sends none of it. Its audio span is left out: it counts from this
-        connection's first sample, which a reconnect's replay moves."""
+        its step, the keyterm it completed, ``p`` and alternatives if it computes them); vLLM
+        sends none of it. Its audio span is left out: it counts from this connection's first
+        sample, which a reconnect's replay moves."""
         event = TokenEvent(index=self.n_tokens, token_id=-1, text=delta, t_emitted=t, special=not delta)
         if isinstance(extra, dict):
+            alternatives = extra.get("alternatives")
             event = dataclasses.replace(event, token_id=int(extra.get("token_id", -1)),
                                         special=bool(extra.get("special", not delta)),
-                                        step_ms=extra.get("step_ms"), batch=extra.get("batch"))
+                                        step_ms=extra.get("step_ms"), batch=extra.get("batch"), p=extra.get("p"),
+                                        alternatives=tuple(alternatives) if isinstance(alternatives, list) else None,
+                                        keyterm=extra.get("keyterm"), keyterm_biased=bool(extra.get("keyterm_biased")))
         self.n_tokens += 1
         return event
 
@@ -460,14 +473,18 @@ def _http_error(url: str, response) -> str:
 
 
 def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", max_new_tokens: int = 500,
-                   api_key: str | None = None, timeout_s: float = TIMEOUT_S, reconnect_s: float = 0.0) -> RemoteEngine:
+                   api_key: str | None = None, timeout_s: float = TIMEOUT_S, reconnect_s: float = 0.0,
+                   keyterms=None) -> RemoteEngine:
     """Check the server is up and serves ``model`` (default: the only model it serves), tell the
-    model kind (a server for an offline model refuses the realtime WebSocket), and return an engine."""
+    model kind (a server for an offline model refuses the realtime WebSocket), and return an engine.
+    ``keyterms`` (every session's) need ``voxcli serve`` with a Realtime model: its ``/v1/models``
+    says ``owned_by: voxcli``, and its sessions take them; anything else is a ConfigError."""
     t0 = time.perf_counter()
     if kind not in SERVER_KINDS:
         raise ValueError(f"kind must be one of {', '.join(SERVER_KINDS)}, got {kind!r}")
     server = _Server(url, api_key=api_key, timeout_s=timeout_s)
-    served = [m["id"] for m in server.get_json("/v1/models").get("data", [])]
+    listed = server.get_json("/v1/models").get("data", [])
+    served = [m["id"] for m in listed]
     if not served:
         raise ServerError(f"the vLLM server at {server.url} serves no model", url=server.url)
     if model not in served:
@@ -483,9 +500,21 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", ma
         kind, spare = _probe_kind(server)
     cls = RemoteRealtimeEngine if kind == "realtime" else RemoteOfflineEngine
     engine = cls(server, model, kind, time.perf_counter() - t0, max_new_tokens, reconnect_s)
+    engine.info.scores = kind == "realtime" and any(m.get("id") == model and m.get("owned_by") == "voxcli"
+                                                    for m in listed)
+    if keyterms and not engine.info.scores:
+        if spare is not None:
+            spare.close()
+        raise _no_keyterms(server.url)
+    engine.keyterms = keyterms
     if spare is not None:
         engine.spare = spare
     return engine
+
+
+def _no_keyterms(url: str) -> ConfigError:
+    return ConfigError(f"keyterms ({setting('transcription.keyterms')}) need a local model, or voxcli serve with a "
+                       f"Realtime model: the server at {url} gives its tokens without scores", url=url)
 
 
 def _probe_kind(server: _Server) -> tuple[str, ClientConnection | None]:

@@ -70,7 +70,6 @@ class KeytermTrie:
     """Every phrase's token ids (with and without a leading space), as a trie."""
 
     def __init__(self, keyterms: Keyterms, tekkenizer) -> None:
-        self.keyterms = keyterms
         self.bias = keyterms.bias
         self.root = _Node()
         for phrase in keyterms.phrases:

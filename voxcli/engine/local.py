@@ -442,7 +442,6 @@ class _StreamAudio:
         self._feats = e.log_mel(window, center=False)
         self._feats_next = 0
 
-
     def _prefill(self, need: int) -> "_Work":
         torch = self._torch
         e = self.engine
@@ -466,6 +465,7 @@ class _StreamAudio:
         self._feats_next += frames
         self._drop(e.hop_samples)
         return self._work(self._last_token, feats, t0)
+
 
 class RealtimeSession(_StreamAudio):
     """One streaming transcription: ``push(samples)``, then ``steps()`` yields every token the
@@ -658,12 +658,15 @@ class _Work:
     prefill: bool
     job: object  # the static step's Job, or None (the hf step)
     features_ms: float  # the session's own part of the step, before the forward
-    token_id: int = -1
-    picked: object = None  # voxcli.engine.pick.Picked
+    picked: object = None  # voxcli.engine.pick.Picked: the id, and what else the host read of it
     logits: object = None
     forward_ms: float = 0.0
     batch: int | None = None  # streams that forward stepped together (the static step)
     t_done: float = 0.0
+
+    @property
+    def token_id(self) -> int:
+        return self.picked.token_id
 
 
 def _compute(work: list[_Work]) -> None:
@@ -675,8 +678,7 @@ def _compute(work: list[_Work]) -> None:
         w0.session.engine.static.run([w.job for w in static])
         t_done = time.perf_counter()
         for w in static:
-            w.token_id, w.logits, w.forward_ms, w.batch = w.job.token_id, w.job.logits, w.job.step_ms, w.job.batch
-            w.picked = w.job.picked
+            w.picked, w.logits, w.forward_ms, w.batch = w.job.picked, w.job.logits, w.job.step_ms, w.job.batch
             w.t_done = t_done
     for w in work:
         if w.job is None:
@@ -686,7 +688,6 @@ def _compute(work: list[_Work]) -> None:
                 next_id, packed, logits = s._hf(w.input_ids, w.feats)
             s._last_token = next_id[:, None]  # the static step keeps it in its state
             w.picked = unpack(packed[0].tolist(), s.engine.top_k)  # the one sync per token
-            w.token_id = w.picked.token_id
             w.t_done = time.perf_counter()
             w.forward_ms = (w.t_done - t0) * 1000.0
             if s.logits is not None:

@@ -119,11 +119,14 @@ class Job:
     mel: object
     prompt_ids: object = None
     keep_logits: bool = False  # copy this row's logits to the host (after the clock)
-    token_id: int = -1
-    picked: object = None  # voxcli.engine.pick.Picked: the id without the bias, the alternatives
+    picked: object = None  # voxcli.engine.pick.Picked: the id, the id without the bias, the alternatives
     logits: object = None
     step_ms: float = 0.0  # the forward's time, to its token ids on the host
     batch: int = 0  # the rows that forward stepped (or started)
+
+    @property
+    def token_id(self) -> int:
+        return self.picked.token_id
 
 
 class _Stepper:
@@ -497,8 +500,7 @@ class StaticModel(_Compiled):
         prefill = key[0] == "prefill"
         for i, job in enumerate(jobs):
             at = i if prefill else job.state.row
-            job.picked = unpack(picks[at], self.top_k)
-            job.token_id, job.step_ms, job.batch = job.picked.token_id, ms, len(jobs)
+            job.picked, job.step_ms, job.batch = unpack(picks[at], self.top_k), ms, len(jobs)
             # After the clock: a comparison's copy is not the step's time.
             job.logits = logits[at:at + 1].float().cpu().clone() if job.keep_logits else None
         return ms

@@ -69,10 +69,11 @@ class ListenSession:
             extra["stream"] = token.stream
             self.two_pass.latency(token.stream, token.event, emission_ms)
         self._emit({"type": "token", **token.event.to_dict(), **extra})
-        if token.stream != "provisional":
+        final = token.stream != "provisional"  # a token of the transcript (two-pass: its final stream)
+        if final:
             keyterm_counts([token.event], self.keyterms)
         if self.recorder:
-            self.recorder.write_event(token.event, transcript=token.stream != "provisional", **extra)
+            self.recorder.write_event(token.event, transcript=final, **extra)
             self._saving_failed()
 
     def row(self, row) -> None:

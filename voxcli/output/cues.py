@@ -235,7 +235,7 @@ class LiveCues:
         self._limits = (max_chars, max_duration_s, max_gap_s)
         self._events: list[TokenEvent] = []
         self._last: Cue | None = None  # the last cue handed out, times fixed
-        self._untimed: list[TokenEvent] = []  # every event, while none has had a span
+        self._timed = False  # some word has had a span (until then no cue closes: nothing is dropped)
 
     def add(self, event: TokenEvent) -> list[Cue]:
         """The cues this event closed (usually none). A special token takes no part in cues, and a
@@ -243,10 +243,8 @@ class LiveCues:
         if event.special:
             return []
         self._events.append(event)
-        if self._untimed is not None:
-            self._untimed.append(event)
-            if event.audio_start_s is None and event.audio_end_s is None:
-                return []
+        if not self._timed and event.audio_start_s is None and event.audio_end_s is None:
+            return []
         return self._close(everything=False)
 
     def end(self) -> list[Cue]:
@@ -255,9 +253,9 @@ class LiveCues:
 
     def finish(self, audio_s: float) -> list[Cue]:
         """The session is over: what is left (all of it, from 0 to ``audio_s``, if nothing had a span)."""
-        if self._untimed is not None and self._untimed:
-            text = _clean(_join(_words(self._untimed)))
-            self._untimed, self._events = None, []
+        if not self._timed and self._events:  # every event of the session is still here
+            text = _clean(_join(_words(self._events)))
+            self._events = []
             return _fix_times([Cue(0.0, audio_s, text)]) if text else []
         return self.end()
 
@@ -267,7 +265,7 @@ class LiveCues:
         words = _spread_shared_spans(words)
         if not _timed(words):
             return []
-        self._untimed = None
+        self._timed = True
         groups = _groups(words, *self._limits)
         firsts = [0, *itertools.accumulate(len(g) for g in groups)]  # each group's first word
         n = len(groups) if everything else len(groups) - 1

@@ -198,7 +198,7 @@ class LiveTranscript:
     ) -> None:
         self.console = console
         self.low_confidence = low_confidence
-        self._word: tuple[int, bool] = (0, False)  # where the word being drawn began, and is it unsure
+        self._word_start = 0  # the piece the word being drawn began at
         self.min_redraw_s = min_redraw_s
         self._last_draw = -math.inf
         self.state = LiveState(title=title)
@@ -249,15 +249,11 @@ class LiveTranscript:
         """Underline the word this piece belongs to if this piece, or one before it in the word,
         is less likely than ``low_confidence``."""
         i = len(self.state.pieces) - 1
-        start, unsure = self._word
         if text[0].isspace() or i == 0:
-            start, unsure = i, False
-        if not unsure and p is not None and p < self.low_confidence:
-            self.state.unsure.update(range(start, i + 1))
-            unsure = True
-        if unsure:
-            self.state.unsure.add(i)
-        self._word = (start, unsure)
+            self._word_start = i
+        marked = self._word_start in self.state.unsure  # the word so far was underlined (all of it)
+        if marked or (p is not None and p < self.low_confidence):
+            self.state.unsure.update(range(self._word_start, i + 1))
 
     def draw(self) -> None:
         """Draw what was added since the last draw (nothing to do if nothing was)."""

@@ -24,9 +24,9 @@ from voxcli.audio.decode import load_audio
 from voxcli.choices import KEYTERM_BIAS
 from voxcli.errors import AudioError
 from voxcli.events import Transcript, TranscriptMetrics, clamp_span, keyterm_counts
-from voxcli.serve import wire
 from voxcli.output.cues import events_to_cues
 from voxcli.output.formats import render_transcript
+from voxcli.serve import wire
 from voxcli.serve.scheduler import Done, Failed, Full, Token
 from voxcli.units import SAMPLE_RATE
 

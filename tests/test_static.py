@@ -84,22 +84,37 @@ def test_the_held_out_windows_wrap_and_re_anchor_inside_the_clip(wrap_dir, hello
     assert state.dec.host_pos < 2 * state.dec.window and state.enc.host_pos < 2 * state.enc.window + 4
 
 
-def test_a_session_reuses_the_buffers_of_the_last(realtime_engine, hello):
-    static = realtime_engine.static
-    first = realtime_engine.session()
-    state = first._state
-    pointers = [t.data_ptr() for t in state.dec.k]
+def _addresses(static) -> list[int]:
+    b = static.batch
+    tensors = [*b.enc.tensors(), *b.dec.tensors(), b.conv1_pad, b.conv2_pad, b.conv1_in, b.conv2_in, b.ada, b.token,
+               b.bias, b.mel, b.active, b.prefill_rows]
+    return [t.data_ptr() for t in tensors]
+
+
+def test_rows_never_move_across_sessions_restarts_and_frees(eos_dir, hello):
+    """Every row is allocated at load (two here) and keeps its addresses (a CUDA graph reads them
+    in place) through sessions, end-of-sequence restarts inside them, sessions dropped unfinished,
+    and a session refused because every row is taken."""
+    from voxcli.errors import EngineFull
+
+    engine = load_engine(str(eos_dir), device="cpu", compile="off", sessions=2)
+    static = engine.static
+    batch, before = static.batch, _addresses(static)
+    assert static.free_rows() == 2
+    restarted = run_session(engine, hello)
+    assert any(e.restart_at_s is not None for e in restarted.events)  # restarts happened inside it
+    first, second = engine.session(), engine.session()  # both rows taken
+    assert {first._state.row, second._state.row} == {0, 1}
+    with pytest.raises(EngineFull, match="all 2 streams of the loaded model are in use.*model.max_streams"):
+        engine.session()
     first.push(hello[:16000])
     list(first.steps())
-    list(first.finish())
-    second = realtime_engine.session()
-    assert second._state is state and [t.data_ptr() for t in second._state.dec.k] == pointers
-    assert int(state.dec.pos.item()) == 0 and int((state.dec.slot_pos >= 0).sum()) == 0  # reset, not reallocated
-    third = realtime_engine.session()  # while the second is open: another state
-    assert third._state is not state
-    del second, third
-    gc.collect()  # dropped unfinished: both states go back to the pool
-    assert static.free_rows() >= 2
+    del first, second
+    gc.collect()  # dropped unfinished: both rows go back
+    assert static.free_rows() == 2
+    third = engine.session()
+    assert int(third._state.dec.pos.item()) == 0 and int((third._state.dec.slot_pos > -(1 << 39)).sum()) == 0  # reset
+    assert static.batch is batch and _addresses(static) == before
 
 
 def test_hour_8_computes_like_minute_0(wrap_dir, realtime_dir, hello):
@@ -126,20 +141,23 @@ def test_compile_modes():
         wants_compile("maybe", "cpu")
 
 
-def invoke(*args) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
+def invoke(*args, result: dict | None = None) -> str:
+    """stdout of a command that must succeed; ``result`` gets its stderr."""
+    done = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    if result is not None:
+        result["stderr"] = done.stderr
+    return done.stdout
 
 
-def listen_ids(path, *flags) -> list[int]:
+def listen_ids(path, *flags, result: dict | None = None) -> list[int]:
     out = invoke("listen", "--input", HELLO, "--speed", "0", "--model", path, "--format", "jsonl",
-                 "--flush-after-ms", "0", "--plain", *flags)
+                 "--flush-after-ms", "0", "--plain", *flags, result=result)
     return [r["token_id"] for r in map(json.loads, out.splitlines()) if r.get("type") == "token"]
 
 
-def file_ids(path, *flags) -> list[int]:
-    doc = json.loads(invoke("transcribe", "file", HELLO, "--model", path, "--format", "json", *flags))
+def file_ids(path, *flags, result: dict | None = None) -> list[int]:
+    doc = json.loads(invoke("transcribe", "file", HELLO, "--model", path, "--format", "json", *flags, result=result))
     return [e["token_id"] for e in doc["events"]]
 
 
@@ -150,6 +168,79 @@ def test_both_commands_give_the_reference_token_ids(delay, wrap_dir, tmp_path, m
         ref = ids_of(wrap_dir, "--step", "hf", "--delay-ms", delay)
         assert len(ref) > 40
         assert ids_of(wrap_dir, "--no-compile", "--delay-ms", delay) == ref
+
+
+@pytest.mark.parametrize("fails_at_call", [1, 2])  # 1: the compile itself; 2: torch 2.13 records the CUDA graph
+def test_a_compile_that_fails_falls_back_to_eager_with_one_line(fails_at_call, realtime_dir, tmp_path, monkeypatch):
+    """Triton that cannot lower a kernel, or a graph that cannot be captured: the run goes on
+    with the eager static step and the same tokens, and the load line says why, once (--debug:
+    with torch's traceback)."""
+    import torch
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    eager = {ids_of: ids_of(realtime_dir, "--no-compile") for ids_of in (file_ids, listen_ids)}
+
+    def failing_compile(fn, **kwargs):
+        calls = [0]
+
+        def compiled(*args):
+            calls[0] += 1
+            if calls[0] == fails_at_call:
+                raise RuntimeError("simulated: Triton cannot lower this kernel\nsecond line")
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    for ids_of, command in ((file_ids, "transcribe"), (listen_ids, "listen")):
+        result = {}
+        assert ids_of(realtime_dir, "--compile", result=result) == eager[ids_of]
+        said = [line for line in result["stderr"].splitlines() if "compiling failed" in line]
+        assert len(said) == 1, result["stderr"]
+        assert "static eager step (compiling failed, so it runs eagerly: RuntimeError: simulated: Triton cannot " \
+               "lower this kernel)" in said[0]
+        assert "Traceback" not in result["stderr"]
+    result = {}
+    file_ids(realtime_dir, "--compile", "--debug", result=result)
+    assert "Traceback" in result["stderr"] and "second line" in result["stderr"]
+
+
+def test_compiled_counts_are_in_the_load_line_and_bench_json(realtime_dir, tmp_path, monkeypatch):
+    """A compiled step (a stand-in for torch.compile that counts a graph per function and shape,
+    as dynamo does) shows what warm-up made in the load line and in bench's JSON, and a graph made
+    after warm-up is counted there and said once."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+
+    def counting_compile(fn, **kwargs):
+        shapes = set()
+
+        def compiled(*args):
+            key = tuple(getattr(a, "shape", a) for a in args[2:])
+            if key not in shapes:
+                shapes.add(key)
+                counters["stats"]["unique_graphs"] += 1
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    engine = load_engine(str(realtime_dir), device="cpu", compile="on")
+    graphs = engine.info.extra["graphs"]
+    assert graphs["compiled"] >= len(engine.static.spans()) + 1 and graphs["recorded"] == 0
+    from voxcli.output.tables import step_words
+
+    words = step_words(engine.info.extra["step"], engine.info.extra["compile_s"], graphs=graphs)
+    assert words.startswith("static compiled step (compiled in ") and f": {graphs['compiled']} graphs, 0 CUDA" in words
+    env = engine.environment()
+    assert env["graphs"] == graphs and env["graphs_after_warmup"] == {"compiled": 0, "recorded": 0, "skipped": 0}
+    counters["stats"]["unique_graphs"] += 1  # as if a session had met a shape warm-up did not compile
+    counters["inductor"]["cudagraph_skips"] += 1
+    said = engine.static.graphs.check()
+    assert said.startswith("after warm-up, the compiled step made more: 1 graphs compiled, 0 CUDA graphs recorded, "
+                           "1 skipped")
+    assert engine.static.graphs.check() is None  # said once
+    assert engine.environment()["graphs_after_warmup"] == {"compiled": 1, "recorded": 0, "skipped": 1}
 
 
 def test_bench_names_the_step_that_ran(realtime_dir):

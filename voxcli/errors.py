@@ -48,6 +48,10 @@ class ModelError(VoxcliError):
     """A model that cannot be found, downloaded or loaded."""
 
 
+class EngineFull(ModelError):
+    """Every stream the loaded model allocated is in use (serve: ``server_full``)."""
+
+
 class ServerError(VoxcliError):
     """A remote (vLLM) engine that cannot be reached, refuses, or fails mid-stream."""
 

@@ -209,6 +209,8 @@ def _load_engine(cfg: Config, status_console, debug: bool = False):
         f"{' (' + info.extra['dtype_why'] + ')' if 'dtype_why' in info.extra else ''}; "
         f"{_step_text(info)}{_streams_text(info)}loaded in {info.load_s:.1f} s, "
         f"warm-up {info.warmup_s * 1000:.0f} ms[/dim]", highlight=False)
+    if debug and info.extra.get("compile_fallback_traceback"):
+        status_console.print(info.extra["compile_fallback_traceback"], markup=False, highlight=False, end="")
     return engine
 
 
@@ -243,7 +245,8 @@ def _loading_text(cfg: Config) -> str:
 def _step_text(info) -> str:
     from voxcli.output.tables import step_words
 
-    words = step_words(info.extra.get("step"), info.extra.get("compile_s"))
+    words = step_words(info.extra.get("step"), info.extra.get("compile_s"), graphs=info.extra.get("graphs"),
+                       fallback=info.extra.get("compile_fallback"))
     return f"{words}; " if words else ""
 
 

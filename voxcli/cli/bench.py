@@ -71,8 +71,10 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     summary = report.summary()["all"]
     env = report.environment
     if "n_params" in env:
+        step = step_words(env.get("step"), env.get("compile_s"), graphs=env.get("graphs"),
+                          fallback=env.get("compile_fallback"))
         title = (f"{env['model']} ({env['kind']}, {env['n_params'] / 1e6:.1f}M params) on {env['device_name']}, "
-                 f"{env['dtype']}, {env['torch_threads']} threads{_comma(step_words(env.get('step'), env.get('compile_s')))}; {runs} runs x {len(clips)} clips")
+                 f"{env['dtype']}, {env['torch_threads']} threads{_comma(step)}; {runs} runs x {len(clips)} clips")
     else:
         title = f"{env['model']} ({env['kind']}) on {env['device']}; {runs} runs x {len(clips)} clips"
     out.print(metrics_table(title, {k: v for k, v in summary.items() if v.get("n")}))

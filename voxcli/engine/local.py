@@ -339,9 +339,22 @@ class RealtimeEngine(Engine):
             prompt = torch.tensor([self.prompt_ids], device=self.device)
             mel = self.log_mel(np.zeros(len(self.left_pad) + self.first_chunk_samples, np.float32), center=True)
             self.static.precompile(self.num_delay_tokens, spans=spans, prompt_ids=prompt, mel=mel)
-            self.info.extra["compile_s"] = round(sum(self.static.compile_s.values()), 3)
+        if self.static is not None:
+            self._say_how_it_steps()
         self.info.warmup_s = time.perf_counter() - t0
         return self.info.warmup_s
+
+    def _say_how_it_steps(self) -> None:
+        """``info.extra``: the step that runs (a failed compile falls back to eager), why it is
+        not compiled if compiling failed, compile time, and the graphs warm-up made."""
+        static, extra = self.static, self.info.extra
+        extra["step"] = static.name
+        if static.fallback:
+            extra["compile_fallback"] = static.fallback
+            extra["compile_fallback_traceback"] = static.fallback_traceback  # shown with --debug
+        if static.compiled:
+            extra["compile_s"] = round(sum(static.compile_s.values()), 3)
+            extra["graphs"] = static.graphs.at_warmup.to_dict()
 
     def session(self, *, max_new_tokens: int | None = None, position_offset: int = 0,
                 keep_logits: bool = False, keyterms=DEFAULT) -> "RealtimeSession":

@@ -30,20 +30,25 @@ there is one).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import queue
 import threading
 import time
-from collections import deque
+import traceback
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from voxcli.engine.forward import decode_rows, prefill
+from voxcli.engine.graphs import GraphWatch
 from voxcli.engine.pick import unpack
 from voxcli.engine.rows import ENCODER_STEP, Ring, StaticRows, StaticState, bounded
 
 __all__ = ["BUCKETS", "DeviceLogMel", "Job", "StaticModel", "StaticState", "bounded", "check_compilable"]
+
+log = logging.getLogger(__name__)
 
 # A young stream's decoder ring is mostly empty: a step attends over its first 512, 2048, ...
 # slots until the ring is full (on tiny models that is most of the step: 140 us for 8192 slots,
@@ -272,19 +277,35 @@ class _Compiled:
         """Compile now, at warm-up, so that no session meets a compile or a graph recording: the
         prefill at this delay (given ``prompt_ids`` and ``mel``) and the step for every span (or
         those given), for every bucket, each called WARM_CALLS times, in the thread that will step
-        them. The batch's rows are reset afterwards."""
+        them. The batch's rows are reset afterwards. If compiling or recording fails, the model
+        falls back to the eager step (:meth:`fall_back`); the counts of what was made are the
+        baseline :attr:`graphs` compares later forwards with."""
         if self.compiled:
             # The lock is taken in the thread that warms (the stepper's with CUDA graphs): held here
             # while waiting for that thread, it would deadlock with a forward queued there first.
-            self._call(self._warm, num_delay_tokens, spans, prompt_ids, mel)
+            try:
+                self._call(self._warm, num_delay_tokens, spans, prompt_ids, mel)
+            except Exception as exc:  # noqa: BLE001 - any failure to compile: the eager step computes the same
+                self.fall_back(exc)
+        if self.compiled:
+            self.graphs.settle()
+
+    def fall_back(self, exc: BaseException) -> None:
+        """Compiling, recording a graph or a first compiled call failed: run the eager static step
+        from now on (the same operations, so the same tokens), and say why in ``fallback``."""
+        from voxcli.errors import first_line
+
+        self.compiled = False
+        self._prefill, self._step = prefill, decode_rows
+        self.fallback = f"{type(exc).__name__}: {first_line(exc)}"
+        self.fallback_traceback = "".join(traceback.format_exception(exc))
+        log.info("torch.compile failed; the static step runs eagerly", exc_info=exc)
 
     def _warm(self, num_delay_tokens: int, spans, prompt_ids, mel) -> None:
         torch = _torch()
         _raise_recompile_limit()
         with self._lock, torch.inference_mode():
-            if not self._batches:
-                self._batches.append(StaticRows(self, self.streams))
-            b = self._batches[0]
+            b = self.batch
             if b.in_use():
                 return  # a session is running in it: its graphs exist already
             for state in b.states:
@@ -304,7 +325,7 @@ class _Compiled:
             for state in b.states:
                 state.reset(self, num_delay_tokens)
 
-    def _guarded_step(self, b: StaticRows, span: int, n: int):
+    def _guarded_step(self, _m, b: StaticRows, span: int, n: int):
         with self._guards():
             return self._step(self, b, span, n)
 
@@ -316,15 +337,37 @@ class _Compiled:
         process has compiled a second model (graphs of both share one code object, and a constant
         such as a window size may tell them apart), every guard is checked."""
         torch = _torch()
-        if self._all_steps_compiled and _COMPILED[0] == 1:
+        if self.compiled and self._all_steps_compiled and _COMPILED[0] == 1:
             return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
         return contextlib.nullcontext()
 
     def _note_compile(self, key, t0: float) -> None:
-        if self.compiled and key not in self._seen:
-            self._seen.add(key)
-            self.compile_s[" ".join(map(str, key))] = time.perf_counter() - t0
-            self._all_steps_compiled = all(("step", s, n) in self._seen for s in self._spans for n in self.buckets())
+        if not self.compiled:
+            return
+        self._calls[key] += 1
+        name = " ".join(map(str, key))
+        if name not in self.compile_s:
+            self.compile_s[name] = time.perf_counter() - t0
+            self._all_steps_compiled = all(("step", s, n) in self._calls for s in self._spans for n in self.buckets())
+
+    def _forward(self, key, *args):
+        """A forward (``key``: ("prefill", ...) or ("step", span, n)); while ``key``'s shape is not yet past warm-up (compiled and
+        its graph recorded), a failure there falls back to the eager step, which runs it again
+        (a compile or a capture fails before the call computes anything)."""
+        def call():
+            return self._call(self._prefill if key[0] == "prefill" else self._guarded_step, *args)
+
+        if not self.compiled or self._calls[key] >= WARM_CALLS:
+            out = call()
+        else:
+            try:
+                out = call()
+            except Exception as exc:  # noqa: BLE001 - see fall_back
+                self.fall_back(exc)
+                out = call()
+        if self.compiled:
+            self.graphs.check()
+        return out
 
 
 class StaticModel(_Compiled):
@@ -361,7 +404,6 @@ class StaticModel(_Compiled):
         self.streams = max(1, streams)  # rows per batch: streams that step in one forward
         self._ada: dict[int, object] = {}
         self._rotations: dict[tuple[bool, int], tuple] = {}
-        self._batches: list[StaticRows] = []
         self._lock = threading.RLock()
         self.compile_s: dict[str, float] = {}  # first call of each compiled function, per shape
         self.step_log: deque[tuple[int, int, float]] = deque(maxlen=STEP_LOG_KEEP)  # (rows, bucket, ms)
@@ -378,13 +420,19 @@ class StaticModel(_Compiled):
             self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
             self._step = torch.compile(decode_rows, fullgraph=True, dynamic=False, mode=mode)
             _COMPILED[0] += 1
-        self._seen: set = set()
+        self._calls: Counter = Counter()  # calls of each compiled function, per shape
+        self.fallback: str | None = None  # why compiling failed, if it did (the eager step runs)
+        self.fallback_traceback: str | None = None
+        self.graphs = GraphWatch()
         spans, span = [], FIRST_SPAN
         while span < self.dec_window:
             spans.append(span)
             span *= SPAN_GROWTH
         self._spans = (*spans, self.dec_window)
         self._all_steps_compiled = False  # every step graph exists (set by _note_compile)
+        # Every row this model will ever step, allocated now: a CUDA graph reads them in place, so
+        # they never move (a new address would record the graphs again, inside a session).
+        self.batch = StaticRows(self, self.streams)
 
     @property
     def name(self) -> str:
@@ -393,13 +441,16 @@ class StaticModel(_Compiled):
     # Rows ---------------------------------------------------------------------------------------
 
     def acquire(self, num_delay_tokens: int, *, position_offset: int = 0) -> StaticState:
-        """A reset row (a new batch is allocated only when every row of every batch is in use)."""
+        """A reset row; :class:`voxcli.errors.EngineFull` when every row is in use (no row is
+        ever allocated after the model is made)."""
+        from voxcli.errors import EngineFull, setting
+
         with self._lock:
-            state = next((s for s in (b.take() for b in self._batches) if s is not None), None)
+            state = self.batch.take()
             if state is None:
-                batch = StaticRows(self, self.streams)
-                self._batches.append(batch)
-                state = batch.take()
+                raise EngineFull(f"all {self.streams} streams of the loaded model are in use "
+                                 f"({setting('model.max_streams')} sets how many it allocates at load)",
+                                 streams=self.streams)
             state.reset(self, num_delay_tokens, position_offset=position_offset)
             return state
 
@@ -414,16 +465,22 @@ class StaticModel(_Compiled):
 
     def free_rows(self) -> int:
         """Rows allocated and not in use."""
-        return sum(len(b.free) for b in self._batches)
+        return len(self.batch.free)
 
     def reserve(self, streams: int) -> None:
-        """Make batches of at least ``streams`` rows (two-pass: 2). Batches with no row in use are
-        dropped and made again at the new size; a compiled model's warm-up must follow."""
+        """Make the batch at least ``streams`` rows (two-pass: 2), before any session holds a row;
+        a compiled model's warm-up must follow (its graphs read the new rows). Loading with enough
+        streams (``sessions=``) makes this a no-op."""
         with self._lock:
             if streams <= self.streams:
                 return
+            if self.batch.in_use():
+                raise RuntimeError(f"cannot grow the static batch to {streams} rows while a session holds one")
             self.streams = streams
-            self._batches = [b for b in self._batches if b.in_use()]
+            self.batch = StaticRows(self, streams)
+            self._calls.clear()
+            self.compile_s.clear()
+            self._all_steps_compiled = False
 
     def ada_scale(self, num_delay_tokens: int):
         """``1 + ada_rms_norm(t_cond)`` for every decoder layer, as transformers computes it:
@@ -470,7 +527,7 @@ class StaticModel(_Compiled):
         b.prefill_rows[:r].copy_(torch.tensor([j.state.row for j in jobs]))
         prompt = torch.cat([j.prompt_ids for j in jobs])
         mel = torch.cat([j.mel for j in jobs])
-        packed, logits = self._call(self._prefill, self, b, prompt, mel, r)
+        packed, logits = self._forward(("prefill", prompt.shape[-1], r), self, b, prompt, mel, r)
         picks = packed.tolist()  # the one sync: every row's token on the host
         self._finish(jobs, picks, logits, t0, ("prefill", prompt.shape[-1], r))
         for job in jobs:
@@ -487,7 +544,7 @@ class StaticModel(_Compiled):
         b.active.copy_(torch.tensor(active))
         n = self.bucket(max(j.state.row for j in jobs) + 1)
         span = self.span(max(b.dec.host_written[j.state.row] for j in jobs) + 1)
-        packed, logits = self._call(self._guarded_step, b, span, n)
+        packed, logits = self._forward(("step", span, n), self, b, span, n)
         picks = packed.tolist()
         ms = self._finish(jobs, picks, logits, t0, ("step", span, n))
         self.step_log.append((len(jobs), n, ms))

@@ -64,6 +64,8 @@ class ServerState:
         self.metrics = Metrics()
         self.scheduler = Scheduler(engine, max_sessions=options.max_sessions, on_step=self.metrics.on_step)
         self.metrics.active.set_function(lambda: self.scheduler.active)
+        if engine.environment().get("graphs"):  # a compiled step
+            self.metrics.watch_graphs(engine.environment)
         self.model_name = options.model_name or engine.info.model
         self.model_names = {self.model_name, engine.info.model}
         self.connections: set[Connection] = set()

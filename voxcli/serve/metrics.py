@@ -32,6 +32,15 @@ class Metrics:
         self.rejected = Counter("voxcli_rejected_requests", "Requests and events refused", ["reason"], registry=r)
         self.dropped = Counter("voxcli_dropped_clients", "Clients dropped by the server", ["reason"], registry=r)
 
+    def watch_graphs(self, environment) -> None:
+        """``voxcli_graphs{what, when}``: what torch.compile made of the static step at warm-up, and
+        after it (anything after it is a slow step), read from ``environment()`` when scraped."""
+        gauge = Gauge("voxcli_graphs", "Compiled step: graphs compiled, CUDA graphs recorded, graphs skipped "
+                      "(run without CUDA graphs), at warm-up and after it", ["what", "when"], registry=self.registry)
+        for when, key in (("warmup", "graphs"), ("after_warmup", "graphs_after_warmup")):
+            for what in ("compiled", "recorded", "skipped"):
+                gauge.labels(what, when).set_function(lambda k=key, w=what: (environment().get(k) or {}).get(w, 0))
+
     def on_step(self, tokens: list[Token]) -> None:
         """Called by the scheduler thread after each round of forwards (prometheus-client is thread-safe)."""
         for token in tokens:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.audio.vad import EndpointOptions, Endpointer
-from voxcli.errors import first_line
+from voxcli.errors import EngineFull, first_line
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE
 
@@ -215,6 +215,9 @@ class Scheduler:
                 continue
             try:
                 self._feed(s, latest)
+            except EngineFull as exc:  # every row the model allocated at load is taken
+                s.deliver(Failed(str(exc), "server_full"))
+                self._drop(s)
             except Exception as exc:  # noqa: BLE001 - this stream fails, the others go on
                 self._fail([s], exc)
         live = [s for s in streams if not s.closed and s.id in self._streams]

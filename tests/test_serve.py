@@ -540,3 +540,29 @@ def test_the_live_page_shows_text_from_a_fake_microphone(server, tmp_path):
         finally:
             browser.close()
     server.wait_idle()
+
+
+def test_a_session_past_the_rows_allocated_at_load_is_refused_as_server_full(realtime_dir, clips):
+    """The scheduler allows more sessions than the engine has rows: the one without a row gets
+    ``server_full`` (the engine allocates no row after load), and the other goes on."""
+    import queue
+
+    from voxcli.engine.local import load_engine
+    from voxcli.serve.scheduler import Failed, Scheduler, Token
+
+    engine = load_engine(str(realtime_dir), device="cpu", compile="off", sessions=1)
+    scheduler = Scheduler(engine, max_sessions=2)
+    got: list[queue.SimpleQueue] = [queue.SimpleQueue(), queue.SimpleQueue()]
+    try:
+        streams = [scheduler.open(got[i].put) for i in range(2)]
+        streams[0].push(clips[0][:16000])
+        deadline = time.monotonic() + 30
+        while got[0].empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        streams[1].push(clips[0][:16000])
+        refused = got[1].get(timeout=30)
+        assert isinstance(refused, Failed) and refused.code == "server_full", refused
+        assert "all 1 streams of the loaded model are in use" in refused.message
+        assert isinstance(got[0].get(timeout=30), Token)  # the first session goes on
+    finally:
+        scheduler.stop(5)

@@ -528,6 +528,7 @@ class RealtimeSession(_StreamAudio):
         # Recent step times only: a session may run for hours (one step per 80 ms).
         self.step_ms: deque[float] = deque(maxlen=STEP_MS_KEEP)  # decode steps, not the prefill
         self.t_first_chunk_ready: float | None = None
+        self._carried = ""  # text flushed from a restarted stream's detokenizer, for the next text token
         self._open_stream(0, np.zeros(0, np.float32), fresh=True)
 
     # Audio in ---------------------------------------------------------------------------------
@@ -588,7 +589,8 @@ class RealtimeSession(_StreamAudio):
         self._finished = True
         if self._state is not None:
             self._release()
-        tail = self._detok.flush()
+        tail = self._carried + self._detok.flush()
+        self._carried = ""
         if not tail:
             return None
         end_s = (self._stream_start / SAMPLE_RATE) + self._stream_tokens * TOKEN_MS / 1000.0
@@ -618,6 +620,7 @@ class RealtimeSession(_StreamAudio):
         kept = np.concatenate([*self._history.blocks, self._buffer])
         kept_start = self._stream_start + self._buffer_start - self._history.length  # session position of kept[0]
         replay = kept[at - kept_start:self.pushed_samples - kept_start]
+        self._carried += self._detok.flush()  # a character the ended stream left incomplete: not dropped
         self._open_stream(at, replay)
         if self._finishing:
             self._pad()
@@ -647,10 +650,13 @@ class RealtimeSession(_StreamAudio):
         start_s = self._stream_start / SAMPLE_RATE + self._stream_tokens * TOKEN_MS / 1000.0
         self._stream_tokens += 1
         special = self._detok.is_special(token_id)
+        text = self._detok.push(token_id)
+        if self._carried and not special:  # the last stream's incomplete character, flushed at its restart
+            text, self._carried = self._carried + text, ""
         return TokenEvent(
             index=k,
             token_id=token_id,
-            text=self._detok.push(token_id),
+            text=text,
             t_emitted=t_emitted,
             audio_start_s=start_s,
             audio_end_s=start_s + TOKEN_MS / 1000.0,

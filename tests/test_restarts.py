@@ -189,13 +189,13 @@ class _BlankEngine(ScriptedLocal):
     connection = _BlankSession
 
 
-def _listen_rows(engine, tmp_path, capsys, **settings) -> tuple[list[dict], str]:
+def _listen_rows(engine, tmp_path, capsys, input_path=LONG, **settings) -> tuple[list[dict], str]:
     from voxcli.config import load_config
     from voxcli.cli.listen import ListenJob, run_listen
 
     cfg = load_config(None, {"output.plain": True, **settings})
     out = io.StringIO()
-    code = run_listen(ListenJob(cfg=cfg, input_path=Path(LONG), speed=0, format="jsonl"),
+    code = run_listen(ListenJob(cfg=cfg, input_path=Path(input_path), speed=0, format="jsonl"),
                       load_engine=lambda cfg, err: engine, stdout=out)
     assert code == 0
     return [json.loads(line) for line in out.getvalue().splitlines()], capsys.readouterr().err
@@ -237,6 +237,46 @@ def test_a_model_that_only_emits_the_blank_is_restarted_then_left_with_one_line(
     assert tokens and all(t["token_id"] == BLANK for t in tokens)
     assert [r["reason"] for r in rows if r["type"] == "restart"] == ["blank_run"] * 3
     assert sum("gave no text" in line for line in err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def short_utterances(tmp_path_factory) -> Path:
+    """Thirty utterances of about a second each, 0.8 s apart: every one shorter than the blank-run
+    limit, so only speech counted across streams (each end of speech starts one) can reach it."""
+    import soundfile as sf
+    from speech import make_speech
+
+    tmp = tmp_path_factory.mktemp("short-utterances")
+    gap = np.zeros(int(0.8 * 16000), np.float32)
+    words = ["hello there", "one two", "good morning", "thank you", "see you soon"]
+    parts = []
+    for i in range(30):
+        parts += [load_audio(str(make_speech(tmp / f"{i % 5}.wav", words[i % 5]))), gap]
+    path = tmp / "short.wav"
+    sf.write(path, np.concatenate(parts), 16000)
+    return path
+
+
+def test_blank_runs_count_speech_across_utterances_shorter_than_the_limit(realtime_dir, tmp_path, capsys,
+                                                                          short_utterances):
+    from voxcli.audio.vad import Endpointer, EndpointOptions
+
+    audio = load_audio(str(short_utterances))
+    ends = [e.sample for e in Endpointer(EndpointOptions()).feed(audio) if e.kind == "end"]
+    starts = [e.sample for e in Endpointer(EndpointOptions()).feed(audio) if e.kind == "start"]
+    assert len(ends) >= 25 and max(b - a for a, b in zip(starts, ends)) < 1.0 * 16000  # every one under the limit
+    engine = load_engine(str(realtime_dir), device="cpu", compile="off")
+    handle = _force(engine, BLANK)
+    try:
+        rows, err = _listen_rows(engine, tmp_path, capsys, short_utterances, **{"listen.blank_run_s": 1.0})
+    finally:
+        handle.remove()
+    restarts = [r for r in rows if r["type"] == "restart"]
+    assert [r["reason"] for r in restarts] == ["blank_run"] * 3
+    lines = [line for line in err.splitlines() if "gave no text" in line]
+    assert len(lines) == 1
+    # The 4th run: 1 s x 2^3 = 8 s of speech, said as such (whole seconds).
+    assert 8 <= int(lines[0].split("over ")[1].split(" s")[0]) <= 9
 
 
 # ------------------------------------------------------------------------- a server's early done

@@ -112,30 +112,50 @@ class LiveOptions:
 
 
 class _BlankRuns:
-    """Speech heard with no text from the stream: where such a run began, and when it has gone on
-    long enough (``limit_s``, doubled after each restart in a row) to restart the stream."""
+    """Speech heard with no text from the stream, counted across streams (every end of speech
+    starts one, so utterances each shorter than the limit must still add up): how much, where the
+    run now going on began (a restart replays from there), and when it has gone on long enough
+    (``limit_s``, doubled after each restart in a row) to restart the stream."""
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s  # 0: never
         self.speech_from: int | None = None  # where the speech now going on began (None: not in speech)
         self.text_at = 0  # where the first stream last gave text (or was restarted)
+        self.speech = 0  # samples of speech heard since then, over every stream
         self.restarts = 0  # restarts since the last text
 
-    def text(self, heard: int) -> None:
-        self.text_at, self.restarts = heard, 0
+    def heard(self, start: int, end: int, events) -> None:
+        """Samples ``start`` to ``end`` were heard; ``events``: the endpointer's for them."""
+        # An event is decided after its sample (an end once the silence has lasted): the samples
+        # between were counted (or not) as the state was, and are set right here.
+        for vad in events:
+            if vad.kind == "end" and self.speech_from is not None:
+                since = max(self.speech_from, self.text_at)
+                self.speech += max(vad.sample, since) - max(start, since)
+            elif vad.kind == "start" and self.speech_from is None:
+                self.speech += max(0, start - max(vad.sample, self.text_at))
+            self.speech_from = vad.sample if vad.kind == "start" else None
+        if self.speech_from is not None:
+            self.speech += max(0, end - max(start, self.speech_from, self.text_at))
 
-    def restarted(self, at: int) -> None:
+    def text(self, heard: int) -> None:
+        self.text_at, self.restarts, self.speech = heard, 0, 0
+
+    def restarted(self, at: int, heard: int) -> None:
+        """A new stream hears from ``at`` on: the speech counted is what it has heard again."""
         self.text_at = max(self.text_at, at)  # the new stream's run without text starts here
+        self.speech = min(self.speech, max(0, heard - at) if self.speech_from is not None else 0)
 
     def run_from(self, heard: int) -> int:
-        """Where the run without text, inside speech, began (``heard``: none to watch)."""
+        """Where the run without text, inside the speech now going on, began (``heard``: none to watch)."""
         if not self.limit_s or self.speech_from is None or self.restarts > BLANK_RESTARTS:
             return heard
         return max(self.speech_from, self.text_at)
 
     def over(self, heard: int) -> bool:
+        """Enough speech without text, and speech going on now (a restart replays its run)."""
         limit = self.limit_s * 2 ** self.restarts
-        return heard - self.run_from(heard) >= limit * SAMPLE_RATE > 0
+        return self.run_from(heard) < heard and self.speech >= limit * SAMPLE_RATE > 0
 
 
 class _CaptureClock:
@@ -189,7 +209,7 @@ class _Emitting:
             self._restarted("eos", int(round(restart_at * SAMPLE_RATE)))
 
     def _restarted(self, reason: str, at: int) -> None:
-        self.blank.restarted(at)
+        self.blank.restarted(at, self.heard)
         self._put(Restart(reason, at / SAMPLE_RATE))
 
     def _take(self, session, offset: int, t_ready: float | None, stream: str | None = None) -> None:
@@ -333,8 +353,7 @@ class LiveWorker(_Emitting):
         self.clock.add(self.heard, t_cap)
         self._put(AudioIn(x, level_db(x), self.source.backlog))
         events = self.endpointer.feed(x) if self.endpointer is not None else []
-        for vad in events:
-            self.blank.speech_from = vad.sample if vad.kind == "start" else None
+        self.blank.heard(self.heard - len(x), self.heard, events)
         return events
 
     def _endpoint(self, event) -> None:
@@ -381,7 +400,7 @@ class LiveWorker(_Emitting):
                         utterance_from = None
                         session, offset = self.engine.session(), self.heard
                 if session.waiting:  # on its engine (a server away): not a stream that hears and says nothing
-                    self.blank.restarted(self.heard)
+                    self.blank.restarted(self.heard, self.heard)
                 elif x is not None and self.blank.over(self.heard):
                     session, offset = self._restart_blank(session, offset, tape)
                 tape.keep_from(min(self.heard, offset if final_pass is not None else self.heard,
@@ -413,7 +432,7 @@ class LiveWorker(_Emitting):
         began. After BLANK_RESTARTS in a row, one line, and no more restarts until text comes."""
         self.blank.restarts += 1
         if self.blank.restarts > BLANK_RESTARTS:
-            self._notice(f"the model gave no text over {(self.heard - self.blank.text_at) / SAMPLE_RATE:.0f} s of speech "
+            self._notice(f"the model gave no text over {self.blank.speech / SAMPLE_RATE:.0f} s of speech "
                          f"after {BLANK_RESTARTS} restarts; not restarting again until it does (is the "
                          f"checkpoint right?)")
             return session, offset

@@ -257,6 +257,44 @@ def test_device_log_mel_is_the_extractors(realtime_engine, hello):
     assert ours.shape == ref.shape and np.array_equal(ours.cpu().numpy(), ref.numpy())
 
 
+def _golden_log_mel(samples: np.ndarray, filters: np.ndarray, log_mel_max: float) -> np.ndarray:
+    """Whisper's log-mel written out in float64 numpy, centred (reflect padding of n_fft / 2), the
+    last frame dropped: (mel bins, frames). Independent of torch and of transformers' code."""
+    n_fft, hop = 400, 160
+    x = np.pad(samples.astype(np.float64), n_fft // 2, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    frames = 1 + (len(x) - n_fft) // hop
+    power = np.stack([np.abs(np.fft.rfft(x[i * hop:i * hop + n_fft] * window)) ** 2 for i in range(frames)], 1)
+    log_spec = np.log10(np.maximum(filters.T @ power[:, :-1], 1e-10))
+    return (np.maximum(log_spec, log_mel_max - 8.0) + 4.0) / 4.0
+
+
+def test_mel_front_end_matches_a_centred_golden_frame_for_frame(realtime_engine, hello):
+    """Every mel frame the model hears, against a centred (``center=True``) computation over the
+    whole signal: the prefill's (centred on its window), every step's (windows without centring,
+    starting where the session starts them), and the processor's (the hf and offline paths). A
+    front end that centred differently would hear the audio shifted by 200 samples."""
+    e = realtime_engine
+    frontend = e.proc.frontend
+    signal = np.concatenate([e.left_pad, hello[:3 * 16000]])  # what a session hands the model, from the left pad
+    golden = _golden_log_mel(signal, np.asarray(frontend.mel_filters, np.float64), frontend.global_log_mel_max)
+    tol = 2e-4  # float32 against float64, on values of order 1
+
+    whole = e.log_mel(signal, center=True)[0].cpu().numpy()
+    assert whole.shape == golden.shape and np.abs(whole - golden).max() < tol
+    processor = e.proc.log_mel(signal, center=True)[0].numpy()
+    assert processor.shape == golden.shape and np.abs(processor - golden).max() < tol
+    prefill = e.log_mel(signal[:len(e.left_pad) + e.first_chunk_samples], center=True)[0].cpu().numpy()
+    first = len(e.prompt_ids) * e.frames_per_token  # the prefill's frames, one per 10 ms of prompt
+    assert prefill.shape[-1] == first and np.abs(prefill - golden[:, :first]).max() < tol
+    steps = (len(signal) - e.next_window_start - e.window_samples) // e.hop_samples
+    start = e.next_window_start  # a session's first step window, then one every 80 ms
+    uncentred = e.log_mel(signal[start:start + steps * e.hop_samples + e.chunk_samples - e.hop_samples],
+                          center=False)[0].cpu().numpy()
+    assert uncentred.shape[-1] == steps * e.frames_per_token > 200
+    assert np.abs(uncentred - golden[:, first:first + uncentred.shape[-1]]).max() < tol
+
+
 def script(*args, timeout: float = 300) -> str:
     run = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module
-from vllm_server import vllm_offline, vllm_realtime  # noqa: F401 - one server of each kind for the whole run
+from vllm_server import vllm_offline, vllm_realtime, vllm_realtime_960  # noqa: F401 - one server of each for the run
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -135,18 +135,22 @@ def _health(host: str, port: int, cafile: Path | None = None) -> int | None:
 def start_vllm_server(kind: str, workdir: Path, *, python: str | None = None,
                       host: str = "127.0.0.1", timeout_s: float = START_TIMEOUT_S,
                       extra_args: tuple[str, ...] = (), port: int | None = None,
-                      tls: tuple[Path, Path] | None = None, cache_root: Path | None = None) -> VllmServer:
+                      tls: tuple[Path, Path] | None = None, cache_root: Path | None = None,
+                      delay_ms: int = 480) -> VllmServer:
     """Write a tiny model of ``kind`` into ``workdir``, start vLLM on a free port (or ``port``: a
     restart) and wait until /health answers 200. ``tls``: (certificate, key) to serve https with;
     the certificate is its own CA. ``cache_root``: vLLM's cache, shared by the servers of a run
-    (default: one in ``workdir``). Fails (with the log's tail) if it exits or takes over ``timeout_s``."""
+    (default: one in ``workdir``); ``delay_ms``: a Realtime model's delay (its tokenizer's). It
+    serves in float32 (exact for the bfloat16 weights), so that voxcli's local engine on the same
+    weights (voxcli.testing.twin) computes what it computes. Fails (with the log's tail) if it
+    exits or takes over ``timeout_s``."""
     from voxcli.testing.tiny_mistral import make_tiny_mistral_model
 
     python = python or vllm_python()
     workdir = Path(workdir)
     model_dir = workdir / "model"
     if not (model_dir / "params.json").exists():  # a restart serves the same model
-        model_dir = make_tiny_mistral_model(model_dir, kind)
+        model_dir = make_tiny_mistral_model(model_dir, kind, delay_ms=delay_ms)
     tmp = workdir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -168,7 +172,7 @@ def start_vllm_server(kind: str, workdir: Path, *, python: str | None = None,
     cmd = [python, "-m", "vllm.entrypoints.launchers.api_server.entry",
            "--model", str(model_dir), "--host", host, "--port", str(port),
            "--tokenizer-mode", "mistral", "--config-format", "mistral",
-           "--load-format", "mistral", "--max-model-len", "2048", "--enforce-eager",
+           "--load-format", "mistral", "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32",
            "--distributed-executor-backend", "uni",  # the worker in this process too
            *extra_args]
     log_path = workdir / f"server-{time.time_ns()}.log"
@@ -197,12 +201,12 @@ def start_vllm_server(kind: str, workdir: Path, *, python: str | None = None,
     return server
 
 
-def _server_fixture(kind: str):
-    @pytest.fixture(scope="session", name=f"vllm_{kind}")
+def _server_fixture(kind: str, delay_ms: int = 480, name: str | None = None):
+    @pytest.fixture(scope="session", name=name or f"vllm_{kind}")
     def fixture(tmp_path_factory):
         python = vllm_python()  # skip or fail before building anything
-        server = start_vllm_server(kind, tmp_path_factory.mktemp(f"vllm-{kind}"), python=python,
-                                   cache_root=shared_cache(tmp_path_factory))
+        server = start_vllm_server(kind, tmp_path_factory.mktemp(name or f"vllm-{kind}"), python=python,
+                                   cache_root=shared_cache(tmp_path_factory), delay_ms=delay_ms)
         try:
             yield server
         finally:
@@ -220,6 +224,7 @@ def shared_cache(tmp_path_factory) -> Path:
 
 vllm_realtime = _server_fixture("realtime")
 vllm_offline = _server_fixture("offline")
+vllm_realtime_960 = _server_fixture("realtime", delay_ms=960, name="vllm_realtime_960")  # another delay (the twin tests)
 
 
 def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:

@@ -41,6 +41,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from voxcli.choices import DEFAULT_MODEL, SERVER_KINDS
 from voxcli.config import API_KEY_ENV
+from voxcli.delays import ALLOWED_DELAYS_MS, is_allowed_delay_ms
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.local import DEFAULT, transcribe_segments
 from voxcli.errors import ConfigError, ServerError, StreamEnded, first_line, setting
@@ -50,7 +51,10 @@ from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
 TIMEOUT_S = 30.0
 APPEND_SAMPLES = TOKEN_SAMPLES  # 80 ms per append message: what one Realtime token covers
-REPLAY_OVERLAP_SAMPLES = 480 * SAMPLE_RATE // 1000  # the checkpoint's default delay (480 ms): a replay starts this far back
+# A server whose delay cannot be learned: replay from the longest delay back, so nothing is lost (a
+# replay may repeat up to 1.9 s of text at a shorter one).
+UNKNOWN_DELAY_MS = max(ALLOWED_DELAYS_MS)
+LEFT_PAD_TOKENS = 32  # the real checkpoints' streaming_n_left_pad_tokens: a Realtime prompt is BOS + these + the delay's
 KEY = setting("model.api_key")
 
 
@@ -226,9 +230,12 @@ class RemoteRealtimeEngine(RemoteEngine):
         keyterms = self.keyterms if keyterms is DEFAULT else keyterms
         if keyterms and not self.info.scores:
             raise _no_keyterms(self.server.url)
+        # A replay starts the server's delay back from where it last answered: the audio it had
+        # heard but whose text had not come yet.
+        delay_ms = self.info.delay_ms or UNKNOWN_DELAY_MS
         return ReconnectingSession(partial(self._connection, keyterms), name=f"the vLLM server at {self.server.url}",
                                    link=self.link, reconnect_s=self.reconnect_s if reconnect_s is None else reconnect_s,
-                                   overlap_samples=REPLAY_OVERLAP_SAMPLES)
+                                   overlap_samples=delay_ms * SAMPLE_RATE // 1000)
 
     def _connection(self, keyterms=None) -> "RemoteRealtimeSession":
         ws, self.spare = self.spare, None
@@ -507,9 +514,53 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", ma
             spare.close()
         raise _no_keyterms(server.url)
     engine.keyterms = keyterms
+    if kind == "realtime":
+        engine.info.delay_ms = _served_delay_ms(server, model, listed)
     if spare is not None:
         engine.spare = spare
     return engine
+
+
+def _served_delay_ms(server: _Server, model: str, listed: list[dict]) -> int | None:
+    """The served Realtime model's delay: ``voxcli serve`` says it in ``/v1/models``; vLLM does
+    not, but its answer to a request says how long the first prompt was (``usage.prompt_tokens``:
+    BOS, the left pad and the delay's tokens). None if neither tells (a replay then reaches
+    back the longest delay, UNKNOWN_DELAY_MS)."""
+    entry = next((m for m in listed if m.get("id") == model), {})
+    said = (entry.get("voxcli") or {}).get("delay_ms")
+    if is_allowed_delay_ms(said):
+        return said
+    usage = _probe_usage(server, model)
+    prompt = usage.get("prompt_tokens") if usage else None
+    if not isinstance(prompt, int):
+        return None
+    delay_ms = (prompt - 1 - LEFT_PAD_TOKENS) * TOKEN_SAMPLES * 1000 // SAMPLE_RATE
+    return delay_ms if is_allowed_delay_ms(delay_ms) else None
+
+
+def _probe_usage(server: _Server, model: str) -> dict | None:
+    """A request of 80 ms of silence on a connection of its own: the ``usage`` of its
+    ``transcription.done`` (None if the server answers otherwise, or not within its timeout)."""
+    try:
+        ws = server.websocket("/v1/realtime")
+    except ServerError:
+        return None
+    deadline = time.monotonic() + server.timeout_s
+    try:
+        ws.recv(server.timeout_s)  # session.created
+        for message in ({"type": "session.update", "model": model}, {"type": "input_audio_buffer.commit"},
+                        {"type": "input_audio_buffer.append", "audio": pcm16_base64(np.zeros(TOKEN_SAMPLES, np.float32))},
+                        {"type": "input_audio_buffer.commit", "final": True}):
+            ws.send(json.dumps(message))
+        while (left := deadline - time.monotonic()) > 0:
+            message = json.loads(ws.recv(left))
+            if message.get("type") in ("transcription.done", "error"):
+                return message.get("usage") if message.get("type") == "transcription.done" else None
+    except (ConnectionClosed, OSError, TimeoutError, ValueError):
+        return None
+    finally:
+        ws.close()
+    return None
 
 
 def _no_keyterms(url: str) -> ConfigError:

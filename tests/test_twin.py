@@ -1,0 +1,129 @@
+"""voxcli against vLLM on the same weights: the strongest check a CPU gives that voxcli's prompt,
+mel, padding, delay and chunking are the reference's.
+
+The servers are tests/vllm_server.py's (vLLM's CPU build, float32); :func:`voxcli.testing.twin.mistral_to_hf`
+writes the weights each one serves in the layout voxcli loads, and voxcli's local engine runs them
+in float32 too. The server hears PCM16 (``/ 32768``): voxcli is handed the same samples.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from relay import Relay
+
+from voxcli.audio.decode import load_audio
+from voxcli.engine.local import load_engine
+from voxcli.engine.remote import connect_engine
+from voxcli.testing.twin import hear_as_vllm, mistral_to_hf
+from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.vllm
+
+
+def as_served(audio: np.ndarray) -> np.ndarray:
+    """The samples a server decodes from voxcli's PCM16 (vLLM divides by 32768)."""
+    return ((np.clip(audio, -1.0, 1.0) * 32767.0).round() / 32768.0).astype(np.float32)
+
+
+def quiet_where_the_first_step_begins(audio: np.ndarray, delay_ms: int) -> np.ndarray:
+    """Silence around the end of the prefill (the first 1 + delay tokens of audio), where vLLM's
+    first step takes its convolutions' context from frames 40 samples off the whole clip's."""
+    edge = (1 + delay_ms // 80) * TOKEN_SAMPLES
+    out = audio.copy()
+    out[edge - 1600:edge + 400] = 0.0
+    return out
+
+
+@pytest.fixture(scope="module")
+def hello() -> np.ndarray:
+    return load_audio(str(ROOT / "examples" / "hello.wav"))
+
+
+def _twin(server, tmp_path_factory) -> Path:
+    return mistral_to_hf(server.model_dir, tmp_path_factory.mktemp("twin") / "hf")
+
+
+def _text(events) -> str:
+    return "".join(e.text for e in events)
+
+
+@pytest.mark.parametrize("server_name, delay_ms", [("vllm_realtime", 480), ("vllm_realtime_960", 960)])
+def test_realtime_twins_say_what_vllm_says(server_name, delay_ms, request, tmp_path_factory, hello):
+    """vLLM's server and voxcli's static and hf steps, same weights, same samples: the same text,
+    once voxcli's windows sit on vLLM's grid (hear_as_vllm) and the first step's context is
+    silence on both grids, but for the step over the right padding's last token, which vLLM does
+    not make. The delay is learnt from the server (usage.prompt_tokens)."""
+    server = request.getfixturevalue(server_name)
+    remote = connect_engine(server.url)
+    assert remote.info.delay_ms == delay_ms
+    audio = as_served(quiet_where_the_first_step_begins(hello, delay_ms))
+    theirs = _text(remote.transcribe(audio))
+    assert len(theirs) > 40
+    hf_dir = _twin(server, tmp_path_factory)
+    for step in ("static", "hf"):
+        engine = load_engine(str(hf_dir), device="cpu", dtype="float32", step=step, compile="off")
+        assert engine.delay_ms == delay_ms
+        assert hear_as_vllm(engine) == 40  # 2.5 ms: the tokenizer's streaming_look_ahead_ms
+        events = list(engine.transcribe(audio))
+        # vLLM cuts a step's frame 2.5 ms past its 80 ms, which the right padding's last token
+        # lacks: it makes one step fewer (a step over padding: silence).
+        last = max(i for i, e in enumerate(events) if e.token_id >= 0)
+        assert _text(events[:last] + events[last + 1:]) == theirs, step
+
+
+def test_offline_twins_say_what_vllm_says_up_to_float32_noise(vllm_offline, tmp_path_factory, hello):
+    """The offline kind through vLLM's transcription endpoint and voxcli's offline engine, the
+    whole clip as one segment: the same text until the first token whose top two scores are
+    closer than float32 kernels can tell apart (if any), after at least 100 tokens."""
+    audio = as_served(hello)
+    whole = [(0, len(audio))]
+    theirs = _text(connect_engine(vllm_offline.url).transcribe(audio, segments=whole))
+    engine = load_engine(str(_twin(vllm_offline, tmp_path_factory)), device="cpu", dtype="float32", alternatives=2)
+    events = list(engine.transcribe(audio, segments=whole))
+    ours = _text(events)
+    same = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+    if same == min(len(theirs), len(ours)) and len(theirs) == len(ours):
+        return  # identical
+    at, seen = 0, 0
+    while seen + len(events[at].text) <= same:
+        seen += len(events[at].text)
+        at += 1
+    assert at >= 100, (at, theirs[:same + 20], ours[:same + 20])
+    first, second = events[at].alternatives[:2]
+    assert first["logprob"] - second["logprob"] < 0.01, (at, first, second)
+
+
+def test_a_replay_reaches_back_the_servers_delay(vllm_realtime_960):
+    """A server at 960 ms that goes away: the replay starts 960 ms before where it last answered
+    (the audio it had heard without its text yet), not 480; the audio meanwhile is all kept."""
+    relay = Relay(vllm_realtime_960.host, vllm_realtime_960.port)
+    try:
+        engine = connect_engine(relay.url, reconnect_s=60)
+        assert engine.info.delay_ms == 960
+        audio = load_audio(str(ROOT / "examples" / "long.wav"))
+        session = engine.session()
+        head = 4 * SAMPLE_RATE
+        for i in range(0, head, TOKEN_SAMPLES):
+            session.push(audio[i:i + TOKEN_SAMPLES])
+        deadline = time.monotonic() + 60
+        while session.answered_samples < head and time.monotonic() < deadline:  # every step answered
+            list(session.steps())
+            time.sleep(0.02)
+        assert session.answered_samples == head
+        relay.cut()
+        session.push(audio[head:head + 2 * SAMPLE_RATE])  # captured while the server is away
+        time.sleep(1.5)
+        relay.restore()
+        events = list(session.finish())
+        rows = [r for r in session.incidents() if type(r).__name__ == "Reconnect"]
+    finally:
+        relay.close()
+    assert len(rows) == 1
+    assert rows[0].replay_from_s == pytest.approx((head - 960 * SAMPLE_RATE // 1000) / SAMPLE_RATE)
+    assert rows[0].replayed_s == pytest.approx(2.0 + 0.96)  # what came while it was away, and the delay before it
+    assert any(e.text for e in events)

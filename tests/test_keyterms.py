@@ -57,35 +57,127 @@ class WordTokenizer:
     def is_special(self, token_id: int) -> bool:
         return token_id < 10
 
+    def id_to_byte_piece(self, token_id: int) -> bytes:
+        return next(piece for piece, i in self.vocab.items() if i == token_id).encode()
 
-def walk_of(phrases, bias=2.0):
+
+PAD, WORD = 1, 2
+
+
+def walk_of(phrases, bias=2.0, word_marker=None):
     tok = WordTokenizer()
     vector = torch.zeros(64)
-    return tok, BiasWalk(KeytermTrie(Keyterms.of(phrases, bias), tok), vector)
+    return tok, BiasWalk(KeytermTrie(Keyterms.of(phrases, bias), tok, word_marker=word_marker), vector)
 
 
 def favoured(walk) -> set[int]:
     return set(torch.nonzero(walk.vector).flatten().tolist())
 
 
-def test_first_tokens_are_favoured_from_the_start_in_both_spellings():
+def test_without_word_markers_first_tokens_are_favoured_from_the_start_in_both_spellings():
     tok, walk = walk_of(["New York", "Voxtral"])
     assert favoured(walk) == {tok.id("New"), tok.id(" New"), tok.id("Voxtral"), tok.id(" Voxtral")}
     assert walk.vector[tok.id(" New")] == 2.0
 
 
-def test_a_begun_phrase_favours_its_next_token_and_blanks_do_not_break_it():
+def test_a_begun_phrase_favours_its_next_token_alone_and_blanks_do_not_break_it():
     tok, walk = walk_of(["New York City"])
-    first = favoured(walk)
     assert walk.after(tok.id(" New"), tok.id(" New"), False) is None
-    assert favoured(walk) == first | {tok.id(" York")}
-    for special in (1, 2, 1):  # PAD, WORD, PAD: the walk stays where it was
+    assert favoured(walk) == {tok.id(" York")}  # going on, not starting again
+    for special in (PAD, WORD, PAD):  # a model without markers: every special leaves the walk where it was
         assert walk.after(special, special, True) is None
-    assert favoured(walk) == first | {tok.id(" York")}
+    assert favoured(walk) == {tok.id(" York")}
     walk.after(tok.id(" York"), tok.id(" York"), False)
-    assert favoured(walk) == first | {tok.id(" City")}
+    assert favoured(walk) == {tok.id(" City")}
     assert walk.after(tok.id(" City"), tok.id(" Paris"), False) == ("New York City", True)  # the bias changed it
-    assert favoured(walk) == first  # done: back to first tokens only
+    assert favoured(walk) == {tok.id(" New")}  # done: first pieces again, the spelling inside a sentence now
+
+
+def test_with_word_markers_first_pieces_wait_for_a_marker_and_mid_word_pieces_never_do():
+    """The Realtime grammar: [STREAMING_WORD] before each word. A first piece, or a phrase's next
+    word, is favoured only right after a marker; a piece inside the word goes on at every frame."""
+    tok = WordTokenizer()
+    tok.vocab |= {"Vox": 30, "tral": 31, " Vox": 32}
+    walk = BiasWalk(KeytermTrie(Keyterms.of(["New York", "Voxtral"], 2.0), _Split(tok), word_marker=WORD),
+                    torch.zeros(64))
+    assert favoured(walk) == set()  # nothing before the first marker
+    walk.after(PAD, PAD, True)
+    assert favoured(walk) == set()
+    walk.after(WORD, WORD, True)
+    assert favoured(walk) == {tok.id("New"), tok.id(" New"), 30, 32}  # before the first text: both spellings
+    walk.after(32, 32, False)  # " Vox": inside the word, "tral" goes on at every frame, blanks or not
+    assert favoured(walk) == {31}
+    walk.after(PAD, PAD, True)
+    assert favoured(walk) == {31}
+    assert walk.after(31, 31, False) == ("Voxtral", False)
+    assert favoured(walk) == set()  # the next word waits for its marker
+    walk.after(WORD, WORD, True)
+    assert favoured(walk) == {tok.id(" New"), 32}  # inside a sentence: the spaced spelling alone
+    walk.after(tok.id(" New"), tok.id(" New"), False)
+    assert favoured(walk) == set()  # " York" begins a word: it waits for the marker
+    walk.after(WORD, WORD, True)
+    assert favoured(walk) == {tok.id(" York")}
+    assert walk.after(tok.id(" York"), tok.id(" York"), False) == ("New York", False)
+
+
+def test_a_model_that_says_no_markers_is_taken_for_one_after_a_few_pieces():
+    from voxcli.engine.keyterms import GRAMMAR_PROOF
+
+    tok, walk = walk_of(["New York"], word_marker=WORD)
+    for _ in range(GRAMMAR_PROOF - 1):
+        walk.after(tok.id(" big"), tok.id(" big"), False)
+    assert favoured(walk) == set()
+    walk.after(tok.id(" big"), tok.id(" big"), False)
+    assert favoured(walk) == {tok.id(" New")}  # words begin wherever a spaced piece comes
+
+
+class _Split:
+    """A WordTokenizer that spells "Voxtral" in two pieces, as a real vocabulary spells a rare name."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+
+    def encode(self, text, bos, eos):
+        if text.strip() == "Voxtral":
+            return [32, 31] if text.startswith(" ") else [30, 31]
+        return self.tok.encode(text, bos, eos)
+
+    def is_special(self, token_id):
+        return self.tok.is_special(token_id)
+
+    def id_to_byte_piece(self, token_id):
+        return self.tok.id_to_byte_piece(token_id)
+
+
+def test_the_real_vocabulary_biases_no_lone_mid_word_piece_where_a_word_begins():
+    """mistral-common's real tekken vocabulary: what a few phrases bias where a word begins (the
+    start of a stream, and after a marker inside one). No piece there is a single character
+    without a leading space (the mid-word piece that, biased at every frame, once gave "cccc")."""
+    from pathlib import Path
+
+    import mistral_common
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    tok = Tekkenizer.from_file(Path(mistral_common.__file__).parent / "data" / "tekken_240911.json")
+    phrases = ["country", "Voxtral", "Kubernetes", "New York", "Mistral AI", "über", "Dvořák"]
+    trie = KeytermTrie(Keyterms.of(phrases, 2.0), tok, word_marker=WORD)
+    for phrase in phrases:
+        for spelling in (phrase, " " + phrase):
+            assert [i for i in tok.encode(spelling, bos=False, eos=False) if not tok.is_special(i)], spelling
+
+    def pieces(ids):
+        return sorted(tok.id_to_byte_piece(i).decode("utf-8", "replace") for i in ids)
+
+    walk = BiasWalk(trie, torch.zeros(tok.n_words))
+    walk.after(WORD, WORD, True)
+    at_start = pieces(favoured(walk))
+    walk.after(tok.encode(" the", bos=False, eos=False)[0], 0, False)
+    walk.after(WORD, WORD, True)
+    inside = pieces(favoured(walk))
+    for biased in (at_start, inside):
+        assert biased and not [p for p in biased if len(p) == 1 and not p.isspace()], biased
+    assert all(p.startswith(" ") for p in inside), inside  # inside a stream: only pieces that begin a word
+    assert len(at_start) > len(inside)  # the spelling without a space too, at the start
 
 
 def test_another_word_breaks_a_phrase_and_the_longest_completed_one_is_reported():
@@ -126,9 +218,18 @@ def test_pick_packs_the_token_what_it_would_have_been_and_the_top_k():
 # ---------------------------------------------------------------------------------------------
 
 
+def speaking(engine):
+    """``engine`` with its model rigged to speak the real grammar ([STREAMING_WORD] before each word):
+    the bias meets the markers a real model says (voxcli.testing.grammar)."""
+    from voxcli.testing.grammar import speak_in_words
+
+    speak_in_words(engine)
+    return engine
+
+
 @pytest.fixture(scope="module")
 def engines(realtime_dir):
-    return {step: load_engine(str(realtime_dir), device="cpu", step=step) for step in ("static", "hf")}
+    return {step: speaking(load_engine(str(realtime_dir), device="cpu", step=step)) for step in ("static", "hf")}
 
 
 @pytest.mark.parametrize("step", ["static", "hf"])
@@ -146,9 +247,11 @@ def test_a_bias_of_zero_gives_exactly_the_ids_without_keyterms_and_counts(step, 
 
 @pytest.mark.parametrize("step", ["static", "hf"])
 def test_a_rare_keyterm_is_said_markedly_more_often_with_the_bias(step, engines, hello):
+    """The bias acts where a word begins (once a word, right after its marker): a bias of 5 makes
+    each rare phrase at least 4x likelier over hello.wav's 18 words."""
     engine = engines[step]
     without = keyterm_counts(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 0.0)))
-    events = list(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 3.0)))
+    events = list(engine.transcribe(hello, keyterms=Keyterms.of(RARE, 5.0)))
     said = keyterm_counts(events)
     for phrase in RARE:
         before = without.get(phrase, {"said": 0})["said"]
@@ -158,8 +261,35 @@ def test_a_rare_keyterm_is_said_markedly_more_often_with_the_bias(step, engines,
     assert text.count(" two") >= said["two"]["said"]  # what is counted is in the text
 
 
+@pytest.mark.parametrize("step", ["static", "hf"])
+def test_a_high_bias_says_a_phrase_whole_and_repeats_no_biased_piece(step, engines, hello):
+    """Bias 8 on a phrase the model never says, four pieces in this vocabulary (" W", "el", "d",
+    "on"): it appears whole, and no biased piece follows itself (a phrase's first piece that kept its
+    bias once it was said gave "cccc..." for a whole clip)."""
+    engine = engines[step]
+    kt = Keyterms.of(["Weldon"], 8.0)
+    assert not keyterm_counts(engine.transcribe(hello, keyterms=Keyterms.of(["Weldon"], 0.0)))
+    events = list(engine.transcribe(hello, keyterms=kt))
+    assert keyterm_counts(events)["Weldon"]["said"] >= 1
+    assert " Weldon" in "".join(e.text for e in events)
+    trie = engine.bias_walk(torch.zeros(engine.model.lm_head.weight.shape[0]), kt).trie
+    phrase_ids = {i for node in _nodes(trie.root) for i in node.children}
+    text = [e.token_id for e in events if not e.special]
+    assert not [(a, b) for a, b in zip(text, text[1:]) if a == b and a in phrase_ids]
+    # Never at the cost of the grammar: every piece that begins a word still follows its marker.
+    said = [e.token_id for e in events if e.token_id != 32]  # blanks aside
+    starts = [i for i, t in enumerate(said) if t in trie.begins_word]
+    assert starts and all(i > 0 and said[i - 1] == 33 for i in starts)
+
+
+def _nodes(node):
+    yield node
+    for child in node.children.values():
+        yield from _nodes(child)
+
+
 def test_the_engines_keyterms_are_every_sessions_and_a_session_may_have_its_own(realtime_dir, engines, hello):
-    favouring = load_engine(str(realtime_dir), device="cpu", keyterms=Keyterms.of(RARE, 3.0))
+    favouring = speaking(load_engine(str(realtime_dir), device="cpu", keyterms=Keyterms.of(RARE, 3.0)))
     biased = ids(favouring.transcribe(hello))
     assert biased == ids(engines["static"].transcribe(hello, keyterms=Keyterms.of(RARE, 3.0)))
     assert ids(favouring.transcribe(hello, keyterms=None)) == ids(engines["static"].transcribe(hello))
@@ -176,8 +306,8 @@ def test_rows_of_one_forward_keep_their_own_keyterms(wrap_dir, hello):
     each gives exactly its ids alone. A bias row shared by accident would show here."""
     from test_batched import alone, clips, together
 
-    base = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=4)
-    terms = [Keyterms.of(["two"], 4.0), None, Keyterms.of(["class", "two"], 2.5)]
+    base = speaking(load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=4))
+    terms = [Keyterms.of(["two"], 8.0), None, Keyterms.of(["class", "two"], 2.5)]
     streams = [{"engine": base, "audio": a, "start": i, "kw": {"keyterms": kt}}
                for i, (a, kt) in enumerate(zip(clips(hello, 3), terms))]
     refs = [alone(base, s["audio"], keyterms=s["kw"]["keyterms"]) for s in streams]
@@ -188,14 +318,14 @@ def test_rows_of_one_forward_keep_their_own_keyterms(wrap_dir, hello):
         assert ids(s["events"]) == ids(ref)
     # A row given back and taken again starts with no bias of the last stream.
     again = alone(base, streams[0]["audio"], keyterms=None)
-    assert ids(again) == ids(alone(load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off"),
+    assert ids(again) == ids(alone(speaking(load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off")),
                                    streams[0]["audio"]))
 
 
 def test_a_stream_that_restarts_at_end_of_sequence_keeps_its_keyterms(eos_dir):
     """The EOS model restarts its stream mid-clip five times (a fresh row state each time): with
     a bias of 0 the ids are exactly those without keyterms, and counting goes on after a restart."""
-    engine = load_engine(str(eos_dir), device="cpu")
+    engine = speaking(load_engine(str(eos_dir), device="cpu"))
     long = load_audio("examples/long.wav")
     plain = list(engine.transcribe(long))
     counted = list(engine.transcribe(long, keyterms=Keyterms.of(RARE, 0.0)))
@@ -233,7 +363,7 @@ def check_alternatives(events, k: int) -> None:
 
 @pytest.mark.parametrize("step", ["static", "hf"])
 def test_every_token_carries_p_and_its_alternatives(step, realtime_dir, engines, hello):
-    engine = load_engine(str(realtime_dir), device="cpu", step=step, alternatives=3)
+    engine = speaking(load_engine(str(realtime_dir), device="cpu", step=step, alternatives=3))
     events = list(engine.transcribe(hello))
     assert ids(events) == ids(engines[step].transcribe(hello))  # reading them back changes nothing
     check_alternatives(events, 3)

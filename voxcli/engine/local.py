@@ -160,11 +160,17 @@ class Engine:
         if not keyterms:
             return None
         if keyterms not in self._tries:
-            self._tries[keyterms] = KeytermTrie(keyterms, self._tekken)
+            self._tries[keyterms] = KeytermTrie(keyterms, self._tekken, word_marker=self.word_marker)
             if len(self._tries) > TRIES_KEPT:  # a server's sessions may each bring their own
                 self._tries.popitem(last=False)
         self._tries.move_to_end(keyterms)
         return BiasWalk(self._tries[keyterms], vector)
+
+    @property
+    def word_marker(self) -> int | None:
+        """The token the model says before each word group (``[STREAMING_WORD]``: the Realtime
+        model's grammar), or None for a model without markers."""
+        return None
 
     def bias_vector(self):
         """A zero bias for a stream of its own (the hf step, the offline loop)."""
@@ -281,6 +287,10 @@ class RealtimeEngine(Engine):
         self.next_window_start = prefill_frames * proc.hop_length - proc.win_length // 2
         info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens, step=self.step_name)
         info.delay_ms, info.other_delays = delay_ms, True
+
+    @property
+    def word_marker(self) -> int | None:
+        return self._tekken.get_control_token("[STREAMING_WORD]")
 
     @property
     def step_name(self) -> str:

@@ -10,7 +10,10 @@
 
 Default model: a tiny random Realtime checkpoint made on the spot (``voxcli.testing.tiny``; its
 vocabulary is 2,900 tokens, the real one 131,072: the top-k and the bias add run over 45x more on
-the real model, so the step figures here are a floor; the GPU check measures the real one).
+the real model, so the step figures here are a floor; the GPU check measures the real one). Its
+head is rigged to say ``[STREAMING_WORD]`` before each word, as the real model does
+(``voxcli.testing.grammar``), since the bias waits for that marker; ``--no-words`` runs it as it
+is (it says no marker: after 8 text pieces each stream takes it for a model without them).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def main() -> None:
     ap.add_argument("--phrases", default="two,class")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-words", action="store_true", help="do not rig the model to say word markers")
     args = ap.parse_args()
     phrases = args.phrases.split(",")
     model = args.model
@@ -78,7 +82,11 @@ def main() -> None:
         model = str(make_tiny_model(Path(tempfile.mkdtemp(prefix="voxcli-kt-")), "realtime"))
     clips = [load_audio(ROOT / "examples" / name) for name in ("hello.wav", "long.wav")]
     engine = load_engine(model, device="cpu")
-    result = {"model": model, "effect": effect(engine, clips, phrases),
+    if not args.no_words:
+        from voxcli.testing.grammar import speak_in_words
+
+        speak_in_words(engine)
+    result = {"model": model, "words": not args.no_words, "effect": effect(engine, clips, phrases),
               "step": step_cost(model, clips[1], phrases, args.runs)}
     print("| bias | " + " | ".join(f"{p}: said (biased)" for p in phrases) + " | tokens changed |")
     print("|---|" + "---|" * len(phrases) + "---|")

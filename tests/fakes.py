@@ -13,9 +13,10 @@ import time
 
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.reconnect import Link, ReconnectingSession
-from voxcli.engine.remote import REPLAY_OVERLAP_SAMPLES
 from voxcli.events import TokenEvent
 from voxcli.units import TOKEN_SAMPLES
+
+SCRIPTED_DELAY_MS = 480  # the scripted server's model delay: a replay reaches back this far
 
 
 class ScriptedConnection:
@@ -90,7 +91,7 @@ class ScriptedServer:
 
     def session(self):
         return ReconnectingSession(self.connect, reconnect_s=self.reconnect_s,
-                                   overlap_samples=REPLAY_OVERLAP_SAMPLES, name="the vLLM server", link=self.link)
+                                   overlap_samples=SCRIPTED_DELAY_MS * 16, name="the vLLM server", link=self.link)
 
     def connect(self):
         self.opened.append(self.connection(self))

@@ -671,3 +671,25 @@ def test_words_the_model_was_unsure_of_are_underlined_whole():
 def test_two_pass_status_shows_both_steps_against_the_budget():
     line = status_text(LiveStatus(step_ms=30.0, final_step_ms=55.0)).plain
     assert "step 30.0 + final 55.0 = 85.0/80 ms" in line and "FALLING BEHIND real time" in line
+
+
+def test_cues_from_a_model_that_speaks_in_word_markers(realtime_dir):
+    """The real grammar (voxcli.testing.grammar: [STREAMING_WORD] before each word): markers are
+    never text, and every cue begins at the frame of its first text piece, not at the marker
+    before it (no reference times words: vLLM's realtime API sends text alone, transformers none;
+    the first piece's frame is where the word's audio is)."""
+    from voxcli.audio.decode import load_audio
+    from voxcli.engine.local import load_engine
+    from voxcli.testing.grammar import WORD, speak_in_words
+
+    engine = load_engine(str(realtime_dir), device="cpu")
+    speak_in_words(engine)
+    events = list(engine.transcribe(load_audio("examples/hello.wav")))
+    markers = [e for e in events if e.token_id == WORD]
+    assert len(markers) >= 10 and all(e.special and e.text == "" for e in markers)
+    cues = events_to_cues(events, max_chars=24)
+    assert len(cues) >= 3
+    text_starts = {round(e.audio_start_s, 6) for e in events if not e.special and e.text}
+    assert all(round(c.start_s, 6) in text_starts for c in cues)
+    words = "".join(e.text for e in events).split()
+    assert " ".join(c.text for c in cues).split() == words

@@ -239,6 +239,29 @@ def test_a_model_that_only_emits_the_blank_is_restarted_then_left_with_one_line(
     assert sum("gave no text" in line for line in err.splitlines()) == 1
 
 
+def test_a_model_that_says_only_word_markers_and_blanks_is_a_run_without_text(realtime_dir, tmp_path, capsys):
+    """Word markers ([STREAMING_WORD]) are special tokens, never text: a stream that says nothing
+    else over speech is restarted as a run of blanks is."""
+    engine = load_engine(str(realtime_dir), device="cpu", compile="off")
+    calls = [0]
+
+    def markers_and_blanks(module, args, output):
+        calls[0] += 1
+        output = output.clone()
+        output[..., 33 if calls[0] % 2 else BLANK] = output.max() + 10.0
+        return output
+
+    handle = engine.model.lm_head.register_forward_hook(markers_and_blanks)
+    try:
+        rows, err = _listen_rows(engine, tmp_path, capsys, **{"listen.blank_run_s": 0.5})
+    finally:
+        handle.remove()
+    tokens = [r for r in rows if r["type"] == "token"]
+    assert {t["token_id"] for t in tokens} == {33, BLANK} and not "".join(t["text"] for t in tokens)
+    assert [r["reason"] for r in rows if r["type"] == "restart"] == ["blank_run"] * 3
+    assert sum("gave no text" in line for line in err.splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def short_utterances(tmp_path_factory) -> Path:
     """Thirty utterances of about a second each, 0.8 s apart: every one shorter than the blank-run

@@ -439,8 +439,12 @@ class _StallingServer:
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
 
         def freeze_when_open() -> None:
+            sessions = 0
             for line in self.proc.stdout:
-                if line.strip() == "session" and stop == "reading":
+                sessions += line.strip() == "session"
+                # The first session is connect_engine's probe for the delay (unanswered: it gives up
+                # within the bound); the second is the stream's.
+                if sessions == 2 and stop == "reading":
                     self.proc.send_signal(signal.SIGSTOP)
 
         threading.Thread(target=freeze_when_open, daemon=True).start()

@@ -257,6 +257,28 @@ class _Compiled:
     into :class:`StaticModel`: every graph made at warm-up, and guards checked only where they
     tell graphs apart."""
 
+    def _make_functions(self, compile: bool, graphs: bool) -> None:
+        """The prefill and step: ``torch.compile``d (CUDA graphs with ``graphs``) or eager; what is
+        counted of them, and the decoder spans a step runs at."""
+        self._prefill, self._step = prefill, decode_rows
+        if compile:
+            check_compilable()
+            torch = _torch()
+            mode = "reduce-overhead" if graphs else None  # CUDA graphs on a GPU
+            self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
+            self._step = torch.compile(decode_rows, fullgraph=True, dynamic=False, mode=mode)
+            _COMPILED[0] += 1
+        self._calls: Counter = Counter()  # calls of each compiled function, per shape
+        self.fallback: str | None = None  # why compiling failed, if it did (the eager step runs)
+        self.fallback_traceback: str | None = None
+        self.graphs = GraphWatch()
+        spans, span = [], FIRST_SPAN
+        while span < self.dec_window:
+            spans.append(span)
+            span *= SPAN_GROWTH
+        self._spans = (*spans, self.dec_window)
+        self._all_steps_compiled = False  # every step graph exists (set by _note_compile)
+
     def spans(self) -> list[int]:
         """Every decoder span a stream can use, smallest first."""
         return list(self._spans)
@@ -376,7 +398,6 @@ class StaticModel(_Compiled):
 
     def __init__(self, hf_model, *, compile: bool = False, reanchor: bool = True, streams: int = 1,
                  one_thread: bool | None = None, top_k: int = 0) -> None:
-        torch = _torch()
         inner = hf_model.model
         self.tower = inner.audio_tower
         self.lm = inner.language_model
@@ -407,29 +428,13 @@ class StaticModel(_Compiled):
         self._lock = threading.RLock()
         self.compile_s: dict[str, float] = {}  # first call of each compiled function, per shape
         self.step_log: deque[tuple[int, int, float]] = deque(maxlen=STEP_LOG_KEEP)  # (rows, bucket, ms)
-        self._prefill, self._step = prefill, decode_rows
         graphs = compile and self.device.type == "cuda"
         threads = graphs if one_thread is None else one_thread
         # CUDA-graphed forwards run in one thread of their own, where the graphs live (_Stepper);
         # elsewhere, whichever thread takes the lock runs the work handed over meanwhile (_Leader).
         self._batcher = _Stepper(self._run) if threads else _Leader(self._run, self._lock)
         self._call = self._batcher if threads else _inline
-        if compile:
-            check_compilable()
-            mode = "reduce-overhead" if graphs else None  # CUDA graphs on a GPU
-            self._prefill = torch.compile(prefill, fullgraph=True, dynamic=False, mode=mode)
-            self._step = torch.compile(decode_rows, fullgraph=True, dynamic=False, mode=mode)
-            _COMPILED[0] += 1
-        self._calls: Counter = Counter()  # calls of each compiled function, per shape
-        self.fallback: str | None = None  # why compiling failed, if it did (the eager step runs)
-        self.fallback_traceback: str | None = None
-        self.graphs = GraphWatch()
-        spans, span = [], FIRST_SPAN
-        while span < self.dec_window:
-            spans.append(span)
-            span *= SPAN_GROWTH
-        self._spans = (*spans, self.dec_window)
-        self._all_steps_compiled = False  # every step graph exists (set by _note_compile)
+        self._make_functions(compile, graphs)
         # Every row this model will ever step, allocated now: a CUDA graph reads them in place, so
         # they never move (a new address would record the graphs again, inside a session).
         self.batch = StaticRows(self, self.streams)

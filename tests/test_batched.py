@@ -243,12 +243,24 @@ def test_a_row_given_back_is_taken_again_while_the_others_go_on(wrap_dir, hello)
 @pytest.mark.gpu
 def test_on_a_gpu_in_bf16_compiled_each_stream_says_what_it_says_alone(wrap_dir, hello):
     """CUDA graphs, bfloat16: three streams at two delays, staggered and stalling, against each
-    alone. Not yet run on a GPU: cuBLAS may pick another kernel (another order of summation) for
-    another batch shape, and in bf16 that can turn a near tie; this test is where that shows."""
+    alone. cuBLAS may pick another kernel (another order of summation) for another batch shape,
+    and in bf16 that can turn a near tie: the logits are compared within bf16's measured noise
+    (tests/bf16.py), with the ids' agreement rate, not the ids."""
+    from bf16 import assert_bf16_close
+
     base = load_engine(str(wrap_dir), device="cuda", dtype="bfloat16", delay_ms=480, compile="on", sessions=4)
     other = base.with_delay(160)
-    streams = [{"engine": e, "audio": a, "start": 2 * i} for i, (e, a) in enumerate(zip((base, other, base), clips(hello, 3)))]
-    refs = [alone(s["engine"], s["audio"]) for s in streams]
+    streams = [{"engine": e, "audio": a, "start": 2 * i, "kw": {"keep_logits": True}}
+               for i, (e, a) in enumerate(zip((base, other, base), clips(hello, 3)))]
+    refs = []
+    for s in streams:
+        session = s["engine"].session(keep_logits=True)
+        events = []
+        for i in range(0, len(s["audio"]), HOP):
+            session.push(s["audio"][i:i + HOP])
+            events += session.steps()
+        events += session.finish()
+        refs.append((ids(events), session.logits))
     together(base, streams, stall_every=5)
-    for s, ref in zip(streams, refs):
-        assert ids(s["events"]) == ids(ref)
+    for s, (ref_ids, ref_logits) in zip(streams, refs):
+        assert_bf16_close(ids(s["events"]), s["session"].logits, ref_ids, ref_logits)

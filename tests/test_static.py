@@ -430,6 +430,28 @@ def test_the_compiled_step_marks_state_addresses_without_guards(monkeypatch, rea
         st.check_compilable()
 
 
+def test_two_bf16_kernels_agree_within_the_measured_bound_and_a_real_difference_does_not(wrap_dir, hello):
+    """The bound the GPU tests compare bf16 runs with (tests/bf16.py), on the CPU: the static step
+    and transformers' forward, both bf16, the same weights (other kernels, another order of
+    summation), hold to it over a clip; a run whose logits are off by 10% of the scale at one step
+    does not."""
+    import torch
+    from bf16 import assert_bf16_close
+
+    runs = {}
+    for step in ("static", "hf"):
+        session = run_session(load_engine(str(wrap_dir), device="cpu", dtype="bfloat16", step=step, compile="off"),
+                              hello)
+        runs[step] = (ids(session), [x[0] for x in session.logits])
+    figures = assert_bf16_close(*runs["static"], *runs["hf"])
+    assert figures["worst"] > 0  # two kernels: not the same numbers, and that is fine
+    off = [x.clone() for x in runs["static"][1]]
+    off[1] += 0.1 * off[1].abs().max()
+    off[1][0] -= 0.1 * off[1].abs().max()  # not a uniform shift: the scores move apart
+    with pytest.raises(AssertionError, match="logits differ by"):
+        assert_bf16_close(runs["static"][0], off, *runs["hf"])
+
+
 def _bf16_ulp(x):
     import torch
 

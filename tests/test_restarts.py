@@ -369,3 +369,34 @@ def test_an_offline_final_pass_is_never_handed_the_trailing_silence(realtime_dir
         # From its speech (less the 0.2 s preroll) to where its end was decided: not the silence
         # before it (1.2 s pauses), only the endpointer's wait after it.
         assert n <= end["decided_s"] * 16000 - a + 0.2 * 16000 + 0.1 * 16000, (n, a, b, end)
+
+
+@pytest.mark.parametrize("step", ["static", "hf"])
+def test_on_eos_pad_feeds_the_blank_and_keeps_the_stream(eos_dir, long_audio, step):
+    """on_eos="pad" (voxtral.c's way): an EOS with audio left starts nothing new; the next step is
+    fed the blank, the caches kept, one token per 80 ms to the end of the clip. Both steps agree,
+    and the stream goes on differently from one restarted there."""
+    engine = load_engine(str(eos_dir), device="cpu", step=step, compile="off", on_eos="pad")
+    events = list(engine.transcribe(long_audio))
+    eos = [e for e in events if e.token_id == EOS]
+    assert len(eos) >= 3 and not any(e.restart_at_s is not None for e in events)
+    end_s = len(long_audio) / 16000
+    starts = [e.audio_start_s for e in events if e.audio_end_s < end_s]  # (spans past the audio are clamped)
+    assert len(starts) > 190 and starts == pytest.approx([0.08 * k for k in range(len(starts))], abs=1e-6)
+    assert "".join(e.text for e in events).strip()
+    restarted = list(load_engine(str(eos_dir), device="cpu", step=step, compile="off").transcribe(long_audio))
+    first = next(i for i, e in enumerate(restarted) if e.token_id == EOS)
+    assert [e.token_id for e in events[:first + 1]] == [e.token_id for e in restarted[:first + 1]]
+    assert [e.token_id for e in events] != [e.token_id for e in restarted]
+
+
+def test_on_eos_pad_is_the_same_on_both_steps_and_a_setting(eos_dir, long_audio):
+    from voxcli.config import load_config
+    from voxcli.errors import ConfigError
+
+    ids = [[e.token_id for e in load_engine(str(eos_dir), device="cpu", step=step, compile="off",
+                                            on_eos="pad").transcribe(long_audio)] for step in ("hf", "static")]
+    assert ids[0] == ids[1]
+    assert load_config(None, {"transcription.on_eos": "pad"}).transcription.on_eos == "pad"
+    with pytest.raises(ConfigError, match="restart, pad"):
+        load_config(None, {"transcription.on_eos": "stop"})

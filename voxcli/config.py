@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from voxcli.choices import (COMPILE_MODES, DEFAULT_MODEL, DETECTORS, DTYPES, KEYTERM_BIAS, OUTPUT_FORMATS,
-                            SERVER_KINDS, STEPS)
+from voxcli.choices import (COMPILE_MODES, DEFAULT_MODEL, DETECTORS, DTYPES, EOS_POLICIES, KEYTERM_BIAS,
+                            OUTPUT_FORMATS, SERVER_KINDS, STEPS)
 from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
 from voxcli.delays import is_allowed_delay_ms
 from voxcli.errors import ConfigError
@@ -95,6 +95,10 @@ class TranscriptionConfig:
     alternatives: int = field(default=0, metadata={
         "help": "every token event carries p (its probability) and the top K alternatives with their "
                 "log-probabilities (JSON, JSONL, session files); 0 = off", "min": 0, "max": 20})
+    on_eos: str = field(default="restart", metadata=_choices(
+        *EOS_POLICIES, help="Realtime model, local: when it says end of sequence with audio left: restart = a new "
+                            "stream from the first sample not yet transcribed (as vLLM ends a request there); "
+                            "pad = feed it the blank instead and keep its caches (as voxtral.c does)"))
 
 
 @dataclass

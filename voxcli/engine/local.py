@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxcli.choices import COMPILE_MODES, DEFAULT_MODEL, DEVICES, DTYPES, STEPS
+from voxcli.choices import COMPILE_MODES, DEFAULT_MODEL, DEVICES, DTYPES, EOS_POLICIES, STEPS
 from voxcli.engine.compat import ProcessorAdapter, cache_kwarg_names
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.pick import unpack
@@ -243,11 +243,15 @@ class RealtimeEngine(Engine):
     kind = "realtime"
 
     def __init__(self, model, processor, info: EngineInfo, *, delay_ms: int | None = None,
-                 step: str = "static", compile: bool = False, static=None, streams: int = 1, **outputs) -> None:
+                 step: str = "static", compile: bool = False, static=None, streams: int = 1, on_eos: str = "restart",
+                 **outputs) -> None:
         super().__init__(model, processor, info, **outputs)
         if step not in STEPS:
             raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
+        if on_eos not in EOS_POLICIES:
+            raise ValueError(f"on_eos must be one of {', '.join(EOS_POLICIES)}, got {on_eos!r}")
         self.step = step
+        self.on_eos = on_eos
         # The static path: one StaticModel per loaded model (weights shared, compiled functions and
         # batch rows reused by every session and by with_delay()); features on the device.
         self.static = None
@@ -293,6 +297,11 @@ class RealtimeEngine(Engine):
         return self._tekken.get_control_token("[STREAMING_WORD]")
 
     @property
+    def blank_id(self) -> int:
+        """``[STREAMING_PAD]``: the token for "nothing new" (on_eos="pad" feeds it after an EOS)."""
+        return self._tekken.get_control_token("[STREAMING_PAD]")
+
+    @property
     def step_name(self) -> str:
         """Which path runs a step: ``hf eager``, ``static eager`` or ``static compiled``."""
         return self.static.name if self.static is not None else "hf eager"
@@ -303,7 +312,7 @@ class RealtimeEngine(Engine):
         info = dataclasses.replace(self.info, extra=dict(self.info.extra))
         other = RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms, step=self.step,
                                static=self.static, alternatives=self.alternatives, confidence=self.top_k > 0,
-                               keyterms=self.keyterms)
+                               keyterms=self.keyterms, on_eos=self.on_eos)
         if self.static is not None:
             self.static.reserve(2)  # both streams are rows of one batch: they step in one forward
             if self.static.compiled:
@@ -619,13 +628,21 @@ class RealtimeSession(_StreamAudio):
         return self._ended or (self._max_new_tokens is not None and self.n_tokens >= self._max_new_tokens)
 
     def _end_of_sequence(self, event: TokenEvent) -> TokenEvent:
-        """The stream said EOS: never fed back. With real audio left, a new stream starts at the
-        first sample this one had not transcribed (at least a token on, so a model that says EOS
-        at once still moves forward); in the right padding, the session ends."""
+        """The stream said EOS: never fed back. In the right padding, the session ends. With real
+        audio left, ``on_eos="restart"``: a new stream starts at the first sample this one had not
+        transcribed (at least a token on, so a model that says EOS at once still moves forward);
+        ``"pad"``: the blank is fed in its place and the stream goes on with its caches."""
         e = self.engine
         at = self._stream_start + max(self._stream_tokens - 1, 1) * e.hop_samples
         if at >= self.pushed_samples or self._heard_padding():
             self._ended = True
+            return event
+        if e.on_eos == "pad":
+            blank = e.blank_id
+            if self._state is not None:
+                e.static.set_token(self._state, blank)
+            else:
+                self._last_token = self._torch.full((1, 1), blank, device=e.device, dtype=self._torch.long)
             return event
         kept = np.concatenate([*self._history.blocks, self._buffer])
         kept_start = self._stream_start + self._buffer_start - self._history.length  # session position of kept[0]
@@ -894,7 +911,7 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
                 delay_ms: int | None = None, threads: int = 0, warmup: bool = True,
                 offline: bool = False, max_new_tokens: int = 500, name: str | None = None,
                 step: str = "static", compile: str = "auto", sessions: int = 1, alternatives: int = 0,
-                confidence: bool = False, keyterms=None) -> Engine:
+                confidence: bool = False, keyterms=None, on_eos: str = "restart") -> Engine:
     """Load a Voxtral checkpoint from a hub id or a local directory and warm it up.
 
     Safetensors only, no remote code. The first use of a hub id downloads it (with progress
@@ -905,7 +922,8 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     ``sessions``: Realtime streams stepped together, the batch's rows (two-pass: 2; ``model.max_streams``),
     each counted by the memory check. ``alternatives``: the top K every token event carries, with
     ``p`` (``confidence``: ``p`` alone); ``keyterms``: what every session favours unless it says
-    otherwise (:class:`voxcli.engine.keyterms.Keyterms`).
+    otherwise (:class:`voxcli.engine.keyterms.Keyterms`). ``on_eos`` (Realtime): ``restart`` or ``pad``, what a
+    stream does when the model says end of sequence with audio left (:class:`RealtimeSession`).
     """
     t0 = time.perf_counter()
     from voxcli.engine.hub import resolve_checkpoint
@@ -957,7 +975,7 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     outputs = {"alternatives": alternatives, "confidence": confidence, "keyterms": keyterms}
     if kind == "realtime":
         engine: Engine = RealtimeEngine(net, processor, info, delay_ms=delay_ms, step=step, compile=compiled,
-                                        streams=sessions, **outputs)
+                                        streams=sessions, on_eos=on_eos, **outputs)
     else:
         engine = OfflineEngine(net, processor, info, max_new_tokens=max_new_tokens, **outputs)
     if warmup:

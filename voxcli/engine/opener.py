@@ -46,4 +46,5 @@ def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = 
             max_new_tokens=cfg.model.max_new_tokens, step=cfg.model.step, compile=cfg.model.compile,
             sessions=max(cfg.model.max_streams, 2 if cfg.transcription.final_delay_ms is not None else 1),
             alternatives=t.alternatives, confidence=cfg.output.low_confidence > 0, keyterms=keyterms,
+            on_eos=t.on_eos,
         )

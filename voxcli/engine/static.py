@@ -468,6 +468,11 @@ class StaticModel(_Compiled):
         with self._lock:
             state.reset(self, num_delay_tokens)
 
+    def set_token(self, state: StaticState, token_id: int) -> None:
+        """The token a row's next step is fed (its last one, written by each step): another."""
+        with self._lock:
+            state.rows.token[state.row].fill_(token_id)
+
     def free_rows(self) -> int:
         """Rows allocated and not in use."""
         return len(self.batch.free)

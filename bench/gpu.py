@@ -20,7 +20,12 @@ For each step path (transformers' eager forward ``hf``, voxcli's ``static`` step
   compile caches are warm), ``graphs_after_warmup`` (CUDA graphs recorded, and cudagraph skips,
   while sessions ran after warm-up: both must be 0), ``long_session`` (steps 505-520 and
   2040-2055 of one session, around the decoder spans 512 and 2048) and ``two_pass`` (a 480 ms and
-  a 960 ms stream on the same audio, in one forward).
+  a 960 ms stream on the same audio, in one forward). Every path's phase names what warm-up
+  compiled and recorded (``graphs``) and why compiling failed if it did (``compile_fallback``).
+- ``static_vs_hf``: the static step's logits against transformers' forward in bf16, the prefill
+  and 20 steps (max and mean |difference| against the scale; ids that agree).
+- ``eos_ab``: ``transcription.on_eos`` restart against pad over a 30 s clip, the model made to say
+  end of sequence every 60 steps: wall time, step p50/p99, restarts.
 
 Random weights make meaningless tokens; the step's work does not depend on them. The bandwidth
 floor (weights read once a step) is printed beside the figures. A GPU machine is lent for
@@ -141,6 +146,8 @@ def measure_path(engine, audio: np.ndarray, runs: int, device: str) -> dict:
     out = {
         "step": engine.step_name, "warmup_s": round(warm_s, 2),
         "compile_s": engine.info.extra.get("compile_s"),
+        # What warm-up compiled and recorded; why compiling failed, if it did (the step then runs eagerly).
+        "graphs": engine.info.extra.get("graphs"), "compile_fallback": engine.info.extra.get("compile_fallback"),
         "step_ms": {"n": len(steps), "p50": pct(steps, 50), "p99": pct(steps, 99)},
         "ttft_ms": {"n": len(ttft), "p50": pct([t for t in ttft if t is not None], 50)},
         "critical_path_ms": {"n": len(crit), "p50": pct(crit, 50)},
@@ -152,9 +159,13 @@ def measure_path(engine, audio: np.ndarray, runs: int, device: str) -> dict:
 
 def sessions_in_real_time(engine, audio: np.ndarray, max_sessions: int, deadline: float) -> dict:
     """Double the number of sessions stepped in turn by one thread until a round of 80 ms steps
-    (one per session) no longer fits into 80 ms (p95 over the rounds after the prefill)."""
+    (one per session) no longer fits into 80 ms (p95 over the rounds after the prefill). A static
+    engine has the rows it was made with and no more (its rows never move: the ``batched`` phase
+    steps many streams together); transformers' forward keeps caches of its own per session."""
     tried = {}
     n, best = 1, 0
+    if engine.static is not None:
+        max_sessions = min(max_sessions, engine.static.streams)
     while n <= max_sessions and time.perf_counter() < deadline:
         sessions = [engine.session() for _ in range(n)]
         rounds = []
@@ -268,7 +279,7 @@ def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases
             from voxcli.live.runner import transcribe_audio
 
             transcribe_audio(engine, audio, source="clip", on_event=lambda e: None)
-    phases.write("graphs_after_warmup", seen)
+    phases.write("graphs_after_warmup", {**seen, "counted": engine.static.graphs.after_warmup.to_dict()})
     with deadline_at(t_end):
         long_audio = np.tile(audio, int(np.ceil(2100 * 1280 / len(audio))))[: 2100 * 1280]
         session = engine.session()
@@ -295,6 +306,59 @@ def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases
         list(a.finish()), list(b.finish())
     phases.write("two_pass", {"step_ms_p50": pct(both[10:], 50), "step_ms_p99": pct(both[10:], 99),
                               "provisional_ms_p50": pct(list(a.step_ms), 50), "final_ms_p50": pct(list(b.step_ms), 50)})
+
+
+def static_vs_hf(static_engine, hf_engine, audio: np.ndarray, steps: int = 20) -> dict:
+    """The static step against transformers' forward on the same weights (bf16 on a GPU): each
+    step's logits apart (max and mean |difference|, and the scale), and whether the ids agree, over
+    the prefill and ``steps`` steps (bench/full_size.py does the same on the CPU)."""
+    runs = []
+    for engine in (static_engine, hf_engine):
+        session = engine.session(keep_logits=True)
+        session.push(audio[:engine.first_chunk_samples + steps * engine.hop_samples + engine.window_samples])
+        ids = [e.token_id for _, e in zip(range(steps + 1), session.steps())]
+        runs.append((ids, [x[0] for x in session.logits[:steps + 1]]))
+        session.close()
+    (a_ids, a), (b_ids, b) = runs
+    apart = [float((x - y).abs().max()) for x, y in zip(a, b)]
+    return {"steps": len(apart), "ids_agree": sum(x == y for x, y in zip(a_ids, b_ids)),
+            "max_abs": round(max(apart), 4), "median_max_abs": round(float(np.median(apart)), 4),
+            "mean_abs": round(float(np.mean([float((x - y).abs().mean()) for x, y in zip(a, b)])), 5),
+            "scale": round(max(float(y.abs().max()) for y in b), 3)}
+
+
+def eos_ab(model, processor, info, *, compiled: bool, delay_ms: int, audio: np.ndarray, every: int = 60) -> dict:
+    """transcription.on_eos, restart against pad, on a long clip: the model is made to say end of
+    sequence every ``every`` steps (random weights seldom do); the session's wall time, its steps'
+    p50/p99, and the restarts each policy made."""
+    from voxcli.engine.local import RealtimeEngine
+
+    out = {"every": every, "clip_s": round(len(audio) / 16000, 1)}
+    for policy in ("restart", "pad"):
+        engine = RealtimeEngine(model, processor, info, delay_ms=delay_ms, step="static", compile=compiled,
+                                on_eos=policy)
+        engine.warmup(spans=[engine.static.spans()[0]])
+        calls = [0]
+
+        def say_eos(module, args, output, calls=calls, eos=engine.eos_id):
+            calls[0] += 1
+            if calls[0] % every == 0:
+                output = output.clone()
+                output[..., eos] = output.max() + 10.0
+            return output
+
+        handle = model.lm_head.register_forward_hook(say_eos)
+        try:
+            t0 = time.perf_counter()
+            events = list(engine.transcribe(audio))
+            wall = time.perf_counter() - t0
+        finally:
+            handle.remove()
+        steps = [e.step_ms for e in events if e.step_ms]
+        out[policy] = {"wall_s": round(wall, 2), "tokens": len(events), "eos": sum(e.token_id == engine.eos_id for e in events),
+                       "restarts": sum(e.restart_at_s is not None for e in events),
+                       "step_ms_p50": pct(steps, 50), "step_ms_p99": pct(steps, 99)}
+    return out
 
 
 def batched(model, processor, info, *, compiled: bool, delay_ms: int, audio: np.ndarray, max_streams: int,
@@ -431,6 +495,13 @@ def main(argv: list[str] | None = None) -> int:
                 compiled_extras(engines[name], again, audio, args.device, phases, deadline)
             except Exception as exc:  # noqa: BLE001
                 phases.write("compiled_extras", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
+    if "static" in engines and "hf" in engines:
+        try:
+            with deadline_at(deadline):
+                result["static_vs_hf"] = static_vs_hf(engines["static"], engines["hf"], audio)
+            phases.write("static_vs_hf", result["static_vs_hf"])
+        except Exception as exc:  # noqa: BLE001
+            phases.write("static_vs_hf", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
     timed = {k: v for k, v in result["paths"].items() if v.get("step_ms", {}).get("p50")}
     if timed:
         fastest = min(timed, key=lambda k: timed[k]["step_ms"]["p50"])
@@ -457,6 +528,16 @@ def main(argv: list[str] | None = None) -> int:
                 phases.write("batched", result["batched"])
             except Exception as exc:  # noqa: BLE001 - the figures before it stand
                 phases.write("batched", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
+        try:
+            info = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
+                              n_params=n_params, load_s=build_s)
+            with deadline_at(deadline):
+                long_clip = np.tile(audio, int(np.ceil(30 * 16000 / len(audio))))[:30 * 16000]
+                result["eos_ab"] = eos_ab(model, processor, info, compiled="compiled" in timed,
+                                          delay_ms=args.delay_ms, audio=long_clip)
+            phases.write("eos_ab", result["eos_ab"])
+        except Exception as exc:  # noqa: BLE001
+            phases.write("eos_ab", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
     result["wall_s"] = round(time.perf_counter() - t_begin, 1)
     phases.write("summary", result)
     print(json.dumps(result, indent=1))

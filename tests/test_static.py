@@ -547,3 +547,6 @@ def test_no_cuda_graph_is_recorded_or_skipped_after_warm_up(realtime_dir, hello)
     finally:
         torch.cuda.CUDAGraph.capture_begin = original
     assert not recorded and counters["inductor"]["cudagraph_skips"] == skips
+    # What the load line and bench's JSON say: graphs made at warm-up, none after it.
+    assert engine.info.extra["graphs"]["recorded"] > 0 and engine.info.extra["graphs"]["skipped"] == 0
+    assert not engine.static.graphs.after_warmup and engine.static.graphs.check() is None

@@ -274,6 +274,7 @@ def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases
     """The compiled path's own phases, each written as it finishes."""
     if engine_again is not None:
         phases.write("compile_warm", {"compile_s": engine_again.info.extra.get("compile_s")})
+    engine.static.graphs.settle()  # the counts are the process's: engine_again's compile is not this engine's
     with deadline_at(t_end), count_recordings() as seen:
         for _ in range(2):  # sessions after warm-up, in new engine threads, as files and listen run them
             from voxcli.live.runner import transcribe_audio

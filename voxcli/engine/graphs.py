@@ -99,7 +99,8 @@ def reasons() -> list[str]:
 
 class GraphWatch:
     """The counts at the end of warm-up, and what changed since (checked after each forward: a
-    few dictionary reads)."""
+    few dictionary reads). The counts are the process's: another model compiled in the same
+    process after this one's warm-up counts too (:meth:`settle` again after it)."""
 
     def __init__(self) -> None:
         _install()

@@ -373,9 +373,9 @@ class _Compiled:
             self._all_steps_compiled = all(("step", s, n) in self._calls for s in self._spans for n in self.buckets())
 
     def _forward(self, key, *args):
-        """A forward (``key``: ("prefill", ...) or ("step", span, n)); while ``key``'s shape is not yet past warm-up (compiled and
-        its graph recorded), a failure there falls back to the eager step, which runs it again
-        (a compile or a capture fails before the call computes anything)."""
+        """A forward (``key``: ("prefill", ...) or ("step", span, n)). While ``key``'s shape is not
+        yet past warm-up (compiled and its graph recorded), a failure there falls back to the eager
+        step, which runs it again (a compile or a capture fails before the call computes anything)."""
         def call():
             return self._call(self._prefill if key[0] == "prefill" else self._guarded_step, *args)
 

@@ -571,7 +571,7 @@ def test_config_prints_the_files_values(cli_env, tmp_path):
     assert printed == load_config(path).to_dict()
     assert printed["model"]["device"] == "cpu" and printed["model"]["threads"] == 3
     assert printed["transcription"] == {"delay_ms": 960, "final_delay_ms": None, "final_model": None, "language": "fr",
-                                        "keyterms": [], "keyterm_bias": 2.0, "alternatives": 0}
+                                        "keyterms": [], "keyterm_bias": 2.0, "alternatives": 0, "on_eos": "restart"}
     assert printed["output"]["format"] == "vtt"
 
 

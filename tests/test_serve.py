@@ -566,3 +566,34 @@ def test_a_session_past_the_rows_allocated_at_load_is_refused_as_server_full(rea
         assert isinstance(got[0].get(timeout=30), Token)  # the first session goes on
     finally:
         scheduler.stop(5)
+
+
+def test_metrics_show_the_graphs_a_compiled_engine_made(realtime_dir):
+    """voxcli_graphs{what, when}: what torch.compile made at warm-up and after it, read from the
+    engine when scraped (here a stand-in engine whose environment says what a compiled one does)."""
+    from fakes import ScriptedLocal
+
+    from voxcli.serve.app import ServerState
+
+    class Compiled(ScriptedLocal):
+        after = {"compiled": 0, "recorded": 0, "skipped": 0}
+
+        def environment(self) -> dict:
+            return {"graphs": {"compiled": 9, "recorded": 9, "skipped": 0}, "graphs_after_warmup": self.after}
+
+    engine = Compiled()
+    state = ServerState(engine, ServeOptions())
+    try:
+        text = state.metrics.render().decode()
+        assert 'voxcli_graphs{what="recorded",when="warmup"} 9.0' in text
+        assert 'voxcli_graphs{what="skipped",when="after_warmup"} 0.0' in text
+        engine.after = {"compiled": 1, "recorded": 2, "skipped": 1}  # a slow step: scraped as it is now
+        text = state.metrics.render().decode()
+        assert 'voxcli_graphs{what="recorded",when="after_warmup"} 2.0' in text
+    finally:
+        state.scheduler.stop(5)
+    plain = ServerState(ScriptedLocal(), ServeOptions())  # an eager engine: no such series
+    try:
+        assert "voxcli_graphs" not in plain.metrics.render().decode()
+    finally:
+        plain.scheduler.stop(5)

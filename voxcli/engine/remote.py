@@ -54,6 +54,7 @@ APPEND_SAMPLES = TOKEN_SAMPLES  # 80 ms per append message: what one Realtime to
 # A server whose delay cannot be learned: replay from the longest delay back, so nothing is lost (a
 # replay may repeat up to 1.9 s of text at a shorter one).
 UNKNOWN_DELAY_MS = max(ALLOWED_DELAYS_MS)
+PROBE_S = 10.0  # the most connect_engine waits for vLLM's answer that tells its delay
 LEFT_PAD_TOKENS = 32  # the real checkpoints' streaming_n_left_pad_tokens: a Realtime prompt is BOS + these + the delay's
 KEY = setting("model.api_key")
 
@@ -515,39 +516,43 @@ def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", ma
         raise _no_keyterms(server.url)
     engine.keyterms = keyterms
     if kind == "realtime":
-        engine.info.delay_ms = _served_delay_ms(server, model, listed)
+        engine.info.delay_ms, spare = _served_delay_ms(server, model, listed, spare)
     if spare is not None:
         engine.spare = spare
     return engine
 
 
-def _served_delay_ms(server: _Server, model: str, listed: list[dict]) -> int | None:
-    """The served Realtime model's delay: ``voxcli serve`` says it in ``/v1/models``; vLLM does
-    not, but its answer to a request says how long the first prompt was (``usage.prompt_tokens``:
-    BOS, the left pad and the delay's tokens). None if neither tells (a replay then reaches
-    back the longest delay, UNKNOWN_DELAY_MS)."""
+def _served_delay_ms(server: _Server, model: str, listed: list[dict],
+                     spare: ClientConnection | None) -> tuple[int | None, ClientConnection | None]:
+    """The served Realtime model's delay, and the connection left for the first session: ``voxcli
+    serve`` says the delay in ``/v1/models``; vLLM does not, but its answer to a request says how
+    long the first prompt was (``usage.prompt_tokens``: BOS, the left pad and the delay's tokens),
+    asked on ``spare`` (then closed: one connection at a time) or a connection of its own. None if
+    neither tells (a replay then reaches back the longest delay, UNKNOWN_DELAY_MS)."""
     entry = next((m for m in listed if m.get("id") == model), {})
     said = (entry.get("voxcli") or {}).get("delay_ms")
     if is_allowed_delay_ms(said):
-        return said
-    usage = _probe_usage(server, model)
+        return said, spare
+    usage = _probe_usage(server, model, spare)
     prompt = usage.get("prompt_tokens") if usage else None
     if not isinstance(prompt, int):
-        return None
+        return None, None
     delay_ms = (prompt - 1 - LEFT_PAD_TOKENS) * TOKEN_SAMPLES * 1000 // SAMPLE_RATE
-    return delay_ms if is_allowed_delay_ms(delay_ms) else None
+    return (delay_ms if is_allowed_delay_ms(delay_ms) else None), None
 
 
-def _probe_usage(server: _Server, model: str) -> dict | None:
-    """A request of 80 ms of silence on a connection of its own: the ``usage`` of its
-    ``transcription.done`` (None if the server answers otherwise, or not within its timeout)."""
+def _probe_usage(server: _Server, model: str, ws: ClientConnection | None = None) -> dict | None:
+    """A request of 80 ms of silence (on ``ws``, or a connection of its own; closed after): the
+    ``usage`` of its ``transcription.done``. None if the server answers otherwise, or not within
+    PROBE_S: a slow answer costs the start that long at most."""
+    if ws is None:
+        try:
+            ws = server.websocket("/v1/realtime")
+        except ServerError:
+            return None
+    deadline = time.monotonic() + min(server.timeout_s, PROBE_S)
     try:
-        ws = server.websocket("/v1/realtime")
-    except ServerError:
-        return None
-    deadline = time.monotonic() + server.timeout_s
-    try:
-        ws.recv(server.timeout_s)  # session.created
+        ws.recv(min(server.timeout_s, PROBE_S))  # session.created
         for message in ({"type": "session.update", "model": model}, {"type": "input_audio_buffer.commit"},
                         {"type": "input_audio_buffer.append", "audio": pcm16_base64(np.zeros(TOKEN_SAMPLES, np.float32))},
                         {"type": "input_audio_buffer.commit", "final": True}):

@@ -190,8 +190,8 @@ class _BlankEngine(ScriptedLocal):
 
 
 def _listen_rows(engine, tmp_path, capsys, input_path=LONG, **settings) -> tuple[list[dict], str]:
-    from voxcli.config import load_config
     from voxcli.cli.listen import ListenJob, run_listen
+    from voxcli.config import load_config
 
     cfg = load_config(None, {"output.plain": True, **settings})
     out = io.StringIO()

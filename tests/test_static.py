@@ -435,7 +435,6 @@ def test_two_bf16_kernels_agree_within_the_measured_bound_and_a_real_difference_
     and transformers' forward, both bf16, the same weights (other kernels, another order of
     summation), hold to it over a clip; a run whose logits are off by 10% of the scale at one step
     does not."""
-    import torch
     from bf16 import assert_bf16_close
 
     runs = {}

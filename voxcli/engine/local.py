@@ -131,7 +131,7 @@ class _Detokenizer:
 
 class Engine:
     """What both model kinds share: loading state, warm-up, detokenization. Satisfies
-    :class:`voxcli.contract.Engine` (the Realtime engine also :class:`voxcli.contract.RealtimeEngine`)."""
+    :class:`voxcli.engine.contract.Engine` (the Realtime engine also :class:`voxcli.engine.contract.RealtimeEngine`)."""
 
     kind: str = ""
 
@@ -347,7 +347,7 @@ class RealtimeEngine(Engine):
 
     def warmup(self, *, spans: list[int] | None = None) -> float:
         """The base warm-up; on the compiled path also every step graph (or those for ``spans``
-        only, see :meth:`voxcli.static.StaticModel.spans`). Compile time is kept apart in
+        only, see :meth:`voxcli.engine.static.StaticModel.spans`). Compile time is kept apart in
         ``info.extra["compile_s"]``, and included in ``warmup_s``."""
         t0 = time.perf_counter()
         super().warmup()
@@ -808,7 +808,7 @@ class OfflineEngine(Engine):
                    segments: list[tuple[int, int]] | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
         """Tokens for each speech segment in turn; each event carries its segment's span.
 
-        ``segments`` (sample ranges) default to :func:`voxcli.vad.stream_segments`: the speech
+        ``segments`` (sample ranges) default to :func:`voxcli.audio.vad.stream_segments`: the speech
         the endpointer (Silero VAD) finds, grouped into windows of at most 30 s, cut at silences,
         found as the clip is searched. Silence, and any stretch over 2 s without speech, is never
         sent to the model (it invents text there).

@@ -72,8 +72,14 @@ def build(device: str, dtype_name: str, tiny: bool, delay_ms: int):
     import torch
     from transformers import VoxtralRealtimeForConditionalGeneration
 
-    from voxcli.testing.tiny import (FULL_NUM_TEXT_TOKENS, NUM_SPECIAL_TOKENS, TINY_SIZES, realtime_config,
-                             realtime_processor, tekken)
+    from voxcli.testing.tiny import (
+        FULL_NUM_TEXT_TOKENS,
+        NUM_SPECIAL_TOKENS,
+        TINY_SIZES,
+        realtime_config,
+        realtime_processor,
+        tekken,
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="voxcli-gpu-"))
     n_text = 1900 if tiny else FULL_NUM_TEXT_TOKENS

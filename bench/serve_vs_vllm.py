@@ -58,6 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.sessions.split(",")]
     from vllm_server import free_port, start_vllm_server
+
     from voxcli.testing.tiny import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="serve-vs-vllm-"))

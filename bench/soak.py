@@ -182,7 +182,9 @@ def rope_precision(positions: dict[str, int]) -> dict:
     import torch
     from transformers import VoxtralRealtimeConfig
     from transformers.models.voxtral_realtime.modeling_voxtral_realtime import (
-        VoxtralRealtimeRotaryEmbedding, apply_rotary_pos_emb)
+        VoxtralRealtimeRotaryEmbedding,
+        apply_rotary_pos_emb,
+    )
 
     real = VoxtralRealtimeConfig()
     out = {}

@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from voxcli.audio.decode import load_audio
-    from voxcli.measure.runs import BenchOptions, Clip, environment, run_bench
     from voxcli.cli.bench import default_clips
     from voxcli.events import pool, summarize
+    from voxcli.measure.runs import BenchOptions, Clip, environment, run_bench
 
     model_dir = args.model
     if args.tiny:

@@ -19,8 +19,8 @@ os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="voxcli-test-xdg-")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module
 from vllm_server import vllm_offline, vllm_realtime, vllm_realtime_960  # noqa: F401 - one server of each for the run
+from vmic import no_mic, vmic  # noqa: F401 - the virtual-microphone fixtures, for every test module
 
 
 @pytest.hookimpl(tryfirst=True)

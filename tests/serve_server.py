@@ -17,8 +17,8 @@ import urllib.error
 import urllib.request
 
 import uvicorn
-
 from vllm_server import free_port
+
 from voxcli.serve.app import ServeOptions, create_app
 from voxcli.serve.run import uvicorn_config
 

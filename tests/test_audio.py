@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from speech import (
     make_corrupt,
     make_empty,
@@ -23,6 +22,7 @@ from speech import (
     make_zero_frames,
     trim,
 )
+
 from voxcli.audio.decode import (
     SAMPLE_RATE,
     detect_speech,
@@ -31,7 +31,6 @@ from voxcli.audio.decode import (
     resample,
 )
 from voxcli.errors import AudioError
-
 
 SENTENCE = "The quick brown fox jumps over the lazy dog"
 FRAME_S = 0.030  # one detector frame; "the right duration" means within this

@@ -161,7 +161,6 @@ def test_compiled_steps_give_the_eager_ids_alone_and_together_and_never_recompil
     eager ids too, and so do sessions with keyterms, whose change recompiles nothing. (Was two
     tests, one in test_static.py; one compile serves them all.)"""
     import torch._dynamo.utils
-
     from test_static import assert_same, run_session
     from test_static import ids as session_ids
 

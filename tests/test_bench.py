@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from voxcli.measure.runs import FILE_METRICS, PACED_METRICS, first_batch_ms
 from voxcli.events import TokenEvent, summarize
+from voxcli.measure.runs import FILE_METRICS, PACED_METRICS, first_batch_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

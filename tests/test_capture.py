@@ -16,11 +16,10 @@ import time
 
 import numpy as np
 import pytest
-
 from speech import make_speech, trim
 
-from voxcli.audio.decode import load_audio, resample
 from voxcli.audio.capture import FileSource, MicSource, _Source, level_db, list_input_devices
+from voxcli.audio.decode import load_audio, resample
 from voxcli.errors import AudioError
 
 RATE = 16000

@@ -673,8 +673,8 @@ def test_an_engine_error_names_the_setting_and_each_command_its_own_flag(cli_env
 
 
 def test_a_missing_model_is_named_by_its_flag_and_in_python_by_its_key(cli_env, tmp_path):
-    from voxcli.errors import ModelError
     from voxcli.engine.hub import resolve_checkpoint
+    from voxcli.errors import ModelError
 
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelError) as caught:

@@ -381,8 +381,8 @@ class _FlakyServer(ScriptedServer):
 def test_a_lost_server_is_reconnected_with_a_row_and_notices(tmp_path, capsys):
     import io
 
-    from voxcli.config import load_config
     from voxcli.cli.listen import ListenJob, run_listen
+    from voxcli.config import load_config
 
     engine = _FlakyServer()
     cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(tmp_path / "save")})
@@ -426,9 +426,9 @@ def test_a_server_gone_for_good_fails_in_one_line_after_the_window_with_every_sa
 
     import soundfile as sf
 
+    from voxcli.cli.listen import ListenJob, run_listen
     from voxcli.config import load_config
     from voxcli.errors import ServerError
-    from voxcli.cli.listen import ListenJob, run_listen
 
     engine = _GoneServer()
     save = tmp_path / "save"
@@ -465,9 +465,9 @@ def test_a_server_lost_while_the_last_words_are_due_is_said_before_the_failure(t
     test does not time."""
     import io
 
+    from voxcli.cli.listen import ListenJob, run_listen
     from voxcli.config import load_config
     from voxcli.errors import ServerError
-    from voxcli.cli.listen import ListenJob, run_listen
 
     engine = _GoneAtTheEnd()
     cfg = load_config(None, {"output.plain": True, "listen.save_dir": str(tmp_path / "save"),
@@ -571,8 +571,8 @@ def test_a_pause_never_waits_for_the_server(tmp_path):
 
     from speech import make_paused_speech
 
-    from voxcli.config import load_config
     from voxcli.cli.listen import ListenJob, run_listen
+    from voxcli.config import load_config
 
     clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT[:2], pause_s=2.0, tail_s=1.0)
     engine = _SlowServer()
@@ -674,9 +674,9 @@ def test_an_offline_final_pass_covers_every_utterance_once(realtime_dir, offline
 
 
 def test_a_final_model_that_will_not_fit_beside_the_realtime_one_says_so(realtime_engine, monkeypatch, tmp_path):
+    from voxcli.cli.listen import _final_engine
     from voxcli.config import load_config
     from voxcli.errors import ModelError
-    from voxcli.cli.listen import _final_engine
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     cfg = load_config(None, {"transcription.final_model": "mistralai/Voxtral-Mini-3B-2507"})
@@ -735,8 +735,8 @@ def test_an_outage_longer_than_the_capture_queue_loses_no_sample(tmp_path):
     of a 131.7 s session: dropped_blocks 2430.)"""
     import io
 
-    from voxcli.config import load_config
     from voxcli.cli.listen import ListenJob, run_listen
+    from voxcli.config import load_config
 
     source = np.tile(sf.read(ROOT / "examples" / "long.wav", dtype="float32")[0], 3)  # 48 s
     clip = tmp_path / "long3.wav"

@@ -456,8 +456,8 @@ class _StallingServer:
 
 @pytest.mark.parametrize("stop", ["reading", "sending"])
 def test_a_server_that_stalls_mid_stream_ends_in_one_line_within_the_bound(stop):
-    from voxcli.errors import ServerError
     from voxcli.engine.remote import connect_engine
+    from voxcli.errors import ServerError
 
     server = _StallingServer(stop)
     try:

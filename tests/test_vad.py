@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from speech import make_paused_speech, pink_noise
 
-from voxcli.audio.vad import WINDOW, EndpointOptions, Endpointer, padded_speech_regions, speech_regions
+from voxcli.audio.vad import WINDOW, Endpointer, EndpointOptions, padded_speech_regions, speech_regions
 
 SR = 16000
 CONDITIONS = {

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from speech import make_speech
 
 __all__ = ["VirtualMic", "vmic", "no_mic", "reinit_portaudio", "write_raw", "ALSA_CONF"]

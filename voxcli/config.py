@@ -17,8 +17,17 @@ from typing import Any
 
 import yaml
 
-from voxcli.choices import (COMPILE_MODES, DEFAULT_MODEL, DETECTORS, DTYPES, EOS_POLICIES, KEYTERM_BIAS,
-                            OUTPUT_FORMATS, SERVER_KINDS, STEPS)
+from voxcli.choices import (
+    COMPILE_MODES,
+    DEFAULT_MODEL,
+    DETECTORS,
+    DTYPES,
+    EOS_POLICIES,
+    KEYTERM_BIAS,
+    OUTPUT_FORMATS,
+    SERVER_KINDS,
+    STEPS,
+)
 from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
 from voxcli.delays import is_allowed_delay_ms
 from voxcli.errors import ConfigError

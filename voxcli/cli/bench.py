@@ -8,10 +8,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from voxcli.measure.runs import BenchOptions, Clip, run_bench
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
 from voxcli.events import STEP_BUDGET_MS
+from voxcli.measure.runs import BenchOptions, Clip, run_bench
 from voxcli.output.tables import metrics_table, step_words
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -23,7 +23,6 @@ from voxcli.output.tables import keyterm_words
 from voxcli.output.view import LiveTranscript, NullView, PlainTranscript
 
 
-
 @dataclass
 class ListenJob:
     cfg: Config

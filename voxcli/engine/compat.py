@@ -17,7 +17,6 @@ import numpy as np
 from voxcli.units import SAMPLE_RATE
 
 
-
 def _first_attr(obj, *names: str):
     for name in names:
         value = getattr(obj, name, None)

@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from voxcli.choices import COMPILE_MODES, DEFAULT_MODEL, DEVICES, DTYPES, EOS_POLICIES, STEPS
+from voxcli.delays import TOKEN_MS, check_delay_ms
 from voxcli.engine.compat import ProcessorAdapter, cache_kwarg_names
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.pick import unpack
-from voxcli.delays import TOKEN_MS, check_delay_ms
 from voxcli.errors import ModelError, first_line, setting
 from voxcli.events import TokenEvent, clamp_span
 from voxcli.units import SAMPLE_RATE

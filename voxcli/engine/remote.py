@@ -44,8 +44,8 @@ from voxcli.config import API_KEY_ENV
 from voxcli.delays import ALLOWED_DELAYS_MS, is_allowed_delay_ms
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.local import DEFAULT, transcribe_segments
-from voxcli.errors import ConfigError, ServerError, StreamEnded, first_line, setting
 from voxcli.engine.reconnect import Link, ReconnectingSession
+from voxcli.errors import ConfigError, ServerError, StreamEnded, first_line, setting
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 

@@ -323,7 +323,7 @@ class LiveWorker(_Emitting):
         opts = self.options
         self.endpointer = None
         if opts.flush_after_ms:
-            from voxcli.audio.vad import EndpointOptions, Endpointer
+            from voxcli.audio.vad import Endpointer, EndpointOptions
 
             self.endpointer = Endpointer(EndpointOptions(detector=opts.vad, min_silence_ms=opts.flush_after_ms,
                                                          silence_db=opts.silence_db))

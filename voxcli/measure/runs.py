@@ -36,8 +36,8 @@ from rich.console import Console
 
 from voxcli.errors import first_line
 from voxcli.events import STEP_BUDGET_MS, TokenEvent, TranscriptMetrics, pool, summarize
-from voxcli.output.view import FILE_REDRAW_S, LiveTranscript
 from voxcli.live.twopass import TwoPassRecorder, word_latencies
+from voxcli.output.view import FILE_REDRAW_S, LiveTranscript
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")

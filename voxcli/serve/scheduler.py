@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxcli.audio.vad import EndpointOptions, Endpointer
+from voxcli.audio.vad import Endpointer, EndpointOptions
 from voxcli.errors import EngineFull, first_line
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE

@@ -69,6 +69,8 @@ _reasons: _Reasons | None = None
 def _install() -> _Reasons:
     """Once per process: count CUDA graph recordings, and keep torch's skip reasons."""
     global _reasons
+    if _reasons is not None:  # after every forward: no lock once installed
+        return _reasons
     with _lock:
         if _reasons is None:
             from torch._dynamo.callback import CallbackTrigger, callback_handler

@@ -550,9 +550,10 @@ def _probe_usage(server: _Server, model: str, ws: ClientConnection | None = None
             ws = server.websocket("/v1/realtime")
         except ServerError:
             return None
-    deadline = time.monotonic() + min(server.timeout_s, PROBE_S)
+    wait_s = min(server.timeout_s, PROBE_S)
+    deadline = time.monotonic() + wait_s
     try:
-        ws.recv(min(server.timeout_s, PROBE_S))  # session.created
+        ws.recv(wait_s)  # session.created
         for message in ({"type": "session.update", "model": model}, {"type": "input_audio_buffer.commit"},
                         {"type": "input_audio_buffer.append", "audio": pcm16_base64(np.zeros(TOKEN_SAMPLES, np.float32))},
                         {"type": "input_audio_buffer.commit", "final": True}):

@@ -347,7 +347,7 @@ class _Compiled:
             for state in b.states:
                 state.reset(self, num_delay_tokens)
 
-    def _guarded_step(self, _m, b: StaticRows, span: int, n: int):
+    def _guarded_step(self, b: StaticRows, span: int, n: int):
         with self._guards():
             return self._step(self, b, span, n)
 
@@ -373,11 +373,14 @@ class _Compiled:
             self._all_steps_compiled = all(("step", s, n) in self._calls for s in self._spans for n in self.buckets())
 
     def _forward(self, key, *args):
-        """A forward (``key``: ("prefill", ...) or ("step", span, n)). While ``key``'s shape is not
-        yet past warm-up (compiled and its graph recorded), a failure there falls back to the eager
-        step, which runs it again (a compile or a capture fails before the call computes anything)."""
+        """A forward of the batch ``args[0]`` (``key``: ("prefill", ...) or ("step", span, n)). While
+        ``key``'s shape is not yet past warm-up (compiled and its graph recorded), a failure there
+        falls back to the eager step, which runs it again (a compile or a capture fails before the
+        call computes anything)."""
         def call():
-            return self._call(self._prefill if key[0] == "prefill" else self._guarded_step, *args)
+            if key[0] == "prefill":
+                return self._call(self._prefill, self, *args)
+            return self._call(self._guarded_step, *args)
 
         if not self.compiled or self._calls[key] >= WARM_CALLS:
             out = call()
@@ -537,7 +540,7 @@ class StaticModel(_Compiled):
         b.prefill_rows[:r].copy_(torch.tensor([j.state.row for j in jobs]))
         prompt = torch.cat([j.prompt_ids for j in jobs])
         mel = torch.cat([j.mel for j in jobs])
-        packed, logits = self._forward(("prefill", prompt.shape[-1], r), self, b, prompt, mel, r)
+        packed, logits = self._forward(("prefill", prompt.shape[-1], r), b, prompt, mel, r)
         picks = packed.tolist()  # the one sync: every row's token on the host
         self._finish(jobs, picks, logits, t0, ("prefill", prompt.shape[-1], r))
         for job in jobs:
@@ -554,7 +557,7 @@ class StaticModel(_Compiled):
         b.active.copy_(torch.tensor(active))
         n = self.bucket(max(j.state.row for j in jobs) + 1)
         span = self.span(max(b.dec.host_written[j.state.row] for j in jobs) + 1)
-        packed, logits = self._forward(("step", span, n), self, b, span, n)
+        packed, logits = self._forward(("step", span, n), b, span, n)
         picks = packed.tolist()
         ms = self._finish(jobs, picks, logits, t0, ("step", span, n))
         self.step_log.append((len(jobs), n, ms))

@@ -32,12 +32,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from voxcli.audio.decode import load_audio  # noqa: E402
 
 
-def _served(audio):
-    import numpy as np
-
-    return ((np.clip(audio, -1.0, 1.0) * 32767.0).round() / 32768.0).astype(np.float32)
-
-
 def _vllm_steps(url: str, model: str, audio) -> list[str]:
     """Every delta of one realtime request (vLLM sends one a step, empty ones too)."""
     import json as js
@@ -66,16 +60,14 @@ def _gap(alternatives) -> float:
 
 
 def realtime(server, hf_dir: Path, audio, delay_ms: int) -> list[dict]:
-    from test_twin import quiet_where_the_first_step_begins
-
     from voxcli.engine.local import load_engine
-    from voxcli.testing.twin import hear_as_vllm
+    from voxcli.testing.twin import as_served, hear_as_vllm, quiet_where_the_first_step_begins
 
     rows = []
     for name, shift, clip in (("voxcli's windows", False, audio), ("vLLM's grid", True, audio),
                               ("vLLM's grid, first step's context silent", True,
                                quiet_where_the_first_step_begins(audio, delay_ms))):
-        clip = _served(clip)
+        clip = as_served(clip)
         theirs = _vllm_steps(server.url, server.model, clip)
         engine = load_engine(str(hf_dir), device="cpu", dtype="float32", compile="off", alternatives=2)
         if shift:
@@ -91,26 +83,23 @@ def realtime(server, hf_dir: Path, audio, delay_ms: int) -> list[dict]:
 
 
 def _common(theirs: list[str], events) -> dict:
-    """How much of the text is the same from the start (deltas and tokens part the text at other
-    places when a character spans tokens: only the joined text is compared), and voxcli's token
-    where it first differs, with its top-two gap."""
-    a, b = "".join(theirs), "".join(e.text for e in events)
-    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    at, seen = 0, 0
-    while at < len(events) and seen + len(events[at].text) <= same:
-        seen += len(events[at].text)
-        at += 1
-    whole = a == b
-    return {"identical": whole, "chars": [len(a), len(b)], "same_chars": same, "tokens": len(events),
-            "first_different_token": None if whole else at,
-            "gap_there": None if whole or at >= len(events) else round(_gap(events[at].alternatives), 5)}
+    """How much of the text is the same from the start, and voxcli's token where it first
+    differs, with its top-two gap."""
+    from voxcli.testing.twin import first_difference
+
+    text = "".join(theirs)
+    same, at = first_difference(text, events)
+    return {"identical": at is None, "chars": [len(text), len("".join(e.text for e in events))], "same_chars": same,
+            "tokens": len(events), "first_different_token": at,
+            "gap_there": None if at is None or at >= len(events) else round(_gap(events[at].alternatives), 5)}
 
 
 def offline(server, hf_dir: Path, audio) -> dict:
     from voxcli.engine.local import load_engine
     from voxcli.engine.remote import connect_engine
+    from voxcli.testing.twin import as_served
 
-    clip = _served(audio)
+    clip = as_served(audio)
     whole = [(0, len(clip))]
     theirs = [e.text for e in connect_engine(server.url).transcribe(clip, segments=whole)]
     events = list(load_engine(str(hf_dir), device="cpu", dtype="float32", alternatives=2).transcribe(clip, segments=whole))

@@ -18,25 +18,17 @@ from relay import Relay
 from voxcli.audio.decode import load_audio
 from voxcli.engine.local import load_engine
 from voxcli.engine.remote import connect_engine
-from voxcli.testing.twin import hear_as_vllm, mistral_to_hf
+from voxcli.testing.twin import (
+    as_served,
+    first_difference,
+    hear_as_vllm,
+    mistral_to_hf,
+    quiet_where_the_first_step_begins,
+)
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.vllm
-
-
-def as_served(audio: np.ndarray) -> np.ndarray:
-    """The samples a server decodes from voxcli's PCM16 (vLLM divides by 32768)."""
-    return ((np.clip(audio, -1.0, 1.0) * 32767.0).round() / 32768.0).astype(np.float32)
-
-
-def quiet_where_the_first_step_begins(audio: np.ndarray, delay_ms: int) -> np.ndarray:
-    """Silence around the end of the prefill (the first 1 + delay tokens of audio), where vLLM's
-    first step takes its convolutions' context from frames 40 samples off the whole clip's."""
-    edge = (1 + delay_ms // 80) * TOKEN_SAMPLES
-    out = audio.copy()
-    out[edge - 1600:edge + 400] = 0.0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +84,10 @@ def test_offline_twins_say_what_vllm_says_up_to_float32_noise(vllm_offline, tmp_
     theirs = _text(remote.transcribe(audio, segments=whole))
     engine = load_engine(str(hf_dir), device="cpu", dtype="float32", alternatives=2)
     events = list(engine.transcribe(audio, segments=whole))
-    ours = _text(events)
-    same = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
-    if same == min(len(theirs), len(ours)) and len(theirs) == len(ours):
+    same, at = first_difference(theirs, events)
+    if at is None:
         return  # identical
-    at, seen = 0, 0
-    while seen + len(events[at].text) <= same:
-        seen += len(events[at].text)
-        at += 1
-    assert at >= 100, (at, theirs[:same + 20], ours[:same + 20])
+    assert at >= 100, (at, theirs[:same + 20], _text(events)[:same + 20])
     first, second = events[at].alternatives[:2]
     assert first["logprob"] - second["logprob"] < 0.01, (at, first, second)
 

@@ -11,7 +11,9 @@
 so that the same audio through a vLLM server and through voxcli's local engine can be compared:
 the strongest check a CPU gives that voxcli's prompt, mel, padding, delay and chunking are the
 reference's. :func:`mistral_to_hf` converts any such Mistral directory, so a test can take the
-model a running vLLM server already serves.
+model a running vLLM server already serves. tests/test_twin.py and bench/twin.py share the rest:
+the samples a server hears (:func:`as_served`), vLLM's grid (:func:`hear_as_vllm`,
+:func:`quiet_where_the_first_step_begins`) and where two texts part (:func:`first_difference`).
 
 The mapping is the one the real checkpoints follow (the facts come from transformers' conversion
 scripts for both kinds; the code is ours):
@@ -40,6 +42,7 @@ import shutil
 from pathlib import Path
 
 from voxcli.choices import MODEL_KINDS as KINDS
+from voxcli.units import TOKEN_SAMPLES
 
 _RT = r"mm_streams_embeddings\.embedding_module\."
 _OFF = r"mm_whisper_embeddings\."
@@ -207,6 +210,39 @@ def hear_as_vllm(engine) -> int:
     shift = int(audio_config.streaming_look_ahead_ms * audio_config.sampling_rate / 1000)
     engine.next_window_start -= shift
     return shift
+
+
+def as_served(audio):
+    """The samples a server decodes from voxcli's PCM16 (vLLM divides by 32768): what voxcli's
+    local engine must be handed to hear what the server heard."""
+    import numpy as np
+
+    return ((np.clip(audio, -1.0, 1.0) * 32767.0).round() / 32768.0).astype(np.float32)
+
+
+def quiet_where_the_first_step_begins(audio, delay_ms: int):
+    """``audio`` with silence around the end of the prefill (its first 1 + delay tokens), where
+    vLLM's first step takes its convolutions' context from frames 40 samples off the whole clip's."""
+    edge = (1 + delay_ms // 80) * TOKEN_SAMPLES
+    out = audio.copy()
+    out[edge - 1600:edge + 400] = 0.0
+    return out
+
+
+def first_difference(theirs: str, events) -> tuple[int, int | None]:
+    """How many characters of ``theirs`` the text of ``events`` (voxcli's tokens) has from the
+    start, and the index of the token where they first differ (None: identical). Only the joined
+    texts are compared: a server's deltas and voxcli's tokens part a character that spans tokens at
+    other places."""
+    ours = "".join(e.text for e in events)
+    same = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+    if theirs == ours:
+        return same, None
+    at, seen = 0, 0
+    while at < len(events) and seen + len(events[at].text) <= same:
+        seen += len(events[at].text)
+        at += 1
+    return same, at
 
 
 def make_twin(out: str | Path, kind: str = "realtime", *, delay_ms: int = 480, seed: int = 0) -> tuple[Path, Path]:

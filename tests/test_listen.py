@@ -217,7 +217,7 @@ def test_quit_now_ends_a_live_run_from_its_own_loop():
 
     from voxcli.audio.capture import FileSource
     from voxcli.live.runner import run_live
-    from voxcli.live.worker import LiveOptions
+    from voxcli.live.items import LiveOptions
 
     source = FileSource(HELLO, speed=1.0)
     source.check()
@@ -778,7 +778,7 @@ def test_listen_and_bench_count_the_same_two_pass_revisions(realtime_engine, tmp
     from voxcli.audio.decode import load_audio
     from voxcli.cli.listen import ListenJob, run_listen
     from voxcli.config import load_config
-    from voxcli.live.worker import LiveOptions
+    from voxcli.live.items import LiveOptions
     from voxcli.measure.runs import BenchOptions, Clip, run_bench
 
     clip, truth = make_paused_speech(tmp_path / "paused.wav", HELD_OUT, tail_s=1.0)

@@ -4,12 +4,22 @@ imported here."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 
 import numpy as np
 
 from voxcli.units import TOKEN_MS, TOKEN_SAMPLES
 
 STEP_BUDGET_MS = float(TOKEN_MS)  # one Realtime step per 80 ms chunk keeps up with real time
+
+
+class StreamRole(StrEnum):
+    """Which stream of a session a token comes from: the only one, or two-pass's provisional
+    (first, short delay) or final one. A ``str``: rows and JSON carry its value."""
+
+    ONLY = ""
+    PROVISIONAL = "provisional"
+    FINAL = "final"
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
                           "an offline model is measured one file at a time")
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
-    from voxcli.live.worker import LiveOptions
+    from voxcli.live.items import LiveOptions
 
     live = LiveOptions.from_config(cfg)  # as listen runs: the same endpointer, the same restarts
     if final_delay_ms is not None:

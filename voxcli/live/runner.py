@@ -25,7 +25,8 @@ import numpy as np
 
 from voxcli.events import LiveStatus, Notice, Reconnect, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
 from voxcli.live.twopass import shares_step
-from voxcli.live.worker import AudioIn, Endpoint, LiveOptions, LiveToken, LiveWorker
+from voxcli.live.items import AudioIn, Endpoint, LiveOptions, LiveToken
+from voxcli.live.worker import LiveWorker
 from voxcli.units import SAMPLE_RATE
 
 QUEUE_SIZE = 256  # tokens of a file in flight between the engine and the screen

@@ -227,7 +227,7 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
 
 
 def _endpointer(live) -> dict:
-    from voxcli.live.worker import LiveOptions
+    from voxcli.live.items import LiveOptions
 
     live = live or LiveOptions()
     return {"vad": live.vad, "flush_after_ms": live.flush_after_ms}

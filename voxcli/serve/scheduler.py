@@ -2,12 +2,14 @@
 
 Every client's audio reaches the model through a :class:`Stream`: the network side (any thread)
 calls ``push``, ``end`` and ``close``, which only append to the stream's inbox and wake the
-scheduler; the scheduler thread alone touches the engine. Each cycle it hands every stream the
-audio that has come, runs each stream's endpointer, then steps all streams that can step in one
-forward per step (``steps_together``: each stream is a row of the batched step) and flushes the
-streams whose utterance ended (``finish_together``). What comes out goes to each stream's
-``deliver`` callable as :class:`Token`, :class:`Speech`, :class:`Done` or :class:`Failed`;
-``deliver`` must not block (the network side puts it on the client's own bounded queue).
+scheduler; the scheduler thread alone touches the engine. Each stream is one
+:class:`voxcli.live.driver.StreamDriver` (the session cycle listen runs: endpointer, flushes,
+restarts), and the scheduler is N drivers plus one batched step: each cycle it hands every
+driver the audio that has come, then :func:`voxcli.live.driver.cycle` steps all of them in one
+forward per step (each stream is a row of the batched step) and flushes those whose utterance
+ended in shared forwards. What comes out goes to each stream's ``deliver`` callable as
+:class:`Token`, :class:`Speech`, :class:`Done` or :class:`Failed`; ``deliver`` must not block
+(the network side puts it on the client's own bounded queue).
 
 A failing step fails the streams in it (``Failed``), never the thread; a stream whose client
 left gives its row back at the next cycle.
@@ -24,10 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxcli.audio.vad import Endpointer, EndpointOptions
+from voxcli.audio.vad import EndpointOptions
 from voxcli.errors import EngineFull, first_line
 from voxcli.events import TokenEvent
-from voxcli.units import SAMPLE_RATE
+from voxcli.live.driver import StreamDriver, cycle
+from voxcli.live.items import LiveOptions, LiveToken, Speech, UtteranceDone
 
 log = logging.getLogger(__name__)
 IDLE_WAKE_S = 0.5  # the loop looks at its streams at least this often (a client that left)
@@ -36,6 +39,7 @@ IDLE_WAKE_S = 0.5  # the loop looks at its streams at least this often (a client
 CYCLE_SAMPLES = 8 * 1280
 PIECE_SAMPLES = 1280  # push() splits what it is given into pieces this long (80 ms)
 _END = object()  # in a stream's inbox: the utterance ends here (a final commit)
+__all__ = ["Done", "Failed", "Full", "Scheduler", "Speech", "Stream", "Token"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,6 @@ class Token:
     event: TokenEvent
     utterance: int
     latency_ms: float | None  # emitted - when the audio that let it step arrived (None: a flush)
-
-
-@dataclass(frozen=True)
-class Speech:
-    kind: str  # "start" or "end", from the stream's own endpointer
-    at_ms: int  # in the stream's audio
-    utterance: int
 
 
 @dataclass(frozen=True)
@@ -83,15 +80,13 @@ class Stream:
         self._inbox: deque = deque()  # (arrival time, samples) and _END, in order
         self.buffered = 0  # samples pushed and not yet handed to the model (the network side's backpressure)
         self.closed = False
-        # The scheduler thread's own:
-        self.session = None
-        self.utterance = 0
+        # The scheduler thread's own: the session's cycle, and what this cycle made of it.
+        live = LiveOptions(flush_after_ms=0, endpoint_options=vad, max_utterance_s=float("inf") if vad is None
+                           else LiveOptions.max_utterance_s)  # no endpointer: the caller's end cuts
+        self.driver = StreamDriver(scheduler.engine, self._item, live, session_options=self.options)
         self.text: list[str] = []
-        self.heard = 0  # samples handed to the model, over all utterances
-        self.utterance_from = 0
-        self.ending = False
-        self.endpointer = Endpointer(vad) if vad is not None else None
-        self.offline_audio: list[np.ndarray] = []  # an offline engine hears an utterance whole
+        self.arrived: float | None = None  # when the audio handed over in this cycle arrived
+        self.tokens: list[Token] = []  # made in this cycle (the metrics')
 
     def push(self, samples: np.ndarray, t_arrived: float | None = None) -> None:
         t = t_arrived or time.perf_counter()
@@ -112,7 +107,7 @@ class Stream:
         self.closed = True
         self._scheduler.wake()
 
-    def _take(self) -> list:
+    def take(self) -> list:
         """What came since the last cycle, at most ``CYCLE_SAMPLES`` of it, up to and including
         the first end (what follows an end belongs to the next utterance: the next cycle's)."""
         taken, n = [], 0
@@ -130,6 +125,33 @@ class Stream:
     def waiting(self) -> bool:
         return bool(self._inbox)
 
+    def feed(self) -> None:
+        """Hand the driver the audio that has come; an end of speech, or the client's end, ends
+        this cycle's feeding (the rest is the next utterance's)."""
+        self.arrived = None
+        for item in self.take():
+            if item is _END:
+                self.driver.end_utterance()
+                return
+            self.arrived, samples = item
+            self.driver.hear(samples, self.arrived)
+            if self.driver.ending:
+                return
+
+    def _item(self, item: object) -> None:
+        """What the driver made, as this server's messages."""
+        if isinstance(item, LiveToken):
+            t = None if item.flushed else self.arrived
+            token = Token(item.event, item.utterance, None if t is None else (item.event.t_emitted - t) * 1000.0)
+            self.text.append(item.event.text)
+            self.tokens.append(token)
+            self.deliver(token)
+        elif isinstance(item, Speech):
+            self.deliver(item)
+        elif isinstance(item, UtteranceDone):
+            self.deliver(Done(item.utterance, "".join(self.text).strip(), item.audio_s))
+            self.text = []
+
 
 class Scheduler:
     """The engine's one thread. ``open(deliver)`` makes a stream (``Full`` past ``max_sessions``)."""
@@ -138,7 +160,6 @@ class Scheduler:
         self.engine = engine
         self.max_sessions = max_sessions
         self.on_step = on_step or (lambda tokens: None)
-        self.together = engine.kind == "realtime" and engine.info.other_delays  # has steps_together
         self._streams: dict[int, Stream] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -208,31 +229,31 @@ class Scheduler:
                 s.deliver(Failed(f"the engine stopped: {self.error}", "server_error"))
 
     def _cycle(self, streams: list[Stream]) -> None:
-        latest: dict[int, float] = {}
+        live = []
         for s in streams:
             if s.closed:
                 self._drop(s)
                 continue
             try:
-                self._feed(s, latest)
+                s.feed()
+                live.append(s)
             except EngineFull as exc:  # every row the model allocated at load is taken
                 s.deliver(Failed(str(exc), "server_full"))
                 self._drop(s)
             except Exception as exc:  # noqa: BLE001 - this stream fails, the others go on
                 self._fail([s], exc)
-        live = [s for s in streams if not s.closed and s.id in self._streams]
-        ending = [s for s in live if s.ending]
-        running = [s for s in live if s.session is not None and not s.ending]
-        if ending:
-            self._guarded(ending, lambda: self._finish(ending))
-        if running:
-            self._guarded(running, lambda: self._step(running, latest))
-
-    def _guarded(self, streams: list[Stream], call) -> None:
+        if not live:
+            return
         try:
-            call()
+            for s in live:
+                s.driver.drain()
+            cycle(self.engine, [s.driver for s in live])
         except Exception as exc:  # noqa: BLE001 - a failed forward fails its streams, not the server
-            self._fail(streams, exc)
+            self._fail(live, exc)
+        tokens = [t for s in live for t in s.tokens]
+        for s in live:
+            s.tokens = []
+        self.on_step(tokens)
 
     def _fail(self, streams: list[Stream], exc: BaseException) -> None:
         log.exception("a step failed for %d stream(s)", len(streams))
@@ -241,72 +262,6 @@ class Scheduler:
             self._drop(s)
 
     def _drop(self, s: Stream) -> None:
-        if s.session is not None:
-            s.session.close()
-            s.session = None
+        s.driver.drop()
         with self._lock:
             self._streams.pop(s.id, None)
-
-    def _feed(self, s: Stream, latest: dict[int, float]) -> None:
-        """Hand the stream's new audio to its session (opened at its first audio) and its
-        endpointer; an end of speech, or the client's end, marks the utterance as ending."""
-        for item in s._take():
-            if item is _END:
-                s.ending = True
-                return
-            t, samples = item
-            latest[s.id] = t
-            if self.engine.kind != "realtime":
-                s.offline_audio.append(samples)
-            else:
-                if s.session is None:
-                    s.session = self.engine.session(**s.options)
-                s.session.push(samples)
-            s.heard += len(samples)
-            for vad in s.endpointer.feed(samples) if s.endpointer is not None else []:
-                s.deliver(Speech(vad.kind, vad.sample * 1000 // SAMPLE_RATE, s.utterance))
-                if vad.kind == "end":
-                    s.ending = True
-            if s.ending:
-                return  # the rest is the next utterance's
-
-    def _step(self, running: list[Stream], latest: dict[int, float]) -> None:
-        tokens: list[Token] = []
-        if self.together:
-            pairs = self.engine.steps_together([s.session for s in running])
-        else:
-            pairs = ((i, e) for i, s in enumerate(running) for e in s.session.steps())
-        for i, event in pairs:
-            t = latest.get(running[i].id)
-            tokens.append(_emit(running[i], event, None if t is None else (event.t_emitted - t) * 1000.0))
-        self.on_step(tokens)
-
-    def _finish(self, ending: list[Stream]) -> None:
-        realtime = [s for s in ending if s.session is not None]
-        if self.together and realtime:
-            pairs = self.engine.finish_together([s.session for s in realtime])
-        else:
-            pairs = ((i, e) for i, s in enumerate(realtime) for e in s.session.finish())
-        tokens = [_emit(realtime[i], event, None) for i, event in pairs]
-        for s in ending:
-            if s.offline_audio:
-                audio = np.concatenate(s.offline_audio)
-                s.offline_audio = []
-                tokens += [_emit(s, event, None) for event in self.engine.transcribe(audio, **s.options)]
-        self.on_step(tokens)
-        for s in ending:
-            if s.session is not None:
-                s.session.close()  # finished: its row is back already; closing twice is harmless
-                s.session = None
-            audio_s = (s.heard - s.utterance_from) / SAMPLE_RATE
-            s.deliver(Done(s.utterance, "".join(s.text).strip(), audio_s))
-            s.text, s.ending, s.utterance_from = [], False, s.heard
-            s.utterance += 1
-
-
-def _emit(s: Stream, event: TokenEvent, latency_ms: float | None) -> Token:
-    """A token of ``s``'s open utterance: kept for its done event, handed to its client."""
-    token = Token(event, s.utterance, latency_ms)
-    s.text.append(event.text)
-    s.deliver(token)
-    return token

@@ -216,8 +216,8 @@ def test_quit_now_ends_a_live_run_from_its_own_loop():
     from fakes import ScriptedLocal
 
     from voxcli.audio.capture import FileSource
-    from voxcli.live.runner import run_live
     from voxcli.live.items import LiveOptions
+    from voxcli.live.runner import run_live
 
     source = FileSource(HELLO, speed=1.0)
     source.check()

@@ -104,8 +104,8 @@ def _in_c_callback(frame) -> bool:
 
 
 def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
-    from voxcli.live.session import ListenSession
     from voxcli.live.items import LiveOptions
+    from voxcli.live.session import ListenSession
     from voxcli.output.recorder import check_directory
 
     stdout = stdout or sys.stdout

@@ -24,8 +24,8 @@ from itertools import islice
 import numpy as np
 
 from voxcli.events import LiveStatus, Notice, Reconnect, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
-from voxcli.live.twopass import shares_step
 from voxcli.live.items import AudioIn, Endpoint, LiveOptions, LiveToken
+from voxcli.live.twopass import shares_step
 from voxcli.live.worker import LiveWorker
 from voxcli.units import SAMPLE_RATE
 

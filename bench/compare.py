@@ -435,10 +435,15 @@ def paced_figures(engine, ids, token_times, ready, shown, flushed, t0, t_end) ->
 
 
 def run_voxcli_paced(engine, audio: np.ndarray) -> dict:
-    """RealtimeSession fed at real speed: at the moment each chunk's last needed sample would
-    have been captured, exactly the audio up to it is pushed and the session stepped."""
+    """voxcli's stream driver (the session cycle listen and serve run) fed at real speed: at the
+    moment each chunk's last needed sample would have been captured, exactly the audio up to it
+    is heard and the driver's streams stepped; the end of the clip flushes them."""
+    from voxcli.live.driver import StreamDriver, cycle
+    from voxcli.live.items import LiveOptions, LiveToken
+
     sync = cuda_sync(engine)
-    session = engine.session()
+    items: list = []
+    driver = StreamDriver(engine, items.append, LiveOptions(flush_after_ms=0, blank_run_s=0.0))
     n_audio = len(audio)
     first_need = engine.first_chunk_samples
     proc = engine.processor
@@ -446,35 +451,29 @@ def run_voxcli_paced(engine, audio: np.ndarray) -> dict:
     # Where the first window after the prefill starts in the audio (the same place the stock
     # recipe's second chunk starts; voxcli's windows need 1520 of its 1680 samples).
     offset = proc.num_mel_frames_first_audio_chunk * fe.hop_length - fe.win_length // 2
-    events, ready, flushed = [], [], []
     t0 = now(sync)
-    pushed, k = 0, 0
+    pushed = 0
     while True:
+        k = driver.n_tokens
         need = first_need if k == 0 else offset + (k - 1) * engine.hop_samples + engine.window_samples
         if need > n_audio:
             break
         t_ready = t0 + need / SAMPLE_RATE
         sleep_until(t_ready)
-        session.push(audio[pushed:need])
+        driver.hear(audio[pushed:need], t_ready)
         pushed = need
-        for event in session.steps():
-            events.append(event)
-            ready.append(t_ready)
-            flushed.append(False)
-        k = session.n_tokens
+        cycle(engine, [driver])
+    paced = len(items)
     t_end = t0 + n_audio / SAMPLE_RATE
     sleep_until(t_end)
-    session.push(audio[pushed:])
-    for event in session.steps():
-        events.append(event)
-        ready.append(t_end)
-        flushed.append(True)
-    for event in session.finish():
-        if event.token_id < 0:
-            continue
-        events.append(event)
-        ready.append(t_end)
-        flushed.append(True)
+    driver.hear(audio[pushed:], t_end)
+    cycle(engine, [driver])
+    driver.close()
+    tokens = [(n >= paced, item) for n, item in enumerate(items)
+              if isinstance(item, LiveToken) and item.event.token_id >= 0]
+    events = [item.event for _, item in tokens]
+    ready = [t_end if after else item.t_ready for after, item in tokens]
+    flushed = [after for after, _ in tokens]
     ids = [e.token_id for e in events]
     times = [e.t_emitted for e in events]
     shown = shown_times(engine, ids, [(e.t_emitted, e.text) for e in events if e.text])  # same rule as the others

@@ -36,9 +36,11 @@ from rich.console import Console
 
 from voxcli.errors import first_line
 from voxcli.events import STEP_BUDGET_MS, TokenEvent, TranscriptMetrics, pool, summarize
+from voxcli.live.driver import StreamDriver, cycle
+from voxcli.live.items import LiveOptions, LiveToken
 from voxcli.live.twopass import TwoPassRecorder, word_latencies
 from voxcli.output.view import FILE_REDRAW_S, LiveTranscript
-from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
+from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES, seconds
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
@@ -227,8 +229,6 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
 
 
 def _endpointer(live) -> dict:
-    from voxcli.live.items import LiveOptions
-
     live = live or LiveOptions()
     return {"vad": live.vad, "flush_after_ms": live.flush_after_ms}
 
@@ -265,31 +265,35 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
     """One client session against a server: stream the clip (paced at real speed or as fast as
     possible), time every delta. Never raises: a failure is recorded in the result."""
     record: dict = {"clip": clip.name, "audio_s": round(len(clip.audio) / SAMPLE_RATE, 4), "error": None}
-    events: list[TokenEvent] = []
     after_ready: list[float] = []  # paced: each token's emission after the push that let it step
     t0 = time.perf_counter()
     t_audio_end = t0
+    items: list = []
+    # The session's cycle as listen and serve run it, with no endpointer: the client's end is the end.
+    driver = StreamDriver(engine, items.append, LiveOptions(flush_after_ms=0, blank_run_s=0.0,
+                                                            max_utterance_s=float("inf")))
     try:
         if engine.kind == "realtime":
-            session = engine.session()
             step = TOKEN_SAMPLES
             for i in range(0, len(clip.audio), step):
                 if paced:
-                    time.sleep(max(0.0, t0 + (i + step) / SAMPLE_RATE - time.perf_counter()))
+                    time.sleep(max(0.0, t0 + seconds(i + step) - time.perf_counter()))
                 t_ready = time.perf_counter()
-                session.push(clip.audio[i:i + step])
-                new = list(session.steps())
-                after_ready += [(e.t_emitted - t_ready) * 1000.0 for e in new if engine.info.step_times]
-                events += new
+                seen = len(items)
+                driver.hear(clip.audio[i:i + step], t_ready)
+                cycle(engine, [driver])
+                after_ready += [(item.event.t_emitted - t_ready) * 1000.0 for item in items[seen:]
+                                if isinstance(item, LiveToken) and engine.info.step_times]
                 if time.perf_counter() - t0 > LOAD_TIMEOUT_S:
                     raise TimeoutError(f"session exceeded {LOAD_TIMEOUT_S:.0f} s")
             t_audio_end = time.perf_counter()
-            events += session.finish()
         else:
-            t_audio_end = t0
-            events = list(engine.transcribe(clip.audio))
+            driver.hear(clip.audio, t0)
+        driver.close()
     except Exception as exc:  # noqa: BLE001 - a failed session is a result of a load test
         record["error"] = first_line(exc)
+        driver.drop()
+    events = [item.event for item in items if isinstance(item, LiveToken)]
     end = time.perf_counter()
     # ttft as everywhere (TranscriptMetrics.measure), counted from the session's start: paced, that
     # is when its first audio went out, not when the clip was complete.

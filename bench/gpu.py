@@ -280,13 +280,13 @@ def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases
     """The compiled path's own phases, each written as it finishes."""
     if engine_again is not None:
         phases.write("compile_warm", {"compile_s": engine_again.info.extra.get("compile_s")})
-    engine.static.graphs.settle()  # the counts are the process's: engine_again's compile is not this engine's
+    engine.static.compilation.graphs.settle()  # the counts are the process's: engine_again's compile is not this engine's
     with deadline_at(t_end), count_recordings() as seen:
         for _ in range(2):  # sessions after warm-up, in new engine threads, as files and listen run them
             from voxcli.live.runner import transcribe_audio
 
             transcribe_audio(engine, audio, source="clip", on_event=lambda e: None)
-    phases.write("graphs_after_warmup", {**seen, "counted": engine.static.graphs.after_warmup.to_dict()})
+    phases.write("graphs_after_warmup", {**seen, "counted": engine.static.compilation.graphs.after_warmup.to_dict()})
     with deadline_at(t_end):
         long_audio = np.tile(audio, int(np.ceil(2100 * 1280 / len(audio))))[: 2100 * 1280]
         session = engine.session()

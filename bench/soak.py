@@ -86,8 +86,8 @@ def cache_state(session) -> dict:
     """Length (what is stored), position counter (what RoPE and the mask see) and bytes of every
     cache the session owns."""
     e = session.engine
-    if session._state is not None:  # the static step: ring buffers of fixed size
-        state = session._state
+    state = session.cache_state()
+    if hasattr(state, "dec"):  # the static step: ring buffers of fixed size
         out = {}
         for label, ring in (("text", state.dec), ("encoder", state.enc)):
             out[label] = {"kv_len": min(ring.host_written, ring.size), "pos": ring.host_pos,
@@ -98,7 +98,7 @@ def cache_state(session) -> dict:
     out = {}
     names = {"text": e.cache_kwargs["cache"], "encoder": e.cache_kwargs["encoder_cache"]}
     for label, key in names.items():
-        cache = session._hf.caches[key]
+        cache = state.caches[key]
         layers = getattr(cache, "layers", [])
         lens, pos, nbytes, kinds, windows = [], [], 0, set(), set()
         for layer in layers:
@@ -120,7 +120,7 @@ def cache_state(session) -> dict:
             "layer_types": sorted(kinds),
             "sliding_window": sorted(windows),
         }
-    pad = session._hf.caches.get("padding_cache")
+    pad = state.caches.get("padding_cache")
     pad_bytes = 0
     for layer in getattr(pad, "layers", {}).values():
         if getattr(layer, "cache", None) is not None:
@@ -318,8 +318,7 @@ def run(args) -> dict:
                 "cache_mb": (caches["text"]["bytes"] + caches["encoder"]["bytes"] + caches["padding_bytes"]) / 2**20,
                 "step_ms_len": len(session.step_ms),
                 "step_ms_bytes": sys.getsizeof(session.step_ms) + 24 * len(session.step_ms),
-                "buffer_samples": len(session._buffer),
-                "buffer_base_samples": len(session._buffer.base) if session._buffer.base is not None else len(session._buffer),
+                "buffer_samples": session.window.held,
                 "py_objects": objects, "objects_ms": obj_ms if args.objects else None,
                 "n_tokens": session.n_tokens,
             }
@@ -400,7 +399,7 @@ def offset_check(engine, track: np.ndarray, hours: float, seconds: float) -> dic
             session.push(block)
             ids += [ev.token_id for ev in session.steps()]
         ids += [ev.token_id for ev in session.finish() if ev.token_id >= 0]
-        state = session._state
+        state = session.cache_state()
         return ids, session.logits, {"text_pos": state.dec.host_pos, "text_shifted": state.dec.shifted,
                                      "encoder_pos": state.enc.host_pos, "encoder_shifted": state.enc.shifted}
 
@@ -526,7 +525,7 @@ def verdict(result: dict) -> dict:
             notes.append(f"{label} RoPE position {pos} > max_position_embeddings {mpe} (no error: default "
                          f"RoPE has no table; precision drift only, see rope_precision)")
     if last["buffer_samples"] > 4 * PUSH_SAMPLES:
-        notes.append(f"session._buffer holds {last['buffer_samples']} samples at the end")
+        notes.append(f"the session's audio window holds {last['buffer_samples']} samples at the end")
     flat = bool(time_flat and mem_flat and caches_flat) if m["steady"] is not None else None
     return {"flat": flat, "step_time_flat": time_flat,
             "memory_flat": mem_flat, "caches_flat": caches_flat, "compared": f"minute {ref['minute']} vs {last['minute']}",
@@ -548,7 +547,7 @@ TABLE_ROWS = (
     ("encoder position", "encoder_pos", "{:d}"),
     ("KV cache MiB", "cache_mb", "{:.2f}"),
     ("session.step_ms len", "step_ms_len", "{:d}"),
-    ("session._buffer samples", "buffer_samples", "{:d}"),
+    ("audio window samples", "buffer_samples", "{:d}"),
     ("Python objects (GC)", "py_objects", "{:d}"),
 )
 

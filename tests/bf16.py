@@ -2,17 +2,17 @@
 
 Two bf16 computations of one step that sum in another order (another kernel, another batch
 shape, CUDA graphs or not) differ by bf16's own rounding, and on a random model, where the top two
-tokens are often near ties, that turns some ids. Measured on this project's CPU (bench/RESULTS.md
-12: the static step against transformers' forward, both bf16, the same weights, tiny models over
-hello.wav and long.wav): until their ids first differ, the logits differ by at most 3.3% of the
-logit scale per step (median 1-2%); the first differing id comes where the top two are within
-0.8% of the scale; 89-97% of the ids agree over a clip. The bound below is that noise with room:
-5% of the scale, and 85% of the ids.
+tokens are often near ties, that turns some ids. Measured on this project's CPUs (bench/RESULTS.md 12, ``python bench/bf16_noise.py``: the static
+step against transformers' forward, both bf16, the same weights, tiny models over hello.wav and
+long.wav): until their ids first differ, the logits differ by at most 3.3% of the logit scale per
+step on an Intel Xeon VM and 7.5% on an AMD EPYC one (other bf16 kernels: the noise depends on the
+CPU); the first differing id comes where the top two are within 1.3% of the scale; 89-99% of the
+ids agree over a clip. The bound below is that noise with room: 10% of the scale, and 85% of the ids.
 """
 
 from __future__ import annotations
 
-BF16_LOGIT_BOUND = 0.05  # of the largest |logit| of the step
+BF16_LOGIT_BOUND = 0.10  # of the largest |logit| of the step
 BF16_AGREEMENT = 0.85
 
 

@@ -48,9 +48,9 @@ def test_a_restart_flushes_the_ended_streams_incomplete_character(eos_dir, long_
     """Each stream's detokenizer is flushed when it ends, at a restart too: a character its
     last token left incomplete (here every stream leaves one, flushed as "<held>") comes out
     with the next stream's first text, not dropped."""
-    from voxcli.engine import local
+    from voxcli.engine.base import Detokenizer
 
-    monkeypatch.setattr(local._Detokenizer, "flush", lambda self: "<held>")
+    monkeypatch.setattr(Detokenizer, "flush", lambda self: "<held>")
     events = list(load_engine(str(eos_dir), device="cpu", compile="off").transcribe(long_audio))
     restarts = sum(e.restart_at_s is not None for e in events)
     assert restarts >= 4

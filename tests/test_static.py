@@ -236,10 +236,10 @@ def test_compiled_counts_are_in_the_load_line_and_bench_json(realtime_dir, tmp_p
     assert env["graphs"] == graphs and env["graphs_after_warmup"] == {"compiled": 0, "recorded": 0, "skipped": 0}
     counters["stats"]["unique_graphs"] += 1  # as if a session had met a shape warm-up did not compile
     counters["inductor"]["cudagraph_skips"] += 1
-    said = engine.static.graphs.check()
+    said = engine.static.compilation.graphs.check()
     assert said.startswith("after warm-up, the compiled step made more: 1 graphs compiled, 0 CUDA graphs recorded, "
                            "1 skipped")
-    assert engine.static.graphs.check() is None  # said once
+    assert engine.static.compilation.graphs.check() is None  # said once
     assert engine.environment()["graphs_after_warmup"] == {"compiled": 1, "recorded": 0, "skipped": 1}
 
 
@@ -372,7 +372,7 @@ def test_warm_up_records_every_graph_for_every_bucket_in_the_thread_that_steps(r
     import threading
     from collections import Counter
 
-    from voxcli.engine import static as st
+    from voxcli.engine import compiling
     from voxcli.live.runner import transcribe_audio
 
     engine = load_engine(str(realtime_dir), device="cpu", compile="off", warmup=False)
@@ -388,9 +388,12 @@ def test_warm_up_records_every_graph_for_every_bucket_in_the_thread_that_steps(r
             return fn(m, rows, *args)
         return call
 
-    model.compiled = True
-    model._batcher = model._call = st._Stepper(model._run)
-    model._prefill, model._step = recorder("prefill", st.prefill), recorder("step", st.decode_rows)
+    from voxcli.engine import batching, forward
+
+    model.compilation.compiled = True
+    model._batcher = model.call = batching.Stepper(model._run)
+    model.compilation.prefill = recorder("prefill", forward.prefill)
+    model.compilation.step = recorder("step", forward.decode_rows)
     final = engine.with_delay(960)  # two-pass: two rows, a second delay's prefill
     assert model.buckets() == [1, 2]
     batches = {rows for rows, _ in calls}
@@ -399,7 +402,7 @@ def test_warm_up_records_every_graph_for_every_bucket_in_the_thread_that_steps(r
     assert prefills == {("prefill", (39,), n) for n in (1, 2)} | {("prefill", (45,), n) for n in (1, 2)}  # 480, 960 ms
     steps = {k for _, k in calls if k[0] == "step"}
     assert steps == {("step", span, n) for span in model.spans() for n in (1, 2)}
-    assert all(n >= st.WARM_CALLS for n in calls.values())
+    assert all(n >= compiling.WARM_CALLS for n in calls.values())
     warm = dict(calls)
     # Two streams at once, each in an engine thread of its own, as listen and transcribe run them.
     for eng in (engine, final):
@@ -416,7 +419,7 @@ def test_warm_up_records_every_graph_for_every_bucket_in_the_thread_that_steps(r
 def test_the_compiled_step_marks_state_addresses_without_guards(monkeypatch, realtime_dir):
     import torch
 
-    from voxcli.engine import static as st
+    from voxcli.engine import compiling
 
     seen = []
     monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t, guard=True: seen.append(guard))
@@ -427,13 +430,13 @@ def test_the_compiled_step_marks_state_addresses_without_guards(monkeypatch, rea
     from voxcli.errors import ModelError
 
     with pytest.raises(ModelError, match="needs torch 2.6 or later"):
-        st.check_compilable()
+        compiling.check_compilable()
 
 
 def test_two_bf16_kernels_agree_within_the_measured_bound_and_a_real_difference_does_not(wrap_dir, hello):
     """The bound the GPU tests compare bf16 runs with (tests/bf16.py), on the CPU: the static step
     and transformers' forward, both bf16, the same weights (other kernels, another order of
-    summation), hold to it over a clip; a run whose logits are off by 10% of the scale at one step
+    summation), hold to it over a clip; a run whose logits are off by 25% of the scale at one step
     does not."""
     from bf16 import assert_bf16_close
 
@@ -445,8 +448,8 @@ def test_two_bf16_kernels_agree_within_the_measured_bound_and_a_real_difference_
     figures = assert_bf16_close(*runs["static"], *runs["hf"])
     assert figures["worst"] > 0  # two kernels: not the same numbers, and that is fine
     off = [x.clone() for x in runs["static"][1]]
-    off[1] += 0.1 * off[1].abs().max()
-    off[1][0] -= 0.1 * off[1].abs().max()  # not a uniform shift: the scores move apart
+    off[1] += 0.25 * off[1].abs().max()
+    off[1][0] -= 0.25 * off[1].abs().max()  # not a uniform shift: the scores move apart
     with pytest.raises(AssertionError, match="logits differ by"):
         assert_bf16_close(runs["static"][0], off, *runs["hf"])
 
@@ -548,4 +551,4 @@ def test_no_cuda_graph_is_recorded_or_skipped_after_warm_up(realtime_dir, hello)
     assert not recorded and counters["inductor"]["cudagraph_skips"] == skips
     # What the load line and bench's JSON say: graphs made at warm-up, none after it.
     assert engine.info.extra["graphs"]["recorded"] > 0 and engine.info.extra["graphs"]["skipped"] == 0
-    assert not engine.static.graphs.after_warmup and engine.static.graphs.check() is None
+    assert not engine.static.compilation.graphs.after_warmup and engine.static.compilation.graphs.check() is None

@@ -33,7 +33,7 @@ def critical_path_ms(engine, audio: np.ndarray) -> float:
             feats = engine.log_mel(np.concatenate([engine.left_pad, clip]), center=True)
             ids = torch.tensor([engine.prompt_ids], device=model.device)
             if state is not None:
-                from voxcli.engine.static import Job
+                from voxcli.engine.batching import Job
 
                 static.run([Job(state, feats, ids)])  # reads the token id back: synchronized
                 sync()
@@ -64,9 +64,9 @@ def environment(engine) -> dict:
     extra = engine.info.extra
     static = getattr(engine, "static", None)
     graphs = {}
-    if static is not None and static.graphs.at_warmup is not None:
+    if static is not None and static.compilation.graphs.at_warmup is not None:
         # What warm-up compiled and recorded, and what came after it (anything but zeros: a slow step).
-        graphs = {"graphs": extra.get("graphs"), "graphs_after_warmup": static.graphs.after_warmup.to_dict()}
+        graphs = {"graphs": extra.get("graphs"), "graphs_after_warmup": static.compilation.graphs.after_warmup.to_dict()}
     return {
         "n_params": engine.info.n_params, "delay_ms": engine.info.delay_ms, "step": extra.get("step"),
         "compile_s": extra.get("compile_s"), **graphs,

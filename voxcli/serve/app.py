@@ -94,7 +94,7 @@ class ServerState:
                 break
             await asyncio.sleep(0.02)
         for c in list(self.connections):
-            await c._closing()
+            await c.closing()
 
 
 def create_app(engine, options: ServeOptions | None = None) -> Starlette:

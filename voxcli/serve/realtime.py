@@ -100,7 +100,7 @@ class Connection:
                 self._refuse(exc)
                 if exc.code == "server_full":  # nothing this connection can do: say so and close
                     self._put(_STOP)
-                    await self._closing()
+                    await self.closing()
                     return
 
     async def _handle(self, event: dict) -> None:
@@ -187,7 +187,7 @@ class Connection:
             self.gone = True
         return False
 
-    async def _closing(self) -> None:
+    async def closing(self) -> None:
         """Let the writer send what is queued (bounded), then close."""
         for _ in range(int(CLOSE_WAIT_S / 0.01)):
             if self.out.empty():

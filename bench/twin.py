@@ -38,7 +38,7 @@ def _vllm_steps(url: str, model: str, audio) -> list[str]:
 
     from websockets.sync.client import connect
 
-    from voxcli.engine.remote import pcm16_base64
+    from voxcli.engine.server import pcm16_base64
 
     with connect(url.replace("http", "ws", 1) + "/v1/realtime", max_size=2 ** 22) as ws:
         ws.recv(30)
@@ -95,8 +95,8 @@ def _common(theirs: list[str], events) -> dict:
 
 
 def offline(server, hf_dir: Path, audio) -> dict:
+    from voxcli.engine.connect import connect_engine
     from voxcli.engine.local import load_engine
-    from voxcli.engine.remote import connect_engine
     from voxcli.testing.twin import as_served
 
     clip = as_served(audio)

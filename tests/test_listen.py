@@ -593,7 +593,8 @@ def test_a_pause_never_waits_for_the_server(tmp_path):
 def test_the_engines_and_sessions_satisfy_the_written_contract(realtime_engine, offline_engine):
     from voxcli.engine import contract
     from voxcli.engine.reconnect import ReconnectingSession
-    from voxcli.engine.remote import RemoteOfflineEngine, RemoteRealtimeEngine, _Server
+    from voxcli.engine.remote import RemoteOfflineEngine, RemoteRealtimeEngine
+    from voxcli.engine.server import Server as _Server
 
     assert isinstance(realtime_engine, contract.RealtimeEngine) and realtime_engine.info.step_times
     assert isinstance(offline_engine, contract.Engine) and realtime_engine.info.audio_spans

@@ -456,7 +456,7 @@ class _StallingServer:
 
 @pytest.mark.parametrize("stop", ["reading", "sending"])
 def test_a_server_that_stalls_mid_stream_ends_in_one_line_within_the_bound(stop):
-    from voxcli.engine.remote import connect_engine
+    from voxcli.engine.connect import connect_engine
     from voxcli.errors import ServerError
 
     server = _StallingServer(stop)
@@ -480,7 +480,7 @@ def test_a_server_that_stalls_mid_stream_ends_in_one_line_within_the_bound(stop)
 
 
 def test_refusals_are_worded_by_what_the_status_means():
-    from voxcli.engine.remote import _Server
+    from voxcli.engine.server import Server as _Server
 
     bare, keyed = _Server("http://127.0.0.1:9"), _Server("https://127.0.0.1:9", api_key=KEY)
     assert "wants an API key (HTTP 401)" in str(bare.refused(401, "x"))

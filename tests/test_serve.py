@@ -100,7 +100,7 @@ def healthy_after(server, engine, clips) -> None:
     """The server is fine: health ok, no stream left open, and a new session transcribes right."""
     server.wait_idle()
     assert server.health()["status"] == "ok"
-    from voxcli.engine.remote import connect_engine
+    from voxcli.engine.connect import connect_engine
 
     remote = connect_engine(server.url, timeout_s=60)
     assert "".join(e.text for e in remote.transcribe(clips[3])).strip() == local_text(engine, clips[3])
@@ -166,7 +166,7 @@ def test_the_openai_package_transcribes_plain_streamed_and_in_every_format(serve
 
 
 def test_eight_concurrent_realtime_sessions_each_give_their_text_alone(server, realtime_engine, clips):
-    from voxcli.engine.remote import connect_engine
+    from voxcli.engine.connect import connect_engine
 
     def one(clip):
         remote = connect_engine(server.url, timeout_s=120)
@@ -387,7 +387,7 @@ def test_a_client_that_never_reads_is_dropped_and_slows_no_one(serve_engine, rea
 
         flooder = threading.Thread(target=flood, daemon=True)
         flooder.start()
-        from voxcli.engine.remote import connect_engine
+        from voxcli.engine.connect import connect_engine
 
         other = connect_engine(slow_server.url, timeout_s=60)  # meanwhile another session gets its text
         assert "".join(e.text for e in other.transcribe(clips[1])).strip() == local_text(realtime_engine, clips[1])
@@ -445,7 +445,7 @@ def test_a_wrong_key_is_refused_on_every_api(serve_engine, realtime_engine, clip
     import openai
     from websockets.exceptions import InvalidStatus
 
-    from voxcli.engine.remote import connect_engine
+    from voxcli.engine.connect import connect_engine
     from voxcli.errors import ServerError
 
     with served(serve_engine, ServeOptions(api_key=KEY)) as keyed:

@@ -16,8 +16,8 @@ import pytest
 from relay import Relay
 
 from voxcli.audio.decode import load_audio
+from voxcli.engine.connect import connect_engine
 from voxcli.engine.local import load_engine
-from voxcli.engine.remote import connect_engine
 from voxcli.testing.twin import (
     as_served,
     first_difference,

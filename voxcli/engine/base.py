@@ -11,11 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from voxcli.engine.compat import ProcessorAdapter, cache_kwarg_names
-from voxcli.engine.contract import EngineInfo
+from voxcli.engine.contract import DEFAULT, EngineInfo
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE
 
-DEFAULT = object()  # "the engine's own keyterms"
 TRIES_KEPT = 32  # keyterm tries an engine keeps made (each session's phrases; the engine's own among them)
 
 

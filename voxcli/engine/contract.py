@@ -17,6 +17,8 @@ import numpy as np
 
 from voxcli.events import TokenEvent
 
+DEFAULT = object()  # keyterms=DEFAULT: the engine's own (every session favours them unless told otherwise)
+
 
 @dataclass
 class EngineInfo:

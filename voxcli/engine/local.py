@@ -43,8 +43,9 @@ from __future__ import annotations
 from voxcli.engine.base import DEFAULT, Detokenizer, LocalEngine
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.loading import detect_kind, load_engine, resolve_device, resolve_dtype, wants_compile
-from voxcli.engine.offline import OfflineEngine, transcribe_segments
+from voxcli.engine.offline import OfflineEngine
 from voxcli.engine.realtime import RealtimeEngine
+from voxcli.engine.segments import transcribe_segments
 from voxcli.engine.session import RealtimeSession
 
 __all__ = ["DEFAULT", "Detokenizer", "EngineInfo", "LocalEngine", "OfflineEngine", "RealtimeEngine",

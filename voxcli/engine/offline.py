@@ -3,7 +3,6 @@ each decoded with a hand-written greedy loop (prefill, then one step per token).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ import numpy as np
 from voxcli.engine.base import DEFAULT, LocalEngine, validate_audio
 from voxcli.engine.contract import EngineInfo
 from voxcli.engine.pick import unpack
+from voxcli.engine.segments import transcribe_segments
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE
 
@@ -89,27 +89,3 @@ class OfflineEngine(LocalEngine):
         tail = detok.flush()
         if tail:
             yield TokenEvent(max_new_tokens, -1, tail, time.perf_counter())
-
-
-def transcribe_segments(audio: np.ndarray, segments: list[tuple[int, int]] | None,
-                        clip_events, *, max_segment_s: float) -> Iterator[TokenEvent]:
-    """Run ``clip_events(clip)`` over each speech segment in turn (default: speech regions grouped
-    into windows of at most ``max_segment_s``, cut at silences; silence yields nothing). Events are
-    numbered across segments, carry their segment's span, and a segment's first text gets a
-    leading space so words of segments transcribed apart stay apart."""
-    if segments is None:
-        from voxcli.audio.vad import stream_segments
-
-        # Found as the clip is searched: the first segment is decoded once its end is known.
-        segments = stream_segments(audio, max_segment_s)
-    index = 0
-    for seg_no, (start, end) in enumerate(segments):
-        needs_space = index > 0
-        for event in clip_events(audio[start:end]):
-            text = event.text
-            if needs_space and text:
-                text = text if text[0].isspace() else " " + text
-                needs_space = False
-            yield dataclasses.replace(event, index=index, text=text, audio_start_s=start / SAMPLE_RATE,
-                                      audio_end_s=end / SAMPLE_RATE, segment=seg_no)
-            index += 1

@@ -28,7 +28,7 @@ def open_engine(cfg: Config, *, loading: Callable[[], AbstractContextManager] = 
         if asked:  # keyterms: voxcli serve takes them (connect_engine checks)
             raise ConfigError(f"{setting(asked[0])} needs a local model: a server's tokens come without scores "
                               f"({setting('model.server')} is set)", server=cfg.model.server)
-        from voxcli.engine.remote import connect_engine
+        from voxcli.engine.connect import connect_engine
 
         with loading():
             return connect_engine(cfg.model.server, cfg.model.name, kind=cfg.model.server_kind,

@@ -1,4 +1,4 @@
-"""A vLLM server as voxcli's engine: same interface and events as voxcli.engine.local, no torch.
+"""A vLLM server as voxcli's engine: same contract and events as the local engines, no torch.
 
 - Voxtral Realtime through the ``/v1/realtime`` WebSocket (``websockets``' sync client): audio is
   appended as it is captured (16 kHz PCM16, base64), deltas become TokenEvents the moment they
@@ -9,10 +9,9 @@
   continuation, the client huggingface_hub already brings) posts the multipart form and reads the
   server-sent events line by line.
 
-``https://`` servers are reached over TLS (``wss://`` for the WebSocket) with certificates checked
-against the system's CAs, or the bundle named by ``SSL_CERT_FILE``. An API key goes out as
-``Authorization: Bearer`` and nowhere else. Every network step is bounded by ``timeout_s``:
-connecting, each read and each write (a server that stops reading cannot block ``push``).
+How the server is reached (TLS, the key, bounds on every network step: a server that stops
+reading cannot block ``push``) is :mod:`voxcli.engine.server`; how an engine is made from a URL
+(model, kind, delay) is :mod:`voxcli.engine.connect`.
 
 Events carry ``t_emitted`` = when the delta arrived here. What a server cannot tell is absent,
 not invented: no token ids (``-1``) and no per-token audio spans (the offline endpoint's events
@@ -21,178 +20,36 @@ carry their segment's span, which the client knows).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import json
 import queue
-import ssl
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from functools import partial
-from urllib.parse import urlsplit
 
 import httpx2
 import numpy as np
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.sync.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
-from voxcli.choices import DEFAULT_MODEL, SERVER_KINDS
-from voxcli.config import API_KEY_ENV
-from voxcli.delays import ALLOWED_DELAYS_MS, is_allowed_delay_ms
-from voxcli.engine.contract import EngineInfo
-from voxcli.engine.local import DEFAULT, transcribe_segments
+from voxcli.delays import ALLOWED_DELAYS_MS
+from voxcli.engine.contract import DEFAULT, EngineInfo
 from voxcli.engine.reconnect import Link, ReconnectingSession
+from voxcli.engine.segments import transcribe_segments
+from voxcli.engine.server import Server, http_error, pcm16_base64, wav_bytes
 from voxcli.errors import ConfigError, ServerError, StreamEnded, first_line, setting
 from voxcli.events import TokenEvent
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
 
-TIMEOUT_S = 30.0
 APPEND_SAMPLES = TOKEN_SAMPLES  # 80 ms per append message: what one Realtime token covers
 # A server whose delay cannot be learned: replay from the longest delay back, so nothing is lost (a
 # replay may repeat up to 1.9 s of text at a shorter one).
 UNKNOWN_DELAY_MS = max(ALLOWED_DELAYS_MS)
-PROBE_S = 10.0  # the most connect_engine waits for vLLM's answer that tells its delay
-LEFT_PAD_TOKENS = 32  # the real checkpoints' streaming_n_left_pad_tokens: a Realtime prompt is BOS + these + the delay's
-KEY = setting("model.api_key")
-
-
-class _Server:
-    """Where the server is and how to talk to it: URL, TLS context, key, bounds."""
-
-    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = TIMEOUT_S) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
-            raise ServerError(f"{setting('model.server')} {url!r}: expected http://HOST:PORT or https://HOST:PORT",
-                              url=url)
-        self.tls = parts.scheme in ("https", "wss")
-        port = parts.port or (443 if self.tls else 80)
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        self.url = f"{'https' if self.tls else 'http'}://{host}:{port}"
-        self.ws_url = f"{'wss' if self.tls else 'ws'}://{host}:{port}"
-        # One context for both clients: the system's CAs, or SSL_CERT_FILE / SSL_CERT_DIR.
-        self.ssl = ssl.create_default_context() if self.tls else None
-        self.keyed = bool(api_key)
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.timeout_s = timeout_s
-        self.http = httpx2.Client(base_url=self.url, headers=self.headers, verify=self.ssl or False,
-                                  timeout=httpx2.Timeout(timeout_s))
-
-    def __repr__(self) -> str:  # never the key
-        return f"_Server({self.url!r}, keyed={self.keyed})"
-
-    # -- errors, worded once for both clients --
-
-    def refused(self, status: int, what: str, *, websocket: bool = False) -> ServerError:
-        # 401 is what vLLM's --api-key answers, on HTTP and WebSocket alike; a proxy in front may
-        # say 403. On the WebSocket a 403 means no realtime endpoint (an offline model).
-        if status == 401 or (status == 403 and not websocket):
-            if self.keyed:
-                return ServerError(f"the vLLM server at {self.url} refused the API key (HTTP {status}); "
-                                   f"check {KEY} or {API_KEY_ENV}", url=self.url, status=status)
-            return ServerError(f"the vLLM server at {self.url} wants an API key (HTTP {status}); pass it as "
-                               f"{KEY} or set {API_KEY_ENV}", url=self.url, status=status)
-        return ServerError(f"{what} (HTTP {status})", url=self.url, status=status)
-
-    def unreachable(self, exc: BaseException, doing: str = "reach") -> ServerError:
-        cert = _certificate_error(exc)
-        if cert is not None:
-            return ServerError(f"cannot verify the TLS certificate of {self.url} ({cert}); if a private CA "
-                               f"signed it, set SSL_CERT_FILE to that CA's certificate", url=self.url)
-        if isinstance(exc, (TimeoutError, httpx2.TimeoutException)):
-            return ServerError(f"the vLLM server at {self.url} did not answer within {self.timeout_s:.0f} s "
-                               f"(while trying to {doing} it)", url=self.url)
-        return ServerError(f"cannot {doing} the vLLM server at {self.url} ({first_line(exc)}); is it running?",
-                           url=self.url)
-
-    # -- HTTP --
-
-    def get_json(self, path: str) -> dict:
-        try:
-            response = self.http.get(path)
-        except httpx2.HTTPError as exc:
-            raise self.unreachable(exc) from None
-        if response.status_code != 200:
-            raise self.refused(response.status_code, f"{self.url}{path} answered")
-        try:
-            return response.json()
-        except ValueError:
-            raise ServerError(f"{self.url}{path} did not answer JSON; is it a vLLM server?", url=self.url) from None
-
-    # -- WebSocket --
-
-    def websocket(self, path: str) -> ClientConnection:
-        """An open WebSocket whose writes are bounded too (see module docstring)."""
-        try:
-            ws = _bounded(lambda: connect(
-                self.ws_url + path, ssl=self.ssl, additional_headers=self.headers, open_timeout=self.timeout_s,
-                close_timeout=2.0, ping_interval=self.timeout_s / 2, ping_timeout=self.timeout_s,
-                max_size=2 ** 22, proxy=None, legacy=True), self.timeout_s + 2.0)
-        except InvalidStatus as exc:
-            raise self.refused(exc.response.status_code, f"{self.ws_url}{path} refused the WebSocket",
-                               websocket=True) from None
-        except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
-            raise self.unreachable(exc, "open a realtime session on") from None
-        # websockets' own reader thread waits in select() before every recv, so a socket timeout
-        # bounds only our sendall(): a server that stops reading fails the write, not the caller.
-        ws.socket.settimeout(self.timeout_s)
-        return ws
-
-
-def _bounded(call, seconds: float):
-    """``call()`` in a thread of its own, given up on after ``seconds``: websockets' own opening
-    timeout can be outlived when a TLS read that started before it never returns (its clean-up
-    waits for that read), and no call of ours may hang."""
-    done: list = []
-
-    def run() -> None:
-        try:
-            done.append((True, call()))
-        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            done.append((False, exc))
-
-    thread = threading.Thread(target=run, name="voxcli-connect", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not done:
-        raise TimeoutError(f"no answer within {seconds:.0f} s")
-    ok, value = done[0]
-    if not ok:
-        raise value
-    return value
-
-
-def _certificate_error(exc: BaseException) -> str | None:
-    """The reason, when ``exc`` (or what caused it) is a failed certificate check."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen.verify_message or first_line(seen)
-        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return first_line(seen)
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def pcm16_base64(samples: np.ndarray) -> str:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    return base64.b64encode(pcm.tobytes()).decode()
-
-
-def _wav_bytes(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 class RemoteEngine:
-    def __init__(self, server: _Server, model: str, kind: str, load_s: float, max_new_tokens: int,
+    def __init__(self, server: Server, model: str, kind: str, load_s: float, max_new_tokens: int,
                  reconnect_s: float = 0.0) -> None:
         self.server = server
         self.model_name = model
@@ -230,7 +87,7 @@ class RemoteRealtimeEngine(RemoteEngine):
         with the session's setup: only ``voxcli serve`` takes them (``info.scores``)."""
         keyterms = self.keyterms if keyterms is DEFAULT else keyterms
         if keyterms and not self.info.scores:
-            raise _no_keyterms(self.server.url)
+            raise no_keyterms(self.server.url)
         # A replay starts the server's delay back from where it last answered: the audio it had
         # heard but whose text had not come yet.
         delay_ms = self.info.delay_ms or UNKNOWN_DELAY_MS
@@ -441,12 +298,12 @@ class RemoteOfflineEngine(RemoteEngine):
         fields = {"model": self.model_name, "stream": "true", "max_completion_tokens": str(max_new_tokens)}
         if language:
             fields["language"] = language
-        files = {"file": ("audio.wav", _wav_bytes(clip), "audio/wav")}
+        files = {"file": ("audio.wav", wav_bytes(clip), "audio/wav")}
         try:
             with server.http.stream("POST", "/v1/audio/transcriptions", data=fields, files=files) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise server.refused(response.status_code, _http_error(server.url, response))
+                    raise server.refused(response.status_code, http_error(server.url, response))
                 for line in response.iter_lines():
                     t = time.perf_counter()
                     if not line.startswith("data:"):
@@ -472,115 +329,6 @@ class RemoteOfflineEngine(RemoteEngine):
             raise server.unreachable(exc) from None
 
 
-def _http_error(url: str, response) -> str:
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.reason_phrase
-    return f"vLLM server {url} answered: {message}"
-
-
-def connect_engine(url: str, model: str | None = None, *, kind: str = "auto", max_new_tokens: int = 500,
-                   api_key: str | None = None, timeout_s: float = TIMEOUT_S, reconnect_s: float = 0.0,
-                   keyterms=None) -> RemoteEngine:
-    """Check the server is up and serves ``model`` (default: the only model it serves), tell the
-    model kind (a server for an offline model refuses the realtime WebSocket), and return an engine.
-    ``keyterms`` (every session's) need ``voxcli serve`` with a Realtime model: its ``/v1/models``
-    says ``owned_by: voxcli``, and its sessions take them; anything else is a ConfigError."""
-    t0 = time.perf_counter()
-    if kind not in SERVER_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(SERVER_KINDS)}, got {kind!r}")
-    server = _Server(url, api_key=api_key, timeout_s=timeout_s)
-    listed = server.get_json("/v1/models").get("data", [])
-    served = [m["id"] for m in listed]
-    if not served:
-        raise ServerError(f"the vLLM server at {server.url} serves no model", url=server.url)
-    if model not in served:
-        if model is not None and not (model == DEFAULT_MODEL and len(served) == 1):
-            raise ServerError(f"the vLLM server at {server.url} does not serve {model!r}; it serves: "
-                              f"{', '.join(served)} (pass one as {setting('model.name')})", url=server.url)
-        if len(served) > 1:
-            raise ServerError(f"the vLLM server at {server.url} serves several models ({', '.join(served)}); "
-                              f"pick one as {setting('model.name')}", url=server.url)
-        model = served[0]  # the default name was not the user's choice: take what is served
-    spare = None
-    if kind == "auto":
-        kind, spare = _probe_kind(server)
-    cls = RemoteRealtimeEngine if kind == "realtime" else RemoteOfflineEngine
-    engine = cls(server, model, kind, time.perf_counter() - t0, max_new_tokens, reconnect_s)
-    engine.info.scores = kind == "realtime" and any(m.get("id") == model and m.get("owned_by") == "voxcli"
-                                                    for m in listed)
-    if keyterms and not engine.info.scores:
-        if spare is not None:
-            spare.close()
-        raise _no_keyterms(server.url)
-    engine.keyterms = keyterms
-    if kind == "realtime":
-        engine.info.delay_ms, spare = _served_delay_ms(server, model, listed, spare)
-    if spare is not None:
-        engine.spare = spare
-    return engine
-
-
-def _served_delay_ms(server: _Server, model: str, listed: list[dict],
-                     spare: ClientConnection | None) -> tuple[int | None, ClientConnection | None]:
-    """The served Realtime model's delay, and the connection left for the first session: ``voxcli
-    serve`` says the delay in ``/v1/models``; vLLM does not, but its answer to a request says how
-    long the first prompt was (``usage.prompt_tokens``: BOS, the left pad and the delay's tokens),
-    asked on ``spare`` (then closed: one connection at a time) or a connection of its own. None if
-    neither tells (a replay then reaches back the longest delay, UNKNOWN_DELAY_MS)."""
-    entry = next((m for m in listed if m.get("id") == model), {})
-    said = (entry.get("voxcli") or {}).get("delay_ms")
-    if is_allowed_delay_ms(said):
-        return said, spare
-    usage = _probe_usage(server, model, spare)
-    prompt = usage.get("prompt_tokens") if usage else None
-    if not isinstance(prompt, int):
-        return None, None
-    delay_ms = (prompt - 1 - LEFT_PAD_TOKENS) * TOKEN_SAMPLES * 1000 // SAMPLE_RATE
-    return (delay_ms if is_allowed_delay_ms(delay_ms) else None), None
-
-
-def _probe_usage(server: _Server, model: str, ws: ClientConnection | None = None) -> dict | None:
-    """A request of 80 ms of silence (on ``ws``, or a connection of its own; closed after): the
-    ``usage`` of its ``transcription.done``. None if the server answers otherwise, or not within
-    PROBE_S: a slow answer costs the start that long at most."""
-    if ws is None:
-        try:
-            ws = server.websocket("/v1/realtime")
-        except ServerError:
-            return None
-    wait_s = min(server.timeout_s, PROBE_S)
-    deadline = time.monotonic() + wait_s
-    try:
-        ws.recv(wait_s)  # session.created
-        for message in ({"type": "session.update", "model": model}, {"type": "input_audio_buffer.commit"},
-                        {"type": "input_audio_buffer.append", "audio": pcm16_base64(np.zeros(TOKEN_SAMPLES, np.float32))},
-                        {"type": "input_audio_buffer.commit", "final": True}):
-            ws.send(json.dumps(message))
-        while (left := deadline - time.monotonic()) > 0:
-            message = json.loads(ws.recv(left))
-            if message.get("type") in ("transcription.done", "error"):
-                return message.get("usage") if message.get("type") == "transcription.done" else None
-    except (ConnectionClosed, OSError, TimeoutError, ValueError):
-        return None
-    finally:
-        ws.close()
-    return None
-
-
-def _no_keyterms(url: str) -> ConfigError:
+def no_keyterms(url: str) -> ConfigError:
     return ConfigError(f"keyterms ({setting('transcription.keyterms')}) need a local model, or voxcli serve with a "
                        f"Realtime model: the server at {url} gives its tokens without scores", url=url)
-
-
-def _probe_kind(server: _Server) -> tuple[str, ClientConnection | None]:
-    """A server for an offline model has no /v1/realtime: its handshake is refused (403/404).
-    A realtime server's connection is returned open, for the first session."""
-    try:
-        ws = server.websocket("/v1/realtime")
-    except ServerError as exc:
-        if exc.data.get("status") in (403, 404):
-            return "offline", None
-        raise
-    return "realtime", ws

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from voxcli.engine.batching import Job
+from voxcli.engine.contract import DEFAULT
 from voxcli.engine.window import AudioWindow
 from voxcli.events import TokenEvent
 from voxcli.units import TOKEN_MS, seconds
 
-DEFAULT = object()  # "the engine's own keyterms"
 STEP_MS_KEEP = 4096  # step times a session remembers (about 5.5 minutes of audio)
 
 

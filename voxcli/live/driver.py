@@ -33,42 +33,22 @@ from collections.abc import Callable
 import numpy as np
 
 from voxcli.audio.tape import Tape
-from voxcli.errors import ServerError
 from voxcli.events import Notice, Reconnect, Restart, StreamRole, TokenEvent, clamp_span
+from voxcli.live.draining import Draining
 from voxcli.live.items import Endpoint, LiveOptions, LiveToken, Speech, UtteranceDone
+from voxcli.live.streams import Streams
 from voxcli.live.tracking import BLANK_RESTARTS, BlankRuns, CaptureClock
+from voxcli.live.utterances import WholeUtterances
 from voxcli.units import SAMPLE_RATE, samples, seconds
-
-POLL_S = 0.05  # how often a stream finishing on a server is looked at, when the caller waits for it
-
-
-@dataclasses.dataclass
-class _Open:
-    """A stream now open: its engine session, and where in the driver's audio it began."""
-
-    session: object
-    offset: int
-
-
-@dataclasses.dataclass
-class _Draining:
-    """A stream ended at a pause that finishes on a server, collected as its answer comes."""
-
-    session: object
-    role: StreamRole
-    offset: int
-    utterance: int
-    done: UtteranceDone | None  # said once its last token is out (the first stream's)
 
 
 class StreamDriver:
     """One audio stream through ``engine`` (and two-pass's ``final_engine``), items out to ``put``.
 
     ``hear(samples, t)``: the next audio, captured (or arrived) at ``t``; ``end_utterance()``: the
-    caller ends the utterance here (a commit); :func:`cycle` does the steps and flushes; ``drain()``
-    collects what servers answer for streams ended at a pause; ``close()``: the input is over
-    (everything is flushed and collected; waiting is fine now). ``session_options``: the engine's
-    ``session()``/``transcribe()`` keywords for this stream (keyterms). One thread drives it.
+    caller's end (a commit); :func:`cycle` steps and flushes; ``draining.collect()``: what servers
+    answered for streams ended at a pause; ``close()``: the input is over. ``session_options``:
+    the engine's ``session()``/``transcribe()`` keywords (keyterms). One thread drives it.
     """
 
     def __init__(self, engine, put: Callable[[object], None], options: LiveOptions | None = None, *,
@@ -79,8 +59,6 @@ class StreamDriver:
         self.session_options = dict(session_options or {})
         self.realtime = engine.kind == "realtime"
         second = final_engine
-        self.final_engine = second if second is not None and second.kind == "realtime" else None
-        self.final_pass = second if second is not None and second.kind != "realtime" else None  # per utterance
         self.first_role = StreamRole.PROVISIONAL if second is not None else StreamRole.ONLY
         self.heard = 0  # 16 kHz samples heard
         self.clock = CaptureClock()
@@ -90,78 +68,53 @@ class StreamDriver:
         self.utterance = 0
         self.utterance_start = 0  # where the open utterance's audio began (its length, when done)
         self.blank = BlankRuns(opts.blank_run_s)
-        endpoint = opts.endpoint()
-        self.endpointer = None
-        if endpoint is not None:
-            from voxcli.audio.vad import Endpointer
-
-            self.endpointer = Endpointer(endpoint)
-        self.streams: dict[StreamRole, _Open] = {}  # the Realtime streams open now
+        self.endpointer = _endpointer(opts)
+        self.streams = Streams(engine, self.first_role, session_options=self.session_options,
+                               final_engine=second if second is not None and second.kind == "realtime" else None)
+        self.whole = None if self.realtime else WholeUtterances(self, engine)  # an offline model's utterances
+        # Two-pass with an offline final model: a pass over each utterance.
+        self.final_pass = WholeUtterances(self, second) if second is not None and second.kind != "realtime" else None
         self.speech_from: int | None = None  # where the open utterance's speech began (a final pass's start)
-        self.cut_from: int | None = 0 if self.endpointer is None else None  # offline: the open utterance's start
         self.t_ready: float | None = None  # when the audio that lets the streams step now arrived
         self._fresh = False  # audio came since the last settle
-        self._ends: deque = deque()  # (the endpointer's end, or None: the caller's; offline: its start)
-        self._draining: list[_Draining] = []
+        self._ends: deque = deque()  # (the endpointer's end, or None: the caller's; offline: where it began)
+        self.draining = Draining(self)  # streams ended at a pause, finishing on a server
 
     # -- audio in --------------------------------------------------------------------------------
 
     def hear(self, x: np.ndarray, t: float) -> None:
         if self.realtime:
-            self._open()
+            self.streams.ensure(self.heard)
         start, self.heard = self.heard, self.heard + len(x)
         self.clock.add(self.heard, t)
         self.tape.append(x)
         events = self.endpointer.feed(x) if self.endpointer is not None else []
         self.blank.heard(start, self.heard, events)
-        for stream in self.streams.values():
-            stream.session.push(x)
+        self.streams.push(x)
         self.t_ready, self._fresh = t, True
         for vad in events:
             self.put(Speech(vad.kind, vad.sample * 1000 // SAMPLE_RATE, self.utterance + len(self._ends)))
-            if vad.kind == "start":
-                if self.speech_from is None:
-                    self.speech_from = vad.sample
-                if not self.realtime:
-                    self.cut_from = max(vad.sample - samples(self.options.preroll_s), self.tape.start)
-            else:
-                self._ends.append((vad, self.cut_from))
-                if not self.realtime:
-                    self.cut_from = None
+            if vad.kind == "start" and self.speech_from is None:
+                self.speech_from = vad.sample
+            began = self.whole.speech(vad) if self.whole is not None else None
+            if vad.kind == "end":
+                self._ends.append((vad, began))
 
     def end_utterance(self) -> None:
         """The caller's end of the utterance (a client's commit): flushed as an end of speech is."""
-        self._ends.append((None, self.cut_from))
-        if not self.realtime:
-            self.cut_from = self.heard if self.endpointer is None else None
+        self._ends.append((None, self.whole.caller_end() if self.whole is not None else None))
 
     @property
     def ending(self) -> bool:
         return bool(self._ends)
 
-    @property
-    def waiting(self) -> bool:
-        """A stream is waiting for its engine to come back (a server away)."""
-        return any(stream.session.waiting for stream in self.streams.values())
-
-    def _open(self) -> None:
-        roles = [(self.first_role, self.engine, self.session_options)]
-        if self.final_engine is not None:
-            roles.append((StreamRole.FINAL, self.final_engine, {}))
-        for role, engine, kwargs in roles:
-            if role not in self.streams:
-                self.streams[role] = _Open(engine.session(**kwargs), self.heard)
-
     # -- tokens out ------------------------------------------------------------------------------
-
-    def open_streams(self) -> list[tuple[StreamRole, object]]:
-        return [(role, stream.session) for role, stream in self.streams.items()]
 
     def token(self, role: StreamRole, event: TokenEvent, t_ready: float | None, *, flushed: bool = False,
               utterance: int | None = None, offset: int | None = None) -> None:
         """A token of stream ``role`` as an item: its span in the driver's audio, and the moments its
         latency counts from (``t_ready``: when the audio that let it step came)."""
-        shift = seconds(self.streams[role].offset if offset is None else offset)
+        shift = seconds(self.streams.offset(role) if offset is None else offset)
         start = None if event.audio_start_s is None else event.audio_start_s + shift
         end = None if event.audio_end_s is None else event.audio_end_s + shift
         restart_at = None if event.restart_at_s is None else event.restart_at_s + shift
@@ -179,10 +132,11 @@ class StreamDriver:
             self._restarted("eos", samples(restart_at))
 
     def incidents(self) -> None:
-        for stream in self.streams.values():
-            self._incidents(stream.session, stream.offset)
+        for role, session in self.streams.sessions():
+            self.report(session, self.streams.offset(role))
 
-    def _incidents(self, session, offset: int) -> None:
+    def report(self, session, offset: int) -> None:
+        """What ``session`` (started at ``offset``) reports on its way, as items."""
         for item in session.incidents():  # a Reconnect row (at a position in the session's audio), a Notice
             if isinstance(item, Reconnect):  # replayed: all of it since the replay began
                 start_s = seconds(offset) + (item.replay_from_s or 0.0)
@@ -200,34 +154,31 @@ class StreamDriver:
         """The next end: the streams to flush now, in shared forwards. A stream that finishes on a
         server is committed here and collected as its answer comes (``drain``): capture never
         waits for it. An offline model's utterance is transcribed here."""
-        end, cut_from = self._ends[0]
-        if not self.realtime:
-            if cut_from is not None:
-                stop = self.heard if end is None else end.sample + samples(self.options.tail_s)
-                self._transcribe_utterance(cut_from, stop)
+        end, began = self._ends[0]
+        if self.whole is not None:
+            self.whole.ended(began, end)
             return []
         local = []
-        for role, stream in self.streams.items():
-            if stream.session.finish_waits:
-                stream.session.commit()
+        for role, session in self.streams.sessions():
+            if session.finish_waits:
+                session.commit()
                 done = self._done() if role == self.first_role else None
-                self._draining.append(_Draining(stream.session, role, stream.offset, self.utterance, done))
+                self.draining.add(session, role, self.streams.offset(role), self.utterance, done)
             else:
-                local.append((role, stream.session))
+                local.append((role, session))
         return local
 
     def flushed(self) -> None:
         """What follows an end, once its streams are flushed: the endpoint, an offline final pass,
         the utterance done (unless a server still finishes it), the next utterance."""
         end, _ = self._ends.popleft()
-        first = self.streams.get(self.first_role)
-        offset = first.offset if first is not None else self.heard
-        self.streams = {}
+        offset = self.streams.first_offset(self.heard)
+        self.streams.forget()
         if end is not None:
             self.put(Endpoint(seconds(end.sample), seconds(end.decided_sample), self.utterance))
         if self.final_pass is not None and self.speech_from is not None:
-            self._final_pass(max(offset, self.speech_from - samples(self.options.preroll_s)), self.utterance)
-        if not any(d.utterance == self.utterance for d in self._draining):
+            self.final_pass.final_pass(offset, self.speech_from, self.utterance)
+        if not self.draining.holds(self.utterance):
             self.put(self._done())
         self.speech_from = None
         self.utterance += 1
@@ -236,40 +187,19 @@ class StreamDriver:
     def _done(self) -> UtteranceDone:
         return UtteranceDone(self.utterance, seconds(self.heard - self.utterance_start))
 
-    def drain(self) -> None:
-        """What servers have answered for streams ended at a pause (never waits)."""
-        for item in list(self._draining):
-            try:
-                for event in item.session.pending():
-                    self._incidents(item.session, item.offset)
-                    self.token(item.role, event, event.t_emitted, flushed=True, utterance=item.utterance,
-                               offset=item.offset)
-            except ServerError as exc:
-                self.put(Notice(f"{exc} (at the end of utterance {item.utterance})"))
-            self._incidents(item.session, item.offset)
-            if item.session.finished:
-                self._draining.remove(item)
-                self.flushes += 1
-                if item.done is not None:
-                    self.put(item.done)
-
     def settle(self) -> None:
         """After a cycle: a stream that heard speech and said nothing restarts; the tape keeps only
         what may be needed again; an offline utterance too long to wait for is transcribed."""
         fresh, self._fresh = self._fresh, False
-        if self.realtime:
-            if self.waiting:  # on its engine (a server away): not a stream that hears and says nothing
-                self.blank.restarted(self.heard, self.heard)
-            elif fresh and self.blank.over(self.heard):
-                self._restart_blank()
-            first = self.streams.get(self.first_role)
-            kept = first.offset if self.final_pass is not None and first is not None else self.heard
-            self.tape.keep_from(min(self.heard, kept, self.blank.run_from(self.heard)))
+        if self.whole is not None:
+            self.whole.settle()
             return
-        if self.cut_from is not None and self.heard - self.cut_from >= samples(self.options.max_utterance_s):
-            self._transcribe_utterance(self.cut_from, self.heard)  # too long to wait
-            self.cut_from = self.heard
-        self.tape.keep_from(self.cut_from if self.cut_from is not None else self.heard - samples(self.options.preroll_s))
+        if self.streams.waiting:  # on its engine (a server away): not a stream that hears and says nothing
+            self.blank.restarted(self.heard, self.heard)
+        elif fresh and self.blank.over(self.heard):
+            self._restart_blank()
+        kept = self.streams.first_offset(self.heard) if self.final_pass is not None else self.heard
+        self.tape.keep_from(min(self.heard, kept, self.blank.run_from(self.heard)))
 
     def _restart_blank(self) -> None:
         """A stream that heard speech and said nothing: a new one, replayed from where the run
@@ -281,30 +211,21 @@ class StreamDriver:
                             f"checkpoint right?)"))
             return
         at = self.blank.run_from(self.heard)
-        old = self.streams.get(self.first_role)
-        if old is not None:
-            old.session.close()
-        session = self.engine.session(**self.session_options)
-        session.push(self.tape.slice(at, self.heard))
-        self.streams[self.first_role] = _Open(session, at)
+        self.streams.replace_first(at, self.tape.slice(at, self.heard))
         self._restarted("blank_run", at)
 
     def close(self) -> None:
         """The input is over: every stream flushed (waiting on a server is fine now) and every
         answer collected, the endpointer's last end said, the last utterance's final pass."""
-        if self.realtime:
-            local = [(self, role, s) for role, s in self.open_streams() if not s.finish_waits]
-            finish(self.engine, local)
-            for role, stream in self.streams.items():
-                if stream.session.finish_waits:
-                    self._finish_waiting(role, stream)
-            while self._draining:
-                self.drain()
-                time.sleep(POLL_S if self._draining else 0)
-        elif self.cut_from is not None and self.heard > self.cut_from:
-            self._transcribe_utterance(self.cut_from, self.heard)
-        first = self.streams.get(self.first_role)
-        offset = first.offset if first is not None else self.heard
+        sessions = self.streams.sessions()
+        finish(self.engine, [(self, role, s) for role, s in sessions if not s.finish_waits])
+        for role, session in sessions:
+            if session.finish_waits:
+                self.draining.wait_for(role, session, self.streams.offset(role))
+        self.draining.wait()
+        if self.whole is not None:
+            self.whole.close()
+        offset = self.streams.first_offset(self.heard)
         last = self.utterance
         for vad in self.endpointer.flush() if self.endpointer is not None else []:
             self.put(Endpoint(seconds(vad.sample), seconds(vad.decided_sample), self.utterance))
@@ -313,58 +234,22 @@ class StreamDriver:
         # offline model: trailing silence after the last end of speech is never sent.
         if self.final_pass is not None and self.heard > offset and (self.speech_from is not None
                                                                    or self.endpointer is None):
-            start = offset if self.speech_from is None else max(offset, self.speech_from
-                                                                - samples(self.options.preroll_s))
-            self._final_pass(start, last)
-        self.streams = {}
+            self.final_pass.final_pass(offset, self.speech_from, last)
+        self.streams.forget()
 
     def drop(self) -> None:
         """Every stream dropped unfinished (the caller has gone)."""
-        for stream in self.streams.values():
-            stream.session.close()
-        for item in self._draining:
-            item.session.close()
-        self.streams, self._draining = {}, []
+        self.streams.drop()
+        self.draining.drop()
 
-    def _finish_waiting(self, role: StreamRole, stream: _Open) -> None:
-        """A server's last answer as it comes. Waiting for it can take ``model.reconnect_s`` when
-        the server is away, and what happens meanwhile is said when it happens."""
-        session, offset = stream.session, stream.offset
-        t_ready, end_s = time.perf_counter(), seconds(session.pushed_samples)
-        session.commit()
-        try:
-            while True:
-                for event in session.pending():
-                    self._incidents(session, offset)  # what happened on the way comes before what followed it
-                    event = clamp_span(event, end_s)
-                    self.token(role, event, t_ready, flushed=True)
-                    t_ready = event.t_emitted
-                self._incidents(session, offset)
-                if session.finished:
-                    break
-                time.sleep(POLL_S)
-        finally:  # a stream that failed still says what happened first (the outage it waited out)
-            self._incidents(session, offset)
-        self.flushes += 1
 
-    # -- offline models --------------------------------------------------------------------------
+def _endpointer(options: LiveOptions):
+    endpoint = options.endpoint()
+    if endpoint is None:
+        return None
+    from voxcli.audio.vad import Endpointer
 
-    def _transcribe_utterance(self, start: int, stop: int) -> None:
-        audio = self.tape.slice(start, stop)
-        t_ready = time.perf_counter()
-        # With an endpointer, the utterance is speech; without, the engine finds the speech in it.
-        segments = [(0, len(audio))] if self.endpointer is not None else None
-        for event in self.engine.transcribe(audio, segments=segments, **self.session_options):
-            self.token(self.first_role, event, t_ready, offset=start)
-        self.flushes += 1
-
-    def _final_pass(self, start: int, utterance: int) -> None:
-        """Two-pass with an offline model: the utterance that just ended, transcribed whole (from
-        its speech's start, less the preroll, to now)."""
-        audio = self.tape.slice(start, self.heard)
-        t_ready = time.perf_counter()
-        for event in self.final_pass.transcribe(audio, language=self.options.language, segments=[(0, len(audio))]):
-            self.token(StreamRole.FINAL, event, t_ready, utterance=utterance, offset=start)
+    return Endpointer(endpoint)
 
 
 # -- the forwards, for any number of drivers ------------------------------------------------------
@@ -380,7 +265,7 @@ def _together(engine, sessions: list, finishing: bool):
 
 def step(engine, drivers: list[StreamDriver]) -> None:
     """Every step the drivers' streams can take, each step of all of them in one forward."""
-    pairs = [(d, role, s) for d in drivers for role, s in d.open_streams()]
+    pairs = [(d, role, s) for d in drivers for role, s in d.streams.sessions()]
     for i, event in _together(engine, [s for _, _, s in pairs], finishing=False):
         d, role, _ = pairs[i]
         d.token(role, event, event.t_emitted if d.t_ready is None else d.t_ready)

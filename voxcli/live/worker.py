@@ -17,8 +17,10 @@ from collections.abc import Callable
 from voxcli.audio.capture import level_db
 from voxcli.engine.contract import Engine
 from voxcli.errors import ServerError
-from voxcli.live.driver import POLL_S, StreamDriver, cycle
+from voxcli.live.driver import StreamDriver, cycle
 from voxcli.live.items import AudioIn, LiveOptions
+
+POLL_S = 0.05  # how long the worker waits for a block before looking at a server's deltas again
 
 
 class LiveWorker:
@@ -51,7 +53,7 @@ class LiveWorker:
         self._block_iter = blocks = self._blocks()
         try:
             for t_cap, x in blocks:
-                driver.drain()
+                driver.draining.collect()
                 if x is not None:
                     put(AudioIn(x, level_db(x), self.source.backlog))
                     driver.hear(x, t_cap)

@@ -246,7 +246,7 @@ class Scheduler:
             return
         try:
             for s in live:
-                s.driver.drain()
+                s.driver.draining.collect()
             cycle(self.engine, [s.driver for s in live])
         except Exception as exc:  # noqa: BLE001 - a failed forward fails its streams, not the server
             self._fail(live, exc)

@@ -35,140 +35,23 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from voxcli.audio.decode import SAMPLE_RATE, load_audio
+from voxcli.audio.devices import (
+    DeviceInfo,
+    default_input,
+    list_input_devices,
+    load_sounddevice,
+    pick_rate,
+    resolve_device,
+)
 from voxcli.audio.levels import rms_db
 from voxcli.errors import AudioError
 from voxcli.errors import one_line as _one_line
 
 __all__ = ["DeviceInfo", "list_input_devices", "MicSource", "FileSource", "level_db"]
-
-_NO_PORTAUDIO = (
-    "PortAudio is not installed: on Debian/Ubuntu run `sudo apt-get install libportaudio2` "
-    "(on macOS and Windows it comes with the sounddevice wheel)"
-)
-_NO_INPUT = (
-    "no audio input device found (connect a microphone; on Linux check that your user may use "
-    "the sound card, e.g. is in the 'audio' group)"
-)
-# The floor of level_db: digital silence would otherwise be -inf, which breaks JSON and maths.
-
-
-# --------------------------------------------------------------------------------------------
-# Devices
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """An audio input device as PortAudio lists it."""
-
-    index: int
-    name: str
-    hostapi: str  # e.g. "ALSA", "Core Audio", "Windows WASAPI"
-    channels: int  # input channels
-    default_rate: float  # Hz
-    is_default: bool  # the device ``MicSource(None)`` opens
-
-
-def list_input_devices() -> list[DeviceInfo]:
-    """Input-capable devices, each once, in PortAudio's order. No device at all gives ``[]``."""
-    sd = _sounddevice()
-    try:
-        devices = sd.query_devices()
-        hostapis = sd.query_hostapis()
-    except sd.PortAudioError as e:
-        raise AudioError(f"cannot list audio devices ({_one_line(str(e))})") from None
-    default = _default_input(sd)
-    found: dict[int, DeviceInfo] = {}
-    for index, d in enumerate(devices):
-        if d["max_input_channels"] <= 0 or index in found:
-            continue
-        found[index] = DeviceInfo(
-            index=index,
-            name=d["name"],
-            hostapi=hostapis[d["hostapi"]]["name"],
-            channels=int(d["max_input_channels"]),
-            default_rate=float(d["default_samplerate"]),
-            is_default=index == default,
-        )
-    return list(found.values())
-
-
-def _default_input(sd) -> int | None:
-    try:
-        return int(sd.query_devices(kind="input")["index"])
-    except (sd.PortAudioError, ValueError):  # "Error querying device -1": there is none
-        return None
-
-
-def _sounddevice():
-    """Import sounddevice, turning a missing PortAudio into a one-line AudioError."""
-    try:
-        import sounddevice
-    except OSError as e:  # the Linux wheel does not bundle PortAudio
-        if "PortAudio library not found" in str(e):
-            raise AudioError(_NO_PORTAUDIO) from None
-        raise AudioError(f"cannot load PortAudio ({_one_line(str(e))})") from None
-    except ImportError:
-        raise AudioError(
-            "the sounddevice package is not installed: pip install sounddevice"
-        ) from None
-    return sounddevice
-
-
-def _resolve_device(sd, device: str | int | None) -> dict:
-    """PortAudio's info dict for the requested input device, or a one-line AudioError."""
-    try:
-        devices = list(sd.query_devices())
-    except sd.PortAudioError as e:
-        raise AudioError(f"cannot list audio devices ({_one_line(str(e))})") from None
-    inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
-    if not inputs:
-        raise AudioError(_NO_INPUT)
-    available = ", ".join(f"[{i}] {d['name']}" for i, d in inputs)
-
-    if isinstance(device, str) and device.strip().isdigit():
-        device = int(device)
-    if device is None:
-        index = _default_input(sd)
-        if index is None:
-            raise AudioError(f"no default audio input device; choose one of: {available}")
-    elif isinstance(device, int) and not isinstance(device, bool):
-        index = device
-        if not 0 <= index < len(devices):
-            raise AudioError(
-                f"no audio input device with index {index}; input devices: {available}"
-            )
-        if devices[index]["max_input_channels"] <= 0:
-            raise AudioError(
-                f"audio device [{index}] {devices[index]['name']} has no input channels; "
-                f"input devices: {available}"
-            )
-    elif isinstance(device, str):
-        try:
-            index = int(sd.query_devices(device, "input")["index"])
-        except ValueError as e:
-            if str(e).startswith("Multiple"):
-                raise AudioError(
-                    f"several audio input devices match {device!r}; give more of the name or the "
-                    f"index: {available}"
-                ) from None
-            raise AudioError(
-                f"no audio input device matches {device!r}; input devices: {available}"
-            ) from None
-    else:
-        raise TypeError(f"device must be a name, an index or None, got {device!r}")
-    info = dict(devices[index])
-    info["index"] = index
-    return info
-
-
-# --------------------------------------------------------------------------------------------
-# Sources
-
 
 class _Source:
     """The queue, counters and end-of-stream bookkeeping both sources share."""
@@ -321,9 +204,9 @@ class MicSource(_Source):
 
     def check(self) -> None:
         """Resolve the device and its rate without opening it: errors come before a model loads."""
-        sd = _sounddevice()
-        info = _resolve_device(sd, self.device)
-        _pick_rate(sd, info["index"], info["name"], int(info["default_samplerate"]))
+        sd = load_sounddevice()
+        info = resolve_device(sd, self.device)
+        pick_rate(sd, info["index"], info["name"], int(info["default_samplerate"]))
 
     def start(self) -> None:
         try:
@@ -333,17 +216,17 @@ class MicSource(_Source):
             raise
 
     def _open(self) -> None:
-        sd = _sounddevice()
-        info = _resolve_device(sd, self.device)
+        sd = load_sounddevice()
+        info = resolve_device(sd, self.device)
         index, name = info["index"], info["name"]
-        rate = _pick_rate(sd, index, name, int(info["default_samplerate"]))
+        rate = pick_rate(sd, index, name, int(info["default_samplerate"]))
         self.device_info = DeviceInfo(
             index=index,
             name=name,
             hostapi=sd.query_hostapis(info["hostapi"])["name"],
             channels=int(info["max_input_channels"]),
             default_rate=float(info["default_samplerate"]),
-            is_default=index == _default_input(sd),
+            is_default=index == default_input(sd),
         )
         self._begin(rate)
         try:
@@ -406,20 +289,6 @@ class MicSource(_Source):
             self._stream.close(ignore_errors=True)
         except Exception:  # noqa: BLE001 - a vanished device may fail to close; nothing to save
             pass
-
-
-def _pick_rate(sd, index: int, name: str, default_rate: int) -> int:
-    """16 kHz if the device takes it (no resampling needed), else its default rate."""
-    reasons = []
-    for rate in dict.fromkeys((SAMPLE_RATE, default_rate)):
-        try:
-            sd.check_input_settings(device=index, channels=1, dtype="float32", samplerate=rate)
-            return rate
-        except (sd.PortAudioError, ValueError) as e:
-            reasons.append(f"{rate} Hz: {_one_line(str(e))}")
-    raise AudioError(
-        f"audio input device [{index}] {name} refuses mono float32 capture ({'; '.join(reasons)})"
-    )
 
 
 class FileSource(_Source):

@@ -6,9 +6,7 @@ model, so `voxcli --help` and `voxcli config` start fast.
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -16,8 +14,30 @@ from typing import Annotated
 import typer
 
 from voxcli import __version__
+from voxcli.cli.loading import load_engine
+from voxcli.cli.options import (
+    MODEL_KEYS,
+    TOKEN_KEYS,
+    AlternativesOpt,
+    ApiKeyOpt,
+    CompileOpt,
+    ConfigOpt,
+    DebugOpt,
+    DelayOpt,
+    DeviceOpt,
+    DtypeOpt,
+    KeytermBiasOpt,
+    KeytermOpt,
+    KeytermsFileOpt,
+    LanguageOpt,
+    LowConfidenceOpt,
+    ModelOpt,
+    OfflineOpt,
+    ServerOpt,
+    StepOpt,
+    ThreadsOpt,
+)
 from voxcli.config import OUTPUT_FORMATS, Config, dump_yaml, load_config
-from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
 from voxcli.errors import ConfigError, VoxcliError
 
 HELP = """Live, local speech-to-text with Mistral's Voxtral models.
@@ -32,71 +52,6 @@ Set VOXCLI_DEBUG=1 (or pass --debug) to see full tracebacks.
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown")
 transcribe_app = typer.Typer(help="Transcribe audio you already have.", no_args_is_help=True)
 app.add_typer(transcribe_app, name="transcribe")
-
-# Shared options. Each defaults to None, meaning "not given": the config file decides.
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.",
-                                                show_default=False)]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", show_default=False,
-    help="Hub id or local checkpoint directory. Default: mistralai/Voxtral-Mini-4B-Realtime-2602. "
-         "Also: mistralai/Voxtral-Mini-3B-2507, mistralai/Voxtral-Small-24B-2507.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cuda, cuda:N, mps or cpu.",
-                                               show_default=False)]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, bfloat16, float16 or float32.",
-                                              show_default=False)]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (0: torch's default).",
-                                                show_default=False)]
-DelayOpt = Annotated[int | None, typer.Option(
-    "--delay-ms", show_default=False,
-    help=f"Realtime model: transcription delay in ms, {DELAYS_TEXT} (checkpoint default 480). "
-         "Lower shows words sooner, higher is more accurate.")]
-LanguageOpt = Annotated[str | None, typer.Option(
-    "--language", "-l", show_default=False,
-    help="Offline models (3B/24B): language hint such as en, fr, de; 'auto' detects it.")]
-OfflineOpt = Annotated[bool, typer.Option(
-    "--offline", help="Never contact the Hugging Face hub: use a local directory or the cache.")]
-ServerOpt = Annotated[str | None, typer.Option(
-    "--server", show_default=False,
-    help="Use a vLLM server (http://HOST:PORT, or https:// with its certificate checked) as the engine; "
-         "--model is then the served model name.")]
-ApiKeyOpt = Annotated[str | None, typer.Option(
-    "--api-key", show_default=False,
-    help="With --server: the key of a server started with `vllm serve --api-key`. VOXCLI_API_KEY does "
-         "the same and keeps the key out of the process list.")]
-StepOpt = Annotated[str | None, typer.Option(
-    "--step", show_default=False,
-    help="Realtime model: static (default: preallocated ring buffers, compilable) or hf (transformers' "
-         "eager forward, the reference).")]
-CompileOpt = Annotated[bool | None, typer.Option(
-    "--compile/--no-compile", show_default=False,
-    help="Static step: torch.compile it (CUDA graphs on a GPU). Default: on for CUDA, off on the CPU. "
-         "Compiling takes seconds to minutes at start-up, reported apart.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
-KeytermOpt = Annotated[list[str] | None, typer.Option(
-    "--keyterm", "-k", show_default=False,
-    help="A word or phrase to favour (a name, jargon); repeat for more. Its tokens' scores get --keyterm-bias "
-         "in every step; each one said is counted in the summary. A local model, or voxcli serve as the server.")]
-KeytermsFileOpt = Annotated[Path | None, typer.Option(
-    "--keyterms-file", show_default=False, help="Keyterms from a file, one phrase a line (# comments).")]
-KeytermBiasOpt = Annotated[float | None, typer.Option(
-    "--keyterm-bias", show_default=False, min=0.0, max=20.0,
-    help="Logits added for keyterms (default 2.0: a favoured token wins when at least ~14% as likely as "
-         "the top one). 0 counts them without favouring.")]
-AlternativesOpt = Annotated[int | None, typer.Option(
-    "--alternatives", show_default=False, min=0, max=20,
-    help="Every token event carries p and the top K alternatives with log-probabilities (json, jsonl, "
-         "session files). Default 0: off.")]
-LowConfidenceOpt = Annotated[float | None, typer.Option(
-    "--low-confidence", show_default=False, min=0.0, max=1.0,
-    help="Underline words in the live view with a token less likely than P (e.g. 0.5). Default 0: off.")]
-# The configuration keys the keyterm and confidence options set.
-TOKEN_KEYS = {"transcription.keyterms": "keyterm", "transcription.keyterm_bias": "keyterm_bias",
-              "transcription.alternatives": "alternatives"}
-# The configuration keys the model options above set (each command adds its own device flag).
-MODEL_KEYS = {"model.name": "model", "model.dtype": "dtype", "model.threads": "threads",
-              "model.offline": "offline", "model.server": "server", "model.api_key": "api_key",
-              "transcription.delay_ms": "delay_ms", "model.step": "step", "model.compile": "compile"}
-
 
 def _debug_on(debug: bool) -> bool:
     return debug or os.environ.get("VOXCLI_DEBUG", "") not in ("", "0")
@@ -171,85 +126,6 @@ def _exit_with(ctx: typer.Context, job, debug: bool):
     raise typer.Exit(code)
 
 
-def _quiet_libraries(debug: bool) -> None:
-    """Library chatter (warnings, transformers' weight-loading bars) would bury the transcript;
-    the hub's download progress bars stay, so a first run shows its download."""
-    if debug:
-        logging.basicConfig(level=logging.INFO)
-        logging.getLogger("voxcli.engine.memory").setLevel(logging.DEBUG)  # what the memory check counted, item by item
-        return
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()  # weight-loading bars
-        # ... which also turns off the hub's, and a download must show its progress.
-        import huggingface_hub.utils
-
-        huggingface_hub.utils.enable_progress_bars()
-    except ImportError:
-        pass
-
-
-def _load_engine(cfg: Config, status_console, debug: bool = False):
-    """The engine, with a spinner while it loads and one line saying what was loaded."""
-    from voxcli.engine.opener import open_engine
-
-    if not cfg.model.server:
-        _quiet_libraries(debug)
-    engine = open_engine(cfg, loading=lambda: status_console.status(_loading_text(cfg), spinner="dots"))
-    info = engine.info
-    if not info.n_params:  # nothing loaded here: a server's
-        status_console.print(f"[dim]{info.model}: {engine.kind} on {info.device}[/dim]", highlight=False)
-        return engine
-    status_console.print(
-        f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}"
-        f"{' (' + info.extra['dtype_why'] + ')' if 'dtype_why' in info.extra else ''}; "
-        f"{_step_text(info)}{_streams_text(info)}loaded in {info.load_s:.1f} s, "
-        f"warm-up {info.warmup_s * 1000:.0f} ms[/dim]", highlight=False)
-    if debug and info.extra.get("compile_fallback_traceback"):
-        status_console.print(info.extra["compile_fallback_traceback"], markup=False, highlight=False, end="")
-    return engine
-
-
-def _streams_text(info) -> str:
-    """With model.max_streams > 1: the rows of the batched step, what one costs, how many fit."""
-    streams = info.extra.get("streams")
-    if not streams:
-        return ""
-    return (f"{streams['rows']} streams per forward, {streams['row_gib'] * 1024:.0f} MiB each, "
-            f"{streams['fit']} fit; ")
-
-
-def _loading_text(cfg: Config) -> str:
-    """What the spinner says while the model loads; compiling can take minutes, so it says that too."""
-    if cfg.model.server:
-        return f"connecting to {cfg.model.server} ..."
-    text = f"loading {cfg.model.name} ..."
-    if cfg.model.step != "static" or cfg.model.compile == "off":
-        return text
-    from voxcli.engine.local import resolve_device, wants_compile
-
-    try:
-        compiled = wants_compile(cfg.model.compile, resolve_device(cfg.model.device))
-    except (VoxcliError, ValueError):
-        return text  # load_engine says what is wrong
-    if not compiled:
-        return text
-    return (f"loading {cfg.model.name} ... (a Realtime model's step is compiled on the way: minutes on a GPU the "
-            f"first time, --no-compile skips it)")
-
-
-def _step_text(info) -> str:
-    from voxcli.output.tables import step_words
-
-    words = step_words(info.extra.get("step"), info.extra.get("compile_s"), graphs=info.extra.get("graphs"),
-                       fallback=info.extra.get("compile_fallback"))
-    return f"{words}; " if words else ""
-
-
 @app.callback(invoke_without_command=True)
 def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
     if version:
@@ -297,7 +173,7 @@ def transcribe_file(
     from voxcli.cli.transcribe import FileJob, run_files
 
     job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
-    _exit_with(ctx, lambda: run_files(job, load_engine=partial(_load_engine, debug=debug)), debug)
+    _exit_with(ctx, lambda: run_files(job, load_engine=partial(load_engine, debug=debug)), debug)
 
 
 @app.command("listen")
@@ -376,7 +252,7 @@ def listen_cmd(
         raise _fail("--report draws the saved session: add --save DIR", 2)
     job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds, format=output_format,
                     report_path=report)
-    _exit_with(ctx, lambda: run_listen(job, load_engine=partial(_load_engine, debug=debug)), debug)
+    _exit_with(ctx, lambda: run_listen(job, load_engine=partial(load_engine, debug=debug)), debug)
 
 
 @app.command("bench")
@@ -426,7 +302,7 @@ def bench_cmd(
 
     _exit_with(ctx, lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
                                          batch_words=batch_words, json_path=json_path,
-                                         load_engine=partial(_load_engine, debug=debug),
+                                         load_engine=partial(load_engine, debug=debug),
                                          concurrency=concurrency, plot_path=plot,
                                          final_delay_ms=final_delay_ms), debug)
 
@@ -478,7 +354,7 @@ def serve_cmd(
         "serve.max_sessions": "max_sessions"})
     from voxcli.cli.serve import run_serve
 
-    _exit_with(ctx, lambda: run_serve(cfg, load_engine=partial(_load_engine, debug=debug)), debug)
+    _exit_with(ctx, lambda: run_serve(cfg, load_engine=partial(load_engine, debug=debug)), debug)
 
 
 @app.command("report")

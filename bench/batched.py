@@ -56,7 +56,7 @@ def _forwards(base, engines, active: list[int], clip: np.ndarray) -> list[float]
 def run_batched(model_dir: str, sizes: list[int], clip: np.ndarray, *, threads: int = 1, rounds: int = 2,
                 runs: int = 3) -> dict:
     from voxcli.events import summarize
-    from voxcli.measure.runs import environment
+    from voxcli.measure.environment import environment
 
     clip = clip[: 30 * 16000]  # inside the first decoder span (512 tokens = 41 s)
     top = max(sizes)

@@ -29,7 +29,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -788,21 +787,9 @@ def print_tables(models: list[dict], clips: list[Clip], summary: dict, ratio: di
 
 
 def machine() -> dict:
-    import torch
-    import transformers
+    from voxcli.measure.environment import host
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch_threads": torch.get_num_threads()}
+    return host()
 
 
 def load_clips(patterns: list[str]) -> list[Clip]:

@@ -58,8 +58,10 @@ from pathlib import Path
 
 import numpy as np
 
+from voxcli.events import percentile
+from voxcli.measure.environment import host
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PATHS = {"hf": ("hf", False), "static": ("static", False), "compiled": ("static", True)}
 BANDWIDTH_TB_S = {"H200": 4.8, "H100": 3.35, "A100": 2.0, "L40S": 0.864, "RTX 4090": 1.0}
@@ -120,7 +122,8 @@ def clip(seconds: float) -> np.ndarray:
 
 
 def pct(values, q: float):
-    return round(float(np.percentile(values, q)), 3) if len(values) else None
+    value = percentile(values, q)
+    return None if value is None else round(value, 3)
 
 
 def measure_path(engine, audio: np.ndarray, runs: int, device: str) -> dict:
@@ -237,11 +240,8 @@ class Phases:
 
 
 def versions(device: str) -> dict:
-    import torch
-    import transformers
 
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "cuda": torch.version.cuda, "driver": None}
+    out = {**host(), "driver": None}
     if device.startswith("cuda"):
         try:
             smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -431,7 +431,39 @@ def floor_ms(n_params: int, dtype_bytes: int, device_name: str) -> dict | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+class _Run:
+    """One run of this script: the arguments, the model built once, the figures so far."""
+
+    def __init__(self, args, model, processor, build_s: float, audio: np.ndarray, deadline: float, phases) -> None:
+        self.args, self.model, self.processor, self.build_s = args, model, processor, build_s
+        self.n_params = sum(t.numel() for t in model.parameters())
+        self.audio, self.deadline, self.phases = audio, deadline, phases
+        self.engines: dict = {}
+        self.result: dict = {"paths": {}}
+
+    def info(self):
+        from voxcli.engine.contract import EngineInfo
+
+        return EngineInfo(model="random", kind="realtime", device=self.args.device, dtype=self.args.dtype,
+                          n_params=self.n_params, load_s=self.build_s)
+
+    def engine(self, step: str, compiled: bool):
+        from voxcli.engine.realtime import RealtimeEngine
+
+        return RealtimeEngine(self.model, self.processor, self.info(), delay_ms=self.args.delay_ms, step=step,
+                              compile=compiled)
+
+    def phase(self, name: str, measure) -> None:
+        """``measure()`` within the deadline, its figures (or its error) written as phase ``name``."""
+        try:
+            with deadline_at(self.deadline):
+                self.result[name] = measure()
+            self.phases.write(name, self.result[name])
+        except Exception as exc:  # noqa: BLE001 - the figures before it stand
+            self.phases.write(name, {"error": f"{type(exc).__name__}: {first_line(exc)}"})
+
+
+def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
@@ -444,109 +476,93 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a tiny model instead of the full size (smoke test)")
     p.add_argument("--json", help="write one JSON line per finished phase here (flushed as it finishes)")
     args = p.parse_args(argv)
-    t_begin = T_PROCESS
-    deadline = t_begin + args.budget_s - 1.0  # the last second: the summary line
-
-    import torch
-    import transformers
-
-    from voxcli.engine.local import EngineInfo, RealtimeEngine
-
-    paths = [x for x in args.paths.split(",") if x]
-    unknown = set(paths) - set(PATHS)
+    args.paths = [x for x in args.paths.split(",") if x]
+    unknown = set(args.paths) - set(PATHS)
     if unknown:
         p.error(f"unknown path(s) {', '.join(sorted(unknown))}; choose from {', '.join(PATHS)}")
+    import torch
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("CUDA is not available here (use --device cpu --tiny for a smoke test)")
-    model, processor, build_s = build(args.device, args.dtype, args.tiny, args.delay_ms)
-    n_params = sum(t.numel() for t in model.parameters())
-    device_name = (torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda")
-                   else platform.processor() or "cpu")
-    audio = clip(args.clip_s)
-    result = {
-        "environment": {"device": args.device, "device_name": device_name, "dtype": args.dtype,
-                        "torch": torch.__version__, "transformers": transformers.__version__,
-                        "model": "tiny random" if args.tiny else "full-size random Voxtral Mini 4B Realtime",
-                        "n_params": n_params, "build_s": round(build_s, 1), "delay_ms": args.delay_ms,
-                        "clip_s": args.clip_s, "runs": args.runs},
-        "floor": floor_ms(n_params, torch.finfo(getattr(torch, args.dtype)).bits // 8, device_name),
-        "paths": {},
-    }
-    phases = Phases(args.json)
-    phases.write("environment", {**result["environment"], "versions": versions(args.device),
-                                 "floor": result["floor"]})
-    engines = {}
-    for name in paths:
-        if time.perf_counter() > deadline:
+    return args
+
+
+def _measure_paths(run: _Run) -> None:
+    """Each step path's figures (one failing must not hide the others'); the compiled one's extras."""
+    args, result = run.args, run.result
+    for name in args.paths:
+        if time.perf_counter() > run.deadline:
             result["paths"][name] = {"skipped": "over the time budget"}
             continue
         step, compiled = PATHS[name]
-        info = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
-                          n_params=n_params, load_s=build_s)
         try:
-            with deadline_at(deadline):
-                engine = RealtimeEngine(model, processor, info, delay_ms=args.delay_ms, step=step, compile=compiled)
-                result["paths"][name] = measure_path(engine, audio, args.runs, args.device)
-            engines[name] = engine
+            with deadline_at(run.deadline):
+                engine = run.engine(step, compiled)
+                result["paths"][name] = measure_path(engine, run.audio, args.runs, args.device)
+            run.engines[name] = engine
         except Exception as exc:  # noqa: BLE001 - one path failing must not hide the others' figures
             result["paths"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        phases.write(name, result["paths"][name])
-        if name == "compiled" and name in engines:
+        run.phases.write(name, result["paths"][name])
+        if name == "compiled" and name in run.engines:
             try:
-                again = None
-                with deadline_at(deadline):
-                    info2 = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
-                                       n_params=n_params, load_s=build_s)
-                    again = RealtimeEngine(model, processor, info2, delay_ms=args.delay_ms, step=step, compile=True)
+                with deadline_at(run.deadline):
+                    again = run.engine(step, True)
                     again.warmup(spans=[engine.static.spans()[0]])
-                compiled_extras(engines[name], again, audio, args.device, phases, deadline)
+                compiled_extras(run.engines[name], again, run.audio, args.device, run.phases, run.deadline)
             except Exception as exc:  # noqa: BLE001
-                phases.write("compiled_extras", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
+                run.phases.write("compiled_extras", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
+
+
+def _measure_beyond(run: _Run) -> None:
+    """static against hf, sessions in real time, the batched step, EOS with and without restarts."""
+    args, result, engines = run.args, run.result, run.engines
     if "static" in engines and "hf" in engines:
-        try:
-            with deadline_at(deadline):
-                result["static_vs_hf"] = static_vs_hf(engines["static"], engines["hf"], audio)
-            phases.write("static_vs_hf", result["static_vs_hf"])
-        except Exception as exc:  # noqa: BLE001
-            phases.write("static_vs_hf", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
+        run.phase("static_vs_hf", lambda: static_vs_hf(engines["static"], engines["hf"], run.audio))
     timed = {k: v for k, v in result["paths"].items() if v.get("step_ms", {}).get("p50")}
-    if timed:
-        fastest = min(timed, key=lambda k: timed[k]["step_ms"]["p50"])
-        result["fastest"] = fastest
-        if "hf" in timed:
-            result["speedup_vs_hf"] = {k: round(timed["hf"]["step_ms"]["p50"] / v["step_ms"]["p50"], 2)
-                                       for k, v in timed.items()}
-        try:
-            with deadline_at(deadline):
-                result["sessions"] = {"path": fastest, **sessions_in_real_time(
-                    engines[fastest], clip(min(args.clip_s, 4.0)), args.max_sessions, deadline)}
-            phases.write("sessions", result["sessions"])
-        except Deadline as exc:
-            phases.write("sessions", {"error": str(exc)})
-        batched_path = "compiled" if "compiled" in timed else "static" if "static" in timed else None
-        if batched_path is not None:
-            try:
-                info = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
-                                  n_params=n_params, load_s=build_s)
-                result["batched"] = batched(model, processor, info, compiled=batched_path == "compiled",
-                                            delay_ms=args.delay_ms, audio=clip(min(args.clip_s, 4.0)),
-                                            max_streams=args.max_sessions, device=args.device, phases=phases,
-                                            t_end=deadline)
-                phases.write("batched", result["batched"])
-            except Exception as exc:  # noqa: BLE001 - the figures before it stand
-                phases.write("batched", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
-        try:
-            info = EngineInfo(model="random", kind="realtime", device=args.device, dtype=args.dtype,
-                              n_params=n_params, load_s=build_s)
-            with deadline_at(deadline):
-                long_clip = np.tile(audio, int(np.ceil(30 * 16000 / len(audio))))[:30 * 16000]
-                result["eos_ab"] = eos_ab(model, processor, info, compiled="compiled" in timed,
-                                          delay_ms=args.delay_ms, audio=long_clip)
-            phases.write("eos_ab", result["eos_ab"])
-        except Exception as exc:  # noqa: BLE001
-            phases.write("eos_ab", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
+    if not timed:
+        return
+    fastest = min(timed, key=lambda k: timed[k]["step_ms"]["p50"])
+    result["fastest"] = fastest
+    if "hf" in timed:
+        result["speedup_vs_hf"] = {k: round(timed["hf"]["step_ms"]["p50"] / v["step_ms"]["p50"], 2)
+                                   for k, v in timed.items()}
+    short = clip(min(args.clip_s, 4.0))
+    run.phase("sessions", lambda: {"path": fastest, **sessions_in_real_time(engines[fastest], short,
+                                                                            args.max_sessions, run.deadline)})
+    batched_path = "compiled" if "compiled" in timed else "static" if "static" in timed else None
+    if batched_path is not None:
+        run.phase("batched", lambda: batched(run.model, run.processor, run.info(),
+                                             compiled=batched_path == "compiled", delay_ms=args.delay_ms,
+                                             audio=short, max_streams=args.max_sessions, device=args.device,
+                                             phases=run.phases, t_end=run.deadline))
+    long_clip = np.tile(run.audio, int(np.ceil(30 * 16000 / len(run.audio))))[:30 * 16000]
+    run.phase("eos_ab", lambda: eos_ab(run.model, run.processor, run.info(), compiled="compiled" in timed,
+                                       delay_ms=args.delay_ms, audio=long_clip))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    t_begin = T_PROCESS
+    deadline = t_begin + args.budget_s - 1.0  # the last second: the summary line
+    import torch
+
+    model, processor, build_s = build(args.device, args.dtype, args.tiny, args.delay_ms)
+    run = _Run(args, model, processor, build_s, clip(args.clip_s), deadline, Phases(args.json))
+    device_name = (torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda")
+                   else platform.processor() or "cpu")
+    run.result["environment"] = {
+        "device": args.device, "device_name": device_name, "dtype": args.dtype,
+        "model": "tiny random" if args.tiny else "full-size random Voxtral Mini 4B Realtime",
+        "n_params": run.n_params, "build_s": round(build_s, 1), "delay_ms": args.delay_ms,
+        "clip_s": args.clip_s, "runs": args.runs}
+    run.result["floor"] = floor_ms(run.n_params, torch.finfo(getattr(torch, args.dtype)).bits // 8, device_name)
+    run.phases.write("environment", {**run.result["environment"], "versions": versions(args.device),
+                                     "floor": run.result["floor"]})
+    _measure_paths(run)
+    _measure_beyond(run)
+    result = run.result
     result["wall_s"] = round(time.perf_counter() - t_begin, 1)
-    phases.write("summary", result)
+    run.phases.write("summary", result)
     print(json.dumps(result, indent=1))
     return 0
 

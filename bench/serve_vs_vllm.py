@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the vLLM launcher the tests use
 
 
 def start_voxcli(model: Path, port: int, sessions: int) -> subprocess.Popen:
@@ -57,9 +56,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     counts = [int(n) for n in args.sessions.split(",")]
-    from vllm_server import free_port, start_vllm_server
-
     from voxcli.testing.tiny import make_tiny_model
+    from voxcli.testing.vllm import free_port, start_vllm_server
 
     work = Path(tempfile.mkdtemp(prefix="serve-vs-vllm-"))
     vllm = start_vllm_server("realtime", work / "vllm")

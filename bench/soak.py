@@ -36,7 +36,6 @@ import gc
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,6 +43,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from voxcli.events import percentile
+from voxcli.measure.environment import host
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
@@ -130,7 +132,8 @@ def cache_state(session) -> dict:
 
 
 def pct(values: np.ndarray, q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else math.nan
+    value = percentile(values, q)
+    return math.nan if value is None else value
 
 
 # --------------------------------------------------------------------------------------- audio
@@ -232,18 +235,15 @@ def build_model(args, tmp: Path) -> str:
     return str(path)
 
 
-def run(args) -> dict:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    import transformers
-
+def _load(args):
+    """The model (built tiny unless ``--model``), loaded with two rows: the interleave check runs a
+    fresh session beside the long one (rows are all made at load)."""
     from voxcli.engine.local import load_engine
 
     tmp = Path(tempfile.mkdtemp(prefix="voxcli-soak-"))
     try:
         model_path = build_model(args, tmp)
         t0 = time.perf_counter()
-        # Two rows: the interleave check runs a fresh session beside the long one (rows are all made at load).
         engine = load_engine(model_path, device=args.device, dtype=args.dtype, threads=args.threads,
                              step=args.step, compile="off", sessions=2)
         load_s = time.perf_counter() - t0
@@ -252,91 +252,61 @@ def run(args) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
     if engine.kind != "realtime":
         raise SystemExit(f"soak needs a Realtime checkpoint, {model_path} is {engine.kind}")
-    if args.offset_hours:
-        return {"offset_check": offset_check(engine, audio_track(), args.offset_hours, args.minutes * 60)}
-    cfg = engine.model.config
-    n_push = int(round(args.minutes * 60 * SAMPLE_RATE / PUSH_SAMPLES))
-    per_window = max(1, int(round(args.every_s * SAMPLE_RATE / PUSH_SAMPLES)))
-    track = audio_track()
+    return engine, model_path, load_s
 
-    session = engine.session()
-    # Preallocated so the recorder itself does not grow during the run.
-    step_ms = np.full(n_push + 64, np.nan)
-    step_audio_s = np.full(n_push + 64, np.nan)
-    chunk_ms = np.empty(n_push)
-    n_steps = 0
-    windows: list[dict] = []
-    base_mem = rss_mb()
-    gc.collect()
-    base_objects = len(gc.get_objects()) if args.objects else None
-    if args.tracemalloc:
-        import tracemalloc
 
-        tracemalloc.start(10)
-    snap_steady = None
-    t_start = time.perf_counter()
-    win_first_step = 0
-    win_t0 = t_start
-    if not args.quiet:
-        print(f"# {model_path}: text window {cfg.text_config.sliding_window} "
-              f"(max_position_embeddings {cfg.text_config.max_position_embeddings}), encoder window "
-              f"{cfg.audio_config.sliding_window} (max_position_embeddings "
-              f"{cfg.audio_config.max_position_embeddings}); {n_push} pushes of 80 ms; "
-              f"torch threads {torch.get_num_threads()}",
-              flush=True)
-        print(f"{'audio_min':>9} {'wall_s':>7} {'steps':>6} {'p50_ms':>7} {'p95_ms':>7} {'rss_mb':>7} "
-              f"{'text_kv':>7} {'text_pos':>8} {'enc_kv':>6} {'enc_pos':>8} {'step_ms_len':>11} {'objects':>8}",
-              flush=True)
-    for i, block in enumerate(pushes(track, n_push)):
-        c0 = time.perf_counter()
-        session.push(block)
-        for event in session.steps():
-            step_ms[n_steps] = np.nan if event.step_ms is None else event.step_ms  # None: the prefill
-            step_audio_s[n_steps] = session.pushed_samples / SAMPLE_RATE
-            n_steps += 1
-        chunk_ms[i] = (time.perf_counter() - c0) * 1000.0
-        if (i + 1) % per_window == 0 or i + 1 == n_push:
-            sl = step_ms[win_first_step:n_steps]
-            sl = sl[~np.isnan(sl)]
-            if win_first_step == 0 and len(sl) > 1:
-                sl = sl[1:]  # the prefill (prompt + first 0.56 s) is not a decode step
-            caches = cache_state(session)
-            mem = rss_mb()
-            t_obj = time.perf_counter()
-            objects = len(gc.get_objects()) if args.objects else None
-            obj_ms = (time.perf_counter() - t_obj) * 1000.0
-            row = {
-                "audio_s": session.pushed_samples / SAMPLE_RATE,
-                "wall_s": time.perf_counter() - t_start,
-                "window_wall_s": time.perf_counter() - win_t0,
-                "steps": int(len(sl)),
-                "step_p50_ms": pct(sl, 50), "step_p95_ms": pct(sl, 95), "step_max_ms": float(sl.max()) if len(sl) else math.nan,
-                "chunk_p50_ms": pct(chunk_ms[max(0, i + 1 - per_window): i + 1], 50),
-                **mem,
-                "text_kv_len": caches["text"]["kv_len"], "text_pos": caches["text"]["pos"],
-                "encoder_kv_len": caches["encoder"]["kv_len"], "encoder_pos": caches["encoder"]["pos"],
-                "cache_mb": (caches["text"]["bytes"] + caches["encoder"]["bytes"] + caches["padding_bytes"]) / 2**20,
-                "step_ms_len": len(session.step_ms),
-                "step_ms_bytes": sys.getsizeof(session.step_ms) + 24 * len(session.step_ms),
-                "buffer_samples": session.window.held,
-                "py_objects": objects, "objects_ms": obj_ms if args.objects else None,
-                "n_tokens": session.n_tokens,
-            }
-            windows.append(row)
-            if args.tracemalloc and snap_steady is None and _caches_full(caches):
-                import tracemalloc
+def _header(model_path, cfg, n_push: int) -> None:
+    import torch
 
-                snap_steady = tracemalloc.take_snapshot()
-            if not args.quiet:
-                print(f"{row['audio_s'] / 60:9.2f} {row['wall_s']:7.1f} {row['steps']:6d} {row['step_p50_ms']:7.2f} "
-                      f"{row['step_p95_ms']:7.2f} {row['rss_mb']:7.1f} {row['text_kv_len']:7d} {row['text_pos']:8d} "
-                      f"{row['encoder_kv_len']:6d} {row['encoder_pos']:8d} {row['step_ms_len']:11d} "
-                      f"{objects if objects is not None else '-':>8}", flush=True)
-            win_first_step = n_steps
-            win_t0 = time.perf_counter()
-    run_wall = time.perf_counter() - t_start
-    interleave = interleave_check(engine, session, track, args.interleave_s) if args.interleave_s else None
+    print(f"# {model_path}: text window {cfg.text_config.sliding_window} "
+          f"(max_position_embeddings {cfg.text_config.max_position_embeddings}), encoder window "
+          f"{cfg.audio_config.sliding_window} (max_position_embeddings "
+          f"{cfg.audio_config.max_position_embeddings}); {n_push} pushes of 80 ms; "
+          f"torch threads {torch.get_num_threads()}",
+          flush=True)
+    print(f"{'audio_min':>9} {'wall_s':>7} {'steps':>6} {'p50_ms':>7} {'p95_ms':>7} {'rss_mb':>7} "
+          f"{'text_kv':>7} {'text_pos':>8} {'enc_kv':>6} {'enc_pos':>8} {'step_ms_len':>11} {'objects':>8}",
+          flush=True)
 
+
+def _window_row(args, session, steps: np.ndarray, chunks: np.ndarray, t_start: float, win_t0: float,
+                caches: dict) -> dict:
+    """One window's figures: its steps' and pushes' times, memory, the caches, what the session keeps."""
+    mem = rss_mb()
+    t_obj = time.perf_counter()
+    objects = len(gc.get_objects()) if args.objects else None
+    obj_ms = (time.perf_counter() - t_obj) * 1000.0
+    return {
+        "audio_s": session.pushed_samples / SAMPLE_RATE,
+        "wall_s": time.perf_counter() - t_start,
+        "window_wall_s": time.perf_counter() - win_t0,
+        "steps": int(len(steps)),
+        "step_p50_ms": pct(steps, 50), "step_p95_ms": pct(steps, 95),
+        "step_max_ms": float(steps.max()) if len(steps) else math.nan,
+        "chunk_p50_ms": pct(chunks, 50),
+        **mem,
+        "text_kv_len": caches["text"]["kv_len"], "text_pos": caches["text"]["pos"],
+        "encoder_kv_len": caches["encoder"]["kv_len"], "encoder_pos": caches["encoder"]["pos"],
+        "cache_mb": (caches["text"]["bytes"] + caches["encoder"]["bytes"] + caches["padding_bytes"]) / 2**20,
+        "step_ms_len": len(session.step_ms),
+        "step_ms_bytes": sys.getsizeof(session.step_ms) + 24 * len(session.step_ms),
+        "buffer_samples": session.window.held,
+        "py_objects": objects, "objects_ms": obj_ms if args.objects else None,
+        "n_tokens": session.n_tokens,
+    }
+
+
+def _print_row(row: dict) -> None:
+    objects = row["py_objects"]
+    print(f"{row['audio_s'] / 60:9.2f} {row['wall_s']:7.1f} {row['steps']:6d} {row['step_p50_ms']:7.2f} "
+          f"{row['step_p95_ms']:7.2f} {row['rss_mb']:7.1f} {row['text_kv_len']:7d} {row['text_pos']:8d} "
+          f"{row['encoder_kv_len']:6d} {row['encoder_pos']:8d} {row['step_ms_len']:11d} "
+          f"{objects if objects is not None else '-':>8}", flush=True)
+
+
+def _end(args, session, snap_steady) -> dict:
+    """The session finished: its flush, caches and memory after it (and after malloc_trim), and
+    what tracemalloc saw grow since the caches were full."""
     t0 = time.perf_counter()
     n_flush = sum(1 for _ in session.finish())
     finish_ms = (time.perf_counter() - t0) * 1000.0
@@ -353,12 +323,71 @@ def run(args) -> dict:
         if snap_steady is not None:
             tm_top = [str(s) for s in snap_end.compare_to(snap_steady, "lineno")[:15]]
         tracemalloc.stop()
+    return {"finish": {"tokens": n_flush, "ms": finish_ms},
+            "end": {"caches": end_caches, **end_mem, "rss_after_malloc_trim_mb": trim_mem["rss_mb"],
+                    "malloc_trim_released": trimmed},
+            "tracemalloc_top": tm_top}
 
+
+def run(args) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    engine, model_path, load_s = _load(args)
+    if args.offset_hours:
+        return {"offset_check": offset_check(engine, audio_track(), args.offset_hours, args.minutes * 60)}
+    cfg = engine.model.config
+    n_push = int(round(args.minutes * 60 * SAMPLE_RATE / PUSH_SAMPLES))
+    per_window = max(1, int(round(args.every_s * SAMPLE_RATE / PUSH_SAMPLES)))
+    track = audio_track()
+    session = engine.session()
+    # Preallocated so the recorder itself does not grow during the run.
+    step_ms = np.full(n_push + 64, np.nan)
+    step_audio_s = np.full(n_push + 64, np.nan)
+    chunk_ms = np.empty(n_push)
+    n_steps = 0
+    windows: list[dict] = []
+    base_mem = rss_mb()
+    gc.collect()
+    base_objects = len(gc.get_objects()) if args.objects else None
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(10)
+    snap_steady = None
+    t_start = win_t0 = time.perf_counter()
+    win_first_step = 0
+    if not args.quiet:
+        _header(model_path, cfg, n_push)
+    for i, block in enumerate(pushes(track, n_push)):
+        c0 = time.perf_counter()
+        session.push(block)
+        for event in session.steps():
+            step_ms[n_steps] = np.nan if event.step_ms is None else event.step_ms  # None: the prefill
+            step_audio_s[n_steps] = session.pushed_samples / SAMPLE_RATE
+            n_steps += 1
+        chunk_ms[i] = (time.perf_counter() - c0) * 1000.0
+        if (i + 1) % per_window == 0 or i + 1 == n_push:
+            sl = step_ms[win_first_step:n_steps]
+            sl = sl[~np.isnan(sl)]
+            if win_first_step == 0 and len(sl) > 1:
+                sl = sl[1:]  # the prefill (prompt + first 0.56 s) is not a decode step
+            caches = cache_state(session)
+            row = _window_row(args, session, sl, chunk_ms[max(0, i + 1 - per_window): i + 1], t_start, win_t0, caches)
+            windows.append(row)
+            if args.tracemalloc and snap_steady is None and _caches_full(caches):
+                import tracemalloc
+
+                snap_steady = tracemalloc.take_snapshot()
+            if not args.quiet:
+                _print_row(row)
+            win_first_step = n_steps
+            win_t0 = time.perf_counter()
+    run_wall = time.perf_counter() - t_start
+    interleave = interleave_check(engine, session, track, args.interleave_s) if args.interleave_s else None
+    end = _end(args, session, snap_steady)
+    end_caches = end["end"]["caches"]
     result = {
         "args": {k: v for k, v in vars(args).items()},
-        "env": {"python": platform.python_version(), "torch": torch.__version__,
-                "transformers": transformers.__version__, "numpy": np.__version__,
-                "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "env": {**host(), "numpy": np.__version__},
         "model": {"path": model_path if args.model else f"tiny (hidden {args.hidden_size}, {args.layers} layers)",
                   "n_params": engine.info.n_params, "load_s": load_s, "warmup_s": engine.info.warmup_s,
                   "delay_ms": engine.delay_ms,
@@ -370,12 +399,7 @@ def run(args) -> dict:
                               "layer_types": end_caches["encoder"]["layer_types"]}},
         "baseline_mem": base_mem, "baseline_py_objects": base_objects,
         "run_wall_s": run_wall, "audio_s": n_push * PUSH_SAMPLES / SAMPLE_RATE,
-        "n_steps": n_steps, "finish": {"tokens": n_flush, "ms": finish_ms},
-        "end": {"caches": end_caches, **end_mem, "rss_after_malloc_trim_mb": trim_mem["rss_mb"],
-                "malloc_trim_released": trimmed},
-        "windows": windows,
-        "interleave": interleave,
-        "tracemalloc_top": tm_top,
+        "n_steps": n_steps, **end, "windows": windows, "interleave": interleave,
     }
     result["minutes"] = minute_summary(result, step_ms[:n_steps], step_audio_s[:n_steps])
     result["rope_precision"] = rope_precision({"text": end_caches["text"]["pos"],
@@ -445,8 +469,7 @@ def interleave_check(engine, session, track: np.ndarray, seconds: float) -> dict
         order = ((session, long_ms), (fresh, fresh_ms)) if i % 2 == 0 else ((fresh, fresh_ms), (session, long_ms))
         for sess, out in order:
             sess.push(block)
-            for _ in sess.steps():
-                out.append(sess.step_ms[-1])
+            out += [event.step_ms for event in sess.steps() if event.step_ms is not None]  # not the prefill
     fresh_ms = fresh_ms[1:]  # prefill
     n = min(len(long_ms), len(fresh_ms))
     a, b = np.array(long_ms[-n:]), np.array(fresh_ms[-n:])

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PATHS = {"hf eager": ("hf", False), "static eager": ("static", False), "static compiled": ("static", True)}
 FIGURES = ("engine_step_ms", "step_ms", "ttft_ms", "critical_path_ms", "emitted_after_ready_ms", "live_step_ms")
@@ -78,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     from voxcli.audio.decode import load_audio
     from voxcli.cli.bench import default_clips
     from voxcli.events import pool, summarize
-    from voxcli.measure.runs import BenchOptions, Clip, environment, run_bench
+    from voxcli.measure.environment import environment
+    from voxcli.measure.runs import BenchOptions, Clip, run_bench
 
     model_dir = args.model
     if args.tiny:

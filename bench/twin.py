@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from voxcli.audio.decode import load_audio  # noqa: E402
 
@@ -113,9 +110,8 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=int, default=960)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from vllm_server import start_vllm_server
-
     from voxcli.testing.twin import mistral_to_hf
+    from voxcli.testing.vllm import start_vllm_server
 
     work = Path(tempfile.mkdtemp(prefix="voxcli-twin-"))
     audio = load_audio(ROOT / "examples" / "hello.wav")

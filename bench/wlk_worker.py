@@ -117,6 +117,14 @@ async def one_run(engine, tokenizer, audio: np.ndarray, *, paced: bool, block: i
     if not paced:
         return row
 
+    row.update(_paced_figures(tokenizer, tokens, states, texts, sent, t0, t_end, n, vac=vac, first_need=first_need,
+                              chunk=chunk, hop=hop))
+    return row
+
+
+def _paced_figures(tokenizer, tokens, states, texts, sent, t0: float, t_end: float, n: int, *, vac: bool,
+                   first_need: int, chunk: int, hop: int) -> dict:
+    """A paced run's per-token figures: each token's chunk ready -> its id, -> its text shown."""
     # When each token's text was first visible: the first published state holding as many
     # non-space characters as the decode of the ids up to that token.
     ids = [i for _, i in tokens]
@@ -146,7 +154,7 @@ async def one_run(engine, tokenizer, audio: np.ndarray, *, paced: bool, block: i
             if shown[k] is not None:
                 ready_to_shown.append((shown[k] - t_ready) * 1000.0)
     shown_any = [s for s in shown if s is not None]
-    row.update({
+    return {
         "ready_to_token_ms": ready_to_token,
         "ready_to_shown_ms": ready_to_shown,
         "shown_after_token_ms": [(s - t) * 1000.0 for (t, _), s in zip(tokens, shown) if s is not None],
@@ -155,8 +163,7 @@ async def one_run(engine, tokenizer, audio: np.ndarray, *, paced: bool, block: i
         "n_speech_tokens": n_speech,
         "n_flush_tokens": len(tokens) - n_speech if not vac else None,
         "text_consistent": bool(counts) and bool(seen) and counts[-1] == max(s for _, s in seen),
-    })
-    return row
+    }
 
 
 def serve(args) -> int:

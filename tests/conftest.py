@@ -10,7 +10,13 @@ import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.pop("VOXCLI_API_KEY", None)  # a developer's own key must not reach the tests
+# The caller's environment must not change what the tests see: a developer's own key, a debug switch
+# (tracebacks instead of the one-line errors the tests read), a hub token. HF_HUB_OFFLINE is set
+# above for this process; tests that need the hub asked (tests/test_hub.py) clear it for their own
+# subprocesses, whatever the caller exported.
+os.environ.pop("VOXCLI_API_KEY", None)
+os.environ.pop("VOXCLI_DEBUG", None)
+os.environ.pop("HF_TOKEN", None)
 # Nor their config file: every test, and every subprocess a test starts, sees an empty config home
 # unless it sets one itself.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="voxcli-test-xdg-")

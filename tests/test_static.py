@@ -244,7 +244,7 @@ def test_compiled_counts_are_in_the_load_line_and_bench_json(realtime_dir, tmp_p
 
 
 def test_bench_names_the_step_that_ran(realtime_dir):
-    from voxcli.measure.runs import environment
+    from voxcli.measure.environment import environment
 
     assert environment(load_engine(str(realtime_dir), device="cpu", step="hf"))["step"] == "hf eager"
     assert environment(load_engine(str(realtime_dir), device="cpu", compile="off"))["step"] == "static eager"

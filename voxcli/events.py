@@ -215,13 +215,22 @@ def pool(values) -> list[float]:
     return out
 
 
+def percentile(values, q):
+    """numpy's percentile (linear interpolation) of ``values`` at ``q`` (a number or a list of
+    them): floats, or None for no samples. The one place voxcli and bench/ take percentiles."""
+    if not len(values):
+        return None if np.ndim(q) == 0 else [None] * len(q)
+    out = np.percentile(np.asarray(values, dtype=np.float64), q)
+    return float(out) if np.ndim(q) == 0 else [float(v) for v in out]
+
+
 def summarize(values: list[float]) -> dict:
     """n, p50, p90, p95, p99, mean, min, max of a list of samples (empty -> just n=0); numpy's
     percentiles (linear interpolation)."""
     if not len(values):
         return {"n": 0}
     a = np.asarray(values, dtype=np.float64)
-    p50, p90, p95, p99 = (float(v) for v in np.percentile(a, [50, 90, 95, 99]))
+    p50, p90, p95, p99 = percentile(a, [50, 90, 95, 99])
     return {"n": len(a), "p50": p50, "p90": p90, "p95": p95, "p99": p99, "mean": float(a.mean()),
             "min": float(a.min()), "max": float(a.max())}
 

@@ -111,7 +111,8 @@ def _verdicts(summary: dict, batch_words: int) -> str:
 
 
 def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: Console, err: Console) -> int:
-    from voxcli.measure.runs import environment, run_load
+    from voxcli.measure.environment import environment
+    from voxcli.measure.runs import run_load
 
     clip = clips[len(clips) // 2] if len(clips) > 2 else clips[0]
     with err.status(f"{concurrency} sessions of {clip.name} ({'paced' if paced else 'as fast as possible'}) ..."):

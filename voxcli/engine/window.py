@@ -82,7 +82,7 @@ class AudioWindow:
     def advance(self, n: int) -> None:
         """``n`` samples handed to the model; the tape keeps what a restart may replay."""
         self.read += n
-        self.tape.keep_from(self.stream_start + min(self.read, 0) - self.keep)
+        self.tape.keep_from(self.stream_start + self.read - self.keep)
 
     def prefill_features(self):
         """The prefill's mel (the left pad and the first chunk); the window moves past them."""

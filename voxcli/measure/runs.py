@@ -22,9 +22,6 @@ never counted; the model is loaded and warm before the first clock starts):
 from __future__ import annotations
 
 import io
-import os
-import platform
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +36,7 @@ from voxcli.events import STEP_BUDGET_MS, TokenEvent, TranscriptMetrics, pool, s
 from voxcli.live.driver import StreamDriver, cycle
 from voxcli.live.items import LiveOptions, LiveToken
 from voxcli.live.twopass import TwoPassRecorder, word_latencies
+from voxcli.measure.environment import environment
 from voxcli.output.view import FILE_REDRAW_S, LiveTranscript
 from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES, seconds
 
@@ -231,28 +229,6 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
 def _endpointer(live) -> dict:
     live = live or LiveOptions()
     return {"vad": live.vad, "flush_after_ms": live.flush_after_ms}
-
-
-def environment(engine) -> dict:
-    """Enough to know what produced the figures and to reproduce them: what every engine has, and
-    what the engine says of itself (library versions and the device's name, or the server)."""
-    import voxcli
-
-    return {
-        "model": engine.info.model, "kind": engine.kind, "device": engine.info.device, **engine.environment(),
-        "cpu_count": os.cpu_count(), "voxcli": voxcli.__version__, "git_revision": _git_revision(),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ------------------------------------------------------------------------------------------ load

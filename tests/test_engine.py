@@ -227,9 +227,15 @@ def test_engine_on_cuda_matches_the_cpu_tokens(realtime_dir, speech):
 
 
 def test_engine_info(realtime_engine, offline_engine):
+    """What info says is what was loaded: counted from the model itself, not assumed."""
     assert isinstance(realtime_engine, RealtimeEngine)
-    assert realtime_engine.info.kind == "realtime" and offline_engine.info.kind == "offline"
-    assert realtime_engine.info.n_params > 0 and realtime_engine.info.delay_ms == 480
+    for engine in (realtime_engine, offline_engine):
+        info, model = engine.info, engine.model
+        assert info.kind == engine.kind and info.n_params == sum(p.numel() for p in model.parameters())
+        assert info.device == str(model.device) and info.dtype == str(model.dtype).removeprefix("torch.")
+    checkpoint_delay = int(realtime_engine.proc.audio_config.transcription_delay_ms)
+    assert realtime_engine.info.delay_ms == realtime_engine.delay_ms == checkpoint_delay
+    assert offline_engine.info.delay_ms is None
 
 
 def test_unreachable_hub_id_gives_one_actionable_line():

@@ -215,7 +215,11 @@ def test_openai_realtime_client_with_server_vad(server, talk):
     assert any(completed.values())
 
 
-def test_health_models_and_metrics(server):
+def test_health_models_and_metrics(server, realtime_engine):
+    """The metrics count what this test makes (not what earlier tests left): a transcription's
+    every token, the moment it is done."""
+    import openai
+
     assert server.health()["max_sessions"] == 8
     status, body = server.get("/v1/models")
     assert status == 200 and len(json.loads(body)["data"]) == 1
@@ -223,7 +227,12 @@ def test_health_models_and_metrics(server):
     for name in ("voxcli_sessions_active", "voxcli_tokens_total", "voxcli_step_seconds_bucket",
                  "voxcli_batch_size_bucket", "voxcli_emission_latency_seconds_bucket"):
         assert name in body
-    assert server.metric("voxcli_tokens_total") > 0
+    before = server.metric("voxcli_tokens_total")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    with open(HELLO, "rb") as f:
+        client.audio.transcriptions.create(model=server.state.model_name, file=f)
+    made = sum(1 for _ in realtime_engine.transcribe(load_audio(HELLO)))  # the same tokens, here
+    assert server.metric("voxcli_tokens_total") - before == made > 0
     status, page = server.get("/")
     assert status == 200 and 'id="transcript"' in page and 'id="start"' in page
 

@@ -10,8 +10,8 @@ callers see the contract (:mod:`voxcli.engine.contract`), never which implementa
 - ``hub``: checkpoints; ``memory``: will it fit; ``timing``: the critical path, the environment
 """
 
-from voxcli.engine.contract import Engine, EngineInfo, RealtimeEngine, Session, WaitingSession
+from voxcli.engine.contract import BatchingEngine, Engine, EngineInfo, RealtimeEngine, Session, WaitingSession
 from voxcli.engine.local import load_engine
 from voxcli.engine.opener import open_engine
 
-__all__ = ["Engine", "EngineInfo", "RealtimeEngine", "Session", "WaitingSession", "load_engine", "open_engine"]
+__all__ = ["BatchingEngine", "Engine", "EngineInfo", "RealtimeEngine", "Session", "WaitingSession", "load_engine", "open_engine"]

@@ -129,7 +129,8 @@ class LocalEngine:
 
         return environment(self)
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Iterator[TokenEvent]:
+    def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
+                   segments: list[tuple[int, int]] | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
         raise NotImplementedError
 
     def warmup(self) -> float:

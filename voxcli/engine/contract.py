@@ -97,16 +97,21 @@ class WaitingSession(Session, Protocol):
 class Engine(Protocol):
     """A loaded model, of ``kind`` ``"realtime"`` or ``"offline"``; ``info`` says what it can tell.
 
-    ``critical_path_ms(audio)``: the model's own path to its first token, timed with nothing
-    around it (None where that cannot be timed from here: a server). ``environment()``: what
-    produced the figures (library versions, the device's name), for bench reports.
+    ``transcribe(audio)``: the tokens of a whole clip (``language``: a hint offline models take;
+    ``max_new_tokens``: a cap; ``segments``: sample ranges an offline model hears one by one (None:
+    it finds the speech itself; a Realtime model hears the clip whole); ``keyterms``: what to favour
+    (a :class:`voxcli.engine.keyterms.Keyterms`, None for nothing, DEFAULT for the engine's own; an
+    engine without ``info.scores`` refuses any). ``critical_path_ms(audio)``: the model's own path
+    to its first token, timed with nothing around it (None where that cannot be timed from here:
+    a server). ``environment()``: what produced the figures (library versions, the device's
+    name), for bench reports.
     """
 
     kind: str
     info: EngineInfo
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None,
-                   max_new_tokens: int | None = None) -> Iterator[TokenEvent]: ...
+    def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
+                   segments: list[tuple[int, int]] | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]: ...
 
     def warmup(self) -> float: ...
 
@@ -117,9 +122,21 @@ class Engine(Protocol):
 
 @runtime_checkable
 class RealtimeEngine(Engine, Protocol):
-    """``with_delay(ms)``, where ``info.other_delays``: the same weights at another delay; such an
-    engine also has ``steps_together(sessions)``: the tokens of several of its sessions (two-pass),
-    as ``(which session, event)``, each step of all of them in one forward, and
-    ``finish_together(sessions)``, their ends the same way."""
+    """A Realtime model: ``session(keyterms=...)`` opens a stream (:class:`Session`)."""
 
-    def session(self) -> Session: ...
+    def session(self, *, keyterms=DEFAULT) -> Session: ...
+
+
+@runtime_checkable
+class BatchingEngine(RealtimeEngine, Protocol):
+    """A Realtime engine whose sessions step together (``info.other_delays``): ``with_delay(ms)``
+    gives the same weights at another delay (two-pass's second stream), ``steps_together(sessions)``
+    the tokens of several of its sessions as ``(which session, event)``, each step of all of them
+    in one forward, and ``finish_together(sessions)`` their ends the same way (the stream driver
+    batches every driver's streams through these)."""
+
+    def with_delay(self, delay_ms: int) -> BatchingEngine: ...
+
+    def steps_together(self, sessions: list[Session]) -> Iterator[tuple[int, TokenEvent]]: ...
+
+    def finish_together(self, sessions: list[Session]) -> Iterator[tuple[int, TokenEvent]]: ...

@@ -182,12 +182,12 @@ class RealtimeEngine(LocalEngine):
             yield from session.steps()
         yield from session.finish()
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None,
-                   max_new_tokens: int | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
+    def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
+                   segments: list[tuple[int, int]] | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
         """All of ``audio`` at once, through the same chunked path live audio takes.
 
-        ``language`` is accepted for a uniform interface; the Realtime model detects the language
-        itself and takes no hint.
+        ``language`` and ``segments`` are accepted for a uniform interface: the Realtime model
+        detects the language itself and hears the clip whole, silences included.
         """
         audio = validate_audio(audio)
         end_s = seconds(len(audio))

@@ -283,7 +283,9 @@ class RemoteOfflineEngine(RemoteEngine):
     MAX_SEGMENT_S = 30.0
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None, max_new_tokens: int | None = None,
-                   segments: list[tuple[int, int]] | None = None) -> Iterator[TokenEvent]:
+                   segments: list[tuple[int, int]] | None = None, keyterms=DEFAULT) -> Iterator[TokenEvent]:
+        if keyterms is not DEFAULT and keyterms:  # the offline endpoint gives no scores to steer
+            raise no_keyterms(self.server.url)
         audio = np.asarray(audio, dtype=np.float32)
         limit = max_new_tokens or self.max_new_tokens
 

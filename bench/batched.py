@@ -7,6 +7,7 @@ same clip at a time, so every forward steps all B rows. Prefills are not counted
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -21,13 +22,13 @@ def _engines(model_dir: str, compiled: bool, streams: int, threads: int):
     use), though clips here stay inside the first span (512 tokens)."""
     import torch
 
-    from voxcli.engine.local import EngineInfo, RealtimeEngine, load_engine
+    from voxcli.engine.local import RealtimeEngine, load_engine
 
     if threads:
         torch.set_num_threads(threads)
     base = load_engine(model_dir, device="cpu", delay_ms=480, compile="on" if compiled else "off",
                        sessions=streams, warmup=False)
-    info = EngineInfo(**{**base.info.__dict__, "extra": dict(base.info.extra)})
+    info = dataclasses.replace(base.info)
     final = RealtimeEngine(base.model, base.processor, info, delay_ms=FINAL_DELAY_MS, step="static",
                            static=base.static)
     t0 = time.perf_counter()

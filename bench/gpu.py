@@ -154,9 +154,9 @@ def measure_path(engine, audio: np.ndarray, runs: int, device: str) -> dict:
         crit.append(critical_path_ms(engine, audio))
     out = {
         "step": engine.step_name, "warmup_s": round(warm_s, 2),
-        "compile_s": engine.info.extra.get("compile_s"),
+        "compile_s": engine.info.compile_s,
         # What warm-up compiled and recorded; why compiling failed, if it did (the step then runs eagerly).
-        "graphs": engine.info.extra.get("graphs"), "compile_fallback": engine.info.extra.get("compile_fallback"),
+        "graphs": engine.info.graphs, "compile_fallback": engine.info.compile_fallback,
         "step_ms": {"n": len(steps), "p50": pct(steps, 50), "p99": pct(steps, 99)},
         "ttft_ms": {"n": len(ttft), "p50": pct([t for t in ttft if t is not None], 50)},
         "critical_path_ms": {"n": len(crit), "p50": pct(crit, 50)},
@@ -279,7 +279,7 @@ def count_recordings():
 def compiled_extras(engine, engine_again, audio: np.ndarray, device: str, phases: Phases, t_end: float) -> None:
     """The compiled path's own phases, each written as it finishes."""
     if engine_again is not None:
-        phases.write("compile_warm", {"compile_s": engine_again.info.extra.get("compile_s")})
+        phases.write("compile_warm", {"compile_s": engine_again.info.compile_s})
     engine.static.compilation.graphs.settle()  # the counts are the process's: engine_again's compile is not this engine's
     with deadline_at(t_end), count_recordings() as seen:
         for _ in range(2):  # sessions after warm-up, in new engine threads, as files and listen run them

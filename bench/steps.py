@@ -26,6 +26,7 @@ streams masked into a batch of B (what compacting the batch would save). Its JSO
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -42,14 +43,14 @@ def engines(model_dir: str, threads: int, delay_ms: int | None):
     """One loaded model, one engine per path over it (weights shared)."""
     import torch
 
-    from voxcli.engine.local import EngineInfo, RealtimeEngine, load_engine
+    from voxcli.engine.local import RealtimeEngine, load_engine
 
     if threads:
         torch.set_num_threads(threads)
     base = load_engine(model_dir, device="cpu", delay_ms=delay_ms, step="hf", warmup=False)
     out = {}
     for name, (step, compiled) in PATHS.items():
-        info = EngineInfo(**{**base.info.__dict__, "extra": dict(base.info.extra)})
+        info = dataclasses.replace(base.info)
         engine = RealtimeEngine(base.model, base.processor, info, delay_ms=base.delay_ms, step=step,
                                 compile=compiled)
         t0 = time.perf_counter()
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               "paced": args.paced, "paths": {}}
     for name, (engine, warm_s) in paths.items():
         result["paths"][name] = {
-            "warmup_s": round(warm_s, 3), "compile_s": engine.info.extra.get("compile_s"),
+            "warmup_s": round(warm_s, 3), "compile_s": engine.info.compile_s,
             "summary": {f: summarize(pool(r.get(f) for r in runs[name])) for f in FIGURES},
             "runs": runs[name],
         }

@@ -167,7 +167,7 @@ def test_compiled_steps_give_the_eager_ids_alone_and_together_and_never_recompil
     counters = torch._dynamo.utils.counters
     eager = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=2)
     compiled = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="on", sessions=2)
-    assert compiled.step_name == "static compiled" and compiled.info.extra["compile_s"] > 0
+    assert compiled.step_name == "static compiled" and compiled.info.compile_s > 0
     pairs = {480: (eager, compiled)}
     for delay in (160, 2400):
         pairs[delay] = (eager.with_delay(delay), compiled.with_delay(delay))

@@ -69,7 +69,7 @@ def test_static_step_gives_the_reference_token_ids(model, delays, realtime_dir, 
     for delay in delays:
         ref = run_session(load_engine(str(path), device="cpu", delay_ms=delay, step="hf"), hello)
         fast_engine = load_engine(str(path), device="cpu", delay_ms=delay, step="static", compile="off")
-        assert fast_engine.step_name == "static eager" and fast_engine.info.extra["step"] == "static eager"
+        assert fast_engine.step_name == "static eager" and fast_engine.info.step == "static eager"
         fast = run_session(fast_engine, hello)
         assert_same(ref, fast)
 
@@ -226,11 +226,11 @@ def test_compiled_counts_are_in_the_load_line_and_bench_json(realtime_dir, tmp_p
 
     monkeypatch.setattr(torch, "compile", counting_compile)
     engine = load_engine(str(realtime_dir), device="cpu", compile="on")
-    graphs = engine.info.extra["graphs"]
+    graphs = engine.info.graphs
     assert graphs["compiled"] >= len(engine.static.spans()) + 1 and graphs["recorded"] == 0
     from voxcli.output.tables import step_words
 
-    words = step_words(engine.info.extra["step"], engine.info.extra["compile_s"], graphs=graphs)
+    words = step_words(engine.info.step, engine.info.compile_s, graphs=graphs)
     assert words.startswith("static compiled step (compiled in ") and f": {graphs['compiled']} graphs, 0 CUDA" in words
     env = engine.environment()
     assert env["graphs"] == graphs and env["graphs_after_warmup"] == {"compiled": 0, "recorded": 0, "skipped": 0}
@@ -550,5 +550,5 @@ def test_no_cuda_graph_is_recorded_or_skipped_after_warm_up(realtime_dir, hello)
         torch.cuda.CUDAGraph.capture_begin = original
     assert not recorded and counters["inductor"]["cudagraph_skips"] == skips
     # What the load line and bench's JSON say: graphs made at warm-up, none after it.
-    assert engine.info.extra["graphs"]["recorded"] > 0 and engine.info.extra["graphs"]["skipped"] == 0
+    assert engine.info.graphs["recorded"] > 0 and engine.info.graphs["skipped"] == 0
     assert not engine.static.compilation.graphs.after_warmup and engine.static.compilation.graphs.check() is None

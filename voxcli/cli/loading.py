@@ -41,22 +41,22 @@ def load_engine(cfg: Config, status_console, debug: bool = False):
         _quiet_libraries(debug)
     engine = open_engine(cfg, loading=lambda: status_console.status(_loading_text(cfg), spinner="dots"))
     info = engine.info
-    if not info.n_params:  # nothing loaded here: a server's
+    if not info.here:  # nothing loaded on this machine: no sizes or times of its own to say
         status_console.print(f"[dim]{info.model}: {engine.kind} on {info.device}[/dim]", highlight=False)
         return engine
     status_console.print(
         f"[dim]{info.model}: {info.kind}, {info.n_params / 1e6:.1f}M params, {info.device}, {info.dtype}"
-        f"{' (' + info.extra['dtype_why'] + ')' if 'dtype_why' in info.extra else ''}; "
+        f"{' (' + info.dtype_why + ')' if info.dtype_why else ''}; "
         f"{_step_text(info)}{_streams_text(info)}loaded in {info.load_s:.1f} s, "
         f"warm-up {info.warmup_s * 1000:.0f} ms[/dim]", highlight=False)
-    if debug and info.extra.get("compile_fallback_traceback"):
-        status_console.print(info.extra["compile_fallback_traceback"], markup=False, highlight=False, end="")
+    if debug and info.compile_fallback_traceback:
+        status_console.print(info.compile_fallback_traceback, markup=False, highlight=False, end="")
     return engine
 
 
 def _streams_text(info) -> str:
     """With model.max_streams > 1: the rows of the batched step, what one costs, how many fit."""
-    streams = info.extra.get("streams")
+    streams = info.streams
     if not streams:
         return ""
     return (f"{streams['rows']} streams per forward, {streams['row_gib'] * 1024:.0f} MiB each, "
@@ -85,6 +85,5 @@ def _loading_text(cfg: Config) -> str:
 def _step_text(info) -> str:
     from voxcli.output.tables import step_words
 
-    words = step_words(info.extra.get("step"), info.extra.get("compile_s"), graphs=info.extra.get("graphs"),
-                       fallback=info.extra.get("compile_fallback"))
+    words = step_words(info.step, info.compile_s, graphs=info.graphs, fallback=info.compile_fallback)
     return f"{words}; " if words else ""

@@ -10,7 +10,7 @@ imported here.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -36,7 +36,15 @@ class EngineInfo:
     n_params: int
     load_s: float
     warmup_s: float = 0.0
-    extra: dict = field(default_factory=dict)
+    here: bool = True  # the weights are on this machine: n_params, dtype, load and warm-up times are its own
+    num_delay_tokens: int | None = None  # a Realtime model's delay, in tokens
+    step: str | None = None  # which path runs a Realtime step: "static compiled", "static eager", "hf eager"
+    compile_s: float | None = None  # compiling the static step at warm-up (included in warmup_s)
+    graphs: dict | None = None  # what compiling made at warm-up (voxcli.engine.graphs.GraphCounts.to_dict)
+    compile_fallback: str | None = None  # why compiling failed (the eager static step runs)
+    compile_fallback_traceback: str | None = None  # the same, in full (shown with --debug)
+    streams: dict | None = None  # model.max_streams > 1: rows of the batched step, GiB each, how many fit
+    dtype_why: str | None = None  # why the dtype is not the one asked for (auto: a GPU without bfloat16)
     token_ids: bool = True  # events carry the model's token ids (else -1)
     audio_spans: bool = True  # events say which audio each token covers (two-pass aligns by it)
     step_times: bool = True  # events carry step times, and each token comes from the chunk just pushed

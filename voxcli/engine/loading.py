@@ -126,10 +126,10 @@ def load_engine(model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
 
         free = available_bytes(str(device))  # the weights are in; no row is allocated yet
         if free is not None and est.row_bytes:
-            info.extra["streams"] = {"rows": sessions, "row_gib": round(est.row_bytes / 1024**3, 3),
+            info.streams = {"rows": sessions, "row_gib": round(est.row_bytes / 1024**3, 3),
                                      "fit": est.rows_in(free[0])}
     if dtype == "auto" and torch_dtype == torch.float16:
-        info.extra["dtype_why"] = "this GPU has no bfloat16"  # the load line says why it is not bf16
+        info.dtype_why = "this GPU has no bfloat16"  # the load line says why it is not bf16
     outputs = {"alternatives": alternatives, "confidence": confidence, "keyterms": keyterms}
     from voxcli.engine.offline import OfflineEngine
     from voxcli.engine.realtime import RealtimeEngine

@@ -75,7 +75,7 @@ class RealtimeEngine(LocalEngine):
         # samples back instead of 240) still runs, but the model hears shifted audio.
         prefill_frames = len(self.prompt_ids) * proc.frames_per_token
         self.next_window_start = prefill_frames * proc.hop_length - proc.win_length // 2
-        info.extra.update(delay_ms=delay_ms, num_delay_tokens=self.num_delay_tokens, step=self.step_name)
+        info.num_delay_tokens, info.step = self.num_delay_tokens, self.step_name
         info.delay_ms, info.other_delays = delay_ms, True
 
     @property
@@ -95,7 +95,7 @@ class RealtimeEngine(LocalEngine):
     def with_delay(self, delay_ms: int) -> "RealtimeEngine":
         """The same loaded weights at another delay (the delay is a prompt, not a model): the
         second stream of two-pass transcription costs no memory beyond its caches."""
-        info = dataclasses.replace(self.info, extra=dict(self.info.extra))
+        info = dataclasses.replace(self.info)
         other = RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms, step=self.step,
                                static=self.static, alternatives=self.alternatives, confidence=self.top_k > 0,
                                keyterms=self.keyterms, on_eos=self.on_eos)
@@ -134,7 +134,7 @@ class RealtimeEngine(LocalEngine):
     def warmup(self, *, spans: list[int] | None = None) -> float:
         """The base warm-up; on the compiled path also every step graph (or those for ``spans``
         only, see :meth:`voxcli.engine.static.StaticModel.spans`). Compile time is kept apart in
-        ``info.extra["compile_s"]``, and included in ``warmup_s``."""
+        ``info.compile_s``, and included in ``warmup_s``."""
         t0 = time.perf_counter()
         super().warmup()
         if self.static is not None and self.static.compilation.compiled:
@@ -150,16 +150,16 @@ class RealtimeEngine(LocalEngine):
         return self.info.warmup_s
 
     def _say_how_it_steps(self) -> None:
-        """``info.extra``: the step that runs (a failed compile falls back to eager), why it is
+        """``info``: the step that runs (a failed compile falls back to eager), why it is
         not compiled if compiling failed, compile time, and the graphs warm-up made."""
-        compilation, extra = self.static.compilation, self.info.extra
-        extra["step"] = self.static.name
+        compilation, info = self.static.compilation, self.info
+        info.step = self.static.name
         if compilation.fallback:
-            extra["compile_fallback"] = compilation.fallback
-            extra["compile_fallback_traceback"] = compilation.fallback_traceback  # shown with --debug
+            info.compile_fallback = compilation.fallback
+            info.compile_fallback_traceback = compilation.fallback_traceback  # shown with --debug
         if compilation.compiled:
-            extra["compile_s"] = round(sum(compilation.compile_s.values()), 3)
-            extra["graphs"] = compilation.graphs.at_warmup.to_dict()
+            info.compile_s = round(sum(compilation.compile_s.values()), 3)
+            info.graphs = compilation.graphs.at_warmup.to_dict()
 
     def session(self, *, max_new_tokens: int | None = None, position_offset: int = 0,
                 keep_logits: bool = False, keyterms=DEFAULT) -> "RealtimeSession":

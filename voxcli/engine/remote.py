@@ -60,7 +60,7 @@ class RemoteEngine:
         # A server says neither token ids, nor which audio a delta covers (an offline request's
         # events carry their segment's span, which this side knows), nor how long a step took.
         self.info = EngineInfo(model=model, kind=kind, device=f"vLLM server {server.url}", dtype="server",
-                               n_params=0, load_s=load_s, token_ids=False, audio_spans=kind == "offline",
+                               n_params=0, load_s=load_s, here=False, token_ids=False, audio_spans=kind == "offline",
                                step_times=False, scores=False)
 
     def warmup(self) -> float:

@@ -61,16 +61,16 @@ def environment(engine) -> dict:
         device_name = torch.cuda.get_device_name(torch.device(device))
     else:
         device_name = cpu_name()
-    extra = engine.info.extra
+    info = engine.info
     static = getattr(engine, "static", None)
     graphs = {}
     if static is not None and static.compilation.graphs.at_warmup is not None:
         # What warm-up compiled and recorded, and what came after it (anything but zeros: a slow step).
-        graphs = {"graphs": extra.get("graphs"), "graphs_after_warmup": static.compilation.graphs.after_warmup.to_dict()}
+        graphs = {"graphs": info.graphs, "graphs_after_warmup": static.compilation.graphs.after_warmup.to_dict()}
     return {
-        "n_params": engine.info.n_params, "delay_ms": engine.info.delay_ms, "step": extra.get("step"),
-        "compile_s": extra.get("compile_s"), **graphs,
-        **({"compile_fallback": extra["compile_fallback"]} if "compile_fallback" in extra else {}),
+        "n_params": info.n_params, "delay_ms": info.delay_ms, "step": info.step,
+        "compile_s": info.compile_s, **graphs,
+        **({"compile_fallback": info.compile_fallback} if info.compile_fallback else {}),
         "device_name": device_name, "dtype": engine.info.dtype,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__,

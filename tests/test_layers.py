@@ -159,3 +159,32 @@ def test_no_file_in_voxcli_over_450_lines():
     over = [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for p in sorted(PACKAGE.rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > 450]
     assert over == []
+
+
+def server_knowledge(root: Path) -> list[str]:
+    """Outside the engine layer: a ``ServerError`` named, or ``model.server`` read: code that asks
+    whether a server is behind the engine instead of what the engine can do (``info``)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        if rel.startswith("voxcli/engine/") or rel in ("voxcli/errors.py", "voxcli/config.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name) and node.id == "ServerError" or \
+                    isinstance(node, ast.alias) and node.name == "ServerError":
+                found.append(f"{rel}:{getattr(node, 'lineno', '?')} ServerError")
+            elif isinstance(node, ast.Attribute) and node.attr == "server" and \
+                    isinstance(node.value, ast.Attribute) and node.value.attr == "model":
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_nothing_outside_the_engine_asks_whether_a_server_is_behind_it():
+    assert server_knowledge(PACKAGE) == []
+
+
+def test_the_server_check_sees_a_planted_branch(tmp_path):
+    (tmp_path / "voxcli" / "live").mkdir(parents=True)
+    (tmp_path / "voxcli" / "live" / "bad.py").write_text(
+        "from voxcli.errors import ServerError\n\ndef f(cfg):\n    return cfg.model.server\n")
+    assert server_knowledge(tmp_path / "voxcli") == ["voxcli/live/bad.py:1 ServerError", "voxcli/live/bad.py:4 cfg.model.server"]

@@ -52,7 +52,12 @@ class EngineFull(ModelError):
     """Every stream the loaded model allocated is in use (serve: ``server_full``)."""
 
 
-class ServerError(VoxcliError):
+class StreamFailed(VoxcliError):
+    """A stream that cannot go on: its engine is gone for good. What the contract says a session's
+    ``push``, ``steps`` or ``pending`` raises; callers catch this, never what is behind the engine."""
+
+
+class ServerError(StreamFailed):
     """A remote (vLLM) engine that cannot be reached, refuses, or fails mid-stream."""
 
 

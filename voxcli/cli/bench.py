@@ -37,7 +37,7 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
             clips.append(Clip(path.stem, path, load_audio(path)))
         except AudioError as exc:
             raise VoxcliError(str(exc)) from None
-    if concurrency and not cfg.model.server:  # local: every session is a row of one batched step
+    if concurrency:  # a local model: every session is a row of one batched step (a server's own are its)
         cfg.model.max_streams = max(cfg.model.max_streams, concurrency)
     if json_path is not None and not json_path.parent.exists():
         raise VoxcliError(f"--json {json_path}: directory {json_path.parent} does not exist")
@@ -48,7 +48,7 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
 
         check_output(plot_path)  # before the model loads
     engine = load_engine(cfg, err)
-    if concurrency and engine.kind != "realtime" and not cfg.model.server:
+    if concurrency and engine.kind != "realtime" and engine.info.here:
         raise VoxcliError("--concurrency on a local model needs a Realtime model (sessions step together); "
                           "an offline model is measured one file at a time")
     if concurrency:

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from voxcli.config import Config
-from voxcli.errors import ConfigError, ModelError, ServerError, setting
+from voxcli.errors import ConfigError, ModelError, StreamFailed, setting
 from voxcli.output.tables import keyterm_words
 from voxcli.output.view import LiveTranscript, NullView, PlainTranscript
 
@@ -137,7 +137,7 @@ def run_listen(job: ListenJob, *, load_engine: Callable, stdout=None) -> int:
     except KeyboardInterrupt:
         err.print("voxcli: stopped at once; session files hold everything written so far", markup=False)
         return 130
-    except ServerError as exc:
+    except StreamFailed as exc:
         saved = f"; what was captured and received is saved in {recorder.wav_path.parent}" if recorder else ""
         raise exc.extended(saved) from None
     finally:

@@ -8,7 +8,6 @@ import os
 import warnings
 
 from voxcli.config import Config
-from voxcli.errors import VoxcliError
 
 
 def _quiet_libraries(debug: bool) -> None:
@@ -35,11 +34,11 @@ def _quiet_libraries(debug: bool) -> None:
 
 def load_engine(cfg: Config, status_console, debug: bool = False):
     """The engine, with a spinner while it loads and one line saying what was loaded."""
-    from voxcli.engine.opener import open_engine
+    from voxcli.engine.opener import loads_here, open_engine
 
-    if not cfg.model.server:
+    if loads_here(cfg):
         _quiet_libraries(debug)
-    engine = open_engine(cfg, loading=lambda: status_console.status(_loading_text(cfg), spinner="dots"))
+    engine = open_engine(cfg, loading=lambda text: status_console.status(text, spinner="dots"))
     info = engine.info
     if not info.here:  # nothing loaded on this machine: no sizes or times of its own to say
         status_console.print(f"[dim]{info.model}: {engine.kind} on {info.device}[/dim]", highlight=False)
@@ -61,25 +60,6 @@ def _streams_text(info) -> str:
         return ""
     return (f"{streams['rows']} streams per forward, {streams['row_gib'] * 1024:.0f} MiB each, "
             f"{streams['fit']} fit; ")
-
-
-def _loading_text(cfg: Config) -> str:
-    """What the spinner says while the model loads; compiling can take minutes, so it says that too."""
-    if cfg.model.server:
-        return f"connecting to {cfg.model.server} ..."
-    text = f"loading {cfg.model.name} ..."
-    if cfg.model.step != "static" or cfg.model.compile == "off":
-        return text
-    from voxcli.engine.local import resolve_device, wants_compile
-
-    try:
-        compiled = wants_compile(cfg.model.compile, resolve_device(cfg.model.device))
-    except (VoxcliError, ValueError):
-        return text  # load_engine says what is wrong
-    if not compiled:
-        return text
-    return (f"loading {cfg.model.name} ... (a Realtime model's step is compiled on the way: minutes on a GPU the "
-            f"first time, --no-compile skips it)")
 
 
 def _step_text(info) -> str:

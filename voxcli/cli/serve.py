@@ -22,7 +22,9 @@ def _loopback(host: str) -> bool:
 def check_serve(cfg: Config) -> list[str]:
     """Errors for what cannot work; the warnings (as lines) for what may be unwise."""
     s = cfg.serve
-    if cfg.model.server:
+    from voxcli.engine.opener import loads_here
+
+    if not loads_here(cfg):
         raise ConfigError("serve runs the model on this machine; point clients at the vLLM server itself "
                           "(unset model.server / --server)")
     if bool(s.ssl_certfile) != bool(s.ssl_keyfile):

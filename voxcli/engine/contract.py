@@ -71,7 +71,7 @@ class Session(Protocol):
     ``incidents()``: what happened on the way that the caller may show or record (a
     :class:`voxcli.events.Reconnect`, a :class:`voxcli.events.Notice`); a local session has none.
     ``push()`` never waits on anyone else; an error the stream cannot get over is raised by the
-    next ``push``, ``steps`` or ``pending``.
+    next ``push``, ``steps`` or ``pending``, as :class:`voxcli.errors.StreamFailed`.
     """
 
     finish_waits: bool

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from voxcli.errors import ServerError
+from voxcli.errors import StreamFailed
 from voxcli.events import Notice, StreamRole, clamp_span
 from voxcli.live.items import UtteranceDone
 from voxcli.units import seconds
@@ -46,7 +46,7 @@ class Draining:
                     d.report(item.session, item.offset)
                     d.token(item.role, event, event.t_emitted, flushed=True, utterance=item.utterance,
                             offset=item.offset)
-            except ServerError as exc:
+            except StreamFailed as exc:
                 d.put(Notice(f"{exc} (at the end of utterance {item.utterance})"))
             d.report(item.session, item.offset)
             if item.session.finished:

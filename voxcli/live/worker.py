@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from voxcli.audio.capture import level_db
 from voxcli.engine.contract import Engine
-from voxcli.errors import ServerError
+from voxcli.errors import StreamFailed
 from voxcli.live.driver import StreamDriver, cycle
 from voxcli.live.items import AudioIn, LiveOptions
 
@@ -61,7 +61,7 @@ class LiveWorker:
                     continue
                 cycle(self.engine, [driver])
             driver.close()
-        except ServerError as exc:
+        except StreamFailed as exc:
             self._give_up(exc)
 
     def _blocks(self):
@@ -73,7 +73,7 @@ class LiveWorker:
             if self.stop_event.is_set():
                 self.source.stop()
 
-    def _give_up(self, exc: ServerError):
+    def _give_up(self, exc: StreamFailed):
         """Stop capture, hand every block already captured to the WAV, and fail in one line."""
         self.stop_event.set()
         for _, x in self._block_iter:

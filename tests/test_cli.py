@@ -268,7 +268,7 @@ def check_document(doc: str, fmt: str, ref: dict) -> None:
 @pytest.mark.parametrize("args, must_mention", [
     (["--help"], ["transcribe", "config", "--config", "--debug"]),
     (["transcribe", "file", "--help"],
-     [*OUTPUT_FORMATS, "--format", "--output", "--model", "--device", "--dtype", "--delay-ms",
+     [*OUTPUT_FORMATS, "--format", "--output", "--model", "--model-device", "--dtype", "--delay-ms",
       "--language", "--config", "--debug", "--plain", "ttft_ms"]),
     (["config"], ["model:", "transcription:", "output:"]),
 ])
@@ -664,10 +664,15 @@ def test_an_engine_error_names_the_setting_and_each_command_its_own_flag(cli_env
         load_engine(str(realtime_dir), device="cuda")
     assert caught.value.data == {"device": "cuda"}
     assert str(caught.value).endswith("use model.device=cpu") and "--" not in str(caught.value)
-    # The same setting is --device for transcribe and --model-device for listen (--device: the mic).
+    # The same setting is --model-device in every command (listen's --device is the microphone);
+    # transcribe's old --device still works, with a one-line notice.
     hello = HELLO
+    run = voxcli(cli_env, "transcribe", "file", hello, "--model", realtime_dir, "--model-device", "cuda")
+    assert run.code == 1 and run.stderr.strip().endswith("use --model-device=cpu"), run
     run = voxcli(cli_env, "transcribe", "file", hello, "--model", realtime_dir, "--device", "cuda")
-    assert run.code == 1 and run.stderr.strip().endswith("use --device=cpu"), run
+    notice, error = run.stderr.strip().splitlines()
+    assert notice == "voxcli: --device is now --model-device (the old name will go)"
+    assert run.code == 1 and error.endswith("use --model-device=cpu"), run
     run = voxcli(cli_env, "listen", "--input", hello, "--model", realtime_dir, "--model-device", "cuda")
     assert run.code == 1 and run.stderr.strip().endswith("use --model-device=cpu"), run
 

@@ -52,7 +52,7 @@ def hub(realtime_dir, tmp_path):
 
 def test_no_network_and_no_cache_is_one_line_without_retries(hub_env):
     hub_env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
-    run = voxcli(hub_env, "transcribe", "file", HELLO, "--device", "cpu")  # the default model
+    run = voxcli(hub_env, "transcribe", "file", HELLO, "--model-device", "cpu")  # the default model
     line = assert_one_error_line(run, code=1)
     assert "cannot reach the Hugging Face hub" in line and "--model=PATH" in line
     assert "Retrying" not in run.stderr
@@ -61,7 +61,7 @@ def test_no_network_and_no_cache_is_one_line_without_retries(hub_env):
 @pytest.mark.slow
 def test_download_shows_progress_skips_mistral_weights_then_works_from_cache(hub, hub_env, tmp_path):
     hub_env["HF_ENDPOINT"] = hub.url
-    run = voxcli(hub_env, "transcribe", "file", HELLO, "--model", "mistralai/tiny-realtime", "--device", "cpu")
+    run = voxcli(hub_env, "transcribe", "file", HELLO, "--model", "mistralai/tiny-realtime", "--model-device", "cpu")
     assert run.code == 0, run
     assert "Fetching" in run.stderr  # the hub's progress bar is shown, not silenced
     assert run.stdout.strip()
@@ -72,10 +72,10 @@ def test_download_shows_progress_skips_mistral_weights_then_works_from_cache(hub
 
     # The hub gone: the cached copy is used, with no error.
     hub_env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
-    again = voxcli(hub_env, "transcribe", "file", HELLO, "--model", "mistralai/tiny-realtime", "--device", "cpu")
+    again = voxcli(hub_env, "transcribe", "file", HELLO, "--model", "mistralai/tiny-realtime", "--model-device", "cpu")
     assert again.code == 0, again
     assert again.stdout == run.stdout  # the same greedy model on the same file
-    offline = voxcli(hub_env, "transcribe", "file", HELLO, "--model", "mistralai/tiny-realtime", "--device", "cpu",
+    offline = voxcli(hub_env, "transcribe", "file", HELLO, "--model", "mistralai/tiny-realtime", "--model-device", "cpu",
                      "--offline")
     assert offline.code == 0, offline
 
@@ -93,6 +93,6 @@ def test_offline_without_a_cached_copy_is_one_line(hub_env):
 ])
 def test_hub_refusals_are_one_line(hub, hub_env, repo, words):
     hub_env["HF_ENDPOINT"] = hub.url
-    run = voxcli(hub_env, "transcribe", "file", HELLO, "--model", repo, "--device", "cpu")
+    run = voxcli(hub_env, "transcribe", "file", HELLO, "--model", repo, "--model-device", "cpu")
     line = assert_one_error_line(run, code=1)
     assert all(w in line for w in words), line

@@ -1,12 +1,13 @@
 """The `voxcli` command: flags -> config -> engine/pipeline -> renderer. The only place that exits.
 
-Heavy modules (torch, transformers, the engine) are imported inside the commands that need a
-model, so `voxcli --help` and `voxcli config` start fast.
+Every option that sets a configuration key is made from that key's field (:mod:`voxcli.cli.options`):
+its help, range and choices are written once, in :mod:`voxcli.config`. Heavy modules (torch,
+transformers, the engine) are imported inside the commands that need a model, so `voxcli --help`
+and `voxcli config` start fast.
 """
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -14,31 +15,11 @@ from typing import Annotated
 import typer
 
 from voxcli import __version__
+from voxcli.cli.common import debug_on, exit_with, fail, resolve_config
 from voxcli.cli.loading import load_engine
-from voxcli.cli.options import (
-    MODEL_KEYS,
-    TOKEN_KEYS,
-    AlternativesOpt,
-    ApiKeyOpt,
-    CompileOpt,
-    ConfigOpt,
-    DebugOpt,
-    DelayOpt,
-    DeviceOpt,
-    DtypeOpt,
-    KeytermBiasOpt,
-    KeytermOpt,
-    KeytermsFileOpt,
-    LanguageOpt,
-    LowConfidenceOpt,
-    ModelOpt,
-    OfflineOpt,
-    ServerOpt,
-    StepOpt,
-    ThreadsOpt,
-)
-from voxcli.config import OUTPUT_FORMATS, Config, dump_yaml, load_config
-from voxcli.errors import ConfigError, VoxcliError
+from voxcli.cli.options import MODEL, TOKENS, ConfigOpt, DebugOpt, params, takes
+from voxcli.config import OUTPUT_FORMATS, dump_yaml
+from voxcli.errors import VoxcliError
 
 HELP = """Live, local speech-to-text with Mistral's Voxtral models.
 
@@ -53,77 +34,14 @@ app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, rich_ma
 transcribe_app = typer.Typer(help="Transcribe audio you already have.", no_args_is_help=True)
 app.add_typer(transcribe_app, name="transcribe")
 
-def _debug_on(debug: bool) -> bool:
-    return debug or os.environ.get("VOXCLI_DEBUG", "") not in ("", "0")
-
-
-def _fail(message: str | VoxcliError, code: int = 1, ctx: typer.Context | None = None) -> typer.Exit:
-    """One line on stderr. An error's settings are named by the flags of the running command."""
-    if isinstance(message, VoxcliError):
-        message = message.worded(ctx.meta.get(FLAG_NAMES, {}) if ctx is not None else {})
-    typer.echo(f"voxcli: error: {message}", err=True)
-    return typer.Exit(code)
-
-
-FLAG_NAMES = "voxcli.flag_names"  # click context meta: configuration key -> the flag that sets it
-
-
-def _resolve_config(ctx: typer.Context, config_path: Path | None, debug: bool = False,
-                    keys: dict[str, str] | None = None) -> Config:
-    """Defaults < file < flags; a bad key or value exits 2.
-
-    ``keys`` maps a configuration key to the parameter of the running command that sets it. An
-    unset switch (False) and an absent option (None) leave the key alone. The flags' spellings are
-    kept, so that errors naming a key are worded with this command's flag (``--model-device`` in
-    ``listen``, ``--device`` elsewhere).
-    """
-    options = {param.name: param for param in ctx.command.params}
-    if "keyterm" in ctx.params:
-        _gather_keyterms(ctx, debug)
-    overrides, names = {}, {}
-    for key, name in (keys or {}).items():
-        value = ctx.params[name]
-        if isinstance(value, bool) and options[name].secondary_opts:  # --x/--no-x: a choice, both ways
-            value = "on" if value else "off"
-        overrides[key] = str(value) if isinstance(value, Path) else (None if value is False else value)
-        names[key] = max(options[name].opts, key=len)
-    ctx.meta[FLAG_NAMES] = names
-    try:
-        return load_config(config_path, overrides)
-    except ConfigError as exc:
-        if debug:
-            raise
-        raise _fail(exc, 2, ctx) from None
-
-
-def _gather_keyterms(ctx: typer.Context, debug: bool) -> None:
-    """--keyterm and --keyterms-file together are the keyterms (None, neither given: the config
-    file's); a file that cannot be read exits 2."""
-    from voxcli.engine.keyterms import read_keyterms_file
-    from voxcli.errors import first_line
-
-    phrases = list(ctx.params.get("keyterm") or [])
-    path = ctx.params.get("keyterms_file")
-    if path is not None:
-        try:
-            phrases += read_keyterms_file(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            if debug:
-                raise
-            raise _fail(f"--keyterms-file {path}: cannot read it: {first_line(exc)}", 2) from None
-    ctx.params["keyterm"] = phrases if phrases or path is not None else None
-
-
-def _exit_with(ctx: typer.Context, job, debug: bool):
-    """Run a command's job; a user-caused error becomes one line and exit 1, or 2 for a bad
-    configuration value found while checking the job's inputs (--debug re-raises)."""
-    try:
-        code = job()
-    except VoxcliError as exc:
-        if debug:
-            raise
-        raise _fail(exc, 2 if isinstance(exc, ConfigError) else 1, ctx) from None
-    raise typer.Exit(code)
+KeytermsFileOpt = Annotated[Path | None, typer.Option(
+    "--keyterms-file", show_default=False, help="Keyterms from a file, one phrase a line (# comments).")]
+OldDeviceOpt = Annotated[str | None, typer.Option("--device", hidden=True, show_default=False)]
+TRANSCRIBE = (*MODEL, *TOKENS, "transcription.language", "output.format", "output.plain", "output.low_confidence")
+LISTEN = (*MODEL, *TOKENS, "output.plain", "output.low_confidence", "listen.device", "listen.save_dir",
+          "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms", "transcription.final_model")
+SERVE = (*[k for k in MODEL if k not in ("model.server", "model.api_key")], *TOKENS, "serve.host", "serve.port",
+         "serve.api_key", "serve.ssl_certfile", "serve.ssl_keyfile", "serve.max_sessions")
 
 
 @app.callback(invoke_without_command=True)
@@ -136,27 +54,20 @@ def _main(version: Annotated[bool, typer.Option("--version", help="Print the ver
 @app.command("config")
 def config_cmd(ctx: typer.Context, config: ConfigOpt = None, debug: DebugOpt = False) -> None:
     """Print the effective configuration as YAML (defaults < config file < flags)."""
-    cfg = _resolve_config(ctx, config, _debug_on(debug))
+    cfg = resolve_config(ctx, config, debug_on(debug))
     typer.echo(dump_yaml(cfg), nl=False)
 
 
 @transcribe_app.command("file")
+@takes(*TRANSCRIBE)
 def transcribe_file(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Audio files: wav, flac, ogg, mp3 (any rate, any channels).",
                                                 show_default=False)],
-    output_format: Annotated[str | None, typer.Option(
-        "--format", "-f", show_default=False,
-        help="text (default), json (text + per-token events + metrics), jsonl (one event per line), srt or vtt.")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", show_default=False,
         help="Write here instead of stdout. With several inputs, a directory: one `NAME.FORMAT` per input.")] = None,
-    plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
-    model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
-    delay_ms: DelayOpt = None, language: LanguageOpt = None, offline: OfflineOpt = False,
-    server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None, compile: CompileOpt = None,
-    keyterm: KeytermOpt = None, keyterms_file: KeytermsFileOpt = None, keyterm_bias: KeytermBiasOpt = None,
-    alternatives: AlternativesOpt = None, low_confidence: LowConfidenceOpt = None,
+    keyterms_file: KeytermsFileOpt = None, old_device: OldDeviceOpt = None,
     config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe audio files, streaming each token to the screen as the model makes it.
@@ -166,65 +77,33 @@ def transcribe_file(
 
     Example: `voxcli transcribe file talk.mp3 --format srt -o talk.srt`
     """
-    debug = _debug_on(debug)
-    cfg = _resolve_config(ctx, config, debug, {
-        **MODEL_KEYS, **TOKEN_KEYS, "model.device": "device", "transcription.language": "language",
-        "output.format": "output_format", "output.plain": "plain", "output.low_confidence": "low_confidence"})
+    debug = debug_on(debug)
+    cfg = resolve_config(ctx, config, debug, params(*TRANSCRIBE))
     from voxcli.cli.transcribe import FileJob, run_files
 
     job = FileJob(paths=paths, cfg=cfg, output=output, debug=debug)
-    _exit_with(ctx, lambda: run_files(job, load_engine=partial(load_engine, debug=debug)), debug)
+    exit_with(ctx, lambda: run_files(job, load_engine=partial(load_engine, debug=debug)), debug)
 
 
 @app.command("listen")
+@takes(*LISTEN)
 def listen_cmd(
     ctx: typer.Context,
-    device: Annotated[str | None, typer.Option(
-        "--device", "-d", show_default=False,
-        help="Input device: a name (or part of one) or an index from `voxcli devices`. Default: the system input.")] = None,
     input_path: Annotated[Path | None, typer.Option(
         "--input", "-i", show_default=False,
         help="Replay this audio file as if it were the microphone (reproducible live runs).")] = None,
     speed: Annotated[float, typer.Option(
         "--speed", help="With --input: replay speed (1 = real time; 0 = as fast as possible).", min=0.0)] = 1.0,
-    save: Annotated[Path | None, typer.Option(
-        "--save", show_default=False,
-        help="Directory for this session's files, written as you speak: the WAV the engine heard, "
-             "per-token JSONL events, the transcript, and SRT/VTT subtitles (each cue as it closes). "
-             "Created if needed; checked before the model loads.")] = None,
-    final_delay_ms: Annotated[int | None, typer.Option(
-        "--final-delay-ms", show_default=False,
-        help="Two-pass: a second Realtime stream at this longer delay is fed the same audio; its final "
-             "text replaces the provisional words (drawn dim until then) at word boundaries, aligned by "
-             "audio position. E.g. --delay-ms 240 --final-delay-ms 960.")] = None,
-    final_model: Annotated[str | None, typer.Option(
-        "--final-model", show_default=False,
-        help="Two-pass: an offline model (hub id or directory: Voxtral Mini 3B / Small 24B) loaded beside "
-             "the Realtime one re-transcribes each utterance when it ends; its text replaces the provisional words.")] = None,
     report: Annotated[Path | None, typer.Option(
         "--report", show_default=False, help="With --save: draw the session into this picture when it ends "
         "(.png or .svg; as `voxcli report` does).")] = None,
     max_seconds: Annotated[float | None, typer.Option(
         "--max-seconds", show_default=False, min=0.0, help="Stop after this many seconds of audio.")] = None,
-    plain: Annotated[bool, typer.Option("--plain", help="No live view: plain text as it arrives.")] = False,
     output_format: Annotated[str, typer.Option(
         "--format", "-f", help="text: the transcript (a live view on a terminal). jsonl: one JSON event per line "
                                "on stdout, as it happens (tokens with times and spans, endpoints, a closing "
                                "summary), e.g. `voxcli listen --format jsonl | jq`.")] = "text",
-    vad: Annotated[str | None, typer.Option(
-        "--vad", show_default=False, help="What finds the end of speech: silero (default) or energy (a level "
-                                          "threshold; fails in noise).")] = None,
-    flush_after_ms: Annotated[int | None, typer.Option(
-        "--flush-after-ms", show_default=False,
-        help="This much non-speech ends speech (default 320; 0 never ends it).")] = None,
-    model: ModelOpt = None,
-    model_device: Annotated[str | None, typer.Option(
-        "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
-    dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None,
-    compile: CompileOpt = None, keyterm: KeytermOpt = None, keyterms_file: KeytermsFileOpt = None,
-    keyterm_bias: KeytermBiasOpt = None, alternatives: AlternativesOpt = None,
-    low_confidence: LowConfidenceOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    keyterms_file: KeytermsFileOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Transcribe the microphone live, drawing every token the moment the model makes it.
 
@@ -233,29 +112,29 @@ def listen_cmd(
     and once they happen input overflows, a falling-behind warning and notices (reconnects).
     When speech ends (Silero VAD), the Realtime model flushes its delay at once, so the last
     words appear without waiting; an offline model transcribes each utterance as it ends.
+    Two-pass: --final-delay-ms (a second Realtime stream at a longer delay, e.g. --delay-ms 240
+    --final-delay-ms 960) or --final-model (an offline model per utterance); their text replaces
+    the provisional words (drawn dim until then) at word boundaries, aligned by audio position.
     Ctrl-C stops capture, transcribes what was captured, saves and exits 0; a second Ctrl-C quits at once.
 
     Example: `voxcli listen --save ~/voxcli-sessions`
     """
-    debug = _debug_on(debug)
-    cfg = _resolve_config(ctx, config, debug, {
-        **MODEL_KEYS, **TOKEN_KEYS, "model.device": "model_device", "output.plain": "plain",
-        "output.low_confidence": "low_confidence", "listen.device": "device",
-        "listen.save_dir": "save", "listen.vad": "vad", "listen.flush_after_ms": "flush_after_ms",
-        "transcription.final_delay_ms": "final_delay_ms", "transcription.final_model": "final_model"})
+    debug = debug_on(debug)
+    cfg = resolve_config(ctx, config, debug, params(*LISTEN))
     from voxcli.choices import LISTEN_FORMATS
     from voxcli.cli.listen import ListenJob, run_listen
 
     if output_format not in LISTEN_FORMATS:
-        raise _fail(f"--format must be one of {', '.join(LISTEN_FORMATS)} for listen; got {output_format!r}", 2)
+        raise fail(f"--format must be one of {', '.join(LISTEN_FORMATS)} for listen; got {output_format!r}", 2)
     if report is not None and not cfg.listen.save_dir:
-        raise _fail("--report draws the saved session: add --save DIR", 2)
+        raise fail("--report draws the saved session: add --save DIR", 2)
     job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds, format=output_format,
                     report_path=report)
-    _exit_with(ctx, lambda: run_listen(job, load_engine=partial(load_engine, debug=debug)), debug)
+    exit_with(ctx, lambda: run_listen(job, load_engine=partial(load_engine, debug=debug)), debug)
 
 
 @app.command("bench")
+@takes(*MODEL)
 def bench_cmd(
     ctx: typer.Context,
     audio: Annotated[list[Path] | None, typer.Argument(
@@ -280,12 +159,7 @@ def bench_cmd(
         "--concurrency", min=0, help="Run this many simultaneous sessions (one clip each) and report per-session "
                                      "and aggregate figures: on a --server, or on a local Realtime model, where "
                                      "they step together in one forward (the step's time per batch size).")] = 0,
-    model: ModelOpt = None,
-    model_device: Annotated[str | None, typer.Option(
-        "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
-    dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, server: ServerOpt = None, api_key: ApiKeyOpt = None, step: StepOpt = None,
-    compile: CompileOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+    config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Measure latency as percentiles (n, p50, p90, p95, p99, mean, min, max).
 
@@ -296,43 +170,21 @@ def bench_cmd(
 
     Example: `voxcli bench --runs 20 --paced --json bench.json`
     """
-    debug = _debug_on(debug)
-    cfg = _resolve_config(ctx, config, debug, {**MODEL_KEYS, "model.device": "model_device"})
+    debug = debug_on(debug)
+    cfg = resolve_config(ctx, config, debug, params(*MODEL))
     from voxcli.cli.bench import run_bench_command
 
-    _exit_with(ctx, lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
-                                         batch_words=batch_words, json_path=json_path,
-                                         load_engine=partial(load_engine, debug=debug),
-                                         concurrency=concurrency, plot_path=plot,
-                                         final_delay_ms=final_delay_ms), debug)
+    exit_with(ctx, lambda: run_bench_command(cfg, audio or [], runs=runs, warmup=warmup, paced=paced,
+                                        batch_words=batch_words, json_path=json_path,
+                                        load_engine=partial(load_engine, debug=debug),
+                                        concurrency=concurrency, plot_path=plot,
+                                        final_delay_ms=final_delay_ms), debug)
 
 
 @app.command("serve")
-def serve_cmd(
-    ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(
-        "--host", show_default=False, help="Address to bind. Default 127.0.0.1 (this machine only); another "
-                                           "address without --api-key gets a warning.")] = None,
-    port: Annotated[int | None, typer.Option("--port", "-p", show_default=False, help="TCP port. Default 8000.")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", show_default=False,
-        help="Clients must send it as Authorization: Bearer. VOXCLI_API_KEY does the same and keeps the key "
-             "out of the process list.")] = None,
-    ssl_certfile: Annotated[Path | None, typer.Option(
-        "--ssl-certfile", show_default=False, help="Certificate (PEM): serve https:// and wss://.")] = None,
-    ssl_keyfile: Annotated[Path | None, typer.Option(
-        "--ssl-keyfile", show_default=False, help="The certificate's private key (PEM).")] = None,
-    max_sessions: Annotated[int | None, typer.Option(
-        "--max-sessions", show_default=False, min=1, max=64,
-        help="Realtime sessions at once, each a row of one batched step (default 8); one more is refused.")] = None,
-    model: ModelOpt = None,
-    model_device: Annotated[str | None, typer.Option(
-        "--model-device", show_default=False, help="Where the model runs: auto, cuda, cuda:N, mps or cpu.")] = None,
-    dtype: DtypeOpt = None, threads: ThreadsOpt = None, delay_ms: DelayOpt = None,
-    offline: OfflineOpt = False, step: StepOpt = None, compile: CompileOpt = None,
-    keyterm: KeytermOpt = None, keyterms_file: KeytermsFileOpt = None, keyterm_bias: KeytermBiasOpt = None,
-    alternatives: AlternativesOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
-) -> None:
+@takes(*SERVE)
+def serve_cmd(ctx: typer.Context, keyterms_file: KeytermsFileOpt = None, config: ConfigOpt = None,
+              debug: DebugOpt = False) -> None:
     """Serve the local model to apps and browsers: OpenAI- and vLLM-compatible APIs, many sessions.
 
     - `POST /v1/audio/transcriptions`: OpenAI's (json, text, verbose_json, srt, vtt; `stream=true` as
@@ -342,19 +194,16 @@ def serve_cmd(
     - `GET /`: a live page (microphone to transcript); `/health`, `/v1/models`, `/metrics` (Prometheus).
 
     Every realtime session is a row of the batched step: one scheduler thread steps them all in one
-    forward. SIGTERM or Ctrl-C ends every open session with its last words, then stops.
+    forward. SIGTERM or Ctrl-C ends every open session with its last words, then stops. The key
+    (--api-key) can come from VOXCLI_API_KEY instead, out of the process list.
 
     Example: `voxcli serve --port 8000`, then `voxcli listen` with `model.server: http://127.0.0.1:8000`
     """
-    debug = _debug_on(debug)
-    cfg = _resolve_config(ctx, config, debug, {
-        **{k: v for k, v in MODEL_KEYS.items() if k not in ("model.server", "model.api_key")}, **TOKEN_KEYS,
-        "model.device": "model_device", "serve.host": "host", "serve.port": "port", "serve.api_key": "api_key",
-        "serve.ssl_certfile": "ssl_certfile", "serve.ssl_keyfile": "ssl_keyfile",
-        "serve.max_sessions": "max_sessions"})
+    debug = debug_on(debug)
+    cfg = resolve_config(ctx, config, debug, params(*SERVE))
     from voxcli.cli.serve import run_serve
 
-    _exit_with(ctx, lambda: run_serve(cfg, load_engine=partial(load_engine, debug=debug)), debug)
+    exit_with(ctx, lambda: run_serve(cfg, load_engine=partial(load_engine, debug=debug)), debug)
 
 
 @app.command("report")
@@ -381,9 +230,9 @@ def report_cmd(
     try:
         written = write_report(paths, output)
     except VoxcliError as exc:
-        if _debug_on(debug):
+        if debug_on(debug):
             raise
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(f"voxcli: wrote {written}", err=True)
 
 
@@ -395,11 +244,11 @@ def devices_cmd(debug: DebugOpt = False) -> None:
     try:
         devices = list_input_devices()
     except VoxcliError as exc:
-        if _debug_on(debug):
+        if debug_on(debug):
             raise
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if not devices:
-        raise _fail("no audio input device found")
+        raise fail("no audio input device found")
     for d in devices:
         mark = "*" if d.is_default else " "
         typer.echo(f"{mark} {d.index:>3}  {d.name}  ({d.hostapi}, {d.channels} ch, {d.default_rate:.0f} Hz)")

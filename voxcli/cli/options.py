@@ -1,75 +1,145 @@
-"""The options several commands share, each written once: its flag, its help, its range. Each
-defaults to None ("not given": the configuration decides); ``MODEL_KEYS`` and ``TOKEN_KEYS`` say
-which configuration key each one sets."""
+"""The command line, built from the configuration: every option that sets a configuration key is
+made here from that key's field (its type, its help, its range and choices, written once in
+:mod:`voxcli.config`); a command names the keys it takes (``@takes(...)``). Each such option
+defaults to None ("not given": the configuration file decides). What is not configuration (a
+command's own inputs, --config, --debug) is written beside its command."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from voxcli.delays import ALLOWED_TEXT as DELAYS_TEXT
+from voxcli.config import Config
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.",
                                                 show_default=False)]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", show_default=False,
-    help="Hub id or local checkpoint directory. Default: mistralai/Voxtral-Mini-4B-Realtime-2602. "
-         "Also: mistralai/Voxtral-Mini-3B-2507, mistralai/Voxtral-Small-24B-2507.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cuda, cuda:N, mps or cpu.",
-                                               show_default=False)]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, bfloat16, float16 or float32.",
-                                              show_default=False)]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (0: torch's default).",
-                                                show_default=False)]
-DelayOpt = Annotated[int | None, typer.Option(
-    "--delay-ms", show_default=False,
-    help=f"Realtime model: transcription delay in ms, {DELAYS_TEXT} (checkpoint default 480). "
-         "Lower shows words sooner, higher is more accurate.")]
-LanguageOpt = Annotated[str | None, typer.Option(
-    "--language", "-l", show_default=False,
-    help="Offline models (3B/24B): language hint such as en, fr, de; 'auto' detects it.")]
-OfflineOpt = Annotated[bool, typer.Option(
-    "--offline", help="Never contact the Hugging Face hub: use a local directory or the cache.")]
-ServerOpt = Annotated[str | None, typer.Option(
-    "--server", show_default=False,
-    help="Use a vLLM server (http://HOST:PORT, or https:// with its certificate checked) as the engine; "
-         "--model is then the served model name.")]
-ApiKeyOpt = Annotated[str | None, typer.Option(
-    "--api-key", show_default=False,
-    help="With --server: the key of a server started with `vllm serve --api-key`. VOXCLI_API_KEY does "
-         "the same and keeps the key out of the process list.")]
-StepOpt = Annotated[str | None, typer.Option(
-    "--step", show_default=False,
-    help="Realtime model: static (default: preallocated ring buffers, compilable) or hf (transformers' "
-         "eager forward, the reference).")]
-CompileOpt = Annotated[bool | None, typer.Option(
-    "--compile/--no-compile", show_default=False,
-    help="Static step: torch.compile it (CUDA graphs on a GPU). Default: on for CUDA, off on the CPU. "
-         "Compiling takes seconds to minutes at start-up, reported apart.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
-KeytermOpt = Annotated[list[str] | None, typer.Option(
-    "--keyterm", "-k", show_default=False,
-    help="A word or phrase to favour (a name, jargon); repeat for more. Its tokens' scores get --keyterm-bias "
-         "in every step; each one said is counted in the summary. A local model, or voxcli serve as the server.")]
-KeytermsFileOpt = Annotated[Path | None, typer.Option(
-    "--keyterms-file", show_default=False, help="Keyterms from a file, one phrase a line (# comments).")]
-KeytermBiasOpt = Annotated[float | None, typer.Option(
-    "--keyterm-bias", show_default=False, min=0.0, max=20.0,
-    help="Logits added for keyterms (default 2.0: a favoured token wins when at least ~14% as likely as "
-         "the top one). 0 counts them without favouring.")]
-AlternativesOpt = Annotated[int | None, typer.Option(
-    "--alternatives", show_default=False, min=0, max=20,
-    help="Every token event carries p and the top K alternatives with log-probabilities (json, jsonl, "
-         "session files). Default 0: off.")]
-LowConfidenceOpt = Annotated[float | None, typer.Option(
-    "--low-confidence", show_default=False, min=0.0, max=1.0,
-    help="Underline words in the live view with a token less likely than P (e.g. 0.5). Default 0: off.")]
-# The configuration keys the keyterm and confidence options set.
-TOKEN_KEYS = {"transcription.keyterms": "keyterm", "transcription.keyterm_bias": "keyterm_bias",
-              "transcription.alternatives": "alternatives"}
-# The configuration keys the model options above set (each command adds its own device flag).
-MODEL_KEYS = {"model.name": "model", "model.dtype": "dtype", "model.threads": "threads",
-              "model.offline": "offline", "model.server": "server", "model.api_key": "api_key",
-              "transcription.delay_ms": "delay_ms", "model.step": "step", "model.compile": "compile"}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How configuration key ``key`` is spelt on the command line (``names``), and the command's
+    parameter that holds it (``param``)."""
+
+    key: str
+    names: tuple[str, ...]
+    param: str
+
+
+FLAGS = [
+    Flag("model.name", ("--model", "-m"), "model"),
+    Flag("model.device", ("--model-device",), "model_device"),
+    Flag("model.dtype", ("--dtype",), "dtype"),
+    Flag("model.threads", ("--threads",), "threads"),
+    Flag("model.offline", ("--offline",), "offline"),
+    Flag("model.server", ("--server",), "server"),
+    Flag("model.api_key", ("--api-key",), "api_key"),
+    Flag("model.step", ("--step",), "step"),
+    Flag("model.compile", ("--compile/--no-compile",), "compile"),
+    Flag("transcription.delay_ms", ("--delay-ms",), "delay_ms"),
+    Flag("transcription.language", ("--language", "-l"), "language"),
+    Flag("transcription.keyterms", ("--keyterm", "-k"), "keyterm"),
+    Flag("transcription.keyterm_bias", ("--keyterm-bias",), "keyterm_bias"),
+    Flag("transcription.alternatives", ("--alternatives",), "alternatives"),
+    Flag("transcription.final_delay_ms", ("--final-delay-ms",), "final_delay_ms"),
+    Flag("transcription.final_model", ("--final-model",), "final_model"),
+    Flag("output.format", ("--format", "-f"), "output_format"),
+    Flag("output.plain", ("--plain",), "plain"),
+    Flag("output.low_confidence", ("--low-confidence",), "low_confidence"),
+    Flag("listen.device", ("--device", "-d"), "device"),
+    Flag("listen.save_dir", ("--save",), "save"),
+    Flag("listen.vad", ("--vad",), "vad"),
+    Flag("listen.flush_after_ms", ("--flush-after-ms",), "flush_after_ms"),
+    Flag("serve.host", ("--host",), "host"),
+    Flag("serve.port", ("--port", "-p"), "port"),
+    Flag("serve.api_key", ("--api-key",), "api_key"),
+    Flag("serve.ssl_certfile", ("--ssl-certfile",), "ssl_certfile"),
+    Flag("serve.ssl_keyfile", ("--ssl-keyfile",), "ssl_keyfile"),
+    Flag("serve.max_sessions", ("--max-sessions",), "max_sessions"),
+]
+BY_KEY = {f.key: f for f in FLAGS}
+# The keys every command that loads a model takes (serve: not the server's, it runs the model itself).
+MODEL = ("model.name", "model.device", "model.dtype", "model.threads", "model.offline", "model.server",
+         "model.api_key", "transcription.delay_ms", "model.step", "model.compile")
+TOKENS = ("transcription.keyterms", "transcription.keyterm_bias", "transcription.alternatives")
+# One flag's name for what a key used to be called in one command: still taken, hidden, with a line.
+RENAMED = {"--device": "--model-device"}  # transcribe file's model device, before every command said --model-device
+
+
+def _field(key: str) -> dataclasses.Field:
+    section, _, name = key.partition(".")
+    cls = typing.get_type_hints(Config)[section]
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+def _option(flag: Flag) -> inspect.Parameter:
+    """The typer parameter for ``flag``: its type from the field's, its help and range from the
+    field's metadata (with the choices it allows)."""
+    field = _field(flag.key)
+    meta = field.metadata
+    hint = typing.get_type_hints(_section_class(flag.key))[field.name]
+    base = _base_type(hint)
+    help_text = meta["help"][0].upper() + meta["help"][1:]
+    if "choices" in meta:
+        help_text += f" [{'|'.join(map(str, meta['choices']))}]"
+    default = None
+    if base is bool:
+        annotation, default = bool, False
+    elif flag.key == "model.compile":
+        annotation = bool | None
+    elif base is list:
+        annotation = list[str] | None
+    else:
+        annotation = base | None
+    kwargs = {k: meta[k] for k in ("min", "max") if k in meta and base in (int, float)}
+    option = typer.Option(*flag.names, help=help_text + ".", show_default=False, **kwargs)
+    return inspect.Parameter(flag.param, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                             annotation=Annotated[annotation, option])
+
+
+def _section_class(key: str):
+    return typing.get_type_hints(Config)[key.partition(".")[0]]
+
+
+def _base_type(hint):
+    """int for ``int | None``, list for ``list[str]``, and so on."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def params(*keys: str) -> dict[str, str]:
+    """Configuration key -> the parameter that holds its option."""
+    return {k: BY_KEY[k].param for k in keys}
+
+
+def takes(*keys: str):
+    """Give a command an option for each configuration key in ``keys``, made from the key's field.
+    The command reads them through ``ctx.params`` (``resolve_config`` with ``params(*keys)``)."""
+    flags = [BY_KEY[k] for k in keys]
+
+    def wrap(fn):
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())
+        made = [_option(f) for f in flags]
+        names = {p.name for p in made}
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            return fn(*args, **{k: v for k, v in kwargs.items() if k not in names})
+
+        last = [p for p in own if p.name in ("config", "debug")]  # --config and --debug close the list
+        ordered = [p for p in own if p not in last] + made + last
+        command.__signature__ = inspect.Signature(ordered)
+        command.__annotations__ = {p.name: p.annotation for p in ordered}
+        del command.__wrapped__  # typer must see the signature above, not fn's
+        return command
+
+    return wrap

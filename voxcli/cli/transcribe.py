@@ -23,7 +23,7 @@ from voxcli.events import FileStatus, Transcript
 from voxcli.output.formats import render_transcript
 from voxcli.output.tables import format_summary
 from voxcli.output.view import FILE_REDRAW_S, LiveTranscript, NullView, PlainTranscript
-from voxcli.units import SAMPLE_RATE
+from voxcli.units import seconds
 
 EXTENSIONS = {"text": "txt", "json": "json", "jsonl": "jsonl", "srt": "srt", "vtt": "vtt"}
 EXIT_INTERRUPTED = 130
@@ -128,7 +128,7 @@ def run_files(job: FileJob, *, load_engine: Callable) -> int:
             if outputs.many and outputs.streams_text_to_stdout:
                 job.stdout.write(f"==> {path} <==\n")
             with _view(outputs, job.cfg, path.name, job.stdout, err) as view:
-                status = FileStatus(path.name, audio_s=len(audio) / SAMPLE_RATE)
+                status = FileStatus(path.name, audio_s=seconds(len(audio)))
                 view.set_status(status)
                 transcript = transcribe_audio(engine, audio, source=str(path), on_event=view.add,
                                               on_idle=view.draw, language=language, stop=threading.Event())

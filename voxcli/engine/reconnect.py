@@ -28,7 +28,7 @@ import numpy as np
 from voxcli.audio.tape import Tape
 from voxcli.errors import ServerError, StreamEnded, first_line
 from voxcli.events import Notice, Reconnect, TokenEvent, restart_sample
-from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES
+from voxcli.units import TOKEN_SAMPLES, seconds
 
 POLL_S = 0.02  # the sender's wait for new audio before looking at the server's deltas again
 FIRST_WAIT_S = 0.5  # between reconnect tries, doubling ...
@@ -178,7 +178,7 @@ class ReconnectingSession:
                     if replay_from >= self._audio.end and self._commit.is_set():
                         return  # nothing left to hear
                     self._events.append(TokenEvent(index=-1, token_id=-1, text="", t_emitted=time.perf_counter(),
-                                                   special=True, restart_at_s=replay_from / SAMPLE_RATE))
+                                                   special=True, restart_at_s=seconds(replay_from)))
                 except ServerError as exc:
                     if self._closed.is_set():
                         return
@@ -201,9 +201,9 @@ class ReconnectingSession:
         if outage is not None and outage.origin is self and not outage.reported:
             outage.reported = True
             down_s = time.monotonic() - outage.t_lost
-            row = Reconnect(lost_at_s=self._lost_at / SAMPLE_RATE, down_s=down_s,
-                            replayed_s=(self._audio.end - self._sent) / SAMPLE_RATE, attempts=outage.attempts,
-                            error=first_line(outage.first_error), replay_from_s=self._sent / SAMPLE_RATE)
+            row = Reconnect(lost_at_s=seconds(self._lost_at), down_s=down_s,
+                            replayed_s=seconds(self._audio.end - self._sent), attempts=outage.attempts,
+                            error=first_line(outage.first_error), replay_from_s=seconds(self._sent))
             self._incidents.append(row)
             self._incidents.append(Notice(f"reconnected after {row.down_s:.1f} s; {row.replayed_s:.1f} s of audio "
                                           f"replayed"))

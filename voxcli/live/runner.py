@@ -23,11 +23,21 @@ from itertools import islice
 
 import numpy as np
 
-from voxcli.events import LiveStatus, Notice, Reconnect, Restart, TokenEvent, Transcript, TranscriptMetrics, summarize
+from voxcli.events import (
+    LiveStatus,
+    Notice,
+    Reconnect,
+    Restart,
+    StreamRole,
+    TokenEvent,
+    Transcript,
+    TranscriptMetrics,
+    summarize,
+)
 from voxcli.live.items import AudioIn, Endpoint, LiveOptions, LiveToken
 from voxcli.live.twopass import shares_step
 from voxcli.live.worker import LiveWorker
-from voxcli.units import SAMPLE_RATE
+from voxcli.units import seconds
 
 QUEUE_SIZE = 256  # tokens of a file in flight between the engine and the screen
 LIVE_QUEUE_SIZE = 8192  # a live session's tokens and audio blocks in flight (minutes of them)
@@ -164,7 +174,7 @@ def transcribe_audio(engine, audio: np.ndarray, *, source: str, on_event: Callab
     :func:`consume`."""
     events, t_start, complete = consume(lambda: engine.transcribe(audio, language=language), on_event,
                                         stop=stop, on_idle=on_idle)
-    metrics = TranscriptMetrics.measure(events, t_start, audio_s=len(audio) / SAMPLE_RATE)
+    metrics = TranscriptMetrics.measure(events, t_start, audio_s=seconds(len(audio)))
     return Transcript(source=source, model=engine.info.model, events=events, metrics=metrics,
                       complete=complete, t_start=t_start)
 
@@ -211,7 +221,7 @@ class _Tally:
         """Count a token just drawn; its emission latency and its time after its chunk was ready."""
         self.events.append(item.event)
         if item.event.step_ms is not None and not shares_step(item.stream, item.event):
-            (self.final_steps if item.stream == "final" else self.steps).append(item.event.step_ms)
+            (self.final_steps if item.stream == StreamRole.FINAL else self.steps).append(item.event.step_ms)
         emission_ms = after_ms = None
         if item.t_audio is not None:
             emission_ms = (t_drawn - item.t_audio) * 1000.0
@@ -226,7 +236,7 @@ class _Tally:
         step = summarize(list(islice(reversed(self.steps), 50)))
         final_step = summarize(list(islice(reversed(self.final_steps), 50)))
         return LiveStatus(
-            heard_s=self.heard / SAMPLE_RATE, level_db=self.level_db,
+            heard_s=seconds(self.heard), level_db=self.level_db,
             latency_ms=(recent["p50"], recent["p95"]) if recent["n"] else None,
             step_ms=step.get("p50"), final_step_ms=final_step.get("p50"), backlog_blocks=self.backlog,
             dropped_blocks=source.dropped_blocks, input_overflows=source.input_overflows,
@@ -317,7 +327,7 @@ def run_live(engine, source, *, on_token: Callable[[TokenEvent, str], None], sto
         finally:
             stop.set()
             source.stop()
-    return LiveResult(events=tally.events, audio_s=tally.heard / SAMPLE_RATE, emission_latency_ms=tally.latency,
+    return LiveResult(events=tally.events, audio_s=seconds(tally.heard), emission_latency_ms=tally.latency,
                       emit_after_ready_ms=tally.after_ready, step_ms=list(tally.steps),
                       dropped_blocks=source.dropped_blocks, flushes=worker.flushes, error=source.error,
                       capture_time=worker.clock.at, input_overflows=source.input_overflows,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from voxcli.events import LiveStatus, keyterm_counts, round_or_none, summarize
+from voxcli.events import LiveStatus, StreamRole, keyterm_counts, round_or_none, summarize
 from voxcli.live.runner import LiveResult, run_live
 from voxcli.live.twopass import TwoPassRecorder
 
@@ -69,7 +69,7 @@ class ListenSession:
             extra["stream"] = token.stream
             self.two_pass.latency(token.stream, token.event, emission_ms)
         self._emit({"type": "token", **token.event.to_dict(), **extra})
-        final = token.stream != "provisional"  # a token of the transcript (two-pass: its final stream)
+        final = token.stream != StreamRole.PROVISIONAL  # a token of the transcript (two-pass: its final stream)
         if final:
             keyterm_counts([token.event], self.keyterms)
         if self.recorder:

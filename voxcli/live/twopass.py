@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from voxcli.events import TokenEvent, summarize
+from voxcli.events import StreamRole, TokenEvent, summarize
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class TwoPassText:
         return "".join(e.text for e in self.pending)
 
     def add(self, event: TokenEvent, stream: str) -> Replacement | None:
-        if stream != "final":
+        if stream != StreamRole.FINAL:
             self.pending.append(event)
             return None
         self._final_since.append(event)
@@ -96,7 +96,7 @@ def draw(two: TwoPassText, view, event: TokenEvent, stream: str) -> Replacement 
     """One token of a two-pass session on a view: final text drawn as one stream is, the
     provisional words beyond it as the view's (dim) tail. The replacement it made, if any."""
     replacement = two.add(event, stream)
-    if stream == "final":
+    if stream == StreamRole.FINAL:
         view.add(event)
     view.set_tail(two.tail)
     return replacement
@@ -134,7 +134,7 @@ class TwoPassRecorder:
         return two_pass_figures(self.tokens, self.replacements)
 
     def final_text(self) -> str:
-        return "".join(text for stream, text, _, _ in self.tokens if stream == "final")
+        return "".join(text for stream, text, _, _ in self.tokens if stream == StreamRole.FINAL)
 
     def _replaced(self, replacement: Replacement | None) -> None:
         if replacement is not None:
@@ -148,7 +148,7 @@ def shares_step(stream: str, event: TokenEvent) -> bool:
     provisional stream (whose tokens count that time once), or flushes alone after an end of
     speech, which is no step of every 80 ms. Only a final stream that steps on its own (an offline
     final model, the hf step) adds a step of its own to every tick."""
-    return stream == "final" and event.batch is not None
+    return stream == StreamRole.FINAL and event.batch is not None
 
 
 def _word_groups(events: list[TokenEvent]) -> list[list[int]]:
@@ -181,14 +181,14 @@ def two_pass_figures(tokens, replacements) -> dict:
     stream's own."""
     replaced = sum(r.words for r in replacements)
     return {
-        "provisional_word_latency_ms": summarize(word_latencies(tokens, "provisional")),
-        "final_word_latency_ms": summarize(word_latencies(tokens, "final")),
+        "provisional_word_latency_ms": summarize(word_latencies(tokens, StreamRole.PROVISIONAL)),
+        "final_word_latency_ms": summarize(word_latencies(tokens, StreamRole.FINAL)),
         "revision_rate": round(sum(r.changed for r in replacements) / replaced, 4) if replaced else None,
         "replacements": len(replacements),
         # Every forward the provisional stream took part in: with a Realtime final stream, both streams
         # step in one forward, so this is the step of both.
-        "step_ms": summarize([t[3] for t in tokens if t[0] == "provisional" and t[3] is not None]),
+        "step_ms": summarize([t[3] for t in tokens if t[0] == StreamRole.PROVISIONAL and t[3] is not None]),
         # The final stream's own steps, where it does not share the provisional stream's forwards (an
         # offline final model, or the hf step).
-        "final_step_ms": summarize([t[3] for t in tokens if t[0] == "final" and t[3] is not None]),
+        "final_step_ms": summarize([t[3] for t in tokens if t[0] == StreamRole.FINAL and t[3] is not None]),
     }

@@ -32,13 +32,13 @@ import numpy as np
 from rich.console import Console
 
 from voxcli.errors import first_line
-from voxcli.events import STEP_BUDGET_MS, TokenEvent, TranscriptMetrics, pool, summarize
+from voxcli.events import STEP_BUDGET_MS, StreamRole, TokenEvent, TranscriptMetrics, pool, summarize
 from voxcli.live.driver import StreamDriver, cycle
 from voxcli.live.items import LiveOptions, LiveToken
 from voxcli.live.twopass import TwoPassRecorder, word_latencies
 from voxcli.measure.environment import environment
 from voxcli.output.view import FILE_REDRAW_S, LiveTranscript
-from voxcli.units import SAMPLE_RATE, TOKEN_SAMPLES, seconds
+from voxcli.units import TOKEN_SAMPLES, seconds
 
 FILE_METRICS = ("ttft_ms", "total_ms", "critical_path_ms", "display_lag_ms", "first_chunk_ms", "step_ms", "rtf")
 PACED_METRICS = ("emission_latency_ms", "emitted_after_ready_ms", "first_word_ms", "finalize_ms", "live_step_ms")
@@ -140,7 +140,7 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
     drawn: list[tuple[TokenEvent, float]] = []
     emission: list[float] = []
     after_ready: list[float] = []
-    source = FileSource(clip.path, speed=opts.speed, queue_s=max(10.0, len(clip.audio) / SAMPLE_RATE + 1))
+    source = FileSource(clip.path, speed=opts.speed, queue_s=max(10.0, seconds(len(clip.audio)) + 1))
     final_engine = engine.with_delay(opts.final_delay_ms) if opts.final_delay_ms else None
     with LiveTranscript(console, title=clip.name) as view:
         # Two-pass drawn and counted as listen does it (sealed at each end of speech).
@@ -151,13 +151,13 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
                 two.token(event, stream)
             else:
                 view.add(event)
-            if stream != "final":  # the figures below are the first (provisional) stream's
+            if stream != StreamRole.FINAL:  # the figures below are the first (provisional) stream's
                 drawn.append((event, time.perf_counter()))
 
         def on_latency(token, emission_ms: float | None, after_ms: float | None) -> None:
             if token.stream:
                 two.latency(token.stream, token.event, emission_ms)
-            if token.stream == "final":
+            if token.stream == StreamRole.FINAL:
                 return
             if emission_ms is not None:
                 emission.append(emission_ms)
@@ -189,11 +189,11 @@ def _paced_run(engine, clip: Clip, opts: BenchOptions) -> dict:
 def _two_pass_record(two: TwoPassRecorder) -> dict:
     figures, tokens = two.figures(), two.tokens
     return {
-        "provisional_word_latency_ms": word_latencies(tokens, "provisional"),
-        "final_word_latency_ms": word_latencies(tokens, "final"),
+        "provisional_word_latency_ms": word_latencies(tokens, StreamRole.PROVISIONAL),
+        "final_word_latency_ms": word_latencies(tokens, StreamRole.FINAL),
         "revision_rate": figures["revision_rate"],
         "replacements": figures["replacements"],
-        "final_step_ms": [t[3] for t in tokens if t[0] == "final" and t[3] is not None],
+        "final_step_ms": [t[3] for t in tokens if t[0] == StreamRole.FINAL and t[3] is not None],
     }
 
 
@@ -207,7 +207,7 @@ def run_bench(engine, clips: list[Clip], opts: BenchOptions, *,
         "runs": opts.runs, "warmup": opts.warmup, "paced": opts.paced, "speed": opts.speed,
         "batch_words": opts.batch_words, "endpointer": _endpointer(opts.live) if opts.paced else None,
         "final_delay_ms": opts.final_delay_ms,
-        "clips": {c.name: round(len(c.audio) / SAMPLE_RATE, 4) for c in clips}})
+        "clips": {c.name: round(seconds(len(c.audio)), 4) for c in clips}})
     for clip in clips:
         for i in range(opts.warmup + opts.runs):
             record = _file_run(engine, clip, opts)
@@ -240,7 +240,7 @@ BEHIND_MS = 2000.0  # a paced session whose last text comes later than this afte
 def _load_session(engine, clip: Clip, paced: bool) -> dict:
     """One client session against a server: stream the clip (paced at real speed or as fast as
     possible), time every delta. Never raises: a failure is recorded in the result."""
-    record: dict = {"clip": clip.name, "audio_s": round(len(clip.audio) / SAMPLE_RATE, 4), "error": None}
+    record: dict = {"clip": clip.name, "audio_s": round(seconds(len(clip.audio)), 4), "error": None}
     after_ready: list[float] = []  # paced: each token's emission after the push that let it step
     t0 = time.perf_counter()
     t_audio_end = t0
@@ -273,7 +273,7 @@ def _load_session(engine, clip: Clip, paced: bool) -> dict:
     end = time.perf_counter()
     # ttft as everywhere (TranscriptMetrics.measure), counted from the session's start: paced, that
     # is when its first audio went out, not when the clip was complete.
-    ttft_ms = TranscriptMetrics.measure(events, t0, audio_s=len(clip.audio) / SAMPLE_RATE).ttft_ms
+    ttft_ms = TranscriptMetrics.measure(events, t0, audio_s=seconds(len(clip.audio))).ttft_ms
     times = [e.t_emitted for e in events if e.text]
     record.update(
         n_deltas=len(times),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from voxcli.errors import VoxcliError
-from voxcli.events import STEP_BUDGET_MS
+from voxcli.events import STEP_BUDGET_MS, StreamRole
 from voxcli.units import SAMPLE_RATE
 
 FORMATS = (".png", ".svg")
@@ -182,7 +182,7 @@ def draw_session(data: SessionData):
     # 2. Every token on the audio timeline at the moment it came out: the model's delay is the
     # height above the diagonal.
     if len(data.token_audio_s):
-        final = np.array([stream == "final" for stream in data.token_stream], bool)
+        final = np.array([stream == StreamRole.FINAL for stream in data.token_stream], bool)
         plain = ~data.token_flushed & ~final
         timeline.scatter(data.token_audio_s[plain], data.token_heard_s[plain], s=12, marker="o",
                          facecolors="none", edgecolors="black", label="provisional token" if final.any() else "token")

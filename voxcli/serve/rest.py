@@ -28,7 +28,7 @@ from voxcli.output.cues import events_to_cues
 from voxcli.output.formats import render_transcript
 from voxcli.serve import wire
 from voxcli.serve.scheduler import Done, Failed, Full, Token
-from voxcli.units import SAMPLE_RATE
+from voxcli.units import seconds
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 _MEDIA = {"text": "text/plain; charset=utf-8", "srt": "application/x-subrip", "vtt": "text/vtt"}
@@ -90,7 +90,7 @@ async def transcriptions(request: Request) -> Response:
         stream.close()  # its row is free at the scheduler's next cycle
     if failed is not None:
         return problem(500, failed.message, failed.code)
-    return _render(events, fmt, len(audio) / SAMPLE_RATE, model, str(form.get("language") or ""))
+    return _render(events, fmt, seconds(len(audio)), model, str(form.get("language") or ""))
 
 
 def _options(form) -> dict:

@@ -14,5 +14,5 @@ COMPILE_MODES = ("auto", "on", "off")
 DETECTORS = ("silero", "energy")  # the endpointer: Silero VAD, or a level threshold
 OUTPUT_FORMATS = ("text", "json", "jsonl", "srt", "vtt")  # transcribe file
 LISTEN_FORMATS = ("text", "jsonl")  # what listen can stream as it goes
-EOS_POLICIES = ("restart", "pad")  # a Realtime stream's end of sequence with audio left (voxcli.engine.local)
+EOS_POLICIES = ("restart", "pad")  # a Realtime stream's end of sequence with audio left (voxcli.engine.session)
 KEYTERM_BIAS = 2.0  # logits added for a keyterm's tokens (why 2.0: voxcli.engine.keyterms)

@@ -3,10 +3,13 @@
 Nothing here imports ``live``, ``output``, ``measure`` or ``cli`` (tests/test_layers.py checks);
 callers see the contract (:mod:`voxcli.engine.contract`), never which implementation is behind it.
 
-- ``local``: transformers on this machine (loading, warm-up, the Realtime session, offline segments)
-- ``static``: the static compiled Realtime step; ``compat``: everything read from transformers
-- ``remote``: a vLLM server behind the same contract, ``reconnect``: its session that outlives the
-  server; ``opener``: the configuration's engine, local or remote (``open_engine``)
+- ``local``: transformers on this machine, split by job: ``loading``, ``base``, ``realtime``,
+  ``session``, ``window`` (the session's audio), ``offline``, ``segments``; the two Realtime steps
+  behind one ``run(jobs)``: ``static`` (with ``batching``, ``compiling``, ``tables``) and ``hfstep``;
+  ``compat``: everything read from transformers
+- ``remote``: a vLLM server behind the same contract (``server``: reaching it, ``connect``: an
+  engine from a URL), ``reconnect``: its session that outlives the server; ``opener``: the
+  configuration's engine, local or remote (``open_engine``)
 - ``hub``: checkpoints; ``memory``: will it fit; ``timing``: the critical path, the environment
 """
 

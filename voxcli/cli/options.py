@@ -74,26 +74,30 @@ TOKENS = ("transcription.keyterms", "transcription.keyterm_bias", "transcription
 RENAMED = {"--device": "--model-device"}  # transcribe file's model device, before every command said --model-device
 
 
-def _field(key: str) -> dataclasses.Field:
+def _field(key: str) -> tuple[dataclasses.Field, type]:
+    """The configuration field ``key`` names, and its type (``int`` for ``int | None``, ``list``
+    for ``list[str]``)."""
     section, _, name = key.partition(".")
     cls = typing.get_type_hints(Config)[section]
-    return {f.name: f for f in dataclasses.fields(cls)}[name]
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return {f.name: f for f in dataclasses.fields(cls)}[name], typing.get_origin(hint) or hint
 
 
 def _option(flag: Flag) -> inspect.Parameter:
     """The typer parameter for ``flag``: its type from the field's, its help and range from the
-    field's metadata (with the choices it allows)."""
-    field = _field(flag.key)
+    field's metadata (with the choices it allows). A ``--x/--no-x`` switch for a choice of words
+    (``model.compile``: on/off, unset: auto) is a bool that may stay None."""
+    field, base = _field(flag.key)
     meta = field.metadata
-    hint = typing.get_type_hints(_section_class(flag.key))[field.name]
-    base = _base_type(hint)
     help_text = meta["help"][0].upper() + meta["help"][1:]
     if "choices" in meta:
         help_text += f" [{'|'.join(map(str, meta['choices']))}]"
     default = None
     if base is bool:
         annotation, default = bool, False
-    elif flag.key == "model.compile":
+    elif "/" in flag.names[0]:
         annotation = bool | None
     elif base is list:
         annotation = list[str] | None
@@ -103,17 +107,6 @@ def _option(flag: Flag) -> inspect.Parameter:
     option = typer.Option(*flag.names, help=help_text + ".", show_default=False, **kwargs)
     return inspect.Parameter(flag.param, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
                              annotation=Annotated[annotation, option])
-
-
-def _section_class(key: str):
-    return typing.get_type_hints(Config)[key.partition(".")[0]]
-
-
-def _base_type(hint):
-    """int for ``int | None``, list for ``list[str]``, and so on."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_origin(hint) or hint
 
 
 def params(*keys: str) -> dict[str, str]:

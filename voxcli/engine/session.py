@@ -32,8 +32,11 @@ class Work:
 
     session: RealtimeSession
     job: Job
-    prefill: bool
     features_ms: float
+
+    @property
+    def prefill(self) -> bool:
+        return self.job.prompt_ids is not None
 
 
 def compute(work: list[Work]) -> None:
@@ -151,7 +154,7 @@ class RealtimeSession:
         return torch.tensor(ids, device=self.engine.device)
 
     def _work(self, job: Job, t0: float) -> Work:
-        return Work(self, job, job.prompt_ids is not None, (time.perf_counter() - t0) * 1000.0)
+        return Work(self, job, (time.perf_counter() - t0) * 1000.0)
 
     def event(self, work: Work) -> TokenEvent:
         """The event for a forward of this session's just done."""

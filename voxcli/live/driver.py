@@ -152,7 +152,7 @@ class StreamDriver:
 
     def flushing(self) -> list[tuple[StreamRole, object]]:
         """The next end: the streams to flush now, in shared forwards. A stream that finishes on a
-        server is committed here and collected as its answer comes (``drain``): capture never
+        server is committed here and collected as its answer comes (``draining.collect()``): capture never
         waits for it. An offline model's utterance is transcribed here."""
         end, began = self._ends[0]
         if self.whole is not None:

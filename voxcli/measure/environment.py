@@ -12,12 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+from voxcli.engine.timing import cpu_name
+
 
 def host() -> dict:
     """The machine and the software, whatever is measured on them."""
     import voxcli
 
-    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_name(),
+    out = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
            "cpu_count": os.cpu_count(), "voxcli": voxcli.__version__, "git_revision": _git_revision(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if "torch" in sys.modules:  # only where something loaded it: a server's figures do not need it
@@ -35,16 +37,6 @@ def environment(engine) -> dict:
     the engine says of itself (library versions and the device's name, or the server)."""
     return {**host(), "model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
             **engine.environment()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git_revision() -> str | None:

@@ -12,7 +12,7 @@ with_tests=0
 
 # PortAudio is not in sounddevice's Linux wheel: without libportaudio2 there is no microphone.
 packages=(libportaudio2)
-(( with_tests )) && packages+=(espeak-ng sox libsox-fmt-mp3 openssl chromium)  # openssl: the https test server's certificate; chromium: the live page's test (driven by playwright)
+(( with_tests )) && packages+=(espeak-ng sox libsox-fmt-mp3 openssl chromium haproxy)  # openssl: the https test server's certificate; chromium: the live page's test (driven by playwright); haproxy: replicas behind a balancer (docs/deploy.md)
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
 
 missing=()

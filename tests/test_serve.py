@@ -221,6 +221,7 @@ def test_health_models_and_metrics(server, realtime_engine):
     import openai
 
     assert server.health()["max_sessions"] == 8
+    assert server.metric("voxcli_sessions_max") == 8  # capacity, for an autoscaler
     status, body = server.get("/v1/models")
     assert status == 200 and len(json.loads(body)["data"]) == 1
     status, body = server.get("/metrics")
@@ -410,10 +411,26 @@ def test_a_client_that_never_reads_is_dropped_and_slows_no_one(serve_engine, rea
         healthy_after(slow_server, realtime_engine, clips)
 
 
-def test_a_full_server_says_so_on_both_apis(server, realtime_engine, clips, monkeypatch):
+def ready(server) -> tuple[int, dict]:
+    status, body = server.get("/ready")
+    return status, json.loads(body)
+
+
+def test_a_full_server_says_so_on_both_apis_and_is_not_ready(server, realtime_engine, clips, monkeypatch):
+    """Full: a new session is refused on both APIs, and /ready (a balancer's check) says 503 "full"
+    with /health's body, while /health (liveness) stays 200; one session gone, ready again."""
+    assert ready(server) == (200, {"status": "ready", **{k: server.health()[k] for k in
+                                                         ("sessions", "max_sessions", "draining")}})
     monkeypatch.setattr(server.state.scheduler, "max_sessions", 1)
     holder = vllm_session(server)
     holder.send(json.dumps({"type": "session.update", "model": server.state.model_name}))
+    deadline = time.monotonic() + 10
+    while ready(server)[0] == 200:
+        assert time.monotonic() < deadline, "the held session never made /ready say full"
+        time.sleep(0.02)
+    assert ready(server) == (503, {"status": "full", "sessions": 1, "max_sessions": 1, "draining": False})
+    status, body = server.get("/health")
+    assert status == 200 and set(json.loads(body)) == {"status", "sessions", "max_sessions", "draining"}
     ws = vllm_session(server)
     ws.send(json.dumps({"type": "session.update", "model": server.state.model_name}))
     _, error = until(ws, "error", 20)
@@ -427,9 +444,28 @@ def test_a_full_server_says_so_on_both_apis(server, realtime_engine, clips, monk
         client.audio.transcriptions.create(model=server.state.model_name, file=f)
     assert full.value.status_code == 503 and "max_sessions" in str(full.value)
     holder.close()
+    server.wait_idle()
+    assert ready(server)[0] == 200  # the row is free: ready again, at the same limit of 1
     monkeypatch.undo()
     assert server.metric("voxcli_rejected_requests_total", '{reason="server_full"}') >= 2  # both APIs
     healthy_after(server, realtime_engine, clips)
+
+
+def test_a_draining_or_stopped_server_is_not_ready(serve_engine):
+    """SIGTERM's drain: /ready says 503 "draining" (the balancer sends no one new) while /health,
+    liveness, stays 200; an engine thread that has stopped: both 503."""
+    import asyncio
+
+    with served(serve_engine, ServeOptions(max_sessions=2)) as s:
+        assert ready(s)[0] == 200
+        asyncio.run(s.state.drain(2.0))
+        assert ready(s) == (503, {"status": "draining", "sessions": 0, "max_sessions": 2, "draining": True})
+        assert s.health()["status"] == "draining"  # 200: shutting down as asked, not broken
+    with served(serve_engine, ServeOptions(max_sessions=2)) as s:
+        s.state.scheduler.stop(5)  # the engine's thread gone, with no drain asked for
+        status, body = s.get("/health")
+        assert status == 503 and json.loads(body)["status"] == "error"
+        assert ready(s)[0] == 503 and ready(s)[1]["status"] == "error"
 
 
 def test_rest_refuses_large_uploads_bad_audio_and_unknown_models(server, realtime_engine, clips, monkeypatch):

@@ -61,7 +61,7 @@ class ModelConfig:
     max_streams: int = field(default=1, metadata={
         "help": "Realtime model, static step: the most streams one forward steps together (each a row with its own "
                 "caches, about 1 GiB at full size in bf16); two-pass takes 2, bench --concurrency N takes N",
-        "min": 1, "max": 64})
+        "min": 1, "max": 1024})
     max_new_tokens: int = field(default=500, metadata={
         "help": "offline models: most tokens generated per segment of up to 30 s", "min": 1})
     server: str | None = field(default=None, metadata={
@@ -150,8 +150,8 @@ class ServeConfig:
     ssl_certfile: str | None = field(default=None, metadata={"help": "serve: certificate (PEM) to serve https/wss"})
     ssl_keyfile: str | None = field(default=None, metadata={"help": "serve: its private key (PEM)"})
     max_sessions: int = field(default=8, metadata={
-        "help": "serve: realtime sessions at once, each a row of the batched step; one more is refused", "min": 1,
-        "max": 64})
+        "help": "serve: realtime sessions at once, each a row of the batched step; one more is refused (and "
+                "GET /ready says full)", "min": 1, "max": 1024})
     max_upload_mb: float = field(default=200.0, metadata={
         "help": "serve: the largest file POST /v1/audio/transcriptions takes (larger: 413)", "min": 0.001})
     client_queue: int = field(default=2000, metadata={

@@ -54,6 +54,7 @@ class LocalEngine:
     :class:`voxcli.engine.contract.Engine` (the Realtime engine also :class:`voxcli.engine.contract.RealtimeEngine`)."""
 
     kind: str = ""
+    forward_clock = None  # a Realtime engine's: time in its forwards (a server splits its cycles with it)
 
     def __init__(self, model, processor, info: EngineInfo, *, alternatives: int = 0, confidence: bool = False,
                  keyterms=None) -> None:

@@ -36,6 +36,21 @@ class Job:
         return self.picked.token_id
 
 
+class ForwardClock:
+    """Time spent in one step's forwards, as counters (a server reads them around each of its
+    cycles: what is not forward is host work). Written by whoever runs the forward; read anywhere."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0  # in ``run(jobs)``, token ids back on the host
+        self.forwards = 0
+        self.rows = 0  # jobs those forwards made: one token each
+
+    def add(self, seconds: float, rows: int) -> None:
+        self.seconds += seconds
+        self.forwards += 1
+        self.rows += rows
+
+
 class Stepper:
     """One long-lived thread that makes every forward when the step is CUDA-graphed (CUDA graph
     trees are kept per thread, torch/_inductor/cudagraph_trees.py, and every file and session runs

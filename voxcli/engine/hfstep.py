@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from voxcli.engine.batching import ForwardClock
 from voxcli.engine.pick import pick, unpack
 
 
@@ -34,6 +35,7 @@ class HfStep:
 
     def __init__(self, engine) -> None:
         self.engine = engine
+        self.clock = ForwardClock()
 
     def acquire(self, num_delay_tokens: int, *, position_offset: int = 0) -> HfState:
         if position_offset:

@@ -92,6 +92,11 @@ class RealtimeEngine(LocalEngine):
         """Which path runs a step: ``hf eager``, ``static eager`` or ``static compiled``."""
         return self.stepper.name
 
+    @property
+    def forward_clock(self):
+        """The step's :class:`voxcli.engine.batching.ForwardClock` (shared with ``with_delay``'s engines)."""
+        return self.stepper.clock
+
     def with_delay(self, delay_ms: int) -> "RealtimeEngine":
         """The same loaded weights at another delay (the delay is a prompt, not a model): the
         second stream of two-pass transcription costs no memory beyond its caches."""

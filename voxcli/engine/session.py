@@ -46,8 +46,11 @@ def compute(work: list[Work]) -> None:
     for w in work:
         by_stepper.setdefault(id(w.session.engine.stepper), []).append(w)
     for group in by_stepper.values():
-        group[0].session.engine.stepper.run([w.job for w in group])
+        stepper = group[0].session.engine.stepper
+        t0 = time.perf_counter()
+        stepper.run([w.job for w in group])
         t_done = time.perf_counter()
+        stepper.clock.add(t_done - t0, len(group))
         for w in group:
             w.job.t_done = w.job.t_done or t_done
 

@@ -36,7 +36,7 @@ from collections import deque
 
 import numpy as np
 
-from voxcli.engine.batching import Job, Leader, Stepper, inline
+from voxcli.engine.batching import ForwardClock, Job, Leader, Stepper, inline
 from voxcli.engine.compiling import Compilation, check_compilable, raise_recompile_limit
 from voxcli.engine.pick import unpack
 from voxcli.engine.rows import ENCODER_STEP, Ring, StaticRows, StaticState, bounded
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 FIRST_SPAN = 512
 SPAN_GROWTH = 4
 # Batch sizes a forward runs at (rows [:n]); one compiled graph each, up to the model's streams.
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STEP_LOG_KEEP = 4096  # recent forwards kept for bench: (rows stepped, bucket, ms)
 
 
@@ -126,6 +126,7 @@ class StaticModel:
         self.tables = Tables(self.tower, self.lm, self.time_embedding, self.device, self.dtype)
         self.lock = threading.RLock()
         self.step_log: deque[tuple[int, int, float]] = deque(maxlen=STEP_LOG_KEEP)  # (rows, bucket, ms)
+        self.clock = ForwardClock()  # every forward sessions asked for (session.compute)
         graphs = compile and self.device.type == "cuda"
         threads = graphs if one_thread is None else one_thread
         # CUDA-graphed forwards run in one thread of their own, where the graphs live (batching.Stepper);

@@ -6,12 +6,13 @@ hand for its own error wording, so FastAPI's pydantic layer would add weight and
     app = create_app(engine, ServeOptions(...))   # usable from Python and tests (TestClient)
     serve(engine, options)                         # uvicorn, with SIGTERM draining the sessions
 
-Routes: ``GET /`` (the live page), ``GET /health``, ``GET /v1/models``, ``GET /metrics``
+Routes: ``GET /`` (the live page), ``GET /health`` (liveness), ``GET /ready`` (readiness: 503 when
+full, draining or the engine is down; a balancer's check), ``GET /v1/models``, ``GET /metrics``
 (Prometheus), ``POST /v1/audio/transcriptions`` (:mod:`voxcli.serve.rest`), ``WS /v1/realtime``
 (:mod:`voxcli.serve.realtime`). With an API key, ``/v1/*`` wants ``Authorization: Bearer KEY``
 (compared in constant time); a browser's WebSocket, which cannot set headers, may send it as the
-subprotocol ``openai-insecure-api-key.KEY``, as OpenAI's browser clients do. The page, ``/health``
-and ``/metrics`` are open, as vLLM's are.
+subprotocol ``openai-insecure-api-key.KEY``, as OpenAI's browser clients do. The page, ``/health``,
+``/ready`` and ``/metrics`` are open, as vLLM's are.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class ServerState:
         self.metrics = Metrics()
         self.scheduler = Scheduler(engine, max_sessions=options.max_sessions, on_step=self.metrics.on_step)
         self.metrics.active.set_function(lambda: self.scheduler.active)
+        self.metrics.capacity.set(options.max_sessions)
         if engine.environment().get("graphs"):  # a compiled step
             self.metrics.watch_graphs(engine.environment)
         self.model_name = options.model_name or engine.info.model
@@ -103,6 +105,7 @@ def create_app(engine, options: ServeOptions | None = None) -> Starlette:
         Route("/", page),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/health", health),
+        Route("/ready", ready),
         Route("/metrics", metrics),
         Route("/v1/models", keyed(models)),
         Route("/v1/audio/transcriptions", keyed(transcriptions), methods=["POST"]),
@@ -129,12 +132,37 @@ async def page(request: Request) -> Response:
     return HTMLResponse(html)
 
 
+def _state(server: ServerState) -> dict:
+    body = {"sessions": server.scheduler.active, "max_sessions": server.scheduler.max_sessions,
+            "draining": server.draining}
+    if not server.scheduler.alive and not server.draining:  # stopped, and not by SIGTERM's drain: restart it
+        body["error"] = server.scheduler.error or "the engine's thread has stopped"
+    return body
+
+
 async def health(request: Request) -> Response:
+    """Liveness: 503 only when the engine's thread has stopped (a restart is due)."""
     server = request.app.state.server
-    if not server.scheduler.alive:
-        return JSONResponse({"status": "error", "error": server.scheduler.error}, 503)
-    return JSONResponse({"status": "draining" if server.draining else "ok",
-                         "sessions": server.scheduler.active, "max_sessions": server.options.max_sessions})
+    body = _state(server)
+    if "error" in body:
+        return JSONResponse({"status": "error", **body}, 503)
+    return JSONResponse({"status": "draining" if server.draining else "ok", **body})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness (a balancer's health check): 503 while a new session would be refused: full,
+    draining, or the engine down. The same body as ``/health``."""
+    server = request.app.state.server
+    body = _state(server)
+    if "error" in body:
+        status = "error"
+    elif server.draining:
+        status = "draining"
+    elif body["sessions"] >= body["max_sessions"]:
+        status = "full"
+    else:
+        return JSONResponse({"status": "ready", **body})
+    return JSONResponse({"status": status, **body}, 503)
 
 
 async def models(request: Request) -> Response:

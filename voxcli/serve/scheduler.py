@@ -39,7 +39,7 @@ IDLE_WAKE_S = 0.5  # the loop looks at its streams at least this often (a client
 CYCLE_SAMPLES = 8 * 1280
 PIECE_SAMPLES = 1280  # push() splits what it is given into pieces this long (80 ms)
 _END = object()  # in a stream's inbox: the utterance ends here (a final commit)
-__all__ = ["Done", "Failed", "Full", "Scheduler", "Speech", "Stream", "Token"]
+__all__ = ["CycleTime", "Done", "Failed", "Full", "Scheduler", "Speech", "Stream", "Token"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,22 @@ class Done:
 class Failed:
     message: str
     code: str = "engine_error"
+
+
+@dataclass(frozen=True)
+class CycleTime:
+    """One scheduler cycle, split: the forwards (a Realtime engine's ``forward_clock``) and the host
+    work around them (feeding, endpointers, features, events, delivery)."""
+
+    streams: int  # streams fed this cycle
+    rows: int  # rows the forwards stepped: one token each (a stream's 80 ms of work)
+    forwards: int
+    seconds: float
+    forward_s: float
+
+    @property
+    def host_s(self) -> float:
+        return max(0.0, self.seconds - self.forward_s)
 
 
 class Full(Exception):
@@ -156,10 +172,11 @@ class Stream:
 class Scheduler:
     """The engine's one thread. ``open(deliver)`` makes a stream (``Full`` past ``max_sessions``)."""
 
-    def __init__(self, engine, *, max_sessions: int, on_step: Callable[[list[Token]], None] | None = None) -> None:
+    def __init__(self, engine, *, max_sessions: int,
+                 on_step: Callable[[list[Token], CycleTime | None], None] | None = None) -> None:
         self.engine = engine
         self.max_sessions = max_sessions
-        self.on_step = on_step or (lambda tokens: None)
+        self.on_step = on_step or (lambda tokens, cycle: None)  # None: an engine with no forward clock
         self._streams: dict[int, Stream] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -229,6 +246,9 @@ class Scheduler:
                 s.deliver(Failed(f"the engine stopped: {self.error}", "server_error"))
 
     def _cycle(self, streams: list[Stream]) -> None:
+        clock = self.engine.forward_clock
+        t0 = time.perf_counter()
+        before = (clock.seconds, clock.rows, clock.forwards) if clock is not None else None
         live = []
         for s in streams:
             if s.closed:
@@ -253,7 +273,12 @@ class Scheduler:
         tokens = [t for s in live for t in s.tokens]
         for s in live:
             s.tokens = []
-        self.on_step(tokens)
+        split = None
+        if before is not None:
+            forward_s, rows, forwards = (now - was for now, was in zip((clock.seconds, clock.rows, clock.forwards),
+                                                                        before))
+            split = CycleTime(len(live), rows, forwards, time.perf_counter() - t0, forward_s)
+        self.on_step(tokens, split)
 
     def _fail(self, streams: list[Stream], exc: BaseException) -> None:
         log.exception("a step failed for %d stream(s)", len(streams))

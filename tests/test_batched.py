@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from voxcli.audio.decode import load_audio
 from voxcli.engine.local import load_engine
@@ -263,3 +264,27 @@ def test_on_a_gpu_in_bf16_compiled_each_stream_says_what_it_says_alone(wrap_dir,
     together(base, streams, stall_every=5)
     for s, (ref_ids, ref_logits) in zip(streams, refs):
         assert_bf16_close(ids(s["events"]), s["session"].logits, ref_ids, ref_logits)
+
+def test_sessions_stepped_together_get_their_features_in_one_call_each_row_its_own(wrap_dir, hello):
+    """steps_together computes every session's next log-mel in one call (a row per session), not
+    one call per session; each row is bit for bit what the session computes alone."""
+    base = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=6)
+    audio = clips(hello, 5)
+    batch = np.stack([a[:8000] for a in audio])
+    assert torch.equal(base.log_mel(batch, center=False),
+                       torch.cat([base.log_mel(a[:8000], center=False) for a in audio]))
+    sessions = [base.session() for _ in audio]
+    calls = []
+    log_mel = base.log_mel
+    base.log_mel = lambda x, **kw: calls.append(np.shape(x)) or log_mel(x, **kw)
+    for s, a in zip(sessions, audio):
+        s.push(a[:base.first_chunk_samples + len(base.left_pad)])
+    list(base.steps_together(sessions))  # the prefills: features of their own
+    calls.clear()
+    for k in range(3):
+        for s, a in zip(sessions, audio):
+            s.push(a[base.first_chunk_samples + k * HOP:base.first_chunk_samples + (k + 1) * HOP])
+        assert len(list(base.steps_together(sessions))) == len(sessions)
+    assert calls and all(shape[0] == len(sessions) for shape in calls)  # (5, width): every session in one call
+    for s in sessions:
+        s.close()

@@ -215,6 +215,33 @@ def test_openai_realtime_client_with_server_vad(server, talk):
     assert any(completed.values())
 
 
+def test_audio_sent_at_once_past_several_ends_of_speech_is_all_heard(server, talk):
+    """A client that sends a long stretch at once (three utterances in one append): the scheduler
+    takes it a cycle's worth at a time, and an end of speech in the middle of what it took stops
+    that cycle's feeding; the rest is heard next cycle, not dropped. The utterances' durations add
+    up to all of the audio."""
+    hello = load_audio(HELLO)
+    gap = np.zeros(16000, np.float32)
+    audio = np.concatenate([hello, gap, hello, gap, hello, gap])
+    ws = connect(server.ws_url + "/v1/realtime?intent=transcription", open_timeout=10, legacy=True)
+    assert json.loads(ws.recv(10))["type"] == "session.created"
+    ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+        "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": {"type": "server_vad"}}}}}))
+    ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(audio)}))
+    ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+    stopped, heard_s, completed = 0, 0.0, 0
+    while completed <= stopped:
+        event = json.loads(ws.recv(60))
+        if event["type"] == "input_audio_buffer.speech_stopped":
+            stopped += 1
+        elif event["type"] == "conversation.item.input_audio_transcription.completed":
+            completed += 1
+            heard_s += event["usage"]["seconds"]
+    ws.close()
+    assert stopped >= 3
+    assert heard_s == pytest.approx(len(audio) / 16000, abs=0.002 * completed)
+
+
 def test_health_models_and_metrics(server, realtime_engine):
     """The metrics count what this test makes (not what earlier tests left): a transcription's
     every token, the moment it is done."""
@@ -327,8 +354,8 @@ def test_audio_before_setup_and_a_frame_past_the_limit(server, realtime_engine, 
     assert error["code"] == "session_not_configured"
     ws.close()
     ws = vllm_session(server, max_size=None)
-    ws.send("x" * (17 * 1024 * 1024))  # past uvicorn's frame limit: the server closes with 1009
-    with pytest.raises(ConnectionClosed) as closed:
+    with pytest.raises(ConnectionClosed) as closed:  # in the send itself, or after it
+        ws.send("x" * (17 * 1024 * 1024))  # past uvicorn's frame limit: the server closes with 1009
         until(ws, "never", 20)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     healthy_after(server, realtime_engine, clips)

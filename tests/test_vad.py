@@ -203,3 +203,64 @@ def test_the_first_segment_is_ready_before_the_clip_is_searched(clips):
         Endpointer.feed = real_feed
     assert first[1] <= len(clips["clean"][0]) + SR // 5
     assert sum(fed) < len(audio) / 4  # searched a quarter of the clip at most, not all of it
+
+
+def _package_probabilities(audio: np.ndarray) -> list[float]:
+    """Silero's speech probability of each window as the silero-vad package computes it for one
+    stream: its own wrapper, fresh, fed window by window (voxcli's code out of the loop)."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    model = load_silero_vad()
+    with torch.inference_mode():
+        return [model(torch.from_numpy(audio[i:i + WINDOW].copy()), SR).item()
+                for i in range(0, len(audio) // WINDOW * WINDOW, WINDOW)]
+
+
+def test_streams_scored_together_get_their_solo_probabilities_and_events(clips):
+    """A server scores its sessions' Silero windows in one call per window position, a row per
+    stream with its own context and state (voxcli.audio.vad.feed_together). Each stream's speech
+    probabilities are the ones the silero-vad package gives that stream alone, to float32 rounding
+    (measured: under 1e-7), and its events are exactly its solo events, while streams of different
+    lengths join and leave mid-way, fed blocks of different sizes."""
+    from voxcli.audio.vad import feed_together, score_together
+
+    rng = np.random.default_rng(3)
+    audios = [clips["clean"][0], clips["10 dB SNR"][0], clips["0 dB SNR"][0][: 3 * SR],
+              pink_noise(4.0, -38.0), clips["quiet (-50 dBFS)"][0]]
+    joins = [0, 0, 7, 20, 3]  # the round each stream joins in (a session that connects later)
+    solo_probs = [_package_probabilities(a) for a in audios]
+    solo_events = [_stream(a, block=1280) for a in audios]
+    assert any(solo_events) and len({len(e) for e in solo_events}) > 1  # speech, and not the same in each
+
+    # Probabilities: windows of every stream scored together, rows coming and going.
+    eps = [Endpointer() for _ in audios]
+    got: list[list[float]] = [[] for _ in audios]
+    pos, r = [0] * len(audios), 0
+    while any(p < len(a) for p, a in zip(pos, audios)):
+        rows = [i for i, a in enumerate(audios) if r >= joins[i] and pos[i] < len(a)]
+        blocks = []
+        for i in rows:
+            n = int(rng.choice([320, 700, 1280, 4000]))
+            blocks.append(audios[i][pos[i]:pos[i] + n])
+            pos[i] += n
+        windows = [eps[i].windows(b) for i, b in zip(rows, blocks)]
+        scored = [(i, w) for i, w in zip(rows, windows) if len(w)]
+        if scored:
+            for (i, _), p in zip(scored, score_together([eps[i].detector for i, _ in scored], [w for _, w in scored])):
+                got[i] += p
+        r += 1
+    for mine, theirs in zip(got, solo_probs):
+        assert len(mine) == len(theirs)
+        assert np.max(np.abs(np.array(mine) - np.array(theirs))) < 1e-5
+
+    # Events: the endpointers fed together give each stream its solo events.
+    eps = [Endpointer() for _ in audios]
+    events: list[list] = [[] for _ in audios]
+    for k in range(max(len(a) for a in audios) // 1280 + 30):
+        rows = [i for i, a in enumerate(audios) if joins[i] <= k and (k - joins[i]) * 1280 < len(a)]
+        found = feed_together([eps[i] for i in rows], [audios[i][(k - joins[i]) * 1280:(k - joins[i] + 1) * 1280]
+                                                       for i in rows])
+        for i, e in zip(rows, found):
+            events[i] += e
+    assert [e + ep.flush() for e, ep in zip(events, eps)] == solo_events

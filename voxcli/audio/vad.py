@@ -15,12 +15,13 @@ threshold is no endpointer in a real room (docs/design.md, "Voice activity"); Si
 
 No threads or terminal here: one caller feeds an endpointer (the engine thread, or ``transcribe
 file`` planning its cuts), and every endpointer has a detector state of its own, so several may
-run side by side in different threads (bench's concurrent sessions, two-pass, a server).
+run side by side in different threads (bench's concurrent sessions, two-pass, a server). They
+share one network, which keeps no state (each stream's is passed in): :func:`feed_together` scores
+many endpointers' windows in one call per window position, a row per stream (a server's sessions).
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 from dataclasses import dataclass
 
@@ -58,12 +59,14 @@ class VadEvent:
     decided_sample: int  # how much audio had been fed when this was known
 
 
-_SILERO = None  # the shipped model as loaded: never run, only copied
+_SILERO = None  # the shipped model as loaded (its wrapper keeps one stream's state: never run)
 _SILERO_LOCK = threading.Lock()
+CONTEXT = 64  # samples of the last window Silero prepends to the next (its wrapper's context_size_samples)
+STATE = (2, 1, 128)  # its LSTM state per stream: (h and c, row, units)
 
 
 def _loaded():
-    """The shipped TorchScript model, loaded once per process; never run, only copied."""
+    """The shipped TorchScript model, loaded once per process."""
     global _SILERO
     with _SILERO_LOCK:
         if _SILERO is None:
@@ -77,14 +80,12 @@ def _loaded():
         return _SILERO
 
 
-def _silero_model():
-    """A Silero model of this endpointer's own. The TorchScript model keeps its RNN state inside
-    itself, so one model shared by two endpointers mixes their streams (wrong ends; fed from two
-    threads, a crash): each gets a copy of the one loaded per process (a copy takes ~20 ms, a
-    load from the wheel ~0.1-1.4 s)."""
-    model = _loaded()
-    with _SILERO_LOCK:
-        return copy.deepcopy(model)
+def _core():
+    """The 16 kHz network inside the shipped model: ``core(x, state) -> (p, state)``, with ``x``
+    (B, CONTEXT + WINDOW) and ``state`` (2, B, 128) passed in and handed back, so it holds no
+    stream's state and every endpointer (in any thread) shares it. The wrapper the package gives
+    keeps one stream's state inside itself, as attributes: a wrapper per stream, one call each."""
+    return _loaded()._model
 
 
 def preload(detector: str = "silero") -> None:
@@ -94,27 +95,54 @@ def preload(detector: str = "silero") -> None:
 
 
 class _Silero:
+    """One stream's Silero state: the last window's tail (context) and the LSTM state, as the
+    package's wrapper keeps them; scored alone or beside other streams' (:func:`score_together`)."""
+
     def __init__(self) -> None:
         import torch
 
         self._torch = torch
-        self.model = _silero_model()
-        self.model.reset_states()
-
-    def probability(self, window: np.ndarray) -> float:
-        with self._torch.inference_mode():
-            return float(self.model(self._torch.from_numpy(window), SAMPLE_RATE).item())
+        _core()  # loaded now, not inside the first window's time
+        self.reset()
 
     def reset(self) -> None:
-        self.model.reset_states()
+        self.context = self._torch.zeros(1, CONTEXT)
+        self.state = self._torch.zeros(*STATE)
+
+    def probabilities(self, windows: np.ndarray) -> list[float]:
+        return score_together([self], [windows])[0]
+
+
+def score_together(detectors: list[_Silero], windows: list[np.ndarray]) -> list[list[float]]:
+    """Speech probabilities of several streams' windows (``windows[i]``: (k_i, WINDOW) for
+    ``detectors[i]``) in one Silero call per window position: row i is stream i's window with its
+    own context and state, which go back to it. A stream's probabilities are its solo run's to
+    float32 rounding (tests/test_vad.py)."""
+    import torch
+
+    core = _core()
+    probs: list[list[float]] = [[] for _ in detectors]
+    for j in range(max((len(w) for w in windows), default=0)):
+        rows = [i for i, w in enumerate(windows) if len(w) > j]
+        x = torch.from_numpy(np.stack([windows[i][j] for i in rows]))
+        with torch.inference_mode():
+            x = torch.cat([torch.cat([detectors[i].context for i in rows]), x], 1)
+            state = torch.cat([detectors[i].state for i in rows], 1) if len(rows) > 1 else detectors[rows[0]].state
+            p, state = core(x, state)
+        p = p[:, 0].tolist()
+        for k, i in enumerate(rows):
+            detectors[i].context = x[k:k + 1, -CONTEXT:]
+            detectors[i].state = state[:, k:k + 1]
+            probs[i].append(p[k])
+    return probs
 
 
 class _Energy:
     def __init__(self, silence_db: float) -> None:
         self.silence_db = silence_db
 
-    def probability(self, window: np.ndarray) -> float:
-        return 1.0 if rms_db(window) >= self.silence_db else 0.0
+    def probabilities(self, windows: np.ndarray) -> list[float]:
+        return [1.0 if rms_db(w) >= self.silence_db else 0.0 for w in windows]
 
     def reset(self) -> None:
         pass
@@ -127,7 +155,7 @@ class Endpointer:
         self.options = options or EndpointOptions()
         self.options.validate()
         opts = self.options
-        self._detector = _Silero() if opts.detector == "silero" else _Energy(opts.silence_db)
+        self.detector = _Silero() if opts.detector == "silero" else _Energy(opts.silence_db)
         self._pending = np.zeros(0, np.float32)
         self.position = 0  # samples scored so far
         self.in_speech = False
@@ -138,17 +166,22 @@ class Endpointer:
         self._min_silence = opts.min_silence_ms * SAMPLE_RATE // 1000
 
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
+        return self.decide(self.detector.probabilities(self.windows(samples)))
+
+    def windows(self, samples: np.ndarray) -> np.ndarray:
+        """The whole windows ``samples`` completes, (k, WINDOW); the rest waits for the next block.
+        ``feed`` is ``decide(probabilities of windows(samples))``: :func:`feed_together` scores
+        several endpointers' windows in shared calls."""
         samples = np.asarray(samples, dtype=np.float32)
         if len(self._pending):
             samples = np.concatenate([self._pending, samples])
         n = len(samples) // WINDOW * WINDOW
         self._pending = samples[n:].copy()
-        events: list[VadEvent] = []
-        for i in range(0, n, WINDOW):
-            event = self._step(self._detector.probability(samples[i:i + WINDOW]))
-            if event is not None:
-                events.append(event)
-        return events
+        return samples[:n].reshape(-1, WINDOW)
+
+    def decide(self, probabilities: list[float]) -> list[VadEvent]:
+        """The events of the next windows' speech probabilities, in order."""
+        return [event for p in probabilities if (event := self._step(p)) is not None]
 
     def flush(self) -> list[VadEvent]:
         """The stream ended: an utterance still open ends where the speech did."""
@@ -184,6 +217,20 @@ class Endpointer:
                 end, self._silence_start = self._silence_start, None
                 return VadEvent("end", end, self.position)
         return None
+
+
+def feed_together(endpointers: list[Endpointer], blocks: list[np.ndarray]) -> list[list[VadEvent]]:
+    """``[ep.feed(block) for ep, block in zip(endpointers, blocks)]``, with every Silero
+    endpointer's windows scored in shared calls (a server's sessions: one call per window position
+    for all of them, not one per stream)."""
+    windows = [ep.windows(block) for ep, block in zip(endpointers, blocks)]
+    probs: list[list[float] | None] = [None] * len(endpointers)
+    silero = [i for i, ep in enumerate(endpointers) if isinstance(ep.detector, _Silero) and len(windows[i])]
+    if silero:
+        for i, p in zip(silero, score_together([endpointers[i].detector for i in silero], [windows[i] for i in silero])):
+            probs[i] = p
+    return [ep.decide(p if p is not None else ep.detector.probabilities(w))
+            for ep, w, p in zip(endpointers, windows, probs)]
 
 
 def speech_regions(audio: np.ndarray, options: EndpointOptions | None = None) -> list[tuple[int, int]]:

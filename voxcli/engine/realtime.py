@@ -116,12 +116,27 @@ class RealtimeEngine(LocalEngine):
         delays), as ``(which session, event)``: while any of them can step, one forward for all
         that can (on the static step; the hf step runs them one after the other)."""
         while True:
+            self._features_together(sessions)
             work = [(i, w) for i, s in enumerate(sessions) if (w := s.next_work()) is not None]
             if not work:
                 return
             compute([w for _, w in work])
             for i, w in work:
                 yield i, sessions[i].event(w)
+
+    def _features_together(self, sessions: list["RealtimeSession"]) -> None:
+        """The features every session's next step needs, in one log-mel call per width (live, every
+        session's is one step's: one call for all), not one call per session."""
+        by_width: dict[int, list] = {}
+        for s in sessions:
+            if self.static is not None and (width := s.features_due()) and s.engine.log_mel is self.log_mel:
+                by_width.setdefault(width, []).append(s)
+        for width, group in by_width.items():
+            if len(group) < 2:
+                continue  # next_work computes it as it always has
+            feats = self.log_mel(np.stack([s.window.samples(width) for s in group]), center=False)
+            for k, s in enumerate(group):
+                s.window.computed(feats[k:k + 1])
 
     def finish_together(self, sessions: list["RealtimeSession"]) -> Iterator[tuple[int, TokenEvent]]:
         """End of audio for several sessions at once (two-pass at an end of speech): their right

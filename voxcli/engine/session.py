@@ -151,6 +151,13 @@ class RealtimeSession:
             return None
         return self._work(Job(self._state, window.step_features(), None, self.logits is not None), t0)
 
+    def features_due(self) -> int:
+        """How many samples the next step's features need computing from (0: none now); an engine
+        stepping many sessions computes them in one call (``RealtimeEngine.steps_together``)."""
+        if not self._started or self._ended:
+            return 0
+        return self.window.features_due()
+
     def _tensor(self, ids):
         import torch
 

@@ -80,14 +80,17 @@ class DeviceLogMel:
         self.max = frontend.global_log_mel_max
 
     def __call__(self, samples: np.ndarray, *, center: bool):
+        """(1, bins, frames) for one clip; (B, bins, frames) for B clips of one length (B, n), each
+        as if alone (a clip's own maximum, where the checkpoint fixes none)."""
         torch = _torch()
         wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device, non_blocking=True)
         stft = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True, center=center)
         magnitudes = stft[..., :-1].abs() ** 2
         log_spec = torch.clamp(self.filters_t @ magnitudes, min=1e-10).log10()
-        top = log_spec.max() if self.max is None else torch.tensor(self.max, device=self.device)
+        top = log_spec.amax(dim=(-2, -1), keepdim=True) if self.max is None else torch.tensor(self.max, device=self.device)
         log_spec = torch.maximum(log_spec, top - 8.0)
-        return ((log_spec + 4.0) / 4.0)[None]
+        out = (log_spec + 4.0) / 4.0
+        return out if wave.dim() == 2 else out[None]
 
 
 # --------------------------------------------------------------------------------------- model

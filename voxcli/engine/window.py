@@ -91,6 +91,20 @@ class AudioWindow:
         self.advance(e.next_window_start)
         return feats
 
+    def features_due(self) -> int:
+        """The samples the next step's features must be computed from (every step the audio
+        allows, up to FEATURE_BATCH_STEPS), or 0: none due (computed ahead, or too little audio).
+        An engine stepping many sessions computes them together (``computed``)."""
+        e = self.engine
+        if self.feats_next < self.feats.shape[-1] or self.available() < e.window_samples:
+            return 0
+        n = min(FEATURE_BATCH_STEPS, 1 + (self.available() - e.window_samples) // e.hop_samples)
+        return n * e.hop_samples + (e.chunk_samples - e.hop_samples)
+
+    def computed(self, feats) -> None:
+        """The features of ``samples(features_due())``, (1, bins, frames)."""
+        self.feats, self.feats_next = feats, 0
+
     def step_features(self):
         """The next step's 8 mel frames; the window moves on 80 ms. Features are computed for
         every step the audio allows (up to FEATURE_BATCH_STEPS) in one call: live, that is one step
@@ -99,11 +113,9 @@ class AudioWindow:
         and the global log-mel maximum is fixed. The last hop of a window is never read (the
         extractor drops that frame): it is zero-filled."""
         e = self.engine
-        if self.feats_next >= self.feats.shape[-1]:
-            n = min(FEATURE_BATCH_STEPS, 1 + (self.available() - e.window_samples) // e.hop_samples)
-            width = n * e.hop_samples + (e.chunk_samples - e.hop_samples)
-            self.feats = e.log_mel(self.samples(width), center=False)
-            self.feats_next = 0
+        width = self.features_due()
+        if width:
+            self.computed(e.log_mel(self.samples(width), center=False))
         frames = e.frames_per_token
         feats = self.feats[..., self.feats_next:self.feats_next + frames]
         self.feats_next += frames

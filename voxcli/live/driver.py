@@ -82,13 +82,16 @@ class StreamDriver:
 
     # -- audio in --------------------------------------------------------------------------------
 
-    def hear(self, x: np.ndarray, t: float) -> None:
+    def hear(self, x: np.ndarray, t: float, events: list | None = None) -> None:
+        """The next block, arrived at ``t``. ``events``: the endpointer's for it, where they were
+        found beside other drivers' (:func:`endpoints_together`); None: found here."""
         if self.realtime:
             self.streams.ensure(self.heard)
         start, self.heard = self.heard, self.heard + len(x)
         self.clock.add(self.heard, t)
         self.tape.append(x)
-        events = self.endpointer.feed(x) if self.endpointer is not None else []
+        if events is None:
+            events = self.endpointer.feed(x) if self.endpointer is not None else []
         self.blank.heard(start, self.heard, events)
         self.streams.push(x)
         self.t_ready, self._fresh = t, True
@@ -241,6 +244,19 @@ class StreamDriver:
         """Every stream dropped unfinished (the caller has gone)."""
         self.streams.drop()
         self.draining.drop()
+
+
+def endpoints_together(drivers: list[StreamDriver], blocks: list[np.ndarray]) -> list[list]:
+    """The endpointer events of each driver's next block (for ``hear(block, t, events)``), every
+    Silero endpointer scored in shared calls: a row per stream, one call per 32 ms window."""
+    from voxcli.audio.vad import feed_together
+
+    events: list[list] = [[] for _ in drivers]
+    with_ep = [i for i, d in enumerate(drivers) if d.endpointer is not None]
+    found = feed_together([drivers[i].endpointer for i in with_ep], [blocks[i] for i in with_ep])
+    for i, e in zip(with_ep, found):
+        events[i] = e
+    return events
 
 
 def _endpointer(options: LiveOptions):

@@ -30,6 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from voxcli.serve import wire
+from voxcli.serve.mailbox import Mailbox
 from voxcli.serve.metrics import CONTENT_TYPE, Metrics
 from voxcli.serve.realtime import Connection
 from voxcli.serve.rest import problem, transcriptions
@@ -73,6 +74,15 @@ class ServerState:
         self.connections: set[Connection] = set()
         self.started = int(time.time())
         self.draining = False
+        self._mailboxes: dict[int, Mailbox] = {}
+
+    def mailbox(self) -> Mailbox:
+        """The running loop's mailbox (deliveries from the scheduler thread, one wake for many)."""
+        loop = asyncio.get_running_loop()
+        box = self._mailboxes.get(id(loop))
+        if box is None or box.loop is not loop:
+            box = self._mailboxes[id(loop)] = Mailbox(loop)
+        return box
 
     def authorized(self, headers, protocols: list[str] = ()) -> bool:
         key = self.options.api_key

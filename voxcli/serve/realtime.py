@@ -39,7 +39,7 @@ class Connection:
     def __init__(self, ws: WebSocket, server, dialect: str) -> None:
         self.ws = ws
         self.server = server  # voxcli.serve.app.ServerState
-        self.loop = asyncio.get_running_loop()
+        self.mail = server.mailbox()
         self.settings = wire.initial(dialect)
         self.id = uuid.uuid4().hex[:16]
         self.out: asyncio.Queue = asyncio.Queue(maxsize=server.options.client_queue)
@@ -53,7 +53,7 @@ class Connection:
     # -- from the scheduler thread --
 
     def deliver(self, message: object) -> None:
-        self.loop.call_soon_threadsafe(self._put, message)
+        self.mail.put(self._put, message)
 
     def _put(self, message: object) -> None:
         if self.gone:

@@ -74,8 +74,8 @@ async def transcriptions(request: Request) -> Response:
         return _refused(server, 400, str(exc), "invalid_audio", "file")
     try:
         queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        stream = server.scheduler.open(lambda m: loop.call_soon_threadsafe(queue.put_nowait, m), options=options)
+        mail = server.mailbox()
+        stream = server.scheduler.open(lambda m: mail.put(queue.put_nowait, m), options=options)
     except Full as exc:
         return _refused(server, 503, str(exc), "server_full")
     server.metrics.sessions.labels("transcriptions").inc()

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 def uvicorn_config(app, options: ServeOptions, **kwargs) -> uvicorn.Config:
     """uvicorn as voxcli serves: WebSocket frames up to ``MAX_FRAME_BYTES``, a ping every
-    ``send_timeout_s`` that must come back within as long (a client that reads nothing is dropped)."""
-    return uvicorn.Config(app, ws="websockets-sansio", ws_max_size=MAX_FRAME_BYTES,
+    ``send_timeout_s`` that must come back within as long (a client that reads nothing is dropped),
+    no per-message deflate (base64 PCM and short JSON events barely compress, and inflating every
+    append was 4 % of a loaded server's CPU: bench/RESULTS.md, "Hundreds of streams")."""
+    return uvicorn.Config(app, ws="websockets-sansio", ws_max_size=MAX_FRAME_BYTES, ws_per_message_deflate=False,
                           ws_ping_interval=options.send_timeout_s, ws_ping_timeout=options.send_timeout_s,
                           log_level="warning", timeout_graceful_shutdown=GRACEFUL_S, lifespan="off",
                           access_log=False, **kwargs)

@@ -29,7 +29,7 @@ import numpy as np
 from voxcli.audio.vad import EndpointOptions
 from voxcli.errors import EngineFull, first_line
 from voxcli.events import TokenEvent
-from voxcli.live.driver import StreamDriver, cycle
+from voxcli.live.driver import StreamDriver, cycle, endpoints_together
 from voxcli.live.items import LiveOptions, LiveToken, Speech, UtteranceDone
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,10 @@ class Stream:
         self.closed = True
         self._scheduler.wake()
 
-    def take(self) -> list:
+    def take(self) -> deque:
         """What came since the last cycle, at most ``CYCLE_SAMPLES`` of it, up to and including
         the first end (what follows an end belongs to the next utterance: the next cycle's)."""
-        taken, n = [], 0
+        taken, n = deque(), 0
         with self._lock:
             while self._inbox and n < CYCLE_SAMPLES:
                 item = self._inbox.popleft()
@@ -137,22 +137,18 @@ class Stream:
                 n += len(item[1])
         return taken
 
+    def untake(self, items: deque) -> None:
+        """Taken and not heard (the cycle's feeding stopped at an end of speech): back to the
+        front of the inbox, in order, for the next cycle."""
+        with self._lock:
+            for item in reversed(items):
+                self._inbox.appendleft(item)
+                if item is not _END:
+                    self.buffered += len(item[1])
+
     @property
     def waiting(self) -> bool:
         return bool(self._inbox)
-
-    def feed(self) -> None:
-        """Hand the driver the audio that has come; an end of speech, or the client's end, ends
-        this cycle's feeding (the rest is the next utterance's)."""
-        self.arrived = None
-        for item in self.take():
-            if item is _END:
-                self.driver.end_utterance()
-                return
-            self.arrived, samples = item
-            self.driver.hear(samples, self.arrived)
-            if self.driver.ending:
-                return
 
     def _item(self, item: object) -> None:
         """What the driver made, as this server's messages."""
@@ -249,19 +245,7 @@ class Scheduler:
         clock = self.engine.forward_clock
         t0 = time.perf_counter()
         before = (clock.seconds, clock.rows, clock.forwards) if clock is not None else None
-        live = []
-        for s in streams:
-            if s.closed:
-                self._drop(s)
-                continue
-            try:
-                s.feed()
-                live.append(s)
-            except EngineFull as exc:  # every row the model allocated at load is taken
-                s.deliver(Failed(str(exc), "server_full"))
-                self._drop(s)
-            except Exception as exc:  # noqa: BLE001 - this stream fails, the others go on
-                self._fail([s], exc)
+        live = self._feed(streams)
         if not live:
             return
         try:
@@ -279,6 +263,49 @@ class Scheduler:
                                                                         before))
             split = CycleTime(len(live), rows, forwards, time.perf_counter() - t0, forward_s)
         self.on_step(tokens, split)
+
+    def _feed(self, streams: list[Stream]) -> list[Stream]:
+        """Hand every driver the audio that has come, a piece per stream per round, the
+        endpointers of each round scored together (one Silero call per window for all streams).
+        A stream's feeding stops at an end (of speech, or the client's): what it had taken after
+        it goes back for the next cycle. Returns the streams still open."""
+        live, taken = [], {}
+        for s in streams:
+            if s.closed:
+                self._drop(s)
+                continue
+            s.arrived = None
+            taken[s.id] = s.take()
+            live.append(s)
+        feeding = [s for s in live if taken[s.id]]
+        while feeding:
+            hearing = []
+            for s in feeding:
+                item = taken[s.id].popleft()
+                if item is _END:
+                    s.driver.end_utterance()
+                else:
+                    hearing.append((s, item))
+            try:
+                events = endpoints_together([s.driver for s, _ in hearing], [x for _, (_, x) in hearing])
+            except Exception as exc:  # noqa: BLE001 - the endpointers failed: the streams in this round fail
+                self._fail([s for s, _ in hearing], exc)
+                events = None
+            for (s, (t, x)), heard in zip(hearing, events or []):
+                s.arrived = t
+                try:
+                    s.driver.hear(x, t, heard)
+                except EngineFull as exc:  # every row the model allocated at load is taken
+                    s.deliver(Failed(str(exc), "server_full"))
+                    self._drop(s)
+                except Exception as exc:  # noqa: BLE001 - this stream fails, the others go on
+                    self._fail([s], exc)
+            live = [s for s in live if s.id in self._streams]
+            for s in feeding:
+                if s.driver.ending and taken[s.id]:
+                    s.untake(taken.pop(s.id))
+            feeding = [s for s in live if taken.get(s.id) and not s.driver.ending]
+        return live
 
     def _fail(self, streams: list[Stream], exc: BaseException) -> None:
         log.exception("a step failed for %d stream(s)", len(streams))

@@ -475,6 +475,9 @@ def _parse(argv):
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new measurements after this")
     p.add_argument("--tiny", action="store_true", help="a tiny model instead of the full size (smoke test)")
     p.add_argument("--json", help="write one JSON line per finished phase here (flushed as it finishes)")
+    p.add_argument("--save-checkpoint", metavar="DIR",
+                   help="only write the model (random weights) and its processor to DIR, for voxcli serve "
+                        "(gpu.sh's server phase), and stop")
     args = p.parse_args(argv)
     args.paths = [x for x in args.paths.split(",") if x]
     unknown = set(args.paths) - set(PATHS)
@@ -547,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     model, processor, build_s = build(args.device, args.dtype, args.tiny, args.delay_ms)
+    if args.save_checkpoint:
+        model.save_pretrained(args.save_checkpoint)
+        processor.save_pretrained(args.save_checkpoint)
+        print(json.dumps({"checkpoint": args.save_checkpoint, "build_s": round(build_s, 1),
+                          "save_s": round(time.perf_counter() - t_begin - build_s, 1)}))
+        return 0
     run = _Run(args, model, processor, build_s, clip(args.clip_s), deadline, Phases(args.json))
     device_name = (torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda")
                    else platform.processor() or "cpu")

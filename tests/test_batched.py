@@ -267,12 +267,14 @@ def test_on_a_gpu_in_bf16_compiled_each_stream_says_what_it_says_alone(wrap_dir,
 
 def test_sessions_stepped_together_get_their_features_in_one_call_each_row_its_own(wrap_dir, hello):
     """steps_together computes every session's next log-mel in one call (a row per session), not
-    one call per session; each row is bit for bit what the session computes alone."""
+    one call per session; each row is what the session computes alone, to float32 rounding (the
+    filter bank is one matrix product for all rows)."""
     base = load_engine(str(wrap_dir), device="cpu", delay_ms=480, compile="off", sessions=6)
     audio = clips(hello, 5)
     batch = np.stack([a[:8000] for a in audio])
-    assert torch.equal(base.log_mel(batch, center=False),
-                       torch.cat([base.log_mel(a[:8000], center=False) for a in audio]))
+    together = base.log_mel(batch, center=False)
+    alone = torch.cat([base.log_mel(a[:8000], center=False) for a in audio])
+    assert together.shape == alone.shape and float((together - alone).abs().max()) <= 1e-6
     sessions = [base.session() for _ in audio]
     calls = []
     log_mel = base.log_mel

@@ -106,7 +106,7 @@ class _Silero:
         self.reset()
 
     def reset(self) -> None:
-        self.context = self._torch.zeros(1, CONTEXT)
+        self.context = np.zeros(CONTEXT, np.float32)
         self.state = self._torch.zeros(*STATE)
 
     def probabilities(self, windows: np.ndarray) -> list[float]:
@@ -117,22 +117,25 @@ def score_together(detectors: list[_Silero], windows: list[np.ndarray]) -> list[
     """Speech probabilities of several streams' windows (``windows[i]``: (k_i, WINDOW) for
     ``detectors[i]``) in one Silero call per window position: row i is stream i's window with its
     own context and state, which go back to it. A stream's probabilities are its solo run's to
-    float32 rounding (tests/test_vad.py)."""
+    float32 rounding (tests/test_vad.py). Per call, a handful of array operations whatever the
+    rows: the network is most of its time."""
     import torch
 
     core = _core()
     probs: list[list[float]] = [[] for _ in detectors]
     for j in range(max((len(w) for w in windows), default=0)):
         rows = [i for i, w in enumerate(windows) if len(w) > j]
-        x = torch.from_numpy(np.stack([windows[i][j] for i in rows]))
-        with torch.inference_mode():
-            x = torch.cat([torch.cat([detectors[i].context for i in rows]), x], 1)
-            state = torch.cat([detectors[i].state for i in rows], 1) if len(rows) > 1 else detectors[rows[0]].state
-            p, state = core(x, state)
-        p = p[:, 0].tolist()
+        x = np.empty((len(rows), CONTEXT + WINDOW), np.float32)
         for k, i in enumerate(rows):
-            detectors[i].context = x[k:k + 1, -CONTEXT:]
-            detectors[i].state = state[:, k:k + 1]
+            x[k, :CONTEXT] = detectors[i].context
+            x[k, CONTEXT:] = windows[i][j]
+        with torch.inference_mode():
+            state = torch.cat([detectors[i].state for i in rows], 1) if len(rows) > 1 else detectors[rows[0]].state
+            p, state = core(torch.from_numpy(x), state)
+        p = p[:, 0].tolist()
+        for k, (i, row_state) in enumerate(zip(rows, state.split(1, 1))):
+            detectors[i].context = x[k, -CONTEXT:]
+            detectors[i].state = row_state
             probs[i].append(p[k])
     return probs
 

@@ -18,6 +18,9 @@ from voxcli.units import SAMPLE_RATE
 TRIES_KEPT = 32  # keyterm tries an engine keeps made (each session's phrases; the engine's own among them)
 
 
+_UNSEEN = object()
+
+
 class Detokenizer:
     """Turns token ids into text deltas one at a time.
 
@@ -26,17 +29,26 @@ class Detokenizer:
     Special tokens add no text.
     """
 
-    def __init__(self, tekkenizer) -> None:
+    def __init__(self, tekkenizer, pieces: dict[int, bytes | None] | None = None) -> None:
         self._tok = tekkenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # id -> its bytes (None: special), shared by an engine's detokenizers: mistral-common's
+        # lookup checks its policy argument on every call, 15 us a token (bench/RESULTS.md, 15).
+        self._pieces = {} if pieces is None else pieces
+
+    def _bytes(self, token_id: int) -> bytes | None:
+        piece = self._pieces.get(token_id, _UNSEEN)
+        if piece is _UNSEEN:
+            piece = None if self._tok.is_special(token_id) else self._tok.id_to_byte_piece(token_id)
+            self._pieces[token_id] = piece
+        return piece
 
     def is_special(self, token_id: int) -> bool:
-        return self._tok.is_special(token_id)
+        return self._bytes(token_id) is None
 
     def push(self, token_id: int) -> str:
-        if self._tok.is_special(token_id):
-            return ""
-        return self._utf8.decode(self._tok.id_to_byte_piece(token_id))
+        piece = self._bytes(token_id)
+        return "" if piece is None else self._utf8.decode(piece)
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
@@ -63,6 +75,7 @@ class LocalEngine:
         self.proc = ProcessorAdapter(processor)
         self.info = info
         self._tekken = self.proc.tekken
+        self._pieces: dict[int, bytes | None] = {}  # every detokenizer's lookups (Detokenizer)
         self.eos_id = self._tekken.eos_id
         self.cache_kwargs = cache_kwarg_names(model)
         if alternatives < 0:
@@ -118,7 +131,7 @@ class LocalEngine:
         return self.model.device
 
     def detokenizer(self) -> Detokenizer:
-        return Detokenizer(self._tekken)
+        return Detokenizer(self._tekken, self._pieces)
 
     def critical_path_ms(self, audio: np.ndarray) -> float:
         from voxcli.engine.timing import critical_path_ms

@@ -61,6 +61,7 @@ class ServeProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"voxcli serve exited with {self.proc.returncode} before it was ready")
             try:
                 if get(self.url + "/health", 1.0)[0] == 200:

@@ -93,8 +93,9 @@ def test_offline_twins_say_what_vllm_says_up_to_float32_noise(vllm_offline, tmp_
 
 
 def test_a_replay_reaches_back_the_servers_delay(vllm_realtime_960):
-    """A server at 960 ms that goes away: the replay starts 960 ms before where it last answered
-    (the audio it had heard without its text yet), not 480; the audio meanwhile is all kept."""
+    """A server at 960 ms that goes away: the replay starts where its text stopped, 960 ms and a
+    little more before the audio it had been sent (the audio it had heard without its text yet,
+    not 480 ms of it), so no token's audio is skipped; the audio meanwhile is all kept."""
     relay = Relay(vllm_realtime_960.host, vllm_realtime_960.port)
     try:
         engine = connect_engine(relay.url, reconnect_s=60)
@@ -102,13 +103,18 @@ def test_a_replay_reaches_back_the_servers_delay(vllm_realtime_960):
         audio = load_audio(str(ROOT / "examples" / "long.wav"))
         session = engine.session()
         head = 4 * SAMPLE_RATE
+        # The tokens 4 s allows at 960 ms: the first needs the delay's 12 tokens and one more of mel
+        # frames (8 each, 160 samples apart) plus half a 400-sample window; each next one 80 ms more.
+        tokens = (head - ((12 + 1) * 8 - 1) * 160 - 200) // TOKEN_SAMPLES + 1
+        text = tokens * TOKEN_SAMPLES  # 37 tokens: 2.96 s of text, the server having heard all 4 s
+        heard = text + 960 * SAMPLE_RATE // 1000
         for i in range(0, head, TOKEN_SAMPLES):
             session.push(audio[i:i + TOKEN_SAMPLES])
         deadline = time.monotonic() + 60
-        while session.answered_samples < head and time.monotonic() < deadline:  # every step answered
+        while session.answered_samples < heard and time.monotonic() < deadline:  # every step answered
             list(session.steps())
             time.sleep(0.02)
-        assert session.answered_samples == head
+        assert session.answered_samples == heard
         relay.cut()
         session.push(audio[head:head + 2 * SAMPLE_RATE])  # captured while the server is away
         time.sleep(1.5)
@@ -118,6 +124,7 @@ def test_a_replay_reaches_back_the_servers_delay(vllm_realtime_960):
     finally:
         relay.close()
     assert len(rows) == 1
-    assert rows[0].replay_from_s == pytest.approx((head - 960 * SAMPLE_RATE // 1000) / SAMPLE_RATE)
-    assert rows[0].replayed_s == pytest.approx(2.0 + 0.96)  # what came while it was away, and the delay before it
+    assert rows[0].replay_from_s == pytest.approx(text / SAMPLE_RATE)  # where the text stopped
+    # what came while it was away, the delay before it, and the 40 ms short of a 38th token
+    assert rows[0].replayed_s == pytest.approx(2.0 + (head - text) / SAMPLE_RATE)
     assert any(e.text for e in events)

@@ -122,13 +122,20 @@ class RemoteRealtimeSession:
     commit() sends the final commit and pending() yields what has arrived since, without
     waiting, until ``finished`` (``transcription.done``, or nothing for ``timeout_s``).
 
-    ``answered_samples``: how much audio had been sent when the latest delta arrived, which is
-    how far the server is known to have listened (a reconnect replays from there)."""
+    ``answered_samples``: how far the server is known to have listened: the text it sent reaches
+    ``text_samples`` (a delta per 80 ms token, blanks included; ``voxcli serve`` says each
+    token's span, and where a stream it restarted at end of sequence went back to), and it has
+    heard the delay past that, but never more than was sent. A reconnect replays from
+    ``answered_samples`` less the delay: from where the text stopped. (The audio sent when the
+    last delta came runs ahead of that on a loaded server: a replay from there skipped a token.)"""
 
     def __init__(self, engine: RemoteRealtimeEngine, ws: ClientConnection | None = None, *, keyterms=None) -> None:
         self.engine = engine
         self.pushed_samples = 0
         self.answered_samples = 0
+        self.text_samples = 0  # the audio the deltas so far have transcribed
+        self._deltas = 0
+        self._ahead = (engine.info.delay_ms or UNKNOWN_DELAY_MS) * SAMPLE_RATE // 1000  # heard past the text
         self.n_tokens = 0
         self._inbox: queue.Queue = queue.Queue()
         self._done = threading.Event()
@@ -163,7 +170,7 @@ class RemoteRealtimeSession:
                 message = json.loads(raw)
                 kind = message.get("type")
                 if kind == "transcription.delta":
-                    self.answered_samples = self.pushed_samples
+                    self._answered(message.get("voxcli"))
                     self._inbox.put((time.perf_counter(), message.get("delta", ""), message.get("voxcli")))
                 elif kind == "transcription.done":
                     # Before the final commit: the model said end of sequence with audio still
@@ -182,6 +189,14 @@ class RemoteRealtimeSession:
                 self._error = f"the vLLM server at {self.engine.server.url} dropped the realtime connection " \
                               f"({first_line(exc)})"
         self._done.set()
+
+    def _answered(self, fields) -> None:
+        """A delta came (the reader's thread): how far the text, and the listening, now reach."""
+        self._deltas += 1
+        span = fields.get("restart_at_s", fields.get("end_s")) if isinstance(fields, dict) else None
+        text = round(span * SAMPLE_RATE) if isinstance(span, (int, float)) else self._deltas * TOKEN_SAMPLES
+        self.text_samples = max(self.text_samples, text)
+        self.answered_samples = min(self.pushed_samples, self.text_samples + self._ahead)
 
     def push(self, samples: np.ndarray) -> None:
         for i in range(0, len(samples), APPEND_SAMPLES):

@@ -14,6 +14,7 @@ the functions with the most time of their own.
     python bench/serve_load.py                             # tiny model, N = 16, 64, 128, 256
     python bench/serve_load.py --ns 128 --profile 128 --json /tmp/load.json
     python bench/serve_load.py --model DIR --seconds 20    # any local Realtime checkpoint
+    python bench/serve_load.py --alone --ns 128            # the scheduler alone: no server, no network
 """
 
 from __future__ import annotations
@@ -153,6 +154,36 @@ def profile_top(raw: Path, top: int = 20) -> list[tuple[str, float, float]]:
     return [(f, round(100 * o / samples, 1), round(100 * total[f] / samples, 1)) for f, o in own.most_common(top)]
 
 
+def alone(model: str, audio: np.ndarray, n: int) -> dict:
+    """The scheduler alone, in this process: ``n`` streams with endpointers, each pushed 80 ms of
+    audio every 80 ms (all at once, as ticks), no network and no event loop beside it: what the
+    cycle itself costs per row, the part of the host work a server's network does not add to."""
+    from voxcli.audio.vad import EndpointOptions
+    from voxcli.engine.local import load_engine
+    from voxcli.serve.scheduler import Scheduler
+
+    engine = load_engine(model, sessions=n)
+    cycles = []
+    scheduler = Scheduler(engine, max_sessions=n, on_step=lambda tokens, cycle: cycles.append(cycle))
+    streams = [scheduler.open(lambda message: None, vad=EndpointOptions()) for _ in range(n)]
+    rng = np.random.default_rng(n)
+    clips = [np.roll(audio, int(rng.integers(len(audio)))) for _ in range(n)]  # each stream its own audio
+    t0 = time.perf_counter()
+    for k in range(len(audio) // CHUNK):
+        time.sleep(max(0.0, t0 + (k + 1) * CHUNK / 16000 - time.perf_counter()))
+        for s, clip in zip(streams, clips):
+            s.push(clip[k * CHUNK:(k + 1) * CHUNK])
+    for s in streams:
+        s.end()
+    scheduler.stop(120)
+    measured = [c for c in cycles[len(cycles) // 5:] if c is not None]  # past the prefills
+    rows = sum(c.rows for c in measured)
+    return {"n": n, "alone": True, "rows": rows, "cycles": len(measured),
+            "host_ms_per_row": round(1000 * sum(c.host_s for c in measured) / rows, 4),
+            "forward_ms_per_row": round(1000 * sum(c.forward_s for c in measured) / rows, 4),
+            "rows_per_cycle": round(rows / max(1, sum(1 for c in measured if c.rows)), 2)}
+
+
 def start(model: str, ns: list[int], serve_args: tuple[str, ...], tmp: Path) -> tuple[ServeProcess, int]:
     """`voxcli serve` with a row for the largest N; where the rows do not fit (its memory check
     refuses them), the next smaller N, and so on."""
@@ -175,6 +206,8 @@ def main() -> None:
                     help="py-spy the server (6 s, from 3 s in) during the run with N sessions")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--serve-arg", action="append", default=[], help="one more argument for voxcli serve")
+    ap.add_argument("--alone", action="store_true",
+                    help="the scheduler in this process instead (no server, no network): its own cost per row")
     args = ap.parse_args()
     ns = [int(x) for x in args.ns.split(",")]
     audio = load_audio(args.clip)
@@ -185,6 +218,10 @@ def main() -> None:
         from voxcli.testing.tiny import make_tiny_model
 
         model = str(make_tiny_model(tmp / "tiny", "realtime"))
+    if args.alone:
+        for n in ns:
+            print(json.dumps(alone(model, audio, n)), flush=True)
+        return
     results = []
     server, ceiling = start(model, ns, tuple(args.serve_arg), tmp)
     with server:

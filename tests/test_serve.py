@@ -122,6 +122,23 @@ def test_voxcli_transcribe_file_through_serve_gives_the_local_text(server, realt
     assert {t["token_id"] for t in tokens} != {-1}, "voxcli's per-delta fields were read: real token ids"
 
 
+def test_bench_against_serve_reports_the_servers_own_split(server, tmp_path):
+    """`voxcli bench --server URL --concurrency N --paced` against voxcli serve: the server's own
+    time per row stepped, outside the forwards (host) and in them, read from its /metrics before
+    and after, in the JSON and the table; its rows are the sessions' tokens."""
+    out = tmp_path / "load.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "voxcli", "bench", "--server", server.url, "--concurrency", "3",
+                          "--paced", "--json", str(out), str(ROOT / "examples" / "short.wav")],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    load = json.loads(out.read_text())["load"]
+    split = load["server_split"]
+    assert split["rows"] >= sum(s["n_deltas"] for s in load["sessions"]) > 0  # every token a row (blanks too)
+    assert split["host_ms_per_row"] > 0 and split["forward_ms_per_row"] > 0
+    assert "the server's scheduler, per row stepped" in run.stdout
+
+
 def _utterances(stdout: str) -> dict[int, str]:
     texts: dict[int, list[str]] = {}
     for line in stdout.splitlines():
@@ -485,7 +502,18 @@ def test_a_draining_or_stopped_server_is_not_ready(serve_engine):
 
     with served(serve_engine, ServeOptions(max_sessions=2)) as s:
         assert ready(s)[0] == 200
-        asyncio.run(s.state.drain(2.0))
+        ws = vllm_session(s)
+        ws.send(json.dumps({"type": "session.update"}))  # a session open when the drain begins
+        deadline = time.monotonic() + 10
+        while s.state.scheduler.active == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        asyncio.run(s.state.drain(8.0))
+        # The open session ended and the engine's thread stopped at once, not at the drain's deadline
+        # (it once held its own lock while dropping the streams: stuck until the process exited).
+        assert time.monotonic() - t0 < 4.0 and not s.state.scheduler.alive
+        ws.close()
         assert ready(s) == (503, {"status": "draining", "sessions": 0, "max_sessions": 2, "draining": True})
         assert s.health()["status"] == "draining"  # 200: shutting down as asked, not broken
     with served(serve_engine, ServeOptions(max_sessions=2)) as s:

@@ -191,10 +191,12 @@ def serve_cmd(ctx: typer.Context, keyterms_file: KeytermsFileOpt = None, config:
       server-sent events): the `openai` package works with only `base_url` and `api_key` set.
     - `WS /v1/realtime`: vLLM's realtime protocol (what voxcli's own server client speaks), and OpenAI's
       Realtime transcription sessions (`?intent=transcription`, server VAD).
-    - `GET /`: a live page (microphone to transcript); `/health`, `/v1/models`, `/metrics` (Prometheus).
+    - `GET /`: a live page (microphone to transcript); `/health` (liveness), `/ready` (503 when full,
+      draining or down: a balancer's check), `/v1/models`, `/metrics` (Prometheus).
 
     Every realtime session is a row of the batched step: one scheduler thread steps them all in one
-    forward. SIGTERM or Ctrl-C ends every open session with its last words, then stops. The key
+    forward. SIGTERM or Ctrl-C ends every open session with its last words, then stops. Replicas
+    behind HAProxy: docs/deploy.md. The key
     (--api-key) can come from VOXCLI_API_KEY instead, out of the process list.
 
     Example: `voxcli serve --port 8000`, then `voxcli listen` with `model.server: http://127.0.0.1:8000`

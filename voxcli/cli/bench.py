@@ -125,6 +125,10 @@ def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: 
     rate = agg["deltas_per_s"]
     out.print(f"deltas/s (all sessions): {rate:.1f}; sessions failed: {agg['failed']}; "
               f"fell behind real time: {agg['behind']}" if rate is not None else "no session finished")
+    split = load["server_split"]
+    if split and split["rows"]:
+        out.print(f"the server's scheduler, per row stepped (a stream's 80 ms): host {split['host_ms_per_row']:.3f} ms, "
+                  f"forward {split['forward_ms_per_row']:.3f} ms ({split['rows']} rows in {split['cycles']} cycles)")
     for s in load["sessions"]:
         if s.get("error"):
             out.print(f"session {s['session']}: failed: {s['error']}")

@@ -70,7 +70,10 @@ class RemoteEngine:
         return None  # the model's own path runs on the server, out of this side's sight
 
     def environment(self) -> dict:
-        return {"server": self.server.url}
+        """The server; and where it is ``voxcli serve``, its scheduler's cycle counters so far
+        (``server_cycles``: a load test's split of the server's time, from two readings)."""
+        cycles = self.server.cycle_counters()
+        return {"server": self.server.url, **({"server_cycles": cycles} if cycles else {})}
 
 
 class RemoteRealtimeEngine(RemoteEngine):

@@ -77,6 +77,26 @@ class Server:
 
     # -- HTTP --
 
+    def cycle_counters(self) -> dict | None:
+        """``voxcli serve``'s own split of its scheduler's cycles, from its ``/metrics`` (counters
+        since it started: forward and host seconds, rows stepped, cycles); None from a server that
+        does not say it (vLLM), or that cannot be read now."""
+        try:
+            response = self.http.get("/metrics")
+        except httpx2.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        names = {'voxcli_cycle_seconds_total{part="forward"}': "forward_s",
+                 'voxcli_cycle_seconds_total{part="host"}': "host_s", "voxcli_cycle_rows_total": "rows",
+                 "voxcli_cycles_total": "cycles"}
+        out = {}
+        for line in response.text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in names:
+                out[names[name]] = float(value)
+        return out if len(out) == len(names) else None
+
     def get_json(self, path: str) -> dict:
         try:
             response = self.http.get(path)

@@ -303,6 +303,7 @@ def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
 
     threads = [threading.Thread(target=client, args=(i,), name=f"voxcli-load-{i}", daemon=True)
                for i in range(concurrency)]
+    cycles_before = engine.environment().get("server_cycles")  # voxcli serve's own split, if it says it
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -317,6 +318,7 @@ def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
 
     steps = [step for s in sessions for step in s.pop("steps", []) if not s.get("error")]  # raw: not in the JSON
     return {
+        "server_split": server_split(cycles_before, engine.environment().get("server_cycles")),
         "concurrency": concurrency, "paced": paced, "clip": clip.name, "wall_s": wall_s,
         "sessions": sessions,
         "batched_steps": batched_steps(steps),
@@ -329,6 +331,18 @@ def run_load(engine, clip: Clip, *, concurrency: int, paced: bool) -> dict:
             "failed": len(sessions) - len(ok), "behind": sum(1 for s in ok if s["behind"]),
         },
     }
+
+
+def server_split(before: dict | None, after: dict | None) -> dict | None:
+    """A server's scheduler time over a load test, per row it stepped (one row: a stream's 80 ms
+    of work): ``host_ms_per_row`` (everything outside the forwards), ``forward_ms_per_row``."""
+    if not before or not after:
+        return None
+    d = {k: after[k] - before[k] for k in after}
+    rows = d["rows"]
+    return {"rows": int(rows), "cycles": int(d["cycles"]),
+            "host_ms_per_row": 1000 * d["host_s"] / rows if rows else None,
+            "forward_ms_per_row": 1000 * d["forward_s"] / rows if rows else None}
 
 
 def batched_steps(steps: list[tuple[int, float]]) -> dict:

@@ -34,6 +34,8 @@ class Metrics:
         # The scheduler's cycles, split (host seconds per row = host / rows: a stream's 80 ms of work).
         self.cycle = Counter("voxcli_cycle_seconds", "Scheduler cycles' time: in forwards, and host work around "
                              "them (feeding, endpointers, features, events, delivery)", ["part"], registry=r)
+        for part in ("forward", "host"):
+            self.cycle.labels(part)  # both at 0 from the start: a reader takes differences
         self.rows = Counter("voxcli_cycle_rows", "Rows the cycles' forwards stepped (a token each)", registry=r)
         self.cycles = Counter("voxcli_cycles", "Scheduler cycles that stepped a row", registry=r)
         self.host = Histogram("voxcli_cycle_host_seconds_per_row", "Each cycle's host time over the rows it "

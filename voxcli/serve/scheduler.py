@@ -226,10 +226,11 @@ class Scheduler:
                 self._wake.clear()
                 with self._lock:
                     streams = list(self._streams.values())
-                    if self._stopping and not any(s.waiting for s in streams):
-                        for s in streams:
-                            self._drop(s)
-                        return
+                    stopping = self._stopping
+                if stopping and not any(s.waiting for s in streams):  # (dropping takes the lock)
+                    for s in streams:
+                        self._drop(s)
+                    return
                 self._cycle(streams)
                 if any(s.waiting for s in streams):
                     self._wake.set()  # more audio than one cycle takes: go round again at once

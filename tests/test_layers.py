@@ -108,6 +108,9 @@ def test_no_function_over_80_lines_and_no_class_over_200():
 # Reaching into a third-party object where its library offers no public way, each with why.
 PRIVATE_ALLOWED = {
     ("voxcli/output/recorder.py", "self.file._file"),  # soundfile has no public handle for sf_command (RF64 header)
+    # silero-vad's wrapper keeps one stream's state in itself; its 16 kHz network, which takes the
+    # state as an argument (a batch of streams, a row each), is public in TorchScript but not named
+    ("voxcli/audio/vad.py", "_loaded()._model"),
 }
 
 

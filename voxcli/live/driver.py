@@ -48,8 +48,7 @@ class StreamDriver:
     ``hear(samples, t)``: the next audio, captured (or arrived) at ``t``; ``end_utterance()``: the
     caller's end (a commit); :func:`cycle` steps and flushes; ``draining.collect()``: what servers
     answered for streams ended at a pause; ``close()``: the input is over. ``session_options``:
-    the engine's ``session()``/``transcribe()`` keywords (keyterms). One thread drives it.
-    """
+    the engine's ``session()``/``transcribe()`` keywords (keyterms). One thread drives it."""
 
     def __init__(self, engine, put: Callable[[object], None], options: LiveOptions | None = None, *,
                  final_engine=None, session_options: dict | None = None) -> None:
@@ -83,8 +82,7 @@ class StreamDriver:
     # -- audio in --------------------------------------------------------------------------------
 
     def hear(self, x: np.ndarray, t: float, events: list | None = None) -> None:
-        """The next block, arrived at ``t``. ``events``: the endpointer's for it, where they were
-        found beside other drivers' (:func:`endpoints_together`); None: found here."""
+        """The next block, arrived at ``t``; ``events``: its endpoints if found (endpoints_together)."""
         if self.realtime:
             self.streams.ensure(self.heard)
         start, self.heard = self.heard, self.heard + len(x)

@@ -14,6 +14,7 @@ the functions with the most time of their own.
     python bench/serve_load.py                             # tiny model, N = 16, 64, 128, 256
     python bench/serve_load.py --ns 128 --profile 128 --json /tmp/load.json
     python bench/serve_load.py --model DIR --seconds 20    # any local Realtime checkpoint
+    python bench/serve_load.py --ns 32,64 --rotate        # each session the clip from its own start
     python bench/serve_load.py --alone --ns 128            # the scheduler alone: no server, no network
 """
 
@@ -84,10 +85,13 @@ async def session(url: str, audio: np.ndarray, phase_s: float, record: dict) -> 
         await sender
 
 
-async def run_clients(url: str, audio: np.ndarray, n: int) -> list[dict]:
+async def run_clients(url: str, audio: np.ndarray, n: int, rotate: bool = False) -> list[dict]:
+    """``rotate``: each session the clip from a start of its own (its ends of speech at other
+    moments than the others'), not all the same clip within a second of each other."""
     records = [{"latency_ms": [], "step_ms": [], "completed": 0, "ends": 0, "error": None} for _ in range(n)]
     rng = random.Random(n)
-    await asyncio.gather(*(_guarded(session(url, audio, rng.uniform(0, 1.0), r), r) for r in records))
+    clips = [np.roll(audio, rng.randrange(len(audio))) if rotate else audio for _ in records]
+    await asyncio.gather(*(_guarded(session(url, clip, rng.uniform(0, 1.0), r), r) for clip, r in zip(clips, records)))
     return records
 
 
@@ -98,14 +102,14 @@ async def _guarded(coro, record: dict) -> None:
         record["error"] = f"{type(exc).__name__}: {exc}"
 
 
-def one_n(server: ServeProcess, audio: np.ndarray, n: int, profile: Path | None) -> dict:
+def one_n(server: ServeProcess, audio: np.ndarray, n: int, profile: Path | None, rotate: bool = False) -> dict:
     before, cpu0, me0, t0 = server.metrics(), server.cpu_s(), os.times(), time.perf_counter()
     spy = None
     if profile is not None:  # the steady part: from 3 s in (every session connected), for 6 s
         spy = subprocess.Popen(["sh", "-c", f"sleep 3; exec py-spy record -p {server.pid} -f raw -o {profile} "
                                             f"-r 100 --nonblocking -d 6"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    records = asyncio.run(run_clients(server.ws_url, audio, n))
+    records = asyncio.run(run_clients(server.ws_url, audio, n, rotate))
     wall = time.perf_counter() - t0
     if spy is not None:
         spy.wait(60)
@@ -206,6 +210,8 @@ def main() -> None:
                     help="py-spy the server (6 s, from 3 s in) during the run with N sessions")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--serve-arg", action="append", default=[], help="one more argument for voxcli serve")
+    ap.add_argument("--rotate", action="store_true",
+                    help="each session the clip from its own start: ends of speech spread out, not together")
     ap.add_argument("--alone", action="store_true",
                     help="the scheduler in this process instead (no server, no network): its own cost per row")
     args = ap.parse_args()
@@ -232,7 +238,7 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
                 continue
             prof = tmp / f"profile-{n}.txt" if n == args.profile else None
-            result = one_n(server, audio, n, prof)
+            result = one_n(server, audio, n, prof, args.rotate)
             results.append(result)
             print(json.dumps(result), flush=True)
             if prof is not None and prof.exists():

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -371,10 +372,14 @@ def test_audio_before_setup_and_a_frame_past_the_limit(server, realtime_engine, 
     assert error["code"] == "session_not_configured"
     ws.close()
     ws = vllm_session(server, max_size=None)
-    with pytest.raises(ConnectionClosed) as closed:  # in the send itself, or after it
-        ws.send("x" * (17 * 1024 * 1024))  # past uvicorn's frame limit: the server closes with 1009
+    # Past uvicorn's frame limit: the server closes with 1009, in the send itself or after it. It
+    # closes while the client is still writing the frame, so the kernel may reset the connection
+    # and take the close frame with it (seen under load): a reset is the server closing it too.
+    with pytest.raises((ConnectionClosed, ConnectionResetError, BrokenPipeError)) as closed:
+        ws.send("x" * (17 * 1024 * 1024))
         until(ws, "never", 20)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    if isinstance(closed.value, ConnectionClosed) and closed.value.rcvd is not None:
+        assert closed.value.rcvd.code == 1009
     healthy_after(server, realtime_engine, clips)
 
 
@@ -539,6 +544,32 @@ def test_rest_refuses_large_uploads_bad_audio_and_unknown_models(server, realtim
     with open(HELLO, "rb") as f, pytest.raises(openai.NotFoundError):
         client.audio.transcriptions.create(model="whisper-1", file=f)
     healthy_after(server, realtime_engine, clips)
+
+
+def test_a_page_from_another_site_is_refused_unless_listed(server, serve_engine):
+    """Any page the user visits may open ws://127.0.0.1:PORT (WebSockets are not bound by CORS):
+    a handshake whose Origin is another site's is refused with 403; this server's own page, a
+    program that sends no Origin, and an origin in serve.allow_origins are let in, and REST
+    answers CORS for the listed origins only."""
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.ws_url + "/v1/realtime", open_timeout=10, origin="http://evil.example")
+    assert refused.value.response.status_code == 403 and b"origin_not_allowed" in refused.value.response.body
+    own = vllm_session(server, origin=server.url)  # the live page's own origin
+    own.close()
+    vllm_session(server).close()  # no Origin: a program
+    with served(serve_engine, ServeOptions(max_sessions=2, allow_origins=("http://app.example",))) as listed:
+        vllm_session(listed, origin="http://app.example").close()
+        with pytest.raises(InvalidStatus):
+            connect(listed.ws_url + "/v1/realtime", open_timeout=10, origin="http://evil.example")
+        request = urllib.request.Request(listed.url + "/v1/models", headers={"Origin": "http://app.example"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["access-control-allow-origin"] == "http://app.example"
+    request = urllib.request.Request(server.url + "/v1/models", headers={"Origin": "http://app.example"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["access-control-allow-origin"] is None  # nothing listed: no CORS
+    assert server.metric("voxcli_rejected_requests_total", '{reason="origin"}') >= 1
 
 
 def test_a_wrong_key_is_refused_on_every_api(serve_engine, realtime_engine, clips):

@@ -160,6 +160,10 @@ class ServeConfig:
     send_timeout_s: float = field(default=10.0, metadata={
         "help": "serve: the longest one send to a client may wait; a client that stops reading is dropped",
         "min": 0.1})
+    allow_origins: list[str] = field(default_factory=list, metadata={
+        "help": "serve: web pages of other sites that may use this server (origins, e.g. https://app.example.com; "
+                "* = any): a browser's WebSocket from any other page is refused (403), and REST answers CORS "
+                "for these only; [] = this server's own page only. Programs that send no Origin are not affected"})
 
 
 @dataclass

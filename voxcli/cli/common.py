@@ -51,6 +51,8 @@ def resolve_config(ctx: typer.Context, config_path: Path | None, debug: bool = F
         value = ctx.params[name]
         if isinstance(value, bool) and options[name].secondary_opts:  # --x/--no-x: a choice, both ways
             value = "on" if value else "off"
+        if isinstance(value, tuple):  # a repeatable option: () is "not given", not "none"
+            value = list(value) or None
         overrides[key] = str(value) if isinstance(value, Path) else (None if value is False else value)
         names[key] = max(options[name].opts, key=len)
     ctx.meta[FLAG_NAMES] = names

@@ -11,7 +11,9 @@ full, draining or the engine is down; a balancer's check), ``GET /v1/models``, `
 (Prometheus), ``POST /v1/audio/transcriptions`` (:mod:`voxcli.serve.rest`), ``WS /v1/realtime``
 (:mod:`voxcli.serve.realtime`). With an API key, ``/v1/*`` wants ``Authorization: Bearer KEY``
 (compared in constant time); a browser's WebSocket, which cannot set headers, may send it as the
-subprotocol ``openai-insecure-api-key.KEY``, as OpenAI's browser clients do. The page, ``/health``,
+subprotocol ``openai-insecure-api-key.KEY``, as OpenAI's browser clients do. A browser's WebSocket
+from another site's page (its ``Origin`` not this server's, nor in ``serve.allow_origins``) is
+refused with 403: WebSockets are not bound by CORS. REST answers CORS for the listed origins only. The page, ``/health``,
 ``/ready`` and ``/metrics`` are open, as vLLM's are.
 """
 
@@ -22,8 +24,11 @@ import hmac
 import time
 from dataclasses import dataclass
 from importlib import resources
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -49,12 +54,14 @@ class ServeOptions:
     client_queue: int = 2000
     send_timeout_s: float = 10.0
     model_name: str | None = None  # what /v1/models says (default: the engine's)
+    allow_origins: tuple[str, ...] = ()  # other sites' pages that may use the server ("*": any)
 
     @classmethod
     def from_config(cls, cfg) -> ServeOptions:
         s = cfg.serve
         return cls(api_key=s.api_key, max_sessions=s.max_sessions, max_upload_mb=s.max_upload_mb,
-                   client_queue=s.client_queue, send_timeout_s=s.send_timeout_s, model_name=cfg.model.name)
+                   client_queue=s.client_queue, send_timeout_s=s.send_timeout_s, model_name=cfg.model.name,
+                   allow_origins=tuple(s.allow_origins))
 
 
 class ServerState:
@@ -84,6 +91,18 @@ class ServerState:
             box = self._mailboxes[id(loop)] = Mailbox(loop)
         return box
 
+    def origin_allowed(self, headers) -> bool:
+        """A browser says which page opened a WebSocket (``Origin``); WebSockets are not bound by
+        CORS, so any site the user visits could use this server. Allowed: no Origin (a program),
+        this server's own page (the Origin's host is the one asked for), or a listed origin."""
+        origin = headers.get("origin")
+        if origin is None:
+            return True
+        allowed = self.options.allow_origins
+        if "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
+            return True
+        return urlsplit(origin).netloc.lower() == headers.get("host", "").lower() != ""
+
     def authorized(self, headers, protocols: list[str] = ()) -> bool:
         key = self.options.api_key
         if not key:
@@ -111,7 +130,10 @@ class ServerState:
 
 def create_app(engine, options: ServeOptions | None = None) -> Starlette:
     state = ServerState(engine, options or ServeOptions())
-    app = Starlette(routes=[
+    origins = list(state.options.allow_origins)
+    middleware = [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                             allow_headers=["authorization", "content-type"])] if origins else []
+    app = Starlette(middleware=middleware, routes=[
         Route("/", page),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/health", health),
@@ -190,6 +212,11 @@ async def metrics(request: Request) -> Response:
 
 async def realtime(ws: WebSocket) -> None:
     server = ws.app.state.server
+    if not server.origin_allowed(ws.headers):
+        server.metrics.rejected.labels("origin").inc()
+        await ws.send_denial_response(problem(403, f"a page at {ws.headers.get('origin')} may not use this server "
+                                                   f"(serve.allow_origins, --allow-origin)", "origin_not_allowed"))
+        return
     protocols = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     if not server.authorized(ws.headers, protocols):
         server.metrics.rejected.labels("unauthorized").inc()

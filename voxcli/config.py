@@ -160,6 +160,9 @@ class ServeConfig:
     send_timeout_s: float = field(default=10.0, metadata={
         "help": "serve: the longest one send to a client may wait; a client that stops reading is dropped",
         "min": 0.1})
+    wyoming: str | None = field(default=None, metadata={
+        "help": "serve: also speak Wyoming (Home Assistant's local voice protocol) on this TCP PORT or HOST:PORT "
+                "(10300 by convention; a bare port is loopback), sharing the sessions; null = off"})
     allow_origins: list[str] = field(default_factory=list, metadata={
         "help": "serve: web pages of other sites that may use this server (origins, e.g. https://app.example.com; "
                 "* = any): a browser's WebSocket from any other page is refused (403), and REST answers CORS "

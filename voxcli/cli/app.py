@@ -41,7 +41,8 @@ TRANSCRIBE = (*MODEL, *TOKENS, "transcription.language", "output.format", "outpu
 LISTEN = (*MODEL, *TOKENS, "output.plain", "output.low_confidence", "listen.device", "listen.save_dir",
           "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms", "transcription.final_model")
 SERVE = (*[k for k in MODEL if k not in ("model.server", "model.api_key")], *TOKENS, "serve.host", "serve.port",
-         "serve.api_key", "serve.ssl_certfile", "serve.ssl_keyfile", "serve.max_sessions", "serve.allow_origins")
+         "serve.api_key", "serve.ssl_certfile", "serve.ssl_keyfile", "serve.max_sessions", "serve.wyoming",
+         "serve.allow_origins")
 
 
 @app.callback(invoke_without_command=True)

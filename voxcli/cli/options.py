@@ -64,6 +64,7 @@ FLAGS = [
     Flag("serve.ssl_certfile", ("--ssl-certfile",), "ssl_certfile"),
     Flag("serve.ssl_keyfile", ("--ssl-keyfile",), "ssl_keyfile"),
     Flag("serve.max_sessions", ("--max-sessions",), "max_sessions"),
+    Flag("serve.wyoming", ("--wyoming",), "wyoming"),
     Flag("serve.allow_origins", ("--allow-origin",), "allow_origin"),
 ]
 BY_KEY = {f.key: f for f in FLAGS}

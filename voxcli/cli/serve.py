@@ -27,6 +27,13 @@ def check_serve(cfg: Config) -> list[str]:
     if not loads_here(cfg):
         raise ConfigError("serve runs the model on this machine; point clients at the vLLM server itself "
                           "(unset model.server / --server)")
+    if s.wyoming is not None:
+        from voxcli.serve.wyoming import parse_address
+
+        try:
+            parse_address(s.wyoming)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if bool(s.ssl_certfile) != bool(s.ssl_keyfile):
         raise ConfigError("serve.ssl_certfile and serve.ssl_keyfile go together (https needs both)")
     warnings = []
@@ -52,6 +59,7 @@ def run_serve(cfg: Config, *, load_engine) -> int:
     def ready() -> None:
         err.print(f"voxcli serve: {url}  (live page {url}/, OpenAI-compatible {url}/v1, realtime "
                   f"{url.replace('http', 'ws', 1)}/v1/realtime; up to {s.max_sessions} sessions"
+                  f"{f'; Wyoming on {s.wyoming}' if s.wyoming else ''}"
                   f"{', API key required' if s.api_key else ''}; Ctrl-C or SIGTERM ends the sessions and stops)")
 
     try:

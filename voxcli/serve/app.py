@@ -55,13 +55,14 @@ class ServeOptions:
     send_timeout_s: float = 10.0
     model_name: str | None = None  # what /v1/models says (default: the engine's)
     allow_origins: tuple[str, ...] = ()  # other sites' pages that may use the server ("*": any)
+    wyoming: str | None = None  # Wyoming's [HOST:]PORT beside HTTP (serve.wyoming)
 
     @classmethod
     def from_config(cls, cfg) -> ServeOptions:
         s = cfg.serve
         return cls(api_key=s.api_key, max_sessions=s.max_sessions, max_upload_mb=s.max_upload_mb,
                    client_queue=s.client_queue, send_timeout_s=s.send_timeout_s, model_name=cfg.model.name,
-                   allow_origins=tuple(s.allow_origins))
+                   allow_origins=tuple(s.allow_origins), wyoming=s.wyoming)
 
 
 class ServerState:

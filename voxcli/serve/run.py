@@ -38,6 +38,24 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self._draining: asyncio.Task | None = None
+        self._wyoming = None
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        address = self.state.options.wyoming
+        if self.started and address:  # Wyoming's TCP server in the same loop, over the same scheduler
+            from voxcli.serve import wyoming
+
+            try:
+                self._wyoming = await wyoming.start(self.state, address)
+            except OSError as exc:
+                log.error("cannot serve Wyoming on %s: %s", address, exc.strerror or exc)
+                self.should_exit = True
+
+    async def shutdown(self, sockets=None) -> None:
+        if self._wyoming is not None:
+            await self._wyoming.stop()
+        await super().shutdown(sockets=sockets)
 
     def handle_exit(self, sig, frame) -> None:
         if self._draining is not None or self.should_exit:

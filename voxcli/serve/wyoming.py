@@ -1,0 +1,167 @@
+"""Wyoming (Home Assistant's protocol for local voice) beside HTTP: ``voxcli serve --wyoming PORT``.
+
+A JSON-lines header and a binary payload per event over TCP (the ``wyoming`` package reads and
+writes them). One connection may carry many requests, each a session of the same scheduler and
+rows as the HTTP APIs:
+
+| event in | what the session does | events out |
+|---|---|---|
+| ``describe`` | nothing | ``info``: the model, the languages it knows, transcript streaming |
+| ``transcribe`` | the next request's language and phrases (``transcript_names`` and ``transcript_terms``: keyterms) | nothing |
+| ``audio-start`` | a stream opens (a row taken; full: ``error`` ``server_full``) | nothing |
+| ``audio-chunk`` | its PCM (any rate, width, channels) made 16 kHz mono, pushed | ``transcript-start`` at the first text, then a ``transcript-chunk`` per text token (Realtime models) |
+| ``audio-stop`` | the stream ends: flushed, its last words | ``transcript`` (the whole text), then ``transcript-stop`` |
+| anything else | ignored (as Wyoming servers do) | nothing |
+
+A failing step ends the request with an ``error`` event; a client that goes away frees its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import numpy as np
+import soxr
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info
+from wyoming.server import AsyncEventHandler, AsyncTcpServer
+
+import voxcli
+from voxcli.engine.keyterms import Keyterms
+from voxcli.serve.scheduler import Done, Failed, Full, Token
+from voxcli.units import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+# Voxtral's languages (the model card): what `info` says the model knows.
+LANGUAGES = ["en", "zh", "hi", "es", "ar", "fr", "pt", "ru", "de", "ja", "ko", "it", "nl"]
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``PORT`` or ``HOST:PORT`` (loopback when no host is given)."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--wyoming {value!r}: PORT or HOST:PORT, e.g. 10300 or 0.0.0.0:10300")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def start(server, address: str) -> AsyncTcpServer:
+    """The Wyoming server on ``address``, sharing ``server`` (the app's ServerState)."""
+    host, port = parse_address(address)
+    tcp = AsyncTcpServer(host, port)
+    await tcp.start(lambda reader, writer: Handler(reader, writer, server))
+    return tcp
+
+
+class Handler(AsyncEventHandler):
+    """One client connection; requests one after the other."""
+
+    def __init__(self, reader, writer, server) -> None:
+        super().__init__(reader, writer)
+        self.server = server  # voxcli.serve.app.ServerState
+        self.mail = server.mailbox()
+        self.request = Transcribe()
+        self.stream = None
+        self.out: asyncio.Queue = asyncio.Queue(maxsize=server.options.client_queue)
+        self.writer_task = asyncio.create_task(self._write())
+        self.converter = AudioChunkConverter(width=2, channels=1)  # the package's own: 16-bit mono
+        self.resampler = None
+        self.started = False  # transcript-start sent for this request
+        self.stopped = False  # audio-stop came for this request
+
+    async def handle_event(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self.write_event(self._info().event())
+        elif Transcribe.is_type(event.type):
+            self.request = Transcribe.from_event(event)
+        elif AudioStart.is_type(event.type):
+            return await self._open()
+        elif AudioChunk.is_type(event.type):
+            self._push(AudioChunk.from_event(event))
+        elif AudioStop.is_type(event.type) and self.stream is not None and not self.stopped:
+            self.stream.end()  # its transcript comes when the flush is done
+            self.stopped = True
+        return True
+
+    def _info(self) -> Info:
+        model = self.server.model_name
+        mistral = Attribution("Mistral AI", "https://huggingface.co/mistralai")
+        return Info(asr=[AsrProgram(
+            name="voxcli", attribution=Attribution("voxcli", "https://github.com/voxcli/voxcli"), installed=True,
+            description="Live, local speech-to-text with Voxtral", version=voxcli.__version__,
+            models=[AsrModel(name=model, attribution=mistral, installed=True, description=f"{model} "
+                             f"({self.server.engine.kind})", version=None, languages=LANGUAGES)],
+            supports_transcript_streaming=self.server.engine.kind == "realtime")])
+
+    async def _open(self) -> bool:
+        if self.stream is not None and not self.stopped:  # the last request never said audio-stop
+            self.stream.close()
+        if self.server.draining:
+            await self.write_event(Error("the server is shutting down", "shutting_down").event())
+            return False
+        phrases = [*(self.request.transcript_names or []), *(self.request.transcript_terms or [])]
+        options = {"keyterms": Keyterms.of(phrases)} if phrases else {}
+        mine: list = []  # the stream, for its messages (a request's Done may come after the next began)
+        try:
+            self.stream = self.server.scheduler.open(lambda m: self.mail.put(self._put, (mine[0], m)),
+                                                     options=options)
+            mine.append(self.stream)
+        except Full as exc:
+            self.server.metrics.rejected.labels("server_full").inc()
+            await self.write_event(Error(str(exc), "server_full").event())
+            return False
+        self.server.metrics.sessions.labels("wyoming").inc()
+        self.resampler, self.started, self.stopped = None, False, False
+        return True
+
+    def _push(self, chunk: AudioChunk) -> None:
+        if self.stream is None:
+            return  # audio with no audio-start: nothing to put it in (as Wyoming servers do)
+        chunk = self.converter.convert(chunk)
+        samples = np.frombuffer(chunk.audio, dtype="<i2").astype(np.float32) / 32768.0
+        if chunk.rate != SAMPLE_RATE:
+            if self.resampler is None:
+                self.resampler = soxr.ResampleStream(chunk.rate, SAMPLE_RATE, 1, dtype="float32")
+            samples = self.resampler.resample_chunk(samples)
+        self.stream.push(samples)
+
+    def _put(self, message: object) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a client that reads nothing: dropped below
+            self.out.put_nowait(message)
+
+    async def _write(self) -> None:
+        while True:
+            stream, message = await self.out.get()
+            try:
+                for event in self._events(stream, message):
+                    await asyncio.wait_for(self.write_event(event.event()), self.server.options.send_timeout_s)
+            except (OSError, TimeoutError):
+                await self.stop()
+                return
+
+    def _events(self, stream, message: object) -> list:
+        streaming = self.server.engine.kind == "realtime"
+        if isinstance(message, Token) and message.event.text and streaming:
+            first = [] if self.started else [TranscriptStart(language=self.request.language)]
+            self.started = True
+            return [*first, TranscriptChunk(message.event.text)]
+        if isinstance(message, (Done, Failed)):  # the request is over: its row back
+            stream.close()
+            if stream is self.stream:
+                self.stream = None
+        if isinstance(message, Done):
+            end = [TranscriptStop()] if self.started else []
+            return [Transcript(message.text, language=self.request.language), *end]
+        if isinstance(message, Failed):
+            return [Error(message.message, message.code)]
+        return []
+
+    async def disconnect(self) -> None:
+        if self.stream is not None:
+            self.stream.close()  # its row is free at the scheduler's next cycle
+            self.stream = None
+        self.writer_task.cancel()

@@ -8,6 +8,7 @@ against the same weights run locally, one stream alone (``realtime_engine``).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -30,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from voxcli.audio.decode import load_audio, resample
+from voxcli.choices import KEYTERM_BIAS
 from voxcli.serve.app import ServeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,6 +260,68 @@ def test_audio_sent_at_once_past_several_ends_of_speech_is_all_heard(server, tal
     ws.close()
     assert stopped >= 3
     assert heard_s == pytest.approx(len(audio) / 16000, abs=0.002 * completed)
+
+
+def test_the_mistralai_sdk_streams_a_file_and_gets_the_local_text(server, realtime_engine):
+    """Mistral's own SDK (`mistralai[realtime]`), pointed here by server_url alone: a file paced at
+    real speed over /v1/audio/transcriptions/realtime, with context_bias; its deltas add up to
+    transcription.done's text, which is the local engine's for the same audio (the keyterm in
+    both). A wrong audio format is refused with Mistral's error event."""
+    from mistralai.client import Mistral
+    from mistralai.client.models import AudioFormat
+
+    from voxcli.engine.keyterms import Keyterms
+
+    audio = load_audio(HELLO)
+    client = Mistral(api_key="unused", server_url=server.url)
+
+    async def paced():
+        for i in range(0, len(audio), 1280):
+            await asyncio.sleep(0.08)
+            yield (np.clip(audio[i:i + 1280], -1, 1) * 32767).round().astype("<i2").tobytes()
+
+    async def run(**kw):
+        events = []
+        async for event in client.audio.realtime.transcribe_stream(audio_stream=paced(), model="voxtral-mini-2602",
+                                                                   **kw):
+            events.append(event)
+        return events
+
+    events = asyncio.run(run(audio_format=AudioFormat(encoding="pcm_s16le", sample_rate=16000),
+                             context_bias=["Voxtral"]))
+    kinds = [getattr(e, "type", None) for e in events]
+    assert kinds[:2] == ["session.created", "session.updated"] and kinds[-1] == "transcription.done"
+    deltas = "".join(e.text for e in events if getattr(e, "type", None) == "transcription.text.delta")
+    local = "".join(e.text for e in realtime_engine.transcribe(audio, keyterms=Keyterms.of(["Voxtral"], KEYTERM_BIAS)))
+    assert events[-1].text == deltas.strip() == local.strip() != ""
+    assert events[1].session.context_bias == ["Voxtral"]
+    bad = asyncio.run(run(audio_format=AudioFormat(encoding="pcm_mulaw", sample_rate=8000)))
+    assert getattr(bad[-1], "type", None) == "error" and "pcm_s16le" in str(bad[-1].error.message)
+
+
+def test_mistral_dialect_faults_get_mistral_errors_and_the_session_goes_on(server, serve_engine, clips):
+    """On Mistral's endpoint the faults the other dialects survive get Mistral's error event
+    (``error.message``, a numeric ``error.code``), the session goes on, and a wrong key is refused."""
+    ws = connect(server.ws_url + "/v1/audio/transcriptions/realtime?model=x", open_timeout=10)
+    created = json.loads(ws.recv(10))
+    assert created["type"] == "session.created" and created["session"]["audio_format"]["sample_rate"] == 16000
+    for bad in ("not json", json.dumps({"type": "no.such.event"}),
+                json.dumps({"type": "input_audio.append", "audio": "%%%"})):
+        ws.send(bad)
+        error = json.loads(ws.recv(10))
+        assert error["type"] == "error" and isinstance(error["error"]["code"], int) and error["error"]["message"]
+    ws.send(json.dumps({"type": "input_audio.append", "audio": pcm16(clips[3])}))
+    ws.send(json.dumps({"type": "input_audio.end"}))
+    _, done = until(ws, "transcription.done")
+    assert done["text"] and done["usage"]["prompt_audio_seconds"] >= 2
+    ws.close()
+    with served(serve_engine, ServeOptions(max_sessions=2, api_key=KEY)) as keyed:
+        from websockets.exceptions import InvalidStatus
+
+        with pytest.raises(InvalidStatus) as refused:
+            connect(keyed.ws_url + "/v1/audio/transcriptions/realtime?model=x", open_timeout=10,
+                    additional_headers={"Authorization": "Bearer wrong"})
+        assert refused.value.response.status_code == 401
 
 
 def test_health_models_and_metrics(server, realtime_engine):

@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from voxcli.serve import wire
+from voxcli.serve import mistral, wire
 from voxcli.serve.mailbox import Mailbox
 from voxcli.serve.metrics import CONTENT_TYPE, Metrics
 from voxcli.serve.realtime import Connection
@@ -143,6 +143,7 @@ def create_app(engine, options: ServeOptions | None = None) -> Starlette:
         Route("/v1/models", keyed(models)),
         Route("/v1/audio/transcriptions", keyed(transcriptions), methods=["POST"]),
         WebSocketRoute("/v1/realtime", realtime),
+        WebSocketRoute("/v1/audio/transcriptions/realtime", mistral_realtime),
     ])
     app.state.server = state
     return app
@@ -212,6 +213,15 @@ async def metrics(request: Request) -> Response:
 
 
 async def realtime(ws: WebSocket) -> None:
+    query = ws.query_params
+    await _session(ws, wire.OPENAI if ("intent" in query or "model" in query) else wire.VLLM)
+
+
+async def mistral_realtime(ws: WebSocket) -> None:
+    await _session(ws, mistral.MISTRAL)
+
+
+async def _session(ws: WebSocket, dialect: str) -> None:
     server = ws.app.state.server
     if not server.origin_allowed(ws.headers):
         server.metrics.rejected.labels("origin").inc()
@@ -231,8 +241,6 @@ async def realtime(ws: WebSocket) -> None:
     if server.draining:
         await ws.send_denial_response(problem(503, "the server is shutting down", "shutting_down"))
         return
-    query = ws.query_params
-    dialect = wire.OPENAI if ("intent" in query or "model" in query) else wire.VLLM
     await ws.accept(subprotocol="realtime" if "realtime" in protocols else None)
     connection = Connection(ws, server, dialect)
     server.connections.add(connection)

@@ -1,4 +1,5 @@
-"""``WS /v1/realtime``: one client's connection, in either dialect (:mod:`voxcli.serve.wire`).
+"""``WS /v1/realtime`` and ``WS /v1/audio/transcriptions/realtime``: one client's connection, in
+vLLM's or OpenAI's dialect (:mod:`voxcli.serve.wire`) or Mistral's (:mod:`voxcli.serve.mistral`).
 
 Two tasks per connection: the reader takes the client's events (audio to the scheduler's
 :class:`~voxcli.serve.scheduler.Stream`), the writer sends what the scheduler delivers. The
@@ -24,7 +25,7 @@ import uuid
 import soxr
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voxcli.serve import wire
+from voxcli.serve import mistral, wire
 from voxcli.serve.scheduler import Done, Failed, Full
 from voxcli.units import SAMPLE_RATE
 
@@ -41,6 +42,8 @@ class Connection:
         self.server = server  # voxcli.serve.app.ServerState
         self.mail = server.mailbox()
         self.settings = wire.initial(dialect)
+        # Mistral's events (serve/mistral.py) over the same session; vLLM's and OpenAI's are wire's, here
+        self.mistral = mistral.Events(self) if dialect == mistral.MISTRAL else None
         self.id = uuid.uuid4().hex[:16]
         self.out: asyncio.Queue = asyncio.Queue(maxsize=server.options.client_queue)
         self.stream = None
@@ -53,9 +56,9 @@ class Connection:
     # -- from the scheduler thread --
 
     def deliver(self, message: object) -> None:
-        self.mail.put(self._put, message)
+        self.mail.put(self.put, message)
 
-    def _put(self, message: object) -> None:
+    def put(self, message: object) -> None:
         if self.gone:
             return
         try:
@@ -66,7 +69,8 @@ class Connection:
     # -- the connection's life --
 
     async def run(self) -> None:
-        await self._send(wire.created(self.settings, self.id, self.server.model_name))
+        await self._send(self.mistral.session("session.created") if self.mistral else
+                         wire.created(self.settings, self.id, self.server.model_name))
         writer = asyncio.create_task(self._write())
         try:
             await self._read()
@@ -99,11 +103,13 @@ class Connection:
             except wire.BadEvent as exc:
                 self._refuse(exc)
                 if exc.code == "server_full":  # nothing this connection can do: say so and close
-                    self._put(_STOP)
+                    self.put(_STOP)
                     await self.closing()
                     return
 
     async def _handle(self, event: dict) -> None:
+        if self.mistral:
+            return await self.mistral.handle(event)
         kind = event["type"]
         if kind in ("session.update", "transcription_session.update"):
             wire.update(self.settings, event)
@@ -111,13 +117,28 @@ class Connection:
             self._open()
             reply = wire.updated(self.settings, self.id, self.server.model_name)
             if reply:
-                self._put(reply)
+                self.put(reply)
         elif kind == "input_audio_buffer.append":
-            await self._append(event)
+            await self.append(event)
         elif kind == "input_audio_buffer.commit":
             self._commit(event)
         else:
             raise wire.BadEvent(f"unknown event type {kind!r}", "unknown_event", event.get("event_id"))
+
+    def end_utterance(self) -> None:
+        """The utterance so far is complete: flushed, then its Done (SIGTERM waits for it)."""
+        self.open_utterances += 1
+        self.stream.end()
+
+    def _outgoing(self, message: object) -> list[dict]:
+        if isinstance(message, dict):
+            return [message]
+        if self.mistral:
+            return self.mistral.outgoing(message)
+        return wire.outgoing(self.settings, self.id, message)
+
+    def _error(self, message: str, code: str, event_id: str | None = None) -> dict:
+        return mistral.error(message, code) if self.mistral else wire.error(self.settings, message, code, event_id)
 
     def _check_model(self) -> None:
         model = self.settings.model
@@ -136,7 +157,7 @@ class Connection:
         self.resampler = None if self.settings.rate == SAMPLE_RATE else \
             soxr.ResampleStream(self.settings.rate, SAMPLE_RATE, 1, dtype="float32")
 
-    async def _append(self, event: dict) -> None:
+    async def append(self, event: dict) -> None:
         if not self.settings.configured:
             raise wire.BadEvent("audio before session.update: send session.update (with the model) first",
                                 "session_not_configured", event.get("event_id"))
@@ -158,8 +179,7 @@ class Connection:
             if not self.settings.configured:
                 raise wire.BadEvent("commit before session.update", "session_not_configured", event.get("event_id"))
             self._open()
-        self.open_utterances += 1
-        self.stream.end()
+        self.end_utterance()
 
     # -- out --
 
@@ -170,7 +190,7 @@ class Connection:
                 return
             if isinstance(message, Done):
                 self.open_utterances = max(0, self.open_utterances - 1)
-            for event in wire.outgoing(self.settings, self.id, message) if not isinstance(message, dict) else [message]:
+            for event in self._outgoing(message):
                 if not await self._send(event):
                     return
             if isinstance(message, Failed):
@@ -198,7 +218,7 @@ class Connection:
 
     def _refuse(self, exc: wire.BadEvent) -> None:
         self.server.metrics.rejected.labels(exc.code).inc()
-        self._put(wire.error(self.settings, str(exc), exc.code, exc.event_id))
+        self.put(self._error(str(exc), exc.code, exc.event_id))
 
     def drop(self, reason: str, message: str) -> None:
         """Stop serving this client: one ``error`` event if it still reads, then the socket closes."""
@@ -207,7 +227,7 @@ class Connection:
         self.gone = self.dropped = True
         self.server.metrics.dropped.labels(reason).inc()
         log.warning("session %s: %s", self.id, message)
-        asyncio.ensure_future(self._goodbye(wire.error(self.settings, message, f"client_{reason}")))
+        asyncio.ensure_future(self._goodbye(self._error(message, f"client_{reason}")))
 
     async def _goodbye(self, event: dict) -> None:
         with contextlib.suppress(Exception):

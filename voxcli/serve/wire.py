@@ -70,6 +70,12 @@ class Settings:
 def initial(dialect: str) -> Settings:
     if dialect == OPENAI:
         return Settings(OPENAI, configured=True, rate=OPENAI_RATE, vad=EndpointOptions())
+    if dialect == "mistral":  # serve/mistral.py: configured with its defaults, PCM s16le at 16 kHz
+        from voxcli.serve import mistral
+
+        settings = Settings(dialect, configured=True)
+        mistral.initial(settings)
+        return settings
     return Settings(VLLM, configured=False)
 
 

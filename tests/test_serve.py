@@ -299,6 +299,29 @@ def test_the_mistralai_sdk_streams_a_file_and_gets_the_local_text(server, realti
     assert getattr(bad[-1], "type", None) == "error" and "pcm_s16le" in str(bad[-1].error.message)
 
 
+def test_the_mistralai_sdk_transcribes_a_file_over_rest_plain_and_streamed(server, realtime_engine):
+    """Mistral's SDK's `transcriptions.complete` and `.stream` on the path OpenAI's also uses: told
+    apart by the `diarize` field Mistral's form always carries, answered in Mistral's shape, with
+    the local engine's text (context_bias as keyterms); OpenAI's answer on the same path is
+    unchanged (test_the_openai_package_...)."""
+    from mistralai.client import Mistral
+
+    from voxcli.engine.keyterms import Keyterms
+
+    audio = load_audio(HELLO)
+    local = "".join(e.text for e in realtime_engine.transcribe(audio, keyterms=Keyterms.of(["Voxtral"], KEYTERM_BIAS)))
+    client = Mistral(api_key="unused", server_url=server.url)
+    upload = {"file_name": "hello.wav", "content": HELLO.read_bytes()}
+    plain = client.audio.transcriptions.complete(model="voxtral-mini-latest", file=upload, context_bias=["Voxtral"])
+    assert plain.text == local.strip() and plain.model == server.state.model_name
+    assert plain.usage.prompt_audio_seconds == round(len(audio) / 16000)
+    events = list(client.audio.transcriptions.stream(model="voxtral-mini-latest", file=upload,
+                                                     context_bias=["Voxtral"]))
+    kinds = [e.event for e in events]
+    assert kinds[-1] == "transcription.done" and set(kinds[:-1]) == {"transcription.text.delta"}
+    assert "".join(e.data.text for e in events[:-1]).strip() == events[-1].data.text == local.strip()
+
+
 def test_mistral_dialect_faults_get_mistral_errors_and_the_session_goes_on(server, serve_engine, clips):
     """On Mistral's endpoint the faults the other dialects survive get Mistral's error event
     (``error.message``, a numeric ``error.code``), the session goes on, and a wrong key is refused."""

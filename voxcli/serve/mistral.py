@@ -17,6 +17,8 @@ server serves one, and an app keeps the hosted model's name.
 
 from __future__ import annotations
 
+import json
+
 from voxcli.choices import KEYTERM_BIAS
 from voxcli.serve.scheduler import Done, Failed, Token
 from voxcli.serve.wire import BadEvent, keyterms
@@ -96,6 +98,39 @@ def update(settings, event: dict) -> None:
         settings.options["keyterms"] = keyterms(bias, KEYTERM_BIAS)
     if isinstance(fields.get("language"), str):
         settings.language = fields["language"]
+
+
+def is_mistral_form(form) -> bool:
+    """A POST /v1/audio/transcriptions from Mistral's SDK: its form always says ``diarize``."""
+    return "diarize" in form or "context_bias" in form
+
+
+def rest_done(model: str, text: str, language, audio_s: float) -> dict:
+    return {"model": model, "text": text, "language": language, "segments": [],
+            "usage": {"prompt_audio_seconds": round(audio_s)}}
+
+
+async def rest_events(stream, queue, model: str, language, audio_s: float):
+    """Mistral's server-sent events for an upload; a client that leaves frees the stream (finally)."""
+    text = []
+    try:
+        while True:
+            message = await queue.get()
+            if isinstance(message, Token) and message.event.text:
+                text.append(message.event.text)
+                yield _sse({"type": "transcription.text.delta", "text": message.event.text})
+            elif isinstance(message, Done):
+                yield _sse({"type": "transcription.done", **rest_done(model, "".join(text).strip(), language, audio_s)})
+                return
+            elif isinstance(message, Failed):
+                yield _sse(error(message.message, message.code))
+                return
+    finally:
+        stream.close()
+
+
+def _sse(event: dict) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
 
 
 def error(message: str, code: str) -> dict:

@@ -5,6 +5,11 @@ voxcli's own fields: ``keyterms`` (repeated, or ``keyterms[]`` as the ``openai``
 list in ``extra_body``) and ``keyterm_bias``: phrases to favour for this file; ``json`` and
 ``verbose_json`` then say how often each was said (``keyterms``).
 
+Mistral's SDK (``client.audio.transcriptions.complete`` / ``stream``) posts to the same path. Its
+form always carries ``diarize`` (and ``context_bias``, its phrases to favour), which OpenAI's never
+does: such a form is answered in Mistral's shape (``{model, text, language, usage}``; server-sent
+``transcription.text.delta`` / ``transcription.done`` with ``event:`` lines), :mod:`voxcli.serve.mistral`.
+
 The file runs through the same scheduler as the realtime sessions (a stream that is pushed all its
 audio and ended at once), so it counts against ``serve.max_sessions`` (503 when full). Past
 ``serve.max_upload_mb``: 413, before the body is read.
@@ -26,7 +31,7 @@ from voxcli.errors import AudioError
 from voxcli.events import Transcript, TranscriptMetrics, clamp_span, keyterm_counts
 from voxcli.output.cues import events_to_cues
 from voxcli.output.formats import render_transcript
-from voxcli.serve import wire
+from voxcli.serve import mistral, wire
 from voxcli.serve.scheduler import Done, Failed, Full, Token
 from voxcli.units import seconds
 
@@ -61,6 +66,8 @@ async def transcriptions(request: Request) -> Response:
         return _refused(server, 400, f"response_format {fmt!r}: one of {', '.join(FORMATS)}", "invalid_format",
                         "response_format")
     model = str(form.get("model") or server.model_name)
+    if mistral.is_mistral_form(form):  # an app keeps the hosted model's name: the one served answers
+        model = server.model_name
     if model not in server.model_names:
         return _refused(server, 404, f"model {model!r} is not served here; this server serves "
                                      f"{server.model_name!r}", "model_not_found", "model")
@@ -82,7 +89,9 @@ async def transcriptions(request: Request) -> Response:
     stream.push(audio)
     stream.end()
     if str(form.get("stream") or "false").lower() == "true":
-        return StreamingResponse(_events(stream, queue), media_type="text/event-stream",
+        events = (mistral.rest_events(stream, queue, model, form.get("language"), seconds(len(audio)))
+                  if mistral.is_mistral_form(form) else _events(stream, queue))
+        return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     try:
         events, failed = await _collect(queue)
@@ -90,12 +99,15 @@ async def transcriptions(request: Request) -> Response:
         stream.close()  # its row is free at the scheduler's next cycle
     if failed is not None:
         return problem(500, failed.message, failed.code)
+    if mistral.is_mistral_form(form):
+        text = "".join(e.text for e in events).strip()
+        return JSONResponse(mistral.rest_done(model, text, form.get("language"), seconds(len(audio))))
     return _render(events, fmt, seconds(len(audio)), model, str(form.get("language") or ""))
 
 
 def _options(form) -> dict:
     """The engine options a form asks for: its keyterms (wire.BadEvent if they are wrong)."""
-    phrases = [str(v) for v in form.getlist("keyterms") + form.getlist("keyterms[]")]
+    phrases = [str(v) for v in form.getlist("keyterms") + form.getlist("keyterms[]") + form.getlist("context_bias")]
     if not phrases:
         return {}
     bias = form.get("keyterm_bias")

@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from voxcli.serve import mistral, wire
+from voxcli.serve import wire
 from voxcli.serve.mailbox import Mailbox
 from voxcli.serve.metrics import CONTENT_TYPE, Metrics
 from voxcli.serve.realtime import Connection
@@ -218,7 +218,7 @@ async def realtime(ws: WebSocket) -> None:
 
 
 async def mistral_realtime(ws: WebSocket) -> None:
-    await _session(ws, mistral.MISTRAL)
+    await _session(ws, wire.MISTRAL)
 
 
 async def _session(ws: WebSocket, dialect: str) -> None:

@@ -23,7 +23,6 @@ from voxcli.choices import KEYTERM_BIAS
 from voxcli.serve.scheduler import Done, Failed, Token
 from voxcli.serve.wire import BadEvent, keyterms
 
-MISTRAL = "mistral"
 ENCODING = "pcm_s16le"
 CODES = {"server_full": 503, "shutting_down": 503, "engine_error": 500, "server_error": 500}
 
@@ -110,27 +109,24 @@ def rest_done(model: str, text: str, language, audio_s: float) -> dict:
             "usage": {"prompt_audio_seconds": round(audio_s)}}
 
 
-async def rest_events(stream, queue, model: str, language, audio_s: float):
-    """Mistral's server-sent events for an upload; a client that leaves frees the stream (finally)."""
-    text = []
-    try:
-        while True:
-            message = await queue.get()
-            if isinstance(message, Token) and message.event.text:
-                text.append(message.event.text)
-                yield _sse({"type": "transcription.text.delta", "text": message.event.text})
-            elif isinstance(message, Done):
-                yield _sse({"type": "transcription.done", **rest_done(model, "".join(text).strip(), language, audio_s)})
-                return
-            elif isinstance(message, Failed):
-                yield _sse(error(message.message, message.code))
-                return
-    finally:
-        stream.close()
+class RestEvents:
+    """Mistral's server-sent events for an upload (``rest._events`` runs the stream): a delta per
+    text token, ``transcription.done`` with the whole text, each with an ``event:`` line."""
 
+    def __init__(self, model: str, language, audio_s: float) -> None:
+        self.model, self.language, self.audio_s = model, language, audio_s
 
-def _sse(event: dict) -> str:
-    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+    def delta(self, text: str) -> dict:
+        return {"type": "transcription.text.delta", "text": text}
+
+    def done(self, text: str) -> dict:
+        return {"type": "transcription.done", **rest_done(self.model, text, self.language, self.audio_s)}
+
+    def failed(self, message: Failed) -> dict:
+        return error(message.message, message.code)
+
+    def sse(self, event: dict) -> str:
+        return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
 
 
 def error(message: str, code: str) -> dict:

@@ -43,7 +43,7 @@ class Connection:
         self.mail = server.mailbox()
         self.settings = wire.initial(dialect)
         # Mistral's events (serve/mistral.py) over the same session; vLLM's and OpenAI's are wire's, here
-        self.mistral = mistral.Events(self) if dialect == mistral.MISTRAL else None
+        self.mistral = mistral.Events(self) if dialect == wire.MISTRAL else None
         self.id = uuid.uuid4().hex[:16]
         self.out: asyncio.Queue = asyncio.Queue(maxsize=server.options.client_queue)
         self.stream = None

@@ -89,8 +89,9 @@ async def transcriptions(request: Request) -> Response:
     stream.push(audio)
     stream.end()
     if str(form.get("stream") or "false").lower() == "true":
-        events = (mistral.rest_events(stream, queue, model, form.get("language"), seconds(len(audio)))
-                  if mistral.is_mistral_form(form) else _events(stream, queue))
+        shape = (mistral.RestEvents(model, form.get("language"), seconds(len(audio)))
+                 if mistral.is_mistral_form(form) else OpenAIEvents())
+        events = _events(stream, queue, shape)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     try:
@@ -143,28 +144,41 @@ async def _collect(queue: asyncio.Queue):
             return events, message
 
 
-async def _events(stream, queue: asyncio.Queue):
-    """Server-sent events as OpenAI sends them; a client that leaves frees the stream (finally)."""
+class OpenAIEvents:
+    """OpenAI's server-sent events for an upload: ``transcript.text.delta`` / ``.done``."""
+
+    def delta(self, text: str) -> dict:
+        return {"type": "transcript.text.delta", "delta": text}
+
+    def done(self, text: str) -> dict:
+        return {"type": "transcript.text.done", "text": text}
+
+    def failed(self, message: Failed) -> dict:
+        return {"type": "error", "error": {"message": message.message, "type": "server_error", "code": message.code,
+                                           "param": None}}
+
+    def sse(self, event: dict) -> str:
+        return f"data: {json.dumps(event)}\n\n"
+
+
+async def _events(stream, queue: asyncio.Queue, shape):
+    """Server-sent events in ``shape``'s dialect (OpenAIEvents, mistral.RestEvents); a client that
+    leaves frees the stream (finally)."""
     text = []
     try:
         while True:
             message = await queue.get()
             if isinstance(message, Token) and message.event.text:
                 text.append(message.event.text)
-                yield _sse({"type": "transcript.text.delta", "delta": message.event.text})
+                yield shape.sse(shape.delta(message.event.text))
             elif isinstance(message, Done):
-                yield _sse({"type": "transcript.text.done", "text": "".join(text).strip()})
+                yield shape.sse(shape.done("".join(text).strip()))
                 return
             elif isinstance(message, Failed):
-                yield _sse({"type": "error", "error": {"message": message.message, "type": "server_error",
-                                                        "code": message.code, "param": None}})
+                yield shape.sse(shape.failed(message))
                 return
     finally:
         stream.close()  # its row is free at the scheduler's next cycle
-
-
-def _sse(event: dict) -> str:
-    return f"data: {json.dumps(event)}\n\n"
 
 
 def _render(events, fmt: str, audio_s: float, model: str, language: str) -> Response:

@@ -37,7 +37,7 @@ from voxcli.engine.keyterms import Keyterms
 from voxcli.serve.scheduler import Done, Failed, Speech, Token
 from voxcli.units import SAMPLE_RATE
 
-VLLM, OPENAI = "vllm", "openai"
+VLLM, OPENAI, MISTRAL = "vllm", "openai", "mistral"  # Mistral's events: serve/mistral.py
 OPENAI_RATE = 24000  # OpenAI's audio/pcm
 MAX_APPEND_BYTES = 4 * 1024 * 1024  # one append's decoded audio: about 2 min at 16 kHz
 MAX_KEYTERMS, MAX_KEYTERM_CHARS = 1000, 200  # a session's keyterms: how many, how long each
@@ -70,7 +70,7 @@ class Settings:
 def initial(dialect: str) -> Settings:
     if dialect == OPENAI:
         return Settings(OPENAI, configured=True, rate=OPENAI_RATE, vad=EndpointOptions())
-    if dialect == "mistral":  # serve/mistral.py: configured with its defaults, PCM s16le at 16 kHz
+    if dialect == MISTRAL:  # serve/mistral.py: configured with its defaults, PCM s16le at 16 kHz
         from voxcli.serve import mistral
 
         settings = Settings(dialect, configured=True)

@@ -36,8 +36,10 @@ import numpy as np
 import websockets
 
 from voxcli.audio.decode import load_audio
+from voxcli.engine.server import cycle_counters
 from voxcli.events import percentile
 from voxcli.measure.environment import host
+from voxcli.measure.runs import server_split
 from voxcli.testing.served import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,20 +117,16 @@ def one_n(server: ServeProcess, audio: np.ndarray, n: int, profile: Path | None,
         spy.wait(60)
     after, cpu1, me1 = server.metrics(), server.cpu_s(), os.times()
 
-    def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
-
-    rows = delta("voxcli_cycle_rows_total")
-    host_s, forward_s = delta('voxcli_cycle_seconds_total{part="host"}'), delta('voxcli_cycle_seconds_total{part="forward"}')
+    split = server_split(cycle_counters(before), cycle_counters(after))  # as voxcli bench --server reads it
+    rows = split["rows"]
     ok = [r for r in records if not r["error"]]
     lat = [x for r in ok for x in r["latency_ms"] if x is not None]
     steps = [x for r in ok for x in r["step_ms"] if x is not None]
     behind = sum(1 for r in ok if r.get("t_last", 0) - r.get("t_audio_end", 0) > BEHIND_S or "t_last" not in r)
     return {
-        "n": n, "wall_s": round(wall, 2), "rows": int(rows), "cycles": int(delta("voxcli_cycles_total")),
-        "host_ms_per_row": round(1000 * host_s / rows, 4) if rows else None,
-        "forward_ms_per_row": round(1000 * forward_s / rows, 4) if rows else None,
-        "rows_per_cycle": round(rows / max(delta("voxcli_cycles_total"), 1), 2),
+        "n": n, "wall_s": round(wall, 2), "rows": rows, "cycles": split["cycles"],
+        "host_ms_per_row": _r(split["host_ms_per_row"], 4), "forward_ms_per_row": _r(split["forward_ms_per_row"], 4),
+        "rows_per_cycle": round(rows / max(split["cycles"], 1), 2),
         "step_ms": _pcts(steps), "latency_ms": _pcts(lat), "behind": behind,
         "failed": len(records) - len(ok), "errors": dict(Counter(r["error"] for r in records if r["error"])),
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / wall, 1),
@@ -140,8 +138,8 @@ def _pcts(values: list[float]) -> dict:
     return {"n": len(values), "p50": _r(percentile(values, 50)), "p99": _r(percentile(values, 99))}
 
 
-def _r(x):
-    return None if x is None else round(x, 2)
+def _r(x, digits: int = 2):
+    return None if x is None else round(x, digits)
 
 
 def profile_top(raw: Path, top: int = 20) -> list[tuple[str, float, float]]:

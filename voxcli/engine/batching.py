@@ -42,12 +42,10 @@ class ForwardClock:
 
     def __init__(self) -> None:
         self.seconds = 0.0  # in ``run(jobs)``, token ids back on the host
-        self.forwards = 0
         self.rows = 0  # jobs those forwards made: one token each
 
     def add(self, seconds: float, rows: int) -> None:
         self.seconds += seconds
-        self.forwards += 1
         self.rows += rows
 
 

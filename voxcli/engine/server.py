@@ -78,24 +78,13 @@ class Server:
     # -- HTTP --
 
     def cycle_counters(self) -> dict | None:
-        """``voxcli serve``'s own split of its scheduler's cycles, from its ``/metrics`` (counters
-        since it started: forward and host seconds, rows stepped, cycles); None from a server that
-        does not say it (vLLM), or that cannot be read now."""
+        """``voxcli serve``'s own split of its scheduler's cycles (:func:`cycle_counters`), read from
+        its ``/metrics`` now; None from a server that does not say it (vLLM), or cannot be read."""
         try:
             response = self.http.get("/metrics")
         except httpx2.HTTPError:
             return None
-        if response.status_code != 200:
-            return None
-        names = {'voxcli_cycle_seconds_total{part="forward"}': "forward_s",
-                 'voxcli_cycle_seconds_total{part="host"}': "host_s", "voxcli_cycle_rows_total": "rows",
-                 "voxcli_cycles_total": "cycles"}
-        out = {}
-        for line in response.text.splitlines():
-            name, _, value = line.rpartition(" ")
-            if name in names:
-                out[names[name]] = float(value)
-        return out if len(out) == len(names) else None
+        return cycle_counters(parse_metrics(response.text)) if response.status_code == 200 else None
 
     def get_json(self, path: str) -> dict:
         try:
@@ -185,3 +174,25 @@ def http_error(url: str, response) -> str:
     except (ValueError, KeyError, TypeError):
         message = response.reason_phrase
     return f"vLLM server {url} answered: {message}"
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus' text format as ``{"name{labels}": value}`` (comments left out)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+CYCLE_METRICS = {'voxcli_cycle_seconds_total{part="forward"}': "forward_s",
+                 'voxcli_cycle_seconds_total{part="host"}': "host_s", "voxcli_cycle_rows_total": "rows",
+                 "voxcli_cycles_total": "cycles"}
+
+
+def cycle_counters(metrics: dict[str, float]) -> dict | None:
+    """``voxcli serve``'s scheduler counters since it started, from its parsed ``/metrics``:
+    forward and host seconds, rows stepped, cycles (None where a server does not say them)."""
+    out = {short: metrics[name] for name, short in CYCLE_METRICS.items() if name in metrics}
+    return out if len(out) == len(CYCLE_METRICS) else None

@@ -67,9 +67,7 @@ class CycleTime:
     """One scheduler cycle, split: the forwards (a Realtime engine's ``forward_clock``) and the host
     work around them (feeding, endpointers, features, events, delivery)."""
 
-    streams: int  # streams fed this cycle
     rows: int  # rows the forwards stepped: one token each (a stream's 80 ms of work)
-    forwards: int
     seconds: float
     forward_s: float
 
@@ -245,7 +243,7 @@ class Scheduler:
     def _cycle(self, streams: list[Stream]) -> None:
         clock = self.engine.forward_clock
         t0 = time.perf_counter()
-        before = (clock.seconds, clock.rows, clock.forwards) if clock is not None else None
+        before = (clock.seconds, clock.rows) if clock is not None else None
         live = self._feed(streams)
         if not live:
             return
@@ -260,9 +258,7 @@ class Scheduler:
             s.tokens = []
         split = None
         if before is not None:
-            forward_s, rows, forwards = (now - was for now, was in zip((clock.seconds, clock.rows, clock.forwards),
-                                                                        before))
-            split = CycleTime(len(live), rows, forwards, time.perf_counter() - t0, forward_s)
+            split = CycleTime(clock.rows - before[1], time.perf_counter() - t0, clock.seconds - before[0])
         self.on_step(tokens, split)
 
     def _feed(self, streams: list[Stream]) -> list[Stream]:

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from voxcli.engine.server import parse_metrics
 from voxcli.testing.vllm import free_port
 
 __all__ = ["ServeProcess", "free_port", "get", "parse_metrics"]
@@ -31,16 +32,6 @@ def get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus' text format as ``{"name{labels}": value}`` (comments left out)."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 class ServeProcess:

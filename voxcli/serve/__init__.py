@@ -3,8 +3,11 @@
 Above ``engine``, ``audio`` and ``output``; below ``cli`` (tests/test_layers.py checks).
 
 - ``scheduler``: one thread owns the engine and steps every session as a row of one forward
-- ``wire``: the realtime dialects (vLLM's, OpenAI's transcription sessions) as JSON events
-- ``realtime``: one WebSocket client; ``rest``: OpenAI's ``/v1/audio/transcriptions``
+- ``codec``: what a dialect is (a thin codec over one session) and what every dialect shares
+- the dialects, a module each: ``wire`` (vLLM's and OpenAI's realtime events), ``mistral``
+  (Mistral's realtime and REST), ``deepgram`` (Deepgram's live ``/v1/listen``), ``wyoming``
+  (Home Assistant's TCP protocol)
+- ``realtime``: one WebSocket client, whatever its dialect; ``rest``: ``/v1/audio/transcriptions``
 - ``metrics``: Prometheus; ``app``: the Starlette routes; ``run``: uvicorn, SIGTERM draining
 - ``page.html``: the live page served at ``/``
 """

@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from voxcli.serve import wire
+from voxcli.serve import mistral, wire
 from voxcli.serve.mailbox import Mailbox
 from voxcli.serve.metrics import CONTENT_TYPE, Metrics
 from voxcli.serve.realtime import Connection
@@ -214,14 +214,15 @@ async def metrics(request: Request) -> Response:
 
 async def realtime(ws: WebSocket) -> None:
     query = ws.query_params
-    await _session(ws, wire.OPENAI if ("intent" in query or "model" in query) else wire.VLLM)
+    dialect = wire.OPENAI if ("intent" in query or "model" in query) else wire.VLLM
+    await _session(ws, lambda connection: wire.Codec(connection, dialect))
 
 
 async def mistral_realtime(ws: WebSocket) -> None:
-    await _session(ws, wire.MISTRAL)
+    await _session(ws, mistral.Codec)
 
 
-async def _session(ws: WebSocket, dialect: str) -> None:
+async def _session(ws: WebSocket, codec) -> None:
     server = ws.app.state.server
     if not server.origin_allowed(ws.headers):
         server.metrics.rejected.labels("origin").inc()
@@ -242,7 +243,7 @@ async def _session(ws: WebSocket, dialect: str) -> None:
         await ws.send_denial_response(problem(503, "the server is shutting down", "shutting_down"))
         return
     await ws.accept(subprotocol="realtime" if "realtime" in protocols else None)
-    connection = Connection(ws, server, dialect)
+    connection = Connection(ws, server, codec)
     server.connections.add(connection)
     try:
         await connection.run()

@@ -20,20 +20,28 @@ from __future__ import annotations
 import json
 
 from voxcli.choices import KEYTERM_BIAS
+from voxcli.serve import codec
+from voxcli.serve.codec import BadEvent, Settings, audio, keyterms
 from voxcli.serve.scheduler import Done, Failed, Token
-from voxcli.serve.wire import BadEvent, keyterms
 
+DIALECT = "mistral"
 ENCODING = "pcm_s16le"
 CODES = {"server_full": 503, "shutting_down": 503, "engine_error": 500, "server_error": 500}
 
 
-class Events:
+class Codec(codec.Codec):
     """Mistral's events for one connection (:class:`voxcli.serve.realtime.Connection`): what comes
     in, done through the connection's session; what goes out."""
 
+    dialect = DIALECT
+
     def __init__(self, connection) -> None:
-        self.connection = connection
-        self.settings = connection.settings
+        super().__init__(connection)
+        self.settings = Settings(DIALECT, configured=True)  # PCM s16le at 16 kHz until session.update
+        self.settings.extra.update(text=[], pending=0, fresh=False, ended=False)
+
+    def opening(self) -> list[dict]:
+        return [self.session("session.created")]
 
     def session(self, kind: str) -> dict:
         c = self.connection
@@ -49,7 +57,7 @@ class Events:
             update(self.settings, event)
             c.put(self.session("session.updated"))
         elif kind == "input_audio.append":
-            await c.append(event)
+            await c.push(audio(event, kind))
             state["fresh"] = True
         elif kind in ("input_audio.flush", "input_audio.end"):
             if state["fresh"]:  # audio since the last flush: flush it (its last words now)
@@ -66,9 +74,8 @@ class Events:
     def outgoing(self, message: object) -> list[dict]:
         return outgoing(self.settings, self.connection.server.model_name, message)
 
-
-def initial(settings) -> None:
-    settings.extra.update(text=[], pending=0, fresh=False, ended=False)
+    def error(self, message: str, code: str, event_id: str | None = None) -> dict:
+        return error(message, code)
 
 
 def session(settings, session_id: str, model: str, delay_ms: int | None) -> dict:

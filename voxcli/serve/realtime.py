@@ -1,5 +1,6 @@
-"""``WS /v1/realtime`` and ``WS /v1/audio/transcriptions/realtime``: one client's connection, in
-vLLM's or OpenAI's dialect (:mod:`voxcli.serve.wire`) or Mistral's (:mod:`voxcli.serve.mistral`).
+"""One client's realtime WebSocket, in whichever dialect its URL chose: a
+:class:`~voxcli.serve.codec.Codec` (vLLM's and OpenAI's at ``/v1/realtime``, Mistral's at
+``/v1/audio/transcriptions/realtime``, Deepgram's at ``/v1/listen``) over one session.
 
 Two tasks per connection: the reader takes the client's events (audio to the scheduler's
 :class:`~voxcli.serve.scheduler.Stream`), the writer sends what the scheduler delivers. The
@@ -25,7 +26,7 @@ import uuid
 import soxr
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voxcli.serve import mistral, wire
+from voxcli.serve.codec import BadEvent, parse
 from voxcli.serve.scheduler import Done, Failed, Full
 from voxcli.units import SAMPLE_RATE
 
@@ -37,14 +38,14 @@ CLEAN_CLOSE = (1000, 1001)  # a client that closed the connection itself
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, server, dialect: str) -> None:
+    def __init__(self, ws: WebSocket, server, codec) -> None:
+        """``codec``: the dialect's Codec class (called with this connection)."""
         self.ws = ws
         self.server = server  # voxcli.serve.app.ServerState
         self.mail = server.mailbox()
-        self.settings = wire.initial(dialect)
-        # Mistral's events (serve/mistral.py) over the same session; vLLM's and OpenAI's are wire's, here
-        self.mistral = mistral.Events(self) if dialect == wire.MISTRAL else None
         self.id = uuid.uuid4().hex[:16]
+        self.codec = codec(self)
+        self.settings = self.codec.settings
         self.out: asyncio.Queue = asyncio.Queue(maxsize=server.options.client_queue)
         self.stream = None
         self.resampler = None
@@ -52,6 +53,7 @@ class Connection:
         self.open_utterances = 0  # ends asked for and not yet done (SIGTERM waits for them)
         self.closed_cleanly = False
         self.dropped = False  # by this server (drop())
+        self.finishing = False  # the codec's last events are out: close (finish())
 
     # -- from the scheduler thread --
 
@@ -69,8 +71,16 @@ class Connection:
     # -- the connection's life --
 
     async def run(self) -> None:
-        await self._send(self.mistral.session("session.created") if self.mistral else
-                         wire.created(self.settings, self.id, self.server.model_name))
+        try:
+            opening = self.codec.opening()
+        except BadEvent as exc:  # the URL asked for what cannot be done: say why, and close
+            self.server.metrics.rejected.labels(exc.code).inc()
+            await self._send(self.codec.error(str(exc), exc.code))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(code=1008, reason=str(exc)[:120]), CLOSE_WAIT_S)
+            return
+        for event in opening:
+            await self._send(event)
         writer = asyncio.create_task(self._write())
         try:
             await self._read()
@@ -95,91 +105,51 @@ class Connection:
             if message["type"] == "websocket.disconnect":
                 self.closed_cleanly = message.get("code") in CLEAN_CLOSE
                 return
-            if message.get("text") is None:
-                self._refuse(wire.BadEvent("send JSON events as text frames", "invalid_event"))
-                continue
             try:
-                await self._handle(wire.parse(message["text"]))
-            except wire.BadEvent as exc:
+                if message.get("text") is None:
+                    await self.codec.binary(message.get("bytes") or b"")
+                else:
+                    await self.codec.handle(parse(message["text"]))
+            except BadEvent as exc:
                 self._refuse(exc)
                 if exc.code == "server_full":  # nothing this connection can do: say so and close
                     self.put(_STOP)
                     await self.closing()
                     return
 
-    async def _handle(self, event: dict) -> None:
-        if self.mistral:
-            return await self.mistral.handle(event)
-        kind = event["type"]
-        if kind in ("session.update", "transcription_session.update"):
-            wire.update(self.settings, event)
-            self._check_model()
-            self._open()
-            reply = wire.updated(self.settings, self.id, self.server.model_name)
-            if reply:
-                self.put(reply)
-        elif kind == "input_audio_buffer.append":
-            await self.append(event)
-        elif kind == "input_audio_buffer.commit":
-            self._commit(event)
-        else:
-            raise wire.BadEvent(f"unknown event type {kind!r}", "unknown_event", event.get("event_id"))
+    # -- what a codec does to the session --
 
-    def end_utterance(self) -> None:
-        """The utterance so far is complete: flushed, then its Done (SIGTERM waits for it)."""
-        self.open_utterances += 1
-        self.stream.end()
-
-    def _outgoing(self, message: object) -> list[dict]:
-        if isinstance(message, dict):
-            return [message]
-        if self.mistral:
-            return self.mistral.outgoing(message)
-        return wire.outgoing(self.settings, self.id, message)
-
-    def _error(self, message: str, code: str, event_id: str | None = None) -> dict:
-        return mistral.error(message, code) if self.mistral else wire.error(self.settings, message, code, event_id)
-
-    def _check_model(self) -> None:
-        model = self.settings.model
-        if model and model not in self.server.model_names:
-            raise wire.BadEvent(f"model {model!r} is not served here; this server serves "
-                                f"{self.server.model_name!r}", "model_not_found")
-
-    def _open(self) -> None:
+    def open(self) -> None:
+        """The session's stream, at the settings' endpointer, keyterms and rate (once)."""
         if self.stream is not None:
             return
         try:
             self.stream = self.server.scheduler.open(self.deliver, vad=self.settings.vad, options=self.settings.options)
         except Full as exc:
-            raise wire.BadEvent(str(exc), "server_full") from None  # counted by _refuse, as REST counts it
+            raise BadEvent(str(exc), "server_full") from None  # counted by _refuse, as REST counts it
         self.server.metrics.sessions.labels(f"realtime-{self.settings.dialect}").inc()
         self.resampler = None if self.settings.rate == SAMPLE_RATE else \
             soxr.ResampleStream(self.settings.rate, SAMPLE_RATE, 1, dtype="float32")
 
-    async def append(self, event: dict) -> None:
-        if not self.settings.configured:
-            raise wire.BadEvent("audio before session.update: send session.update (with the model) first",
-                                "session_not_configured", event.get("event_id"))
-        samples = wire.audio(event)
-        if self.stream is None:
-            self._open()
+    def end_utterance(self) -> None:
+        """The utterance so far is complete: flushed, then its Done (SIGTERM waits for it)."""
+        self.open()
+        self.open_utterances += 1
+        self.stream.end()
+
+    def finish(self) -> None:
+        """Close the socket (1000) once the events the codec is writing now are sent."""
+        self.finishing = True
+
+    async def push(self, samples) -> None:
+        """Mono float32 samples at the settings' rate: resampled to 16 kHz, to the stream."""
+        self.open()
         if self.resampler is not None:
             samples = self.resampler.resample_chunk(samples)
         t = time.perf_counter()
         while self.stream.buffered > MAX_BUFFERED_S * SAMPLE_RATE and not self.gone:
             await asyncio.sleep(0.01)  # the model is behind this client: read no more of its audio for now
         self.stream.push(samples, t)
-
-    def _commit(self, event: dict) -> None:
-        vllm = self.settings.dialect == wire.VLLM
-        if vllm and not event.get("final"):
-            return  # vLLM's first commit starts generation; here audio is transcribed as it comes
-        if self.stream is None:
-            if not self.settings.configured:
-                raise wire.BadEvent("commit before session.update", "session_not_configured", event.get("event_id"))
-            self._open()
-        self.end_utterance()
 
     # -- out --
 
@@ -190,11 +160,16 @@ class Connection:
                 return
             if isinstance(message, Done):
                 self.open_utterances = max(0, self.open_utterances - 1)
-            for event in self._outgoing(message):
+            for event in [message] if isinstance(message, dict) else self.codec.outgoing(message):
                 if not await self._send(event):
                     return
             if isinstance(message, Failed):
                 self.stream = None  # the scheduler dropped it
+            if self.finishing:
+                self.gone = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.close(code=1000), CLOSE_WAIT_S)
+                return
 
     async def _send(self, event: dict) -> bool:
         try:
@@ -216,9 +191,9 @@ class Connection:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(code=1013), CLOSE_WAIT_S)
 
-    def _refuse(self, exc: wire.BadEvent) -> None:
+    def _refuse(self, exc: BadEvent) -> None:
         self.server.metrics.rejected.labels(exc.code).inc()
-        self.put(self._error(str(exc), exc.code, exc.event_id))
+        self.put(self.codec.error(str(exc), exc.code, exc.event_id))
 
     def drop(self, reason: str, message: str) -> None:
         """Stop serving this client: one ``error`` event if it still reads, then the socket closes."""
@@ -227,7 +202,7 @@ class Connection:
         self.gone = self.dropped = True
         self.server.metrics.dropped.labels(reason).inc()
         log.warning("session %s: %s", self.id, message)
-        asyncio.ensure_future(self._goodbye(self._error(message, f"client_{reason}")))
+        asyncio.ensure_future(self._goodbye(self.codec.error(message, f"client_{reason}")))
 
     async def _goodbye(self, event: dict) -> None:
         with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from voxcli.errors import AudioError
 from voxcli.events import Transcript, TranscriptMetrics, clamp_span, keyterm_counts
 from voxcli.output.cues import events_to_cues
 from voxcli.output.formats import render_transcript
-from voxcli.serve import mistral, wire
+from voxcli.serve import codec, mistral
 from voxcli.serve.scheduler import Done, Failed, Full, Token
 from voxcli.units import seconds
 
@@ -55,7 +55,7 @@ async def transcriptions(request: Request) -> Response:
         return _refused(server, 413, f"the upload is {int(length) / 1e6:.1f} MB; this server takes at most "
                                      f"{server.options.max_upload_mb:g} MB (serve.max_upload_mb)", "file_too_large")
     try:
-        form = await request.form(max_files=1, max_fields=16 + wire.MAX_KEYTERMS)
+        form = await request.form(max_files=1, max_fields=16 + codec.MAX_KEYTERMS)
     except Exception as exc:  # noqa: BLE001 - python-multipart's and Starlette's parse errors alike
         return _refused(server, 400, f"not a multipart form: {exc}", "invalid_form")
     upload = form.get("file")
@@ -73,7 +73,7 @@ async def transcriptions(request: Request) -> Response:
                                      f"{server.model_name!r}", "model_not_found", "model")
     try:
         options = _options(form)
-    except wire.BadEvent as exc:
+    except codec.BadEvent as exc:
         return _refused(server, 400, str(exc), exc.code, "keyterms")
     try:
         audio = await asyncio.to_thread(_decode, await upload.read(), upload.filename or "upload")
@@ -107,7 +107,7 @@ async def transcriptions(request: Request) -> Response:
 
 
 def _options(form) -> dict:
-    """The engine options a form asks for: its keyterms (wire.BadEvent if they are wrong)."""
+    """The engine options a form asks for: its keyterms (codec.BadEvent if they are wrong)."""
     phrases = [str(v) for v in form.getlist("keyterms") + form.getlist("keyterms[]") + form.getlist("context_bias")]
     if not phrases:
         return {}
@@ -115,8 +115,8 @@ def _options(form) -> dict:
     try:
         bias = KEYTERM_BIAS if bias is None else float(str(bias))
     except ValueError:
-        raise wire.BadEvent("keyterm_bias: a number from 0 to 20", "invalid_keyterms") from None
-    return {"keyterms": wire.keyterms(phrases, bias)}
+        raise codec.BadEvent("keyterm_bias: a number from 0 to 20", "invalid_keyterms") from None
+    return {"keyterms": codec.keyterms(phrases, bias)}
 
 
 def _refused(server, status: int, message: str, code: str, param: str | None = None) -> JSONResponse:

@@ -23,70 +23,72 @@ each token; OpenAI's sends text only.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
-import json
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from voxcli.audio.vad import EndpointOptions
 from voxcli.choices import KEYTERM_BIAS
-from voxcli.engine.keyterms import Keyterms
+from voxcli.serve import codec
+from voxcli.serve.codec import BadEvent, Settings, audio, keyterms
 from voxcli.serve.scheduler import Done, Failed, Speech, Token
-from voxcli.units import SAMPLE_RATE
 
-VLLM, OPENAI, MISTRAL = "vllm", "openai", "mistral"  # Mistral's events: serve/mistral.py
+VLLM, OPENAI = "vllm", "openai"
 OPENAI_RATE = 24000  # OpenAI's audio/pcm
-MAX_APPEND_BYTES = 4 * 1024 * 1024  # one append's decoded audio: about 2 min at 16 kHz
-MAX_KEYTERMS, MAX_KEYTERM_CHARS = 1000, 200  # a session's keyterms: how many, how long each
 _event_ids = itertools.count(1)
 
 
-class BadEvent(Exception):
-    """A client event that cannot be acted on: answered with an ``error`` event, the connection stays."""
+class Codec(codec.Codec):
+    """vLLM's or OpenAI's events for one connection at ``/v1/realtime`` (OpenAI's when the URL or
+    the first ``session.update`` says so)."""
 
-    def __init__(self, message: str, code: str, event_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.event_id = event_id
+    def __init__(self, connection, dialect: str) -> None:
+        super().__init__(connection)
+        self.settings = initial(dialect)
 
+    @property
+    def dialect(self) -> str:
+        return self.settings.dialect
 
-@dataclass
-class Settings:
-    """What a session was set up with."""
+    def opening(self) -> list[dict]:
+        c = self.connection
+        return [created(self.settings, c.id, c.server.model_name)]
 
-    dialect: str
-    configured: bool  # vLLM's needs a session.update first; OpenAI's has defaults
-    model: str | None = None
-    rate: int = SAMPLE_RATE
-    vad: EndpointOptions | None = None
-    language: str | None = None
-    extra: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)  # the engine session's own (keyterms)
+    async def handle(self, event: dict) -> None:
+        kind, c = event["type"], self.connection
+        if kind in ("session.update", "transcription_session.update"):
+            update(self.settings, event)
+            model = self.settings.model
+            if model and model not in c.server.model_names:
+                raise BadEvent(f"model {model!r} is not served here; this server serves "
+                               f"{c.server.model_name!r}", "model_not_found")
+            c.open()
+            reply = updated(self.settings, c.id, c.server.model_name)
+            if reply:
+                c.put(reply)
+        elif kind == "input_audio_buffer.append":
+            if not self.settings.configured:
+                raise BadEvent("audio before session.update: send session.update (with the model) first",
+                               "session_not_configured", event.get("event_id"))
+            await c.push(audio(event))
+        elif kind == "input_audio_buffer.commit":
+            if self.dialect == VLLM and not event.get("final"):
+                return  # vLLM's first commit starts generation; here audio is transcribed as it comes
+            if not self.settings.configured:
+                raise BadEvent("commit before session.update", "session_not_configured", event.get("event_id"))
+            c.end_utterance()
+        else:
+            raise BadEvent(f"unknown event type {kind!r}", "unknown_event", event.get("event_id"))
+
+    def outgoing(self, message: object) -> list[dict]:
+        return outgoing(self.settings, self.connection.id, message)
+
+    def error(self, message: str, code: str, event_id: str | None = None) -> dict:
+        return error(self.settings, message, code, event_id)
 
 
 def initial(dialect: str) -> Settings:
     if dialect == OPENAI:
         return Settings(OPENAI, configured=True, rate=OPENAI_RATE, vad=EndpointOptions())
-    if dialect == MISTRAL:  # serve/mistral.py: configured with its defaults, PCM s16le at 16 kHz
-        from voxcli.serve import mistral
-
-        settings = Settings(dialect, configured=True)
-        mistral.initial(settings)
-        return settings
     return Settings(VLLM, configured=False)
-
-
-def parse(raw: str) -> dict:
-    try:
-        event = json.loads(raw)
-    except ValueError as exc:
-        raise BadEvent(f"not JSON: {exc}", "invalid_json") from None
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        raise BadEvent("an event is a JSON object with a string 'type'", "invalid_event")
-    return event
 
 
 def update(settings: Settings, event: dict) -> Settings:
@@ -117,18 +119,6 @@ def _voxcli_options(settings: Settings, options) -> None:
         settings.options["keyterms"] = keyterms(options["keyterms"], options.get("keyterm_bias", KEYTERM_BIAS))
 
 
-def keyterms(phrases, bias) -> Keyterms | None:
-    """A client's keyterms, checked (BadEvent says what is wrong); an empty list: none."""
-    if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
-        raise BadEvent("keyterms: a list of strings", "invalid_keyterms")
-    if len(phrases) > MAX_KEYTERMS or any(len(p) > MAX_KEYTERM_CHARS for p in phrases):
-        raise BadEvent(f"keyterms: at most {MAX_KEYTERMS}, each at most {MAX_KEYTERM_CHARS} characters",
-                       "invalid_keyterms")
-    if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not 0 <= bias <= 20:
-        raise BadEvent("keyterm_bias: a number from 0 to 20", "invalid_keyterms")
-    return Keyterms.of(phrases, float(bias))
-
-
 def _openai_session(settings: Settings, session: dict) -> None:
     audio_in = ((session.get("audio") or {}).get("input") or {}) if "audio" in session else session
     fmt = audio_in.get("format", audio_in.get("input_audio_format"))
@@ -152,23 +142,6 @@ def _openai_session(settings: Settings, session: dict) -> None:
             silence = int(turn.get("silence_duration_ms") or EndpointOptions.min_silence_ms)
             threshold = float(turn.get("threshold") or EndpointOptions.threshold)
             settings.vad = EndpointOptions(min_silence_ms=max(silence, 32), threshold=min(max(threshold, 0.36), 0.99))
-
-
-def audio(event: dict) -> np.ndarray:
-    """An append's samples as float32, at the session's rate (the caller resamples)."""
-    data = event.get("audio")
-    if not isinstance(data, str):
-        raise BadEvent("input_audio_buffer.append needs 'audio': base64 PCM16", "invalid_audio", event.get("event_id"))
-    if len(data) > MAX_APPEND_BYTES * 4 // 3 + 4:
-        raise BadEvent(f"one append of {len(data) * 3 // 4} bytes: at most {MAX_APPEND_BYTES} per message; "
-                       f"send the audio in pieces", "audio_too_large", event.get("event_id"))
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadEvent("'audio' is not valid base64", "invalid_audio", event.get("event_id")) from None
-    if len(raw) % 2:
-        raise BadEvent(f"'audio' has {len(raw)} bytes: PCM16 has 2 per sample", "invalid_audio", event.get("event_id"))
-    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def created(settings: Settings, session_id: str, model: str) -> dict:

@@ -9,9 +9,11 @@ hand for its own error wording, so FastAPI's pydantic layer would add weight and
 Routes: ``GET /`` (the live page), ``GET /health`` (liveness), ``GET /ready`` (readiness: 503 when
 full, draining or the engine is down; a balancer's check), ``GET /v1/models``, ``GET /metrics``
 (Prometheus), ``POST /v1/audio/transcriptions`` (:mod:`voxcli.serve.rest`), ``WS /v1/realtime``
-(:mod:`voxcli.serve.realtime`). With an API key, ``/v1/*`` wants ``Authorization: Bearer KEY``
-(compared in constant time); a browser's WebSocket, which cannot set headers, may send it as the
-subprotocol ``openai-insecure-api-key.KEY``, as OpenAI's browser clients do. A browser's WebSocket
+(:mod:`voxcli.serve.realtime`: vLLM's and OpenAI's dialects), ``WS /v1/audio/transcriptions/realtime``
+(Mistral's), ``WS /v1/listen`` (Deepgram's). With an API key, ``/v1/*`` wants ``Authorization:
+Bearer KEY`` or ``Token KEY`` (Deepgram's clients), compared in constant time; a browser's
+WebSocket, which cannot set headers, may send it as the subprotocol ``openai-insecure-api-key.KEY``,
+as OpenAI's browser clients do, or as the two subprotocols ``token``, ``KEY``, as Deepgram's do. A browser's WebSocket
 from another site's page (its ``Origin`` not this server's, nor in ``serve.allow_origins``) is
 refused with 403: WebSockets are not bound by CORS. REST answers CORS for the listed origins only. The page, ``/health``,
 ``/ready`` and ``/metrics`` are open, as vLLM's are.
@@ -34,7 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from voxcli.serve import mistral, wire
+from voxcli.serve import deepgram, mistral, wire
 from voxcli.serve.mailbox import Mailbox
 from voxcli.serve.metrics import CONTENT_TYPE, Metrics
 from voxcli.serve.realtime import Connection
@@ -108,11 +110,14 @@ class ServerState:
         key = self.options.api_key
         if not key:
             return True
-        offered = headers.get("authorization", "")
-        token = offered[7:] if offered[:7].lower() == "bearer " else ""
-        for protocol in protocols:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() not in ("bearer", "token"):  # Token: Deepgram's clients
+            token = ""
+        for i, protocol in enumerate(protocols):
             if protocol.startswith(KEY_PROTOCOL):
                 token = protocol[len(KEY_PROTOCOL):]
+            elif protocol == "token" and i + 1 < len(protocols):  # Deepgram's, in a browser
+                token = protocols[i + 1]
         return hmac.compare_digest(token.encode(), key.encode())
 
     async def drain(self, timeout_s: float) -> None:
@@ -144,6 +149,7 @@ def create_app(engine, options: ServeOptions | None = None) -> Starlette:
         Route("/v1/audio/transcriptions", keyed(transcriptions), methods=["POST"]),
         WebSocketRoute("/v1/realtime", realtime),
         WebSocketRoute("/v1/audio/transcriptions/realtime", mistral_realtime),
+        WebSocketRoute("/v1/listen", deepgram_live),
     ])
     app.state.server = state
     return app
@@ -222,7 +228,12 @@ async def mistral_realtime(ws: WebSocket) -> None:
     await _session(ws, mistral.Codec)
 
 
-async def _session(ws: WebSocket, codec) -> None:
+async def deepgram_live(ws: WebSocket) -> None:
+    await _session(ws, deepgram.Codec, subprotocol="token")  # a browser's key: protocols ["token", KEY]
+
+
+async def _session(ws: WebSocket, codec, subprotocol: str = "realtime") -> None:
+    """``codec``: the dialect's Codec (called with the Connection); ``subprotocol``: answered when offered."""
     server = ws.app.state.server
     if not server.origin_allowed(ws.headers):
         server.metrics.rejected.labels("origin").inc()
@@ -242,7 +253,7 @@ async def _session(ws: WebSocket, codec) -> None:
     if server.draining:
         await ws.send_denial_response(problem(503, "the server is shutting down", "shutting_down"))
         return
-    await ws.accept(subprotocol="realtime" if "realtime" in protocols else None)
+    await ws.accept(subprotocol=subprotocol if subprotocol in protocols else None)
     connection = Connection(ws, server, codec)
     server.connections.add(connection)
     try:

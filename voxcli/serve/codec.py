@@ -102,7 +102,6 @@ class Codec:
 
     dialect: str
     settings: Settings
-    subprotocol: str = "realtime"  # answered when the client offers it
 
     def __init__(self, connection) -> None:
         self.connection = connection  # voxcli.serve.realtime.Connection

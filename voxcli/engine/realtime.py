@@ -97,14 +97,16 @@ class RealtimeEngine(LocalEngine):
         """The step's :class:`voxcli.engine.batching.ForwardClock` (shared with ``with_delay``'s engines)."""
         return self.stepper.clock
 
-    def with_delay(self, delay_ms: int) -> "RealtimeEngine":
+    def with_delay(self, delay_ms: int, *, prepare: bool = True) -> "RealtimeEngine":
         """The same loaded weights at another delay (the delay is a prompt, not a model): the
-        second stream of two-pass transcription costs no memory beyond its caches."""
+        second stream of two-pass transcription costs no memory beyond its caches. ``prepare=False``
+        (a server, whose rows were all allotted at load): no rows reserved, nothing compiled ahead;
+        a compiled step compiles this delay's prefill in its first session."""
         info = dataclasses.replace(self.info)
         other = RealtimeEngine(self.model, self.processor, info, delay_ms=delay_ms, step=self.step,
                                static=self.static, alternatives=self.alternatives, confidence=self.top_k > 0,
                                keyterms=self.keyterms, on_eos=self.on_eos)
-        if self.static is not None:
+        if self.static is not None and prepare:
             self.static.reserve(2)  # both streams are rows of one batch: they step in one forward
             if self.static.compilation.compiled:
                 self.warmup()  # the two-row graphs

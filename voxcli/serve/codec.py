@@ -48,6 +48,7 @@ class Settings:
     rate: int = SAMPLE_RATE
     vad: EndpointOptions | None = None
     language: str | None = None
+    delay_ms: int | None = None  # the session's own delay (None: the server's)
     extra: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # the engine session's own (keyterms)
 

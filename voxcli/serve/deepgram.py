@@ -202,7 +202,7 @@ class Codec(codec.Codec):
             self.pending -= 1
         out = [self._results(end, final=True, speech_final=speech_final, from_finalize=from_finalize)]
         self.text, self.words, self.in_word, self.segment_start = "", [], False, end
-        if self.closing and not self.pending:
+        if (self.closing and not self.pending) or self.connection.server.draining:  # the stream's end (or SIGTERM's)
             out.append(self._metadata(end))
             self.connection.finish()
         return out

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 
+from voxcli.audio.vad import EndpointOptions
 from voxcli.choices import KEYTERM_BIAS
+from voxcli.delays import ALLOWED_TEXT, is_allowed_delay_ms
 from voxcli.serve import codec
 from voxcli.serve.codec import BadEvent, Settings, audio, keyterms
-from voxcli.serve.scheduler import Done, Failed, Token
+from voxcli.serve.scheduler import Done, Failed, Speech, Token
 
 DIALECT = "mistral"
 ENCODING = "pcm_s16le"
@@ -38,7 +40,7 @@ class Codec(codec.Codec):
     def __init__(self, connection) -> None:
         super().__init__(connection)
         self.settings = Settings(DIALECT, configured=True)  # PCM s16le at 16 kHz until session.update
-        self.settings.extra.update(text=[], pending=0, fresh=False, ended=False)
+        self.settings.extra.update(text=[], pending=0, fresh=False, ended=False, turns=set())
 
     def opening(self) -> list[dict]:
         return [self.session("session.created")]
@@ -46,14 +48,15 @@ class Codec(codec.Codec):
     def session(self, kind: str) -> dict:
         c = self.connection
         return {"type": kind, "session": session(self.settings, c.id, c.server.model_name,
-                                                 c.server.engine.info.delay_ms)}
+                                                 self.settings.delay_ms or c.server.engine.info.delay_ms)}
 
     async def handle(self, event: dict) -> None:
         kind, state, c = event["type"], self.settings.extra, self.connection
         if kind == "session.update":
-            if c.stream is not None and "context_bias" in (event.get("session") or {}):
-                raise BadEvent("context_bias must come before the first audio: the stream opens with it",
-                               "session_already_started")
+            late = {"context_bias", "target_streaming_delay_ms", "turn_detection"} & set(event.get("session") or {})
+            if c.stream is not None and late:
+                raise BadEvent(f"{', '.join(sorted(late))} must come before the first audio: the stream opens "
+                               f"with it", "session_already_started")
             update(self.settings, event)
             c.put(self.session("session.updated"))
         elif kind == "input_audio.append":
@@ -72,6 +75,8 @@ class Codec(codec.Codec):
             raise BadEvent(f"unknown event type {kind!r}", "unknown_event", event.get("event_id"))
 
     def outgoing(self, message: object) -> list[dict]:
+        if isinstance(message, Done) and self.connection.server.draining:  # SIGTERM ended the session
+            self.settings.extra.update(ended=True, pending=max(self.settings.extra["pending"], 1))
         return outgoing(self.settings, self.connection.server.model_name, message)
 
     def error(self, message: str, code: str, event_id: str | None = None) -> dict:
@@ -79,11 +84,13 @@ class Codec(codec.Codec):
 
 
 def session(settings, session_id: str, model: str, delay_ms: int | None) -> dict:
-    keyterms = settings.options.get("keyterms")
+    keyterms, vad = settings.options.get("keyterms"), settings.vad
+    turn = None if vad is None else {"start_threshold": vad.threshold, "end_threshold": vad.neg_threshold,
+                                     "min_silence_ms": vad.min_silence_ms}
     return {"request_id": session_id, "model": model,
             "audio_format": {"encoding": ENCODING, "sample_rate": settings.rate},
             "target_streaming_delay_ms": delay_ms, "language": settings.language,
-            "context_bias": list(keyterms.phrases) if keyterms else None}
+            "context_bias": list(keyterms.phrases) if keyterms else None, "turn_detection": turn}
 
 
 def update(settings, event: dict) -> None:
@@ -102,8 +109,34 @@ def update(settings, event: dict) -> None:
     bias = fields.get("context_bias")
     if bias is not None:
         settings.options["keyterms"] = keyterms(bias, KEYTERM_BIAS)
+    delay = fields.get("target_streaming_delay_ms")
+    if delay is not None:
+        if not is_allowed_delay_ms(delay):
+            raise BadEvent(f"target_streaming_delay_ms {delay!r}: {ALLOWED_TEXT}", "invalid_delay")
+        settings.delay_ms = delay
+    if "turn_detection" in fields:
+        settings.vad = _turns(fields["turn_detection"])
     if isinstance(fields.get("language"), str):
         settings.language = fields["language"]
+
+
+def _turns(config) -> EndpointOptions | None:
+    """Mistral's ``turn_detection`` as the endpointer's options (null: none). Its end timeout and
+    eager end have no counterpart: the endpointer ends a turn at ``min_silence_ms`` of silence."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise BadEvent("turn_detection: an object (start_threshold, end_threshold, min_silence_ms) or null",
+                       "invalid_event")
+    try:
+        start = float(config.get("start_threshold") or 0.5)
+        end = min(float(config.get("end_threshold") or 0.33), start)
+        silence = int(config.get("min_silence_ms") or 500)
+    except (TypeError, ValueError):
+        raise BadEvent("turn_detection: numbers for its thresholds and min_silence_ms", "invalid_event") from None
+    if not 0 < end <= start < 1 or silence <= 0:
+        raise BadEvent("turn_detection: 0 < end_threshold <= start_threshold < 1, min_silence_ms > 0", "invalid_event")
+    return EndpointOptions(threshold=start, neg_threshold=end, min_silence_ms=max(silence, 32))
 
 
 def is_mistral_form(form) -> bool:
@@ -144,10 +177,20 @@ def outgoing(settings, model: str, message: object) -> list[dict]:
     state = settings.extra
     if isinstance(message, Token):
         return [{"type": "transcription.text.delta", "text": message.event.text}] if message.event.text else []
+    if isinstance(message, Speech):  # turn detection: the endpointer's start and end of speech
+        if message.kind == "start":
+            return [{"type": "turn.start", "time_s": message.at_ms / 1000.0}]
+        state["turns"].add(message.utterance)
+        return [{"type": "turn.end", "time_s": message.at_ms / 1000.0, "end_reason": "threshold"}]
     if isinstance(message, Done):
-        state["pending"] -= 1
+        start = state.get("audio_s", 0.0)
         state["text"].append(message.text)
-        state["audio_s"] = state.get("audio_s", 0.0) + message.audio_s
+        state["audio_s"] = start + message.audio_s
+        if message.utterance in state["turns"]:  # a turn the endpointer ended: its segment
+            state["turns"].discard(message.utterance)
+            return [{"type": "transcription.segment", "text": message.text, "start": round(start, 3),
+                     "end": round(state["audio_s"], 3)}]
+        state["pending"] -= 1
         return done(settings, model)
     if isinstance(message, Failed):
         return [error(message.message, message.code)]
@@ -157,8 +200,9 @@ def outgoing(settings, model: str, message: object) -> list[dict]:
 def done(settings, model: str) -> list[dict]:
     """``transcription.done`` once the session has ended and every flush is back."""
     state = settings.extra
-    if not state["ended"] or state["pending"] > 0:
+    if not state["ended"] or state["pending"] > 0 or state.get("done"):
         return []
+    state["done"] = True
     text = " ".join(t for t in state["text"] if t)
     return [{"type": "transcription.done", "model": model, "text": text, "language": settings.language,
              "usage": {"prompt_audio_seconds": round(state.get("audio_s", 0.0))}}]

@@ -124,9 +124,12 @@ class Connection:
         if self.stream is not None:
             return
         try:
-            self.stream = self.server.scheduler.open(self.deliver, vad=self.settings.vad, options=self.settings.options)
+            self.stream = self.server.scheduler.open(self.deliver, vad=self.settings.vad, options=self.settings.options,
+                                                     delay_ms=self.settings.delay_ms)
         except Full as exc:
             raise BadEvent(str(exc), "server_full") from None  # counted by _refuse, as REST counts it
+        except ValueError as exc:  # a delay this engine cannot run at
+            raise BadEvent(str(exc), "invalid_delay") from None
         self.server.metrics.sessions.labels(f"realtime-{self.settings.dialect}").inc()
         self.resampler = None if self.settings.rate == SAMPLE_RATE else \
             soxr.ResampleStream(self.settings.rate, SAMPLE_RATE, 1, dtype="float32")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxcli.audio.vad import EndpointOptions
+from voxcli.delays import check_delay_ms
 from voxcli.errors import EngineFull, first_line
 from voxcli.events import TokenEvent
 from voxcli.live.driver import StreamDriver, cycle, endpoints_together
@@ -85,7 +86,7 @@ class Stream:
     any thread; the rest belongs to the scheduler thread."""
 
     def __init__(self, scheduler: Scheduler, deliver: Callable[[object], None], sid: int,
-                 vad: EndpointOptions | None, options: dict | None = None) -> None:
+                 vad: EndpointOptions | None, options: dict | None = None, engine=None) -> None:
         self.id = sid
         self.options = options or {}  # the engine's session / transcribe arguments (keyterms)
         self.deliver = deliver
@@ -97,7 +98,7 @@ class Stream:
         # The scheduler thread's own: the session's cycle, and what this cycle made of it.
         live = LiveOptions(flush_after_ms=0, endpoint_options=vad, max_utterance_s=float("inf") if vad is None
                            else LiveOptions.max_utterance_s)  # no endpointer: the caller's end cuts
-        self.driver = StreamDriver(scheduler.engine, self._item, live, session_options=self.options)
+        self.driver = StreamDriver(engine or scheduler.engine, self._item, live, session_options=self.options)
         self.text: list[str] = []
         self.arrived: float | None = None  # when the audio handed over in this cycle arrived
         self.tokens: list[Token] = []  # made in this cycle (the metrics')
@@ -176,6 +177,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._stopping = False
         self._next_id = 0
+        self._delays: dict[int, object] = {}  # at_delay's engines
         self.error: str | None = None  # set if the thread itself ever stops unexpectedly
         self._thread = threading.Thread(target=self._run, name="voxcli-scheduler", daemon=True)
         self._thread.start()
@@ -193,18 +195,32 @@ class Scheduler:
         self._wake.set()
 
     def open(self, deliver: Callable[[object], None], *, vad: EndpointOptions | None = None,
-             options: dict | None = None) -> Stream:
+             options: dict | None = None, delay_ms: int | None = None) -> Stream:
         """``options``: arguments of the engine's ``session()`` / ``transcribe()`` for this stream
-        (``keyterms``)."""
+        (``keyterms``); ``delay_ms``: its own delay (``ValueError`` where the engine has one only)."""
+        engine = self.at_delay(delay_ms)
         with self._lock:
             if self._stopping:
                 raise Full("the server is shutting down")
             if len(self._streams) >= self.max_sessions:
                 raise Full(f"all {self.max_sessions} sessions are in use (serve.max_sessions)")
             self._next_id += 1
-            stream = Stream(self, deliver, self._next_id, vad, options)
+            stream = Stream(self, deliver, self._next_id, vad, options, engine)
             self._streams[stream.id] = stream
         return stream
+
+    def at_delay(self, delay_ms: int | None):
+        """The engine at ``delay_ms``: the same weights, its streams rows of the same forwards
+        (one engine per delay, made once)."""
+        if delay_ms is None or delay_ms == self.engine.info.delay_ms:
+            return self.engine
+        if not self.engine.info.other_delays:
+            raise ValueError(f"this server's engine runs at {self.engine.info.delay_ms} ms only")
+        check_delay_ms(delay_ms)
+        with self._lock:
+            if delay_ms not in self._delays:
+                self._delays[delay_ms] = self.engine.with_delay(delay_ms, prepare=False)
+            return self._delays[delay_ms]
 
     def stop(self, timeout_s: float) -> None:
         """Open streams end now: each flushes and gets ``Done``; then the thread stops."""

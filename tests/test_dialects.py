@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dialects")]
 
 
 def pcm16(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes()
+    """Exact for audio read from a 16-bit file (the server divides by 32768)."""
+    return np.clip((samples * 32768).round(), -32768, 32767).astype("<i2").tobytes()
 
 
 def b64(samples: np.ndarray) -> str:
@@ -351,3 +352,75 @@ def test_sigterm_gives_every_dialect_its_final_text_and_exits(realtime_dir, real
         assert server.proc.wait(30) == 0
     finally:
         server.stop()
+
+
+async def mistral_stream(url: str, audio: np.ndarray, speed: float = 4.0, **kw) -> list:
+    """The mistralai SDK's realtime transcription of ``audio``, paced at ``speed`` times real time."""
+    from mistralai.client import Mistral
+    from mistralai.client.models import AudioFormat
+
+    async def paced():
+        for i in range(0, len(audio), 1280):
+            await asyncio.sleep(0.08 / speed)
+            yield pcm16(audio[i:i + 1280])
+
+    client = Mistral(api_key=KEY, server_url=url)
+    return [e async for e in client.audio.realtime.transcribe_stream(
+        audio_stream=paced(), model="voxtral-mini-2602", audio_format=AudioFormat(encoding="pcm_s16le",
+                                                                                 sample_rate=16000), **kw)]
+
+
+def test_mistral_sessions_at_their_own_delays_step_in_one_forward(server, engine):
+    """target_streaming_delay_ms per session: two sessions at once, at 960 ms and at the server's
+    480, each the local engine's text at its own delay, and their rows stepped in shared forwards
+    (the batch size the vLLM-dialect session's tokens report). A delay the model card does not
+    allow is refused."""
+    audio = load_audio(LONG)[:6 * 16000]
+    slow_local = "".join(e.text for e in engine.with_delay(960, prepare=False).transcribe(audio)).strip()
+    batches = []
+
+    def vllm_session():
+        with open_ws(server, VLLM()) as ws:
+            for i in range(0, len(audio), 1280):  # at real speed: it outlasts the Mistral session (4x)
+                ws.send(VLLM().audio(audio[i:i + 1280]))
+                time.sleep(0.08)
+            ws.send(VLLM().end())
+            while True:
+                event = json.loads(ws.recv(60))
+                if event["type"] == "transcription.delta":
+                    batches.append(event["voxcli"]["batch"])
+                elif event["type"] == "transcription.done":
+                    return event["text"]
+
+    other = threading.Thread(target=lambda: batches.append(("text", vllm_session())))
+    other.start()
+    time.sleep(1.0)  # the real-speed session is under way; the Mistral one's audio comes at once, so the
+    # model works through it for several cycles, each taking in what the other session sent meanwhile
+    events = asyncio.run(mistral_stream(server.url, audio, speed=1000.0, target_streaming_delay_ms=960))
+    other.join(60)
+    kinds = [getattr(e, "type", None) for e in events]
+    assert kinds[-1] == "transcription.done" and events[1].session.target_streaming_delay_ms == 960
+    assert events[-1].text == slow_local != local_text(engine, audio)
+    assert ("text", local_text(engine, audio)) in batches
+    assert max(b for b in batches if isinstance(b, int)) >= 2, "the two delays never shared a forward"
+    bad = asyncio.run(mistral_stream(server.url, audio[:16000], target_streaming_delay_ms=500))
+    assert getattr(bad[-1], "type", None) == "error" and "multiple of 80" in bad[-1].error.message
+
+
+def test_mistral_turn_detection_is_the_endpointer(server, engine):
+    """turn_detection: turn.start and turn.end from the endpointer at each pause, a
+    transcription.segment per turn (contiguous, with the turn's text), and transcription.done
+    with the whole text at the end."""
+    from mistralai.client.models import TurnDetectionConfig
+
+    hello = load_audio(HELLO)
+    audio = np.concatenate([hello, np.zeros(24000, np.float32), hello])
+    events = asyncio.run(mistral_stream(server.url, audio, turn_detection=TurnDetectionConfig(min_silence_ms=300)))
+    kinds = [getattr(e, "type", None) for e in events]
+    assert kinds.count("turn.start") >= 2 and kinds.count("turn.end") >= 2 and kinds[-1] == "transcription.done"
+    assert events[1].session.turn_detection.min_silence_ms == 300
+    segments = [e for e in events if getattr(e, "type", None) == "transcription.segment"]
+    assert len(segments) == kinds.count("turn.end")
+    assert [s.start for s in segments[1:]] == [pytest.approx(s.end, abs=0.002) for s in segments[:-1]]
+    deltas = "".join(e.text for e in events if getattr(e, "type", None) == "transcription.text.delta")
+    assert all(s.text in deltas for s in segments) and events[-1].text

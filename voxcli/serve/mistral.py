@@ -5,10 +5,11 @@ app written for Mistral's hosted Voxtral moves here by changing ``server_url`` a
 | event in | what the session does | events out |
 |---|---|---|
 | (connect) | the session's settings: PCM s16le at 16 kHz | ``session.created`` ``{session: {request_id, model, audio_format, ...}}`` |
-| ``session.update`` ``{session: {audio_format, context_bias, language, target_streaming_delay_ms}}`` | the rate (8-48 kHz, ``pcm_s16le`` only), ``context_bias`` as keyterms (before the first audio), the language | ``session.updated`` (the delay the server runs at) |
+| ``session.update`` ``{session: {audio_format, context_bias, language, target_streaming_delay_ms, turn_detection}}`` | the rate (8-48 kHz, ``pcm_s16le`` only); before the first audio: ``context_bias`` as keyterms, the session's own delay (the same weights at that delay, its row stepped in the same forwards as the others'), ``turn_detection`` as the endpointer (start/end thresholds, ``min_silence_ms``) | ``session.updated`` (the session as it runs) |
 | ``input_audio.append`` ``{audio: base64}`` | resampled to 16 kHz, pushed | ``transcription.text.delta`` ``{text}`` per text token |
+| (turn detection: speech starts, ends) | an end of speech flushes the stream | ``turn.start`` ``{time_s}``; ``turn.end`` ``{time_s, end_reason}``, then ``transcription.segment`` ``{text, start, end}`` |
 | ``input_audio.flush`` | the stream is flushed: its last words now, the session goes on | the deltas |
-| ``input_audio.end`` | flushed, and the session's text is complete | ``transcription.done`` ``{model, text, usage, language}`` (the whole session's text) |
+| ``input_audio.end`` (or SIGTERM) | flushed, and the session's text is complete | ``transcription.done`` ``{model, text, usage, language}`` (the whole session's text) |
 
 Errors are ``{"type": "error", "error": {"message", "code"}}`` with an HTTP-like number for the
 code (voxcli's own code word in the message). The model named in the URL is not checked: the

@@ -127,3 +127,96 @@ def test_faults_unknown_events_a_vanished_client_and_full(wyoming_server):
     assert wyoming_server.health("/ready")[0] in (200, 503)  # still answering
     events = asyncio.run(request(port, pcm16(load_audio(HELLO))))  # and healthy after it all
     assert events[-1].type == "transcript-stop"
+
+
+def test_malformed_lines_and_bad_audio(wyoming_server):
+    """A chunk whose format cannot be audio ends its request with an error (the connection goes on
+    to the next request); a line that is not an event ends the connection, as the wyoming package
+    does for every server. Either way the row is given back and the server answers."""
+    import socket
+
+    port = wyoming_server.wyoming_port
+    hello = pcm16(load_audio(HELLO)[:16000])
+
+    async def bad_then_good():
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=b"\x00\x01\x02").event())
+            error = Error.from_event(await asyncio.wait_for(client.read_event(), 20))
+            for event in (AudioStart(rate=16000, width=2, channels=1), AudioChunk(rate=16000, width=2, channels=1,
+                                                                                     audio=hello), AudioStop()):
+                await client.write_event(event.event())
+            while True:
+                event = await asyncio.wait_for(client.read_event(), 60)
+                if Transcript.is_type(event.type):
+                    return error, Transcript.from_event(event).text
+
+    error, text = asyncio.run(bad_then_good())
+    assert error.code == "invalid_audio" and "whole samples" in error.text and text
+    for chunk in (AudioChunk(rate=0, width=2, channels=1, audio=hello), AudioChunk(rate=16000, width=3, channels=1,
+                                                                                   audio=b"\x00" * 6)):
+        async def one(chunk=chunk):
+            async with AsyncTcpClient("127.0.0.1", port) as client:
+                await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+                await client.write_event(chunk.event())
+                return Error.from_event(await asyncio.wait_for(client.read_event(), 20))
+
+        assert asyncio.run(one()).code == "invalid_audio"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b'{"type": "audio-start", "data": {"rate": 16000, "width": 2, "channels": 1}}\n')
+        raw.sendall(b"{this is not json\n")
+        assert raw.recv(100) == b""  # closed
+    deadline = time.monotonic() + 20
+    while wyoming_server.health()[1]["sessions"]:
+        assert time.monotonic() < deadline, "a row was never given back"
+        time.sleep(0.05)
+    assert asyncio.run(request(port, pcm16(load_audio(HELLO))))[-1].type == "transcript-stop"
+
+
+def test_a_client_that_never_reads_is_dropped(realtime_dir):
+    """A Wyoming client that streams audio and reads nothing: once its transcript chunks fill the
+    socket's buffers (made small here, so a few hundred events do it), the server's next send waits
+    serve.send_timeout_s and the client is dropped, its row freed. The handler runs in this test's
+    loop over a socket pair, on a real scheduler (Wyoming has no ping to find it sooner)."""
+    import socket
+
+    from serve_server import served
+
+    from voxcli.engine.local import load_engine
+    from voxcli.serve.app import ServeOptions
+    from voxcli.serve.wyoming import Handler
+
+    engine = load_engine(str(realtime_dir), device="cpu", sessions=2)
+    audio = pcm16(np.tile(load_audio(HELLO), 30))  # two minutes
+
+    def frame(event: Event) -> bytes:
+        import json
+
+        header = {"type": event.type, "data": event.data, "payload_length": len(event.payload or b"")}
+        return json.dumps(header).encode() + b"\n" + (event.payload or b"")
+
+    async def run(state) -> None:
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader, writer = await asyncio.open_connection(sock=ours)
+        handler = Handler(reader, writer, state)
+        served_task = asyncio.create_task(handler.run())
+
+        def client() -> None:  # sends, never reads
+            try:
+                theirs.sendall(frame(AudioStart(rate=16000, width=2, channels=1).event()))
+                for i in range(0, len(audio), 3200):
+                    theirs.sendall(frame(AudioChunk(rate=16000, width=2, channels=1, audio=audio[i:i + 3200]).event()))
+            except OSError:
+                pass  # dropped: the server closed it
+
+        sender = asyncio.get_running_loop().run_in_executor(None, client)
+        await asyncio.wait_for(served_task, 120)
+        theirs.close()
+        await sender
+
+    with served(engine, ServeOptions(max_sessions=2, send_timeout_s=1.0, client_queue=16)) as server:
+        asyncio.run(run(server.state))
+        assert server.metric("voxcli_dropped_clients_total", '{reason="slow"}') == 1
+        server.wait_idle()

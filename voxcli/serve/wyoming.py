@@ -13,7 +13,12 @@ rows as the HTTP APIs:
 | ``audio-stop`` | the stream ends: flushed, its last words | ``transcript`` (the whole text), then ``transcript-stop`` |
 | anything else | ignored (as Wyoming servers do) | nothing |
 
-A failing step ends the request with an ``error`` event; a client that goes away frees its row.
+A failing step, or a chunk whose format cannot be audio (rate outside 8-48 kHz, width not 1, 2 or
+4, a partial sample), ends the request with an ``error`` event; the connection stays for the next.
+A line that is not an event ends the connection (the ``wyoming`` package reads no further, as every
+Wyoming server); a client that goes away, or reads nothing for ``serve.send_timeout_s`` while its
+events wait, is dropped and its row freed. Wyoming has no key: with ``serve.api_key`` set, bind it
+to a trusted address (``--wyoming 127.0.0.1:10300``, the default host).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 import voxcli
 from voxcli.engine.keyterms import Keyterms
+from voxcli.serve.realtime import MAX_BUFFERED_S
 from voxcli.serve.scheduler import Done, Failed, Full, Token
 from voxcli.units import SAMPLE_RATE
 
@@ -52,9 +58,23 @@ def parse_address(value: str) -> tuple[str, int]:
 async def start(server, address: str) -> AsyncTcpServer:
     """The Wyoming server on ``address``, sharing ``server`` (the app's ServerState)."""
     host, port = parse_address(address)
+    if server.options.api_key and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("Wyoming on %s has no API key (the protocol has none): anyone who can reach it may use "
+                    "this server", address)
     tcp = AsyncTcpServer(host, port)
     await tcp.start(lambda reader, writer: Handler(reader, writer, server))
     return tcp
+
+
+def _bad_audio(chunk: AudioChunk) -> str | None:
+    """What is wrong with a chunk's format, if anything (the converter would fail on it, or worse)."""
+    if not 8000 <= (chunk.rate or 0) <= 48000:
+        return f"audio-chunk rate {chunk.rate}: 8000 to 48000 Hz"
+    if chunk.width not in (1, 2, 4) or not 1 <= (chunk.channels or 0) <= 8:
+        return f"audio-chunk width {chunk.width}, channels {chunk.channels}: width 1, 2 or 4 bytes, 1 to 8 channels"
+    if len(chunk.audio or b"") % (chunk.width * chunk.channels):
+        return f"audio-chunk of {len(chunk.audio)} bytes: not whole samples of {chunk.width * chunk.channels} bytes"
+    return None
 
 
 class Handler(AsyncEventHandler):
@@ -81,7 +101,7 @@ class Handler(AsyncEventHandler):
         elif AudioStart.is_type(event.type):
             return await self._open()
         elif AudioChunk.is_type(event.type):
-            self._push(AudioChunk.from_event(event))
+            await self._push(AudioChunk.from_event(event))
         elif AudioStop.is_type(event.type) and self.stream is not None and not self.stopped:
             self.stream.end()  # its transcript comes when the flush is done
             self.stopped = True
@@ -118,16 +138,26 @@ class Handler(AsyncEventHandler):
         self.resampler, self.started, self.stopped = None, False, False
         return True
 
-    def _push(self, chunk: AudioChunk) -> None:
+    async def _push(self, chunk: AudioChunk) -> None:
         if self.stream is None:
             return  # audio with no audio-start: nothing to put it in (as Wyoming servers do)
+        problem = _bad_audio(chunk)
+        if problem:  # the request ends here, said; the connection stays for the next one
+            self.server.metrics.rejected.labels("invalid_audio").inc()
+            self.stream.close()
+            self.stream = None
+            await self.write_event(Error(problem, "invalid_audio").event())
+            return
         chunk = self.converter.convert(chunk)
         samples = np.frombuffer(chunk.audio, dtype="<i2").astype(np.float32) / 32768.0
         if chunk.rate != SAMPLE_RATE:
             if self.resampler is None:
                 self.resampler = soxr.ResampleStream(chunk.rate, SAMPLE_RATE, 1, dtype="float32")
             samples = self.resampler.resample_chunk(samples)
-        self.stream.push(samples)
+        stream = self.stream
+        while stream.buffered > MAX_BUFFERED_S * SAMPLE_RATE and stream is self.stream:
+            await asyncio.sleep(0.01)  # the model is behind this client: read no more of its audio for now
+        stream.push(samples)
 
     def _put(self, message: object) -> None:
         with contextlib.suppress(asyncio.QueueFull):  # a client that reads nothing: dropped below
@@ -139,7 +169,11 @@ class Handler(AsyncEventHandler):
             try:
                 for event in self._events(stream, message):
                     await asyncio.wait_for(self.write_event(event.event()), self.server.options.send_timeout_s)
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):  # it reads nothing: its row is not held for it
+                    self.server.metrics.dropped.labels("slow").inc()
+                    log.warning("a Wyoming client took no event for %g s (serve.send_timeout_s); dropped",
+                                self.server.options.send_timeout_s)
                 await self.stop()
                 return
 

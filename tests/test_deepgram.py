@@ -193,4 +193,8 @@ def test_deepgram_faults_the_session_survives_and_urls_it_cannot_take(server):
         connect(server.ws_url + "/v1/listen?encoding=linear16&sample_rate=16000",
                 additional_headers={"Authorization": "Token wrong"}, open_timeout=10)
     assert refused.value.response.status_code == 401
+    # A browser cannot set headers: Deepgram's clients there offer the subprotocols "token" and the key.
+    with connect(server.ws_url + "/v1/listen?encoding=linear16&sample_rate=16000", subprotocols=["token", KEY],
+                 open_timeout=10) as ws:
+        assert ws.subprotocol == "token"
     server.wait_idle()

@@ -198,3 +198,39 @@ def test_deepgram_faults_the_session_survives_and_urls_it_cannot_take(server):
                  open_timeout=10) as ws:
         assert ws.subprotocol == "token"
     server.wait_idle()
+
+
+def test_livekits_deepgram_plugin_transcribes_through_serve(realtime_dir, realtime_engine):
+    """LiveKit Agents' Deepgram STT plugin, its base_url pointed here, driven as an agent drives it
+    (a stream of rtc.AudioFrames, end_input) with no room: start and end of speech, and one final
+    transcript, the local engine's text (endpointing off: one segment). The server computes no probabilities here: the transcript's confidence is null, which the
+    plugin takes (it reads the key)."""
+    import aiohttp
+    from livekit import rtc
+    from livekit.agents.stt import SpeechEventType
+    from livekit.plugins import deepgram
+
+    from voxcli.engine.local import load_engine
+
+    audio = load_audio(HELLO)
+    pcm = np.clip((audio * 32768).round(), -32768, 32767).astype("<i2")
+
+    async def run(url: str) -> list:
+        async with aiohttp.ClientSession() as http:
+            stt = deepgram.STT(base_url=url + "/v1/listen", api_key=KEY, http_session=http, sample_rate=16000,
+                               endpointing_ms=0)
+            stream = stt.stream()
+            for i in range(0, len(pcm), 1600):
+                stream.push_frame(rtc.AudioFrame(pcm[i:i + 1600].tobytes(), 16000, 1, len(pcm[i:i + 1600])))
+                await asyncio.sleep(0.01)
+            stream.end_input()
+            return [event async for event in stream]
+
+    engine = load_engine(str(realtime_dir), device="cpu", sessions=2)
+    with served(engine, ServeOptions(max_sessions=2, api_key=KEY)) as server:
+        events = asyncio.run(asyncio.wait_for(run(server.url), 120))
+    kinds = [e.type for e in events]
+    assert SpeechEventType.START_OF_SPEECH in kinds and SpeechEventType.INTERIM_TRANSCRIPT in kinds
+    (final,) = [e for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+    assert final.alternatives[0].text == "".join(e.text for e in realtime_engine.transcribe(audio)).strip() != ""
+    assert final.alternatives[0].confidence is None

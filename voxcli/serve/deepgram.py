@@ -22,8 +22,9 @@ frames control the stream.
 segment is an utterance), and ``channel.alternatives[0]``: ``transcript`` and ``words`` (each
 ``word``, ``punctuated_word``, ``start``, ``end``: the spans of its tokens). ``confidence`` (of a
 word: the product of its tokens' probabilities; of the transcript: their words' mean) is there
-when the server computes probabilities (``serve --alternatives``), and left out otherwise, not
-made up. Errors are ``{"type": "Error", "variant", "description"}``.
+when the server computes probabilities (``serve --alternatives``); otherwise a word has none and
+the transcript's is ``null``, not made up (the key stays: LiveKit's plugin reads it). Errors are
+``{"type": "Error", "variant", "description"}``.
 """
 
 from __future__ import annotations
@@ -210,9 +211,9 @@ class Codec(codec.Codec):
     def _results(self, end: float, *, final: bool, speech_final: bool = False, from_finalize: bool = False) -> dict:
         c = self.connection
         words = [_word(w) for w in self.words]
-        alternative = {"transcript": self.text.strip(), "words": words}
-        if words and all("confidence" in w for w in words):
-            alternative["confidence"] = sum(w["confidence"] for w in words) / len(words)
+        known = words and all("confidence" in w for w in words)  # null: not computed (LiveKit wants the key)
+        alternative = {"transcript": self.text.strip(), "words": words,
+                       "confidence": sum(w["confidence"] for w in words) / len(words) if known else None}
         return {"type": "Results", "channel_index": [0, 1], "start": round(self.segment_start, 3),
                 "duration": round(max(end - self.segment_start, 0.0), 3), "is_final": final,
                 "speech_final": speech_final, "from_finalize": from_finalize,

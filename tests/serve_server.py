@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -83,3 +84,35 @@ def served(engine, options: ServeOptions | None = None):
         yield server
     finally:
         server.stop()
+
+
+class NeverReads:
+    """A WebSocket client that sends and never reads a byte: websockets' sans-I/O protocol over a
+    raw socket with a small receive window (a library client would keep reading in its own thread).
+    ``send`` takes a text event or binary audio."""
+
+    def __init__(self, url: str, port: int) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(60)
+        self.protocol = ClientProtocol(parse_uri(url))
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += self.sock.recv(1)
+        self.protocol.receive_data(response)
+
+    def send(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self.protocol.send_binary(message)
+        else:
+            self.protocol.send_text(message.encode())
+        self._flush()
+
+    def _flush(self) -> None:
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))

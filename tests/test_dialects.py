@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_server import served
+from serve_server import NeverReads, served
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -244,37 +244,6 @@ def test_a_full_server_says_so_in_the_dialect_and_closes(server, dialect, monkey
                 events.append(json.loads(ws.recv(10)))
         assert events[-1]["type"] == dialect.error and "sessions are in use" in json.dumps(events[-1]), events
     server.wait_idle()
-
-
-class NeverReads:
-    """A WebSocket client that sends and never reads a byte (websockets' sans-I/O protocol over a
-    raw socket with a small receive window)."""
-
-    def __init__(self, url: str, port: int) -> None:
-        from websockets.client import ClientProtocol
-        from websockets.uri import parse_uri
-
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.connect(("127.0.0.1", port))
-        self.sock.settimeout(60)
-        self.protocol = ClientProtocol(parse_uri(url))
-        self.protocol.send_request(self.protocol.connect())
-        self._flush()
-        response = b""
-        while b"\r\n\r\n" not in response:
-            response += self.sock.recv(1)
-        self.protocol.receive_data(response)
-
-    def send(self, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            self.protocol.send_binary(message)
-        else:
-            self.protocol.send_text(message.encode())
-        self._flush()
-
-    def _flush(self) -> None:
-        self.sock.sendall(b"".join(self.protocol.data_to_send()))
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=repr)

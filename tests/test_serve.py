@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_server import served
+from serve_server import NeverReads, served
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -484,41 +484,13 @@ def test_a_client_that_vanishes_mid_stream_frees_its_row(server, realtime_engine
     healthy_after(server, realtime_engine, clips)
 
 
-class NeverReads:
-    """A WebSocket client that sends and never reads a byte: websockets' sans-I/O protocol over a
-    raw socket with a small receive window (a library client would keep reading in its own thread)."""
-
-    def __init__(self, url: str, port: int) -> None:
-        from websockets.client import ClientProtocol
-        from websockets.uri import parse_uri
-
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: small from the start
-        self.sock.connect(("127.0.0.1", port))
-        self.sock.settimeout(60)  # the server reads no more audio while a minute of it waits for the model
-        self.protocol = ClientProtocol(parse_uri(url))
-        self.protocol.send_request(self.protocol.connect())
-        self._flush()
-        response = b""
-        while b"\r\n\r\n" not in response:  # the handshake's answer; nothing is read after it
-            response += self.sock.recv(1)
-        self.protocol.receive_data(response)
-
-    def send(self, event: dict) -> None:
-        self.protocol.send_text(json.dumps(event).encode())
-        self._flush()
-
-    def _flush(self) -> None:
-        self.sock.sendall(b"".join(self.protocol.data_to_send()))
-
-
 def test_a_client_that_never_reads_is_dropped_and_slows_no_one(serve_engine, realtime_engine, clips):
     """A client that sends audio and reads nothing: its pings go unanswered and it is dropped within
     the bound (a second here; its events meanwhile fill the kernel's buffers, not the server's
     memory), its row freed, while another session goes on."""
     with served(serve_engine, ServeOptions(client_queue=16, send_timeout_s=1.0)) as slow_server:
         client = NeverReads(slow_server.ws_url + "/v1/realtime", slow_server.port)
-        client.send({"type": "session.update"})
+        client.send(json.dumps({"type": "session.update"}))
         audio = np.tile(clips[4], 20)  # two minutes
         stop = threading.Event()
 
@@ -527,7 +499,7 @@ def test_a_client_that_never_reads_is_dropped_and_slows_no_one(serve_engine, rea
                 for i in range(0, len(audio), 16000):
                     if stop.is_set():
                         return
-                    client.send({"type": "input_audio_buffer.append", "audio": pcm16(audio[i:i + 16000])})
+                    client.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(audio[i:i + 16000])}))
             except OSError:
                 return  # dropped: the server closed the connection
 

@@ -186,14 +186,18 @@ def bench_cmd(
 @takes(*SERVE)
 def serve_cmd(ctx: typer.Context, keyterms_file: KeytermsFileOpt = None, config: ConfigOpt = None,
               debug: DebugOpt = False) -> None:
-    """Serve the local model to apps and browsers: OpenAI- and vLLM-compatible APIs, many sessions.
+    """Serve the local model to apps and browsers in the protocols their clients speak, many sessions.
 
     - `POST /v1/audio/transcriptions`: OpenAI's (json, text, verbose_json, srt, vtt; `stream=true` as
-      server-sent events): the `openai` package works with only `base_url` and `api_key` set.
+      server-sent events) and Mistral's: the `openai` package or the `mistralai` SDK with only their
+      base URL and key set.
     - `WS /v1/realtime`: vLLM's realtime protocol (what voxcli's own server client speaks), and OpenAI's
       Realtime transcription sessions (`?intent=transcription`, server VAD).
-    - `GET /`: a live page (microphone to transcript); `/health` (liveness), `/ready` (503 when full,
-      draining or down: a balancer's check), `/v1/models`, `/metrics` (Prometheus).
+    - `WS /v1/audio/transcriptions/realtime`: Mistral's realtime transcription (the `mistralai` SDK).
+    - `WS /v1/listen`: Deepgram's live API (`deepgram-sdk`, LiveKit's Deepgram plugin).
+    - `--wyoming PORT`: Home Assistant's Wyoming protocol beside HTTP.
+    - `GET /`: a live page (microphone to transcript, any WebSocket dialect); `/health` (liveness),
+      `/ready` (503 when full, draining or down: a balancer's check), `/v1/models`, `/metrics`.
 
     Every realtime session is a row of the batched step: one scheduler thread steps them all in one
     forward. SIGTERM or Ctrl-C ends every open session with its last words, then stops. Replicas

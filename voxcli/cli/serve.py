@@ -57,8 +57,10 @@ def run_serve(cfg: Config, *, load_engine) -> int:
     url = f"{scheme}://{s.host if ':' not in s.host else f'[{s.host}]'}:{s.port}"
 
     def ready() -> None:
-        err.print(f"voxcli serve: {url}  (live page {url}/, OpenAI-compatible {url}/v1, realtime "
-                  f"{url.replace('http', 'ws', 1)}/v1/realtime; up to {s.max_sessions} sessions"
+        ws = url.replace("http", "ws", 1)
+        err.print(f"voxcli serve: {url}  (live page {url}/, OpenAI- and Mistral-compatible {url}/v1, realtime "
+                  f"{ws}/v1/realtime, Mistral's {ws}/v1/audio/transcriptions/realtime, Deepgram's {ws}/v1/listen; "
+                  f"up to {s.max_sessions} sessions"
                   f"{f'; Wyoming on {s.wyoming}' if s.wyoming else ''}"
                   f"{', API key required' if s.api_key else ''}; Ctrl-C or SIGTERM ends the sessions and stops)")
 

@@ -12,7 +12,7 @@ with_tests=0
 
 # PortAudio is not in sounddevice's Linux wheel: without libportaudio2 there is no microphone.
 packages=(libportaudio2)
-(( with_tests )) && packages+=(espeak-ng sox libsox-fmt-mp3 openssl chromium haproxy)  # openssl: the https test server's certificate; chromium: the live page's test (driven by playwright); haproxy: replicas behind a balancer (docs/deploy.md)
+(( with_tests )) && packages+=(espeak-ng sox libsox-fmt-mp3 openssl chromium haproxy xvfb xdotool python3-tk)  # openssl: the https test server's certificate; chromium: the live page's test (driven by playwright); haproxy: replicas behind a balancer (docs/deploy.md); xvfb, xdotool, python3-tk: dictate typing into a real X11 app
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
 
 missing=()
@@ -33,7 +33,7 @@ fi
 if (( with_tests )); then
   .venv/bin/python -m pip install -q -e ".[test,report]"
 else
-  .venv/bin/python -m pip install -q -e ".[report,serve]"
+  .venv/bin/python -m pip install -q -e ".[report,serve,dictate]"
 fi
 if (( with_tests )); then
   # The tests that run voxcli against a real vLLM server need vLLM's CPU build in its own venv

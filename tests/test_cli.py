@@ -692,7 +692,8 @@ def test_a_missing_model_is_named_by_its_flag_and_in_python_by_its_key(cli_env, 
 
 @pytest.mark.parametrize("command, heading", [("transcribe file", "### `voxcli transcribe file"),
                                               ("serve", "### `voxcli serve`"),
-                                              ("listen", "### `voxcli listen`")])
+                                              ("listen", "### `voxcli listen`"),
+                                              ("dictate", "### `voxcli dictate`")])
 def test_the_readme_option_tables_list_every_option_help_shows(command, heading):
     """README's option table for a command and its --help name the same options, no more, no fewer."""
     import re

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "voxcli"
 
 # Lowest first. The core modules sit directly in voxcli/.
-LAYERS = ["core", "audio", "engine", "output", "live", "measure", "serve", "cli"]
+LAYERS = ["core", "audio", "engine", "output", "live", "dictate", "measure", "serve", "cli"]
 TESTING = "testing"  # test models: may use the layers up to engine; nothing in voxcli imports them
 
 

@@ -170,12 +170,27 @@ class ServeConfig:
 
 
 @dataclass
+class DictateConfig:
+    hotkey: str = field(default="f9", metadata={
+        "help": "dictate: the key (or keys joined by +, e.g. ctrl+alt+space, right_ctrl) to hold while speaking; "
+                "held with a modifier, a press's words are typed at its release (typed while held they would be "
+                "shortcuts); X11, macOS and Windows (on Wayland bind `voxcli dictate --toggle-now` to a shortcut)"})
+    toggle: bool = field(default=False, metadata={
+        "help": "dictate: one press of the hotkey starts listening, the next stops (instead of holding it)"})
+    type_with: str = field(default="auto", metadata=_choices(
+        "auto", "keys", "clipboard", help="dictate: how words reach the focused window: auto picks for the desktop "
+        "(X11: keys through XTest; Wayland: wtype, else ydotool, else the clipboard), keys, or the clipboard "
+        "and a paste keystroke"))
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     transcription: TranscriptionConfig = field(default_factory=TranscriptionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    dictate: DictateConfig = field(default_factory=DictateConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -34,12 +34,18 @@ app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, rich_ma
 transcribe_app = typer.Typer(help="Transcribe audio you already have.", no_args_is_help=True)
 app.add_typer(transcribe_app, name="transcribe")
 
+InputOpt = Annotated[Path | None, typer.Option(
+    "--input", "-i", show_default=False,
+    help="Replay this audio file as if it were the microphone (reproducible live runs; dictate: from the first "
+         "press on).")]
 KeytermsFileOpt = Annotated[Path | None, typer.Option(
     "--keyterms-file", show_default=False, help="Keyterms from a file, one phrase a line (# comments).")]
 OldDeviceOpt = Annotated[str | None, typer.Option("--device", hidden=True, show_default=False)]
 TRANSCRIBE = (*MODEL, *TOKENS, "transcription.language", "output.format", "output.plain", "output.low_confidence")
 LISTEN = (*MODEL, *TOKENS, "output.plain", "output.low_confidence", "listen.device", "listen.save_dir",
           "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms", "transcription.final_model")
+DICTATE = (*MODEL, *TOKENS, "listen.device", "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms",
+           "dictate.hotkey", "dictate.toggle", "dictate.type_with")
 SERVE = (*[k for k in MODEL if k not in ("model.server", "model.api_key")], *TOKENS, "serve.host", "serve.port",
          "serve.api_key", "serve.ssl_certfile", "serve.ssl_keyfile", "serve.max_sessions", "serve.wyoming",
          "serve.allow_origins")
@@ -90,9 +96,7 @@ def transcribe_file(
 @takes(*LISTEN)
 def listen_cmd(
     ctx: typer.Context,
-    input_path: Annotated[Path | None, typer.Option(
-        "--input", "-i", show_default=False,
-        help="Replay this audio file as if it were the microphone (reproducible live runs).")] = None,
+    input_path: InputOpt = None,
     speed: Annotated[float, typer.Option(
         "--speed", help="With --input: replay speed (1 = real time; 0 = as fast as possible).", min=0.0)] = 1.0,
     report: Annotated[Path | None, typer.Option(
@@ -132,6 +136,43 @@ def listen_cmd(
     job = ListenJob(cfg=cfg, input_path=input_path, speed=speed, max_seconds=max_seconds, format=output_format,
                     report_path=report)
     exit_with(ctx, lambda: run_listen(job, load_engine=partial(load_engine, debug=debug)), debug)
+
+
+@app.command("dictate")
+@takes(*DICTATE)
+def dictate_cmd(
+    ctx: typer.Context,
+    input_path: InputOpt = None,
+    speed: Annotated[float, typer.Option("--speed", help="With --input: replay speed (1 = real time).",
+                                         min=0.01)] = 1.0,
+    toggle_now: Annotated[bool, typer.Option(
+        "--toggle-now", help="Tell the running `voxcli dictate` to start or stop listening, and exit: bind this "
+                             "to a shortcut where no program may listen for a hotkey (Wayland).")] = False,
+    keyterms_file: KeytermsFileOpt = None, config: ConfigOpt = None, debug: DebugOpt = False,
+) -> None:
+    """Type what you say into whatever window has focus: hold the hotkey, speak, let go.
+
+    Words are typed as each is complete (its last piece followed by a space or punctuation, or the
+    end of speech), never typed and taken back. Letting go flushes at once: the last words come
+    within the flush, and nothing is typed after it. The model stays loaded between presses.
+    Typing: X11 through XTest; Wayland through wtype, ydotool or the clipboard (auto picks;
+    --type-with forces). Nothing is ever typed into voxcli's own terminal (X11: it holds the text and
+    says so). Ctrl-C stops at once. At the end: hotkey down -> first character and release -> last
+    character, as percentiles.
+
+    Example: `voxcli dictate --hotkey ctrl+alt+space` (or `--toggle` to press once to start, once to stop)
+    """
+    debug = debug_on(debug)
+    if toggle_now:
+        from voxcli.dictate.control import toggle_now as signal_dictate
+
+        exit_with(ctx, lambda: signal_dictate() or 0, debug)
+        return
+    cfg = resolve_config(ctx, config, debug, params(*DICTATE))
+    from voxcli.cli.dictate import run_dictate
+
+    exit_with(ctx, lambda: run_dictate(cfg, input_path=input_path, speed=speed,
+                                       load_engine=partial(load_engine, debug=debug)), debug)
 
 
 @app.command("bench")

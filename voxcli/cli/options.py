@@ -66,6 +66,9 @@ FLAGS = [
     Flag("serve.max_sessions", ("--max-sessions",), "max_sessions"),
     Flag("serve.wyoming", ("--wyoming",), "wyoming"),
     Flag("serve.allow_origins", ("--allow-origin",), "allow_origin"),
+    Flag("dictate.hotkey", ("--hotkey",), "hotkey"),
+    Flag("dictate.toggle", ("--toggle",), "toggle"),
+    Flag("dictate.type_with", ("--type-with",), "type_with"),
 ]
 BY_KEY = {f.key: f for f in FLAGS}
 # The keys every command that loads a model takes (serve: not the server's, it runs the model itself).

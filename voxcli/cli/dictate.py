@@ -1,0 +1,115 @@
+"""``voxcli dictate``: the hotkey, the typing backend, the microphone and the model, checked in that
+order (each bad setup is one line before the model loads), then :class:`voxcli.dictate.Dictation`
+until Ctrl-C, which stops typing at once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from voxcli.config import Config
+from voxcli.errors import ConfigError
+
+
+def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engine: Callable,
+                status_stream=None) -> int:
+    from voxcli.audio.capture import FileSource, MicSource
+    from voxcli.cli.listen import _final_engine
+    from voxcli.dictate.focus import own_window_check
+    from voxcli.dictate.hotkey import SIDED, KeyListener, parse_hotkey
+    from voxcli.dictate.session import DictateWorker, Dictation
+    from voxcli.dictate.typist import choose
+    from voxcli.live.items import LiveOptions
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True, file=status_stream)
+    try:
+        hotkey = parse_hotkey(cfg.dictate.hotkey)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    typist = choose(cfg.dictate.type_with)
+    focus_is_ours, focus_note = own_window_check()
+    if input_path is not None:  # a file as the microphone: it plays from the first press on
+        source = FileSource(input_path, speed=speed)
+    else:
+        device = cfg.listen.device
+        source = MicSource(int(device) if isinstance(device, str) and device.isdigit() else device)
+    source.check()
+    listener_note = None
+    engine = load_engine(cfg, err)
+    if engine.kind != "realtime":
+        raise ConfigError("dictate types words as the model says them: it needs a Realtime model "
+                          "(Voxtral Mini 4B Realtime)")
+    final_engine = _final_engine(engine, cfg, load_engine, err)
+    status = StatusLine(err, typist.name, hotkey.text, cfg.dictate.toggle)
+    modifier = not cfg.dictate.toggle and any(k.split("_")[0] in SIDED for k in hotkey.keys)
+    if modifier:
+        err.print(f"voxcli dictate: {hotkey.text} is a modifier: keys typed while it is held would be shortcuts, so "
+                  f"each press's words are typed when you let go (a key like f9, or --toggle, types them live)",
+                  markup=False)
+    dictation = Dictation(typist, focus_is_ours=focus_is_ours, status=status.show, two_pass=final_engine is not None,
+                          hold_modifier=modifier)
+    stop = threading.Event()
+    worker = DictateWorker(engine, source, dictation.listening, stop, LiveOptions.from_config(cfg),
+                           final_engine=final_engine, deferred=input_path is not None)
+    listener = KeyListener(hotkey, dictation.toggle if cfg.dictate.toggle else dictation.press,
+                           (lambda: None) if cfg.dictate.toggle else dictation.release)
+    try:
+        listener.start()
+    except RuntimeError as exc:  # Wayland, no display: the socket still toggles
+        listener_note = f"{exc}; bind `voxcli dictate --toggle-now` to a shortcut"
+    from voxcli.dictate.control import ToggleSocket
+
+    toggles = ToggleSocket(dictation.toggle)
+    toggles.start()
+    for note in (focus_note, listener_note):
+        if note:
+            err.print(f"voxcli dictate: {note}", markup=False)
+    if input_path is None:
+        source.start()
+    try:
+        dictation.run(worker, stop)
+    except KeyboardInterrupt:
+        err.print("voxcli dictate: stopped; nothing more is typed", markup=False)
+        return 130
+    finally:
+        stop.set()
+        listener.stop()
+        toggles.stop()
+        source.stop()
+        status.close(dictation.figures)
+    return 0
+
+
+class StatusLine:
+    """One line on stderr: idle, listening with the level, typing, held, and the text so far; on a
+    terminal it is redrawn in place, elsewhere each change of state is a line of its own."""
+
+    def __init__(self, console: Console, backend: str, hotkey: str, toggle: bool) -> None:
+        self.console = console
+        self.prefix = f"[{backend}] {'press' if toggle else 'hold'} {hotkey}"
+        self.last_state = None
+        self.live = console.is_terminal
+
+    def show(self, state: str, text: str) -> None:
+        line = f"{self.prefix}: {state}" + (f"  {text}" if text else "")
+        if self.live:
+            self.console.print("\r" + line[:self.console.width - 1].ljust(self.console.width - 1), end="",
+                               markup=False)
+        elif state != self.last_state:
+            self.console.print(line, markup=False)
+        self.last_state = state
+
+    def close(self, figures) -> None:
+        if self.live:
+            self.console.print()
+        from voxcli.events import summarize
+
+        for name, values in (("hotkey down -> first character typed", figures.first_char_ms),
+                             ("release -> last character typed", figures.release_to_last_ms)):
+            s = summarize(values)
+            if s["n"]:
+                self.console.print(f"{name}: p50 {s['p50']:.0f} ms, p95 {s['p95']:.0f} ms (n={s['n']})",
+                                   markup=False)

@@ -1,0 +1,117 @@
+"""The dictation hotkey: its name parsed, and a global listener for it.
+
+``parse_hotkey("ctrl+alt+space")`` -> the set of keys that must all be down. Modifier names with
+no side (``ctrl``) match either side; ``right_ctrl`` only the right one. The listener
+(:class:`KeyListener`) is pynput's: X11 (XRecord), macOS and Windows see every key press, whatever
+window has focus. Wayland gives no program the keyboard: bind ``voxcli dictate --toggle-now`` to a
+compositor shortcut instead (:mod:`voxcli.dictate.control`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SIDED = ("ctrl", "alt", "shift", "cmd")  # a modifier: ctrl matches ctrl_l and ctrl_r
+ALIASES = {"control": "ctrl", "super": "cmd", "win": "cmd", "meta": "cmd", "option": "alt", "altgr": "alt_gr",
+           "esc": "esc", "escape": "esc", "return": "enter", "spacebar": "space"}
+NAMED = {"space", "enter", "tab", "esc", "backspace", "delete", "insert", "home", "end", "page_up", "page_down",
+         "up", "down", "left", "right", "caps_lock", "scroll_lock", "pause", "print_screen", "menu", "alt_gr",
+         *(f"f{i}" for i in range(1, 25))}
+
+
+@dataclass(frozen=True)
+class Hotkey:
+    keys: frozenset[str]  # "ctrl" (either side), "ctrl_r", "space", "a", ...
+    text: str
+
+    def held(self, down: set[str]) -> bool:
+        """Whether every key of the hotkey is among ``down`` (names as :func:`key_names` gives)."""
+        return all(k in down for k in self.keys)
+
+
+def parse_hotkey(text: str) -> Hotkey:
+    """``ctrl+alt+space``, ``right_ctrl``, ``f9``: ValueError names what is wrong and what is allowed."""
+    parts = [p.strip().lower() for p in text.split("+")]
+    if not text.strip() or any(not p for p in parts):
+        raise ValueError(f"--hotkey {text!r}: keys joined by +, e.g. ctrl+alt+space, right_ctrl or f9")
+    keys = []
+    for part in parts:
+        side = None
+        for prefix, s in (("right_", "r"), ("left_", "l"), ("r", "r"), ("l", "l")):
+            base = ALIASES.get(part[len(prefix):], part[len(prefix):])
+            if part.startswith(prefix) and base in SIDED:
+                side = s
+                part = base
+                break
+        name = ALIASES.get(part, part)
+        if side is not None:
+            keys.append(f"{name}_{side}")
+        elif name in SIDED or name in NAMED or (len(name) == 1 and name.isprintable()):
+            keys.append(name)
+        else:
+            raise ValueError(f"--hotkey {text!r}: unknown key {part!r} (modifiers ctrl, alt, shift, super, with "
+                             f"left_/right_ for one side; space, enter, f1-f24, a letter, ...)")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"--hotkey {text!r}: a key named twice")
+    return Hotkey(frozenset(keys), text)
+
+
+def key_names(key) -> set[str]:
+    """The names a pynput key answers to: ``Key.ctrl_r`` -> {"ctrl_r", "ctrl"}; ``'a'`` -> {"a"}."""
+    name = getattr(key, "name", None)
+    if name is None:
+        char = getattr(key, "char", None)
+        return {char.lower()} if char else set()
+    names = {name}
+    for base in SIDED:
+        if name in (f"{base}_l", f"{base}_r", base):
+            names |= {base, f"{base}_{name[-1]}" if name != base else base}
+    return names
+
+
+class KeyListener:
+    """Calls ``on_down`` when the hotkey's keys are all down, ``on_up`` when one is let go (each once
+    per press), from pynput's listener thread. ``start()`` raises RuntimeError with one line when
+    there is no keyboard to listen to (no display, Wayland)."""
+
+    def __init__(self, hotkey: Hotkey, on_down: Callable[[], None], on_up: Callable[[], None]) -> None:
+        self.hotkey = hotkey
+        self.on_down, self.on_up = on_down, on_up
+        self.down: dict[object, set[str]] = {}
+        self.active = False
+        self.lock = threading.Lock()
+        self.listener = None
+
+    def start(self) -> None:
+        try:
+            from pynput import keyboard
+        except Exception as exc:  # noqa: BLE001 - pynput fails to import without a display
+            raise RuntimeError(f"cannot listen for the hotkey: {str(exc).splitlines()[0]}") from None
+        self.listener = keyboard.Listener(on_press=self._press, on_release=self._release)
+        self.listener.start()
+        self.listener.wait()
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener.join(5)
+
+    def _press(self, key) -> None:
+        with self.lock:
+            self.down[key] = key_names(key)
+            now = self.hotkey.held(set().union(*self.down.values()))
+            fire = now and not self.active
+            self.active = self.active or now
+        if fire:
+            self.on_down()
+
+    def _release(self, key) -> None:
+        with self.lock:
+            self.down.pop(key, None)
+            fire = self.active and not self.hotkey.held(set().union(*self.down.values()) if self.down else set())
+            if fire:
+                self.active = False
+        if fire:
+            self.on_up()

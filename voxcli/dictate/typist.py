@@ -1,0 +1,208 @@
+"""Typing into the focused window: one backend per kind of desktop, chosen by what is there.
+
+| desktop | backend | how |
+|---|---|---|
+| X11 | ``keys`` (XTest) | pynput for what the layout has; any other character through a spare keycode |
+| Wayland | ``wtype`` | the virtual-keyboard protocol (wlroots, KDE; not GNOME) |
+| Wayland | ``ydotool`` | uinput (any compositor; needs ydotoold and access to /dev/uinput): ASCII only |
+| Wayland | ``clipboard`` | ``wl-copy``, then ctrl+v through wtype or ydotool |
+| macOS, Windows | ``keys`` (pynput) | untested here |
+
+``choose(forced, env)`` picks one and names it; a backend that cannot type a run of text (ydotool
+and non-ASCII) hands that run to the clipboard. Nothing here logs what it types.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from voxcli.errors import ConfigError
+
+TIMEOUT_S = 5.0  # a typing command that takes longer is stuck: fail, do not hang dictation
+REMAP_PAUSE_S = 0.03  # X11: after a character typed through the spare keycode (XTestTypist)
+
+
+class Typist:
+    """Types text into whatever window has focus."""
+
+    name = "?"
+
+    def type(self, text: str) -> None:
+        raise NotImplementedError
+
+
+class KeysTypist(Typist):
+    """pynput's keyboard controller: the native APIs on macOS and Windows, XTest on X11."""
+
+    name = "keys"
+
+    def __init__(self) -> None:
+        try:
+            from pynput.keyboard import Controller
+        except Exception as exc:  # noqa: BLE001 - pynput fails to import without a display
+            raise ConfigError(f"cannot type keys: {str(exc).splitlines()[0]}") from None
+        self.keyboard = Controller()
+
+    def type(self, text: str) -> None:
+        self.keyboard.type(text)
+
+
+class XTestTypist(KeysTypist):
+    """X11: the characters the layout has through pynput; any other through one spare keycode, set
+    to that character on all four levels, pressed, then ``REMAP_PAUSE_S`` for the app to read it.
+    Written here because pynput's own borrowing puts later characters on group-2 levels an app
+    does not read (seen under Xvfb: after "Grüße", "東京" arrived as "東東")."""
+
+    name = "keys (XTest)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from Xlib import display
+
+        self.display = display.Display()
+        low, high = self.display.display.info.min_keycode, self.display.display.info.max_keycode
+        mapping = self.display.get_keyboard_mapping(low, high - low + 1)
+        spare = [low + i for i, keysyms in enumerate(mapping) if not any(keysyms)]
+        if not spare:
+            raise ConfigError("the keyboard layout has no free keycode to type characters it lacks through")
+        self.spare = spare[-1]
+
+    def type(self, text: str) -> None:
+        for run, plain in _runs(text):
+            if plain:
+                self.keyboard.type(run)
+            else:
+                for ch in run:
+                    self._spare_key(ch)
+
+    def _spare_key(self, ch: str) -> None:
+        from Xlib import X
+        from Xlib.ext import xtest
+
+        keysym = ord(ch) if ord(ch) <= 0xFF else 0x1000000 + ord(ch)  # X's keysyms for Unicode
+        self.display.change_keyboard_mapping(self.spare, [(keysym,) * 4])
+        self.display.sync()
+        xtest.fake_input(self.display, X.KeyPress, self.spare)
+        xtest.fake_input(self.display, X.KeyRelease, self.spare)
+        self.display.sync()
+        time.sleep(REMAP_PAUSE_S)
+        self.display.change_keyboard_mapping(self.spare, [(0,) * 4])
+        self.display.sync()
+
+
+class CommandTypist(Typist):
+    """A program that types its argument: ``wtype -- TEXT``, ``ydotool type -- TEXT``."""
+
+    def __init__(self, name: str, command: list[str], *, ascii_only: bool = False,
+                 fallback: Typist | None = None) -> None:
+        self.name, self.command, self.ascii_only, self.fallback = name, command, ascii_only, fallback
+
+    def type(self, text: str) -> None:
+        for run, plain in _runs(text) if self.ascii_only else [(text, True)]:
+            if plain:
+                _run([*self.command, run])
+            elif self.fallback is not None:
+                self.fallback.type(run)
+            else:
+                raise ConfigError(f"{self.name} cannot type {run!r} (not ASCII) and there is no clipboard tool")
+
+
+class ClipboardTypist(Typist):
+    """Copy, then the paste keystroke (``paste``: a command that presses ctrl+v)."""
+
+    def __init__(self, copy: list[str], paste: list[str] | None, name: str = "clipboard") -> None:
+        self.copy, self.paste, self.name = copy, paste, name
+
+    def type(self, text: str) -> None:
+        _run(self.copy, stdin=text)
+        if self.paste is not None:
+            _run(self.paste)
+
+
+def _runs(text: str) -> list[tuple[str, bool]]:
+    """``text`` cut into runs of ASCII and of the rest: [(run, is_ascii), ...]."""
+    runs: list[tuple[str, bool]] = []
+    for ch in text:
+        plain = ch.isascii()
+        if runs and runs[-1][1] == plain:
+            runs[-1] = (runs[-1][0] + ch, plain)
+        else:
+            runs.append((ch, plain))
+    return runs
+
+
+def _run(command: list[str], stdin: str | None = None) -> None:
+    try:
+        done = subprocess.run(command, input=stdin, text=True, capture_output=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{command[0]} took more than {TIMEOUT_S:g} s to type; stopped") from None
+    if done.returncode != 0:
+        raise ConfigError(f"{command[0]} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:] or '?'}")
+
+
+def desktop(env: dict | None = None) -> str:
+    """``x11``, ``wayland``, ``macos``, ``windows`` or ``none`` (no graphical session)."""
+    env = os.environ if env is None else env
+    if sys.platform == "darwin":
+        return "macos"
+    if sys.platform.startswith("win"):
+        return "windows"
+    if env.get("WAYLAND_DISPLAY") or env.get("XDG_SESSION_TYPE") == "wayland":
+        return "wayland"
+    if env.get("DISPLAY"):
+        return "x11"
+    return "none"
+
+
+def choose(forced: str = "auto", env: dict | None = None, which: Callable[[str], str | None] = shutil.which) -> Typist:
+    """The backend for this desktop (``forced``: auto, keys or clipboard). ConfigError, one line,
+    when none can work."""
+    kind = desktop(env)
+    if kind == "none":
+        raise ConfigError("no graphical session (DISPLAY and WAYLAND_DISPLAY are unset): dictate types into the "
+                          "focused window of one")
+    if kind == "wayland":
+        return _wayland(forced, which)
+    if forced == "clipboard":
+        if kind != "x11" or not which("xclip"):
+            raise ConfigError("--type-with clipboard on X11 needs xclip (apt install xclip)")
+        return _X11Clipboard()
+    return XTestTypist() if kind == "x11" else KeysTypist()
+
+
+class _X11Clipboard(ClipboardTypist):
+    """xclip holds the text; pynput presses ctrl+v."""
+
+    def __init__(self) -> None:
+        super().__init__(["xclip", "-selection", "clipboard"], None, "clipboard (xclip)")
+        self.keys = KeysTypist()
+
+    def type(self, text: str) -> None:
+        super().type(text)
+        from pynput.keyboard import Key
+
+        with self.keys.keyboard.pressed(Key.ctrl):
+            self.keys.keyboard.tap("v")
+
+
+def _wayland(forced: str, which) -> Typist:
+    paste = ["wtype", "-M", "ctrl", "v", "-m", "ctrl"] if which("wtype") else \
+        ["ydotool", "key", "29:1", "47:1", "47:0", "29:0"] if which("ydotool") else None
+    clipboard = ClipboardTypist(["wl-copy", "--"], paste, "clipboard (wl-copy)") if which("wl-copy") else None
+    if forced == "clipboard":
+        if clipboard is None:
+            raise ConfigError("--type-with clipboard on Wayland needs wl-copy (apt install wl-clipboard)")
+        return clipboard
+    if which("wtype"):
+        return CommandTypist("wtype", ["wtype", "--"])
+    if which("ydotool"):
+        return CommandTypist("ydotool", ["ydotool", "type", "--"], ascii_only=True, fallback=clipboard)
+    if clipboard is not None and forced == "auto":
+        return clipboard
+    raise ConfigError("Wayland: nothing can type here; install wtype (wlroots, KDE) or ydotool (any compositor, "
+                      "with ydotoold running), or wl-clipboard for the clipboard")

@@ -11,7 +11,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,78 +24,32 @@ from voxcli.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello.wav"
 PHRASE = " Grüße aus Zürich, 東京 ist schön!"  # what the rigged model says over hello.wav
+CLIP_S = 4.3235625  # hello.wav's length: a press lasts until the model has heard all of it
 pytestmark = [pytest.mark.xdist_group("dictate")]
-
-TARGET = r"""
-import sys, tkinter
-root = tkinter.Tk()
-root.title("voxcli-target")
-text = tkinter.Text(root)
-text.pack()
-text.focus_set()
-def dump():
-    with open(sys.argv[1] + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text.get("1.0", "end-1c"))
-    import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-    root.after(50, dump)
-dump()
-root.mainloop()
-"""
-
 
 # ------------------------------------------------------------------------------ under Xvfb
 
 
 @pytest.fixture(scope="module")
 def display():
+    from voxcli.measure.dictation import XServer
+
     if not (shutil.which("Xvfb") and shutil.which("xdotool")):
         if os.environ.get("CI") == "true":
             pytest.fail("CI needs Xvfb and xdotool (.ci/setup.sh --test installs them)")
         pytest.skip("needs Xvfb and xdotool (apt install xvfb xdotool)")
-    number = 90 + os.getpid() % 100
-    name = f":{number}"
-    proc = subprocess.Popen(["Xvfb", name, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
-        time.sleep(0.05)
-    yield name
-    proc.terminate()
-    proc.wait(10)
-
-
-class Target:
-    """The Tk window words are typed into; ``text()`` is what it holds."""
-
-    def __init__(self, display: str, tmp_path: Path) -> None:
-        self.env = {**os.environ, "DISPLAY": display}
-        self.file = tmp_path / "typed.txt"
-        self.proc = subprocess.Popen([sys.executable, "-c", TARGET, str(self.file)], env=self.env)
-        found = subprocess.run(["xdotool", "search", "--sync", "--name", "voxcli-target"], env=self.env,
-                               capture_output=True, text=True, timeout=20)
-        self.window = found.stdout.split()[0]
-        self.focus()
-
-    def focus(self) -> None:
-        subprocess.run(["xdotool", "windowfocus", "--sync", self.window], env=self.env, check=True, timeout=10)
-
-    def text(self) -> str:
-        return self.file.read_text(encoding="utf-8") if self.file.exists() else ""
-
-    def key(self, *args: str) -> None:
-        subprocess.run(["xdotool", *args], env=self.env, check=True, timeout=10)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+    with XServer() as x:
+        yield x.name
 
 
 @pytest.fixture
 def target(display, tmp_path, monkeypatch):
+    """The Tk window typed into (bench --dictate's own), focused; pynput connects to this display."""
+    from voxcli.measure.dictation import TypedInto
+
     monkeypatch.setenv("DISPLAY", display)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    t = Target(display, tmp_path)
+    t = TypedInto(display, tmp_path)
     yield t
     t.close()
 
@@ -114,36 +67,13 @@ def speaker(realtime_dir):
     rig.remove()
 
 
-class Running:
-    """One dictation, as ``voxcli dictate --input hello.wav`` runs it, in threads of this test."""
+def running(engine, **kw):
+    from voxcli.measure.dictation import Pressing
 
-    def __init__(self, engine, *, toggle: bool = False, hotkey: str = "f9", speed: float = 4.0,
-                 focus_is_ours=lambda: False) -> None:
-        from voxcli.audio.capture import FileSource
-        from voxcli.dictate.hotkey import KeyListener
-        from voxcli.dictate.session import DictateWorker, Dictation
-        from voxcli.dictate.typist import choose
-
-        self.typist = choose("auto")
-        self.dictation = Dictation(self.typist, focus_is_ours=focus_is_ours)
-        self.stop = threading.Event()
-        source = FileSource(HELLO, speed=speed)
-        source.check()
-        self.worker = DictateWorker(engine, source, self.dictation.listening, self.stop, deferred=True)
-        d = self.dictation
-        self.keys = KeyListener(parse_hotkey(hotkey), d.toggle if toggle else d.press,
-                                (lambda: None) if toggle else d.release)
-        self.keys.start()
-        self.thread = threading.Thread(target=d.run, args=(self.worker, self.stop), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.keys.stop()
-        self.thread.join(20)
+    return Pressing(engine, HELLO, speed=4.0, **kw)
 
 
-def settled(target: Target, timeout_s: float = 30.0, want: str | None = None) -> str:
+def settled(target, timeout_s: float = 30.0, want: str | None = None) -> str:
     """The window's text once it stops changing (or equals ``want``)."""
     deadline, last, since = time.monotonic() + timeout_s, None, time.monotonic()
     while time.monotonic() < deadline:
@@ -163,17 +93,19 @@ def test_hold_to_talk_types_the_engines_text_live_into_an_x11_app(target, speake
     the release's flush, exactly the engine's text (accents and CJK included); nothing after."""
     engine, rig = speaker
     rig.reset()
-    run = Running(engine)
+    run = running(engine)
     try:
         target.key("keydown", "F9")
         while "Zürich" not in target.text():  # typed while the key is still down
             assert run.thread.is_alive() and time.sleep(0.05) is None
+        run.heard_all(CLIP_S)
         target.key("keyup", "F9")
         typed = settled(target, want=PHRASE.strip())
         assert typed == PHRASE.strip()
         time.sleep(1.0)
         assert target.text() == typed  # nothing after the release and its flush
-        assert run.dictation.figures.first_char_ms and run.dictation.figures.release_to_last_ms
+        assert len(run.dictation.figures.first_char_ms) == 1  # (the phrase was out before the release: no
+        # release -> last figure; bench --dictate's random model talks to the end)
     finally:
         run.close()
 
@@ -185,10 +117,10 @@ def test_toggle_types_the_text_and_never_into_voxclis_own_terminal(target, speak
 
     engine, rig = speaker
     rig.reset()
-    run = Running(engine, toggle=True)
+    run = running(engine, toggle=True)
     try:
         target.key("key", "F9")
-        time.sleep(4.3 / 4 + 0.5)  # the clip, played at 4x, and a margin
+        run.heard_all(CLIP_S)
         target.key("key", "F9")
         assert settled(target, want=PHRASE.strip()) == PHRASE.strip()
     finally:
@@ -197,10 +129,10 @@ def test_toggle_types_the_text_and_never_into_voxclis_own_terminal(target, speak
     focus_is_ours, note = own_window_check({**os.environ, "WINDOWID": str(int(target.window))})
     assert note is None and focus_is_ours()
     rig.reset()
-    run = Running(engine, toggle=True, focus_is_ours=focus_is_ours)
+    run = running(engine, toggle=True, focus_is_ours=focus_is_ours)
     try:
         target.key("key", "F9")
-        time.sleep(4.3 / 4 + 0.5)
+        run.heard_all(CLIP_S)
         target.key("key", "F9")
         deadline = time.monotonic() + 20
         while PHRASE.strip() not in run.dictation.held:
@@ -295,3 +227,18 @@ def test_bad_setups_are_one_line_each(tmp_path):
                              env=env, timeout=60, cwd=ROOT)
         assert run.returncode == code, run.stderr
         assert line in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_bench_dictate_measures_both_figures_in_an_x_server_of_its_own(display, realtime_dir, tmp_path):
+    """`voxcli bench --dictate`: its own Xvfb and window, one press over the clip: both figures."""
+    import json
+
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "voxcli", "bench", "--dictate", "--runs", "1", "--json", str(out),
+                          "--model", str(realtime_dir), "--model-device", "cpu", str(HELLO)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "first_char_ms" in run.stdout and "release_to_last_ms" in run.stdout
+    samples = json.loads(out.read_text())["dictation"]["samples"]
+    assert len(samples["first_char_ms"]) == 1 and len(samples["release_to_last_ms"]) == 1
+    assert 0 < samples["release_to_last_ms"][0] < 10000

@@ -201,6 +201,10 @@ def bench_cmd(
         "--concurrency", min=0, help="Run this many simultaneous sessions (one clip each) and report per-session "
                                      "and aggregate figures: on a --server, or on a local Realtime model, where "
                                      "they step together in one forward (the step's time per batch size).")] = 0,
+    dictate: Annotated[bool, typer.Option(
+        "--dictate", help="Measure dictation as a person meets it: in an X server of its own (Xvfb; xdotool), "
+                          "each clip replayed as the microphone while the hotkey is held, typed into a window: "
+                          "hotkey down -> first character, release -> last character.")] = False,
     config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Measure latency as percentiles (n, p50, p90, p95, p99, mean, min, max).
@@ -220,7 +224,7 @@ def bench_cmd(
                                         batch_words=batch_words, json_path=json_path,
                                         load_engine=partial(load_engine, debug=debug),
                                         concurrency=concurrency, plot_path=plot,
-                                        final_delay_ms=final_delay_ms), debug)
+                                        final_delay_ms=final_delay_ms, dictate=dictate), debug)
 
 
 @app.command("serve")

@@ -10,7 +10,7 @@ from rich.progress import Progress
 
 from voxcli.config import Config
 from voxcli.errors import AudioError, VoxcliError
-from voxcli.events import STEP_BUDGET_MS
+from voxcli.events import STEP_BUDGET_MS, summarize
 from voxcli.measure.runs import BenchOptions, Clip, run_bench
 from voxcli.output.tables import metrics_table, step_words
 
@@ -26,7 +26,7 @@ def default_clips() -> list[Path]:
 
 def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int, paced: bool,
                       batch_words: int, json_path: Path | None, load_engine, concurrency: int = 0,
-                      plot_path: Path | None = None, final_delay_ms: int | None = None) -> int:
+                      plot_path: Path | None = None, final_delay_ms: int | None = None, dictate: bool = False) -> int:
     from voxcli.audio.decode import load_audio
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -53,6 +53,8 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
                           "an offline model is measured one file at a time")
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
+    if dictate:
+        return _dictate_command(engine, clips, runs, json_path, out, err)
     from voxcli.live.items import LiveOptions
 
     live = LiveOptions.from_config(cfg)  # as listen runs: the same endpointer, the same restarts
@@ -108,6 +110,23 @@ def _verdicts(summary: dict, batch_words: int) -> str:
         lines.append(f"step_ms p50 {step['p50']:.1f} vs {STEP_BUDGET_MS:.0f} ms budget: "
                      f"{STEP_BUDGET_MS / step['p50']:.1f}x headroom" if step["p50"] > 0 else "")
     return "\n".join(lines)
+
+
+def _dictate_command(engine, clips, runs: int, json_path, out: Console, err: Console) -> int:
+    from voxcli.measure.dictation import measure_dictation
+    from voxcli.measure.environment import environment
+
+    if engine.kind != "realtime":
+        raise VoxcliError("--dictate measures dictation, which needs a Realtime model")
+    with err.status(f"dictating {len(clips)} clip(s) x {runs} presses into an Xvfb window ..."):
+        samples = measure_dictation(engine, [c.path for c in clips], runs)
+    rows = {k: summarize(v) for k, v in samples.items()}
+    out.print(metrics_table(f"{engine.info.model} on {engine.info.device}: dictation, {runs} press(es) per clip "
+                            f"(hotkey held while the clip plays at real speed)", rows))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"environment": environment(engine), "dictation": {"samples": samples,
+                                                                                          "summary": rows}}, indent=1))
+    return 0
 
 
 def _load_command(engine, clips, concurrency: int, paced: bool, json_path, out: Console, err: Console) -> int:

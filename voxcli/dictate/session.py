@@ -9,7 +9,7 @@ The model stays loaded and warm between presses and the microphone open, so a pr
 capture, one step and typing. Audio while not listening is not heard (only its level is shown).
 A release flushes the stream at once, as an end of speech does in listen: the last words come out
 within the flush, and nothing is typed after its ``UtteranceDone``. Ctrl-C stops at once: nothing
-is typed after it. The session's stream cycle is the driver's (:mod:`voxcli.live.driver`): the
+is typed after it, and an open stream is dropped unflushed (its rows freed). The session's stream cycle is the driver's (:mod:`voxcli.live.driver`): the
 endpointer, restarts and two-pass work as in listen; with two-pass only the final stream's words
 are typed.
 """
@@ -69,24 +69,26 @@ class DictateWorker:
                     return
             self.source.start()
         was = False
-        for item in self._blocks():
-            now = self.listening.is_set()
-            if item is not None:
-                t, x = item
-                if now:
-                    put(AudioIn(x, level_db(x), self.source.backlog))
-                    self.driver.hear(x, t)
-                else:
-                    put(Level(level_db(x)))
-            released = was and not now
-            if released:  # flush now, as an end of speech is
-                put(Released(time.perf_counter()))
-                self.driver.end_utterance()
-            was = now
-            cycle(self.engine, [self.driver])  # flushes every end waiting, in order
-            if released:
-                put(PressDone())
-        self.driver.close()
+        try:
+            for item in self._blocks():
+                now = self.listening.is_set()
+                if item is not None:
+                    t, x = item
+                    if now:
+                        put(AudioIn(x, level_db(x), self.source.backlog))
+                        self.driver.hear(x, t)
+                    else:
+                        put(Level(level_db(x)))
+                released = was and not now
+                if released:  # flush now, as an end of speech is
+                    put(Released(time.perf_counter()))
+                    self.driver.end_utterance()
+                was = now
+                cycle(self.engine, [self.driver])  # flushes every end waiting, in order
+                if released:
+                    put(PressDone())
+        finally:
+            self.driver.drop()  # stopped (Ctrl-C, or the consumer gone): nothing more is said, rows freed
 
     def _blocks(self):
         """Captured blocks (``None`` when none came within the poll interval) until stop; after a

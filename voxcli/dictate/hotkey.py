@@ -94,9 +94,24 @@ class KeyListener:
         self.listener.wait()
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.stop()
-            self.listener.join(5)
+        listener = self.listener
+        if listener is None:
+            return
+        listener.stop()
+        listener.join(0.2)  # where the stop works, the thread is gone (and owns its connections till then)
+        if hasattr(listener, "_context") and listener.is_alive():
+            # X11: pynput sends its "disable recording" on the connection its thread is blocked
+            # reading, unflushed, so once a key was seen the thread never ends (measured: still
+            # alive after 10 s). The same request from a connection of our own ends it at once.
+            from Xlib import display
+
+            conn = display.Display()
+            try:
+                conn.record_disable_context(listener._context)
+                conn.flush()
+            finally:
+                conn.close()
+        listener.join(5)
 
     def _press(self, key) -> None:
         with self.lock:

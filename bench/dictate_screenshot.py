@@ -5,6 +5,9 @@ phrase with accents and CJK (voxcli.testing.speaker), F9 held over examples/hell
 xdotool; then the window, read back from the X server (python-xlib) and written with Pillow.
 
     .venv/bin/python bench/dictate_screenshot.py [OUT.png]
+
+Needs Xvfb and xdotool (.ci/setup.sh --test), and a CJK font for the glyphs (apt install
+fonts-wqy-microhei; without it Tk draws boxes, though the text it holds is the same).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ and wl-copy that record what they are asked to type), and each bad setup's one l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -88,12 +89,16 @@ def settled(target, timeout_s: float = 30.0, want: str | None = None) -> str:
     return target.text()
 
 
-def test_hold_to_talk_types_the_engines_text_live_into_an_x11_app(target, speaker):
+def test_hold_to_talk_types_the_engines_text_live_into_an_x11_app(target, speaker, tmp_path):
     """Hold F9 over the clip: the words arrive in the Tk window while the key is down, the last at
-    the release's flush, exactly the engine's text (accents and CJK included); nothing after."""
+    the release's flush, exactly the engine's text (accents and CJK included); nothing after.
+    --save keeps the audio heard and the tokens, as listen's does, and no keystroke."""
+    from voxcli.output.recorder import SessionRecorder
+
     engine, rig = speaker
     rig.reset()
-    run = running(engine)
+    recorder = SessionRecorder(tmp_path / "saved")
+    run = running(engine, recorder=recorder)
     try:
         target.key("keydown", "F9")
         while "Zürich" not in target.text():  # typed while the key is still down
@@ -108,6 +113,12 @@ def test_hold_to_talk_types_the_engines_text_live_into_an_x11_app(target, speake
         # release -> last figure; bench --dictate's random model talks to the end)
     finally:
         run.close()
+    recorder.close()
+    saved = {p.suffix: p for p in recorder.paths}
+    assert len(load_audio(saved[".wav"])) >= CLIP_S * 16000 - 320
+    assert saved[".txt"].read_text(encoding="utf-8").strip() == PHRASE.strip()
+    rows = [json.loads(line) for line in saved[".jsonl"].read_text().splitlines()]
+    assert {r["type"] for r in rows} <= {"session", "token", "summary"}
 
 
 def test_toggle_types_the_text_and_never_into_voxclis_own_terminal(target, speaker):

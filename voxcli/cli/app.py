@@ -44,8 +44,8 @@ OldDeviceOpt = Annotated[str | None, typer.Option("--device", hidden=True, show_
 TRANSCRIBE = (*MODEL, *TOKENS, "transcription.language", "output.format", "output.plain", "output.low_confidence")
 LISTEN = (*MODEL, *TOKENS, "output.plain", "output.low_confidence", "listen.device", "listen.save_dir",
           "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms", "transcription.final_model")
-DICTATE = (*MODEL, *TOKENS, "listen.device", "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms",
-           "dictate.hotkey", "dictate.toggle", "dictate.type_with")
+DICTATE = (*MODEL, *TOKENS, "listen.device", "listen.save_dir", "listen.vad", "listen.flush_after_ms",
+           "transcription.final_delay_ms", "dictate.hotkey", "dictate.toggle", "dictate.type_with")
 SERVE = (*[k for k in MODEL if k not in ("model.server", "model.api_key")], *TOKENS, "serve.host", "serve.port",
          "serve.api_key", "serve.ssl_certfile", "serve.ssl_keyfile", "serve.max_sessions", "serve.wyoming",
          "serve.allow_origins")

@@ -37,6 +37,10 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
         device = cfg.listen.device
         source = MicSource(int(device) if isinstance(device, str) and device.isdigit() else device)
     source.check()
+    if cfg.listen.save_dir:
+        from voxcli.output.recorder import check_directory
+
+        check_directory(cfg.listen.save_dir)
     listener_note = None
     engine = load_engine(cfg, err)
     if engine.kind != "realtime":
@@ -49,8 +53,16 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
         err.print(f"voxcli dictate: {hotkey.text} is a modifier: keys typed while it is held would be shortcuts, so "
                   f"each press's words are typed when you let go (a key like f9, or --toggle, types them live)",
                   markup=False)
+    recorder = None
+    if cfg.listen.save_dir:
+        from voxcli.output.recorder import SessionRecorder
+
+        recorder = SessionRecorder(cfg.listen.save_dir, meta={
+            "model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
+            "delay_ms": engine.info.delay_ms, "input": str(input_path) if input_path else (cfg.listen.device or "default"),
+            "command": "dictate"})
     dictation = Dictation(typist, focus_is_ours=focus_is_ours, status=status.show, two_pass=final_engine is not None,
-                          hold_modifier=modifier)
+                          hold_modifier=modifier, recorder=recorder)
     stop = threading.Event()
     worker = DictateWorker(engine, source, dictation.listening, stop, LiveOptions.from_config(cfg),
                            final_engine=final_engine, deferred=input_path is not None)
@@ -80,6 +92,9 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
         toggles.stop()
         source.stop()
         status.close(dictation.figures)
+        if recorder is not None:
+            recorder.close()
+            err.print(f"voxcli dictate: saved {', '.join(str(p) for p in recorder.paths)}", markup=False)
     return 0
 
 

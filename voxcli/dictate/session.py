@@ -117,10 +117,11 @@ class Dictation:
 
     def __init__(self, typist, *, focus_is_ours: Callable[[], bool] = lambda: False,
                  status: Callable[[str, str], None] = lambda state, text: None, two_pass: bool = False,
-                 hold_modifier: bool = False) -> None:
+                 hold_modifier: bool = False, recorder=None) -> None:
         """``hold_modifier``: the hotkey held is (or has) a modifier, so a key typed while it is
         down would reach the app as a shortcut (ctrl+h): the press's words wait for the release."""
         self.typist = typist
+        self.recorder = recorder  # --save: the audio heard and the tokens, as listen saves them; no keystroke
         self.hold_modifier = hold_modifier
         self.waiting = ""  # words of a press held with a modifier, typed at its release
         self.focus_is_ours = focus_is_ours
@@ -171,6 +172,13 @@ class Dictation:
                 stop.set()
 
     def _item(self, item) -> None:
+        if self.recorder is not None:
+            if isinstance(item, AudioIn):
+                self.recorder.write_audio(item.samples)
+            elif isinstance(item, LiveToken):
+                extra = {"utterance": item.utterance, "flushed": item.flushed, **({"stream": item.stream}
+                                                                                  if item.stream else {})}
+                self.recorder.write_event(item.event, transcript=item.stream != StreamRole.PROVISIONAL, **extra)
         if isinstance(item, LiveToken):
             if self.two_pass and item.stream == StreamRole.PROVISIONAL:
                 return

@@ -94,13 +94,13 @@ class Pressing:
     hotkey listened for, in threads of this process."""
 
     def __init__(self, engine, clip: Path, *, toggle: bool = False, hotkey: str = "f9", speed: float = 1.0,
-                 focus_is_ours=lambda: False) -> None:
+                 focus_is_ours=lambda: False, recorder=None) -> None:
         from voxcli.audio.capture import FileSource
         from voxcli.dictate.hotkey import KeyListener, parse_hotkey
         from voxcli.dictate.session import DictateWorker, Dictation
         from voxcli.dictate.typist import choose
 
-        self.dictation = d = Dictation(choose("auto"), focus_is_ours=focus_is_ours)
+        self.dictation = d = Dictation(choose("auto"), focus_is_ours=focus_is_ours, recorder=recorder)
         self.stop = threading.Event()
         source = FileSource(clip, speed=speed)
         source.check()

@@ -53,14 +53,7 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
         err.print(f"voxcli dictate: {hotkey.text} is a modifier: keys typed while it is held would be shortcuts, so "
                   f"each press's words are typed when you let go (a key like f9, or --toggle, types them live)",
                   markup=False)
-    recorder = None
-    if cfg.listen.save_dir:
-        from voxcli.output.recorder import SessionRecorder
-
-        recorder = SessionRecorder(cfg.listen.save_dir, meta={
-            "model": engine.info.model, "kind": engine.kind, "device": engine.info.device,
-            "delay_ms": engine.info.delay_ms, "input": str(input_path) if input_path else (cfg.listen.device or "default"),
-            "command": "dictate"})
+    recorder = _recorder(cfg, engine, input_path)
     dictation = Dictation(typist, focus_is_ours=focus_is_ours, status=status.show, two_pass=final_engine is not None,
                           hold_modifier=modifier, recorder=recorder)
     stop = threading.Event()
@@ -96,6 +89,17 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
             recorder.close()
             err.print(f"voxcli dictate: saved {', '.join(str(p) for p in recorder.paths)}", markup=False)
     return 0
+
+
+def _recorder(cfg: Config, engine, input_path: Path | None):
+    """--save: the session's files, as listen writes them (no keystroke is among them)."""
+    if not cfg.listen.save_dir:
+        return None
+    from voxcli.output.recorder import SessionRecorder
+
+    return SessionRecorder(cfg.listen.save_dir, meta={
+        "model": engine.info.model, "kind": engine.kind, "device": engine.info.device, "delay_ms": engine.info.delay_ms,
+        "input": str(input_path) if input_path else (cfg.listen.device or "default"), "command": "dictate"})
 
 
 class StatusLine:

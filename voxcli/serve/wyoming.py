@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 
-import numpy as np
 import soxr
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
@@ -38,6 +37,7 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 import voxcli
 from voxcli.engine.keyterms import Keyterms
+from voxcli.serve.codec import pcm16
 from voxcli.serve.realtime import MAX_BUFFERED_S
 from voxcli.serve.scheduler import Done, Failed, Full, Token
 from voxcli.units import SAMPLE_RATE
@@ -149,7 +149,7 @@ class Handler(AsyncEventHandler):
             await self.write_event(Error(problem, "invalid_audio").event())
             return
         chunk = self.converter.convert(chunk)
-        samples = np.frombuffer(chunk.audio, dtype="<i2").astype(np.float32) / 32768.0
+        samples = pcm16(chunk.audio)
         if chunk.rate != SAMPLE_RATE:
             if self.resampler is None:
                 self.resampler = soxr.ResampleStream(chunk.rate, SAMPLE_RATE, 1, dtype="float32")

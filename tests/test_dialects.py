@@ -289,7 +289,7 @@ def test_sigterm_gives_every_dialect_its_final_text_and_exits(realtime_dir, real
     audio = load_audio(HELLO)
     port = free_port()
     server = ServeProcess(realtime_dir, max_sessions=8, log=tmp_path / "serve.log",
-                          args=("--model-device", "cpu", "--wyoming", f"127.0.0.1:{port}"))
+                          args=("--model-device", "cpu", "--threads", "1", "--wyoming", f"127.0.0.1:{port}"))
     try:
         sockets = []
         for dialect in DIALECTS:

@@ -37,7 +37,7 @@ def snippets() -> dict[str, str]:
 def server(realtime_dir, tmp_path_factory):
     port = free_port()
     with ServeProcess(realtime_dir, max_sessions=4, log=tmp_path_factory.mktemp("apps") / "serve.log",
-                      args=("--model-device", "cpu", "--wyoming", f"127.0.0.1:{port}")) as s:
+                      args=("--model-device", "cpu", "--threads", "1", "--wyoming", f"127.0.0.1:{port}")) as s:
         s.wyoming_port = port
         yield s
 

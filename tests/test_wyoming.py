@@ -30,7 +30,7 @@ def wyoming_server(realtime_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("wyoming") / "serve.log"
     with ServeProcess(realtime_dir, max_sessions=2, log=log,
-                      args=("--model-device", "cpu", "--wyoming", f"127.0.0.1:{port}")) as server:
+                      args=("--model-device", "cpu", "--threads", "1", "--wyoming", f"127.0.0.1:{port}")) as server:
         server.wyoming_port = port
         yield server
 

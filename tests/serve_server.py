@@ -114,5 +114,29 @@ class NeverReads:
             self.protocol.send_text(message.encode())
         self._flush()
 
+    def flood(self, messages) -> None:
+        """Send ``messages`` in a thread of its own until they run out, ``close()`` or the server
+        closes the connection (dropped)."""
+        self._stop = threading.Event()
+
+        def send_all() -> None:
+            try:
+                for message in messages:
+                    if self._stop.is_set():
+                        return
+                    self.send(message)
+            except OSError:
+                return  # dropped: the server closed the connection
+
+        self._flooder = threading.Thread(target=send_all, daemon=True)
+        self._flooder.start()
+
+    def close(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+        self.sock.close()
+        if getattr(self, "_flooder", None) is not None:
+            self._flooder.join(10)
+
     def _flush(self) -> None:
         self.sock.sendall(b"".join(self.protocol.data_to_send()))

@@ -492,19 +492,8 @@ def test_a_client_that_never_reads_is_dropped_and_slows_no_one(serve_engine, rea
         client = NeverReads(slow_server.ws_url + "/v1/realtime", slow_server.port)
         client.send(json.dumps({"type": "session.update"}))
         audio = np.tile(clips[4], 20)  # two minutes
-        stop = threading.Event()
-
-        def flood():
-            try:
-                for i in range(0, len(audio), 16000):
-                    if stop.is_set():
-                        return
-                    client.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(audio[i:i + 16000])}))
-            except OSError:
-                return  # dropped: the server closed the connection
-
-        flooder = threading.Thread(target=flood, daemon=True)
-        flooder.start()
+        client.flood(json.dumps({"type": "input_audio_buffer.append", "audio": pcm16(audio[i:i + 16000])})
+                     for i in range(0, len(audio), 16000))
         from voxcli.engine.connect import connect_engine
 
         other = connect_engine(slow_server.url, timeout_s=60)  # meanwhile another session gets its text
@@ -513,9 +502,7 @@ def test_a_client_that_never_reads_is_dropped_and_slows_no_one(serve_engine, rea
         while slow_server.metric("voxcli_dropped_clients_total", '{reason="lost"}') < 1:
             assert time.monotonic() < deadline, "the client that never reads was not dropped"
             time.sleep(0.1)
-        stop.set()
-        client.sock.close()
-        flooder.join(10)
+        client.close()
         healthy_after(slow_server, realtime_engine, clips)
 
 

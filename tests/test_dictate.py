@@ -6,9 +6,11 @@ and wl-copy that record what they are asked to type), and each bad setup's one l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -68,10 +70,10 @@ def speaker(realtime_dir):
     rig.remove()
 
 
-def running(engine, **kw):
+def running(engine, speed: float = 4.0, **kw):
     from voxcli.measure.dictation import Pressing
 
-    return Pressing(engine, HELLO, speed=4.0, **kw)
+    return Pressing(engine, HELLO, speed=speed, **kw)
 
 
 def settled(target, timeout_s: float = 30.0, want: str | None = None) -> str:
@@ -154,6 +156,30 @@ def test_toggle_types_the_text_and_never_into_voxclis_own_terminal(target, speak
         run.close()
 
 
+def test_the_stop_key_ends_a_press_at_once(target, speaker):
+    """Esc (the default stop key) in the middle of a press: the words said after it are never
+    typed, its flush's neither; the window keeps what was typed before it."""
+    engine, rig = speaker
+    counting = " one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
+    rig.saying(counting)  # a token a step, at the clip's real speed: the words come over ~2 s
+    rig.reset()
+    run = running(engine, speed=1.0, toggle=True)
+    try:
+        target.key("key", "F9")
+        while "two" not in target.text():
+            assert run.thread.is_alive() and time.sleep(0.02) is None
+        target.key("key", "Escape")
+        time.sleep(0.3)
+        at_stop = target.text()
+        time.sleep(3.0)  # past the clip's words and the flush
+        assert target.text() == at_stop
+        assert counting.strip().startswith(at_stop) and "fifteen" not in at_stop, at_stop
+        assert not run.dictation.cancelled.is_set()  # the press is over: the next one types again
+    finally:
+        run.close()
+        rig.saying(PHRASE)
+
+
 # ------------------------------------------------------------------------------ no display
 
 
@@ -176,6 +202,28 @@ def test_hotkey_names():
             parse_hotkey(bad)
 
 
+def test_both_bindings_fire_once_per_press_whatever_listener_feeds_them():
+    """KeyState (pynput's and evdev's listeners feed it): the hotkey and the stop key, each once a
+    press, auto-repeat included; a sided modifier only on its side."""
+    from voxcli.dictate.hotkey import Binding, KeyState, sided_names
+
+    calls = []
+    state = KeyState([Binding(parse_hotkey("right_ctrl+space"), lambda: calls.append("down"),
+                              lambda: calls.append("up")),
+                      Binding(parse_hotkey("esc"), lambda: calls.append("stop"))])
+    state.press("lctrl", sided_names("ctrl_l"))
+    state.press("space", {"space"})
+    assert calls == []  # the left ctrl is not the right one
+    state.release("lctrl")
+    state.press("rctrl", sided_names("ctrl_r"))
+    state.press("space", {"space"})  # auto-repeat
+    state.press("esc", {"esc"})
+    state.release("esc")
+    state.release("space")
+    state.release("rctrl")
+    assert calls == ["down", "stop", "up"]
+
+
 def stand_ins(tmp_path: Path, *names: str) -> Path:
     """Programs that record their arguments and stdin in calls.txt, one call a line."""
     bin_dir = tmp_path / "bin"
@@ -183,7 +231,8 @@ def stand_ins(tmp_path: Path, *names: str) -> Path:
     for name in names:
         path = bin_dir / name
         path.write_text(f'#!/bin/sh\nin=""\n[ "{name}" = wl-copy ] && in=$(cat)\n'
-                        f'printf "%s\\n" "{name} $* <$in>" >> {tmp_path}/calls.txt\n')
+                        f'printf "%s\\n" "{name} $* <$in>" >> {tmp_path}/calls.txt\n'
+                        f'printf "%s\\n" "$YDOTOOL_SOCKET" >> {tmp_path}/sockets.txt\n')
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return bin_dir
 
@@ -191,7 +240,10 @@ def stand_ins(tmp_path: Path, *names: str) -> Path:
 def test_wayland_backends_in_their_order_with_the_clipboard_for_what_ydotool_cannot_type(tmp_path):
     from voxcli.dictate.typist import choose
 
-    wayland = {"WAYLAND_DISPLAY": "wayland-0"}
+    ydotoold = socket.socket(socket.AF_UNIX)
+    ydotoold.bind(str(tmp_path / "ydotool.sock"))  # a user service's socket: ydotool is told where it is
+    wayland = {"WAYLAND_DISPLAY": "wayland-0", "XDG_RUNTIME_DIR": str(tmp_path)}
+    (tmp_path / "ydotool.sock").rename(tmp_path / ".ydotool_socket")
 
     def which_in(bin_dir):
         return lambda name: shutil.which(name, path=str(bin_dir))
@@ -211,6 +263,7 @@ def test_wayland_backends_in_their_order_with_the_clipboard_for_what_ydotool_can
         assert (tmp_path / "calls.txt").read_text().splitlines() == [
             "ydotool type -- in Z <>", "wl-copy -- <ü>", "ydotool key 29:1 47:1 47:0 29:0 <>",
             "ydotool type -- rich now <>"]
+        assert set((tmp_path / "sockets.txt").read_text().split()) == {str(tmp_path / ".ydotool_socket")}
         clipboard = choose("clipboard", wayland, which_in(bin_dir))
         assert clipboard.name == "clipboard (wl-copy)"
     finally:
@@ -224,6 +277,99 @@ def test_wayland_backends_in_their_order_with_the_clipboard_for_what_ydotool_can
         choose("auto", {}, which_in(bin_dir))
 
 
+def test_ydotool_without_its_daemon_or_the_right_to_use_it_is_one_line(tmp_path):
+    """ydotool 1.x types through ydotoold, which holds /dev/uinput: no socket, or one this user
+    may not use, is a line saying what to do, before anything is typed."""
+    from voxcli.dictate.typist import choose, ydotool_socket
+
+    bin_dir = stand_ins(tmp_path, "ydotool", "wl-copy")
+    env = {"WAYLAND_DISPLAY": "wayland-0", "YDOTOOL_SOCKET": str(tmp_path / "nowhere.sock")}
+    with pytest.raises(ConfigError, match=r"ydotool needs ydotoold running, with write access to /dev/uinput") as e:
+        choose("auto", env, lambda name: shutil.which(name, path=str(bin_dir)))
+    assert str(tmp_path / "nowhere.sock") in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "nowhere.sock").touch()
+    with pytest.raises(ConfigError, match=r"no permission to use ydotoold's socket .* \(uinput\)"):
+        ydotool_socket(env, access=lambda path, mode: False)  # as root, every file is writable: the check is asked
+    assert ydotool_socket(env) == str(tmp_path / "nowhere.sock")
+
+
+class FakeKeyboard:
+    """An input device as python-evdev opens one: ``fd`` to wait on, ``read()`` the events queued."""
+
+    def __init__(self, keys: list[int]) -> None:
+        from evdev import ecodes
+
+        self.keys = {ecodes.EV_KEY: keys}
+        self.fd, self.w = os.pipe()
+        self.queued: list = []
+
+    def capabilities(self):
+        return self.keys
+
+    def send(self, code: int, value: int) -> None:
+        from evdev import InputEvent, ecodes
+
+        self.queued += [InputEvent(0, 0, ecodes.EV_KEY, code, value), InputEvent(0, 0, ecodes.EV_SYN, 0, 0)]
+        os.write(self.w, b"x")
+
+    def read(self):
+        os.read(self.fd, 64)
+        events, self.queued = self.queued, []
+        return iter(events)
+
+    def close(self) -> None:
+        for fd in (self.fd, self.w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def test_wayland_reads_the_hotkey_from_the_keyboards_or_says_why_it_cannot(tmp_path):
+    """evdev: only devices with keys count; one this user may not read is the input group's line;
+    the hotkey held on the keyboard and the stop key fire the bindings."""
+    from evdev import ecodes
+
+    from voxcli.cli.dictate import _keyboards
+    from voxcli.dictate.evdevkeys import EvdevListener, evdev_names, keyboards
+    from voxcli.dictate.hotkey import Binding
+
+    assert evdev_names(ecodes.KEY_RIGHTCTRL) == {"ctrl_r", "ctrl"} and evdev_names(ecodes.KEY_F9) == {"f9"}
+    assert parse_hotkey("altgr").held(evdev_names(ecodes.KEY_RIGHTALT))
+    for name in ("event0", "event1", "event2"):
+        (tmp_path / name).touch()
+    mouse, keyboard = FakeKeyboard([ecodes.BTN_LEFT]), FakeKeyboard([ecodes.KEY_A, ecodes.KEY_F9, ecodes.KEY_ESC])
+
+    def denied(path):
+        raise PermissionError(path)
+
+    opened = {"event0": denied, "event1": lambda path: mouse, "event2": lambda path: keyboard}
+    assert keyboards(str(tmp_path), lambda path: opened[Path(path).name](path)) == [keyboard]
+    with pytest.raises(RuntimeError, match=r"no permission to read the keyboard .*: add yourself to the input group"):
+        keyboards(str(tmp_path), denied)
+    with pytest.raises(RuntimeError, match="no keyboard among"):
+        keyboards(str(tmp_path / "nothing"))
+    keys, line = _keyboards({"WAYLAND_DISPLAY": "wayland-0"}, str(tmp_path / "nothing"))
+    assert keys is None and line.endswith("or bind `voxcli dictate --toggle-now` to a shortcut")
+    assert _keyboards({"DISPLAY": ":0"}) == (None, None)  # X11: pynput hears the keys
+
+    calls = []
+    listener = EvdevListener([keyboard], Binding(parse_hotkey("f9"), lambda: calls.append("down"),
+                                                 lambda: calls.append("up")),
+                             Binding(parse_hotkey("esc"), lambda: calls.append("stop")))
+    listener.start()
+    try:
+        for code, value in [(ecodes.KEY_F9, 1), (ecodes.KEY_F9, 2), (ecodes.KEY_ESC, 1), (ecodes.KEY_ESC, 0),
+                            (ecodes.KEY_F9, 0)]:
+            keyboard.send(code, value)
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        listener.stop()
+    assert calls == ["down", "stop", "up"]
+    assert not listener.thread.is_alive()
+
+
 def test_bad_setups_are_one_line_each(tmp_path):
     """Before any model loads: a hotkey that cannot be parsed, no display, no dictate to toggle."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
@@ -233,6 +379,8 @@ def test_bad_setups_are_one_line_each(tmp_path):
         (["--hotkey", "ctrl+banana"], 2, "unknown key 'banana'"),
         ([], 2, "no graphical session"),
         (["--toggle-now"], 1, "no voxcli dictate is running"),
+        (["--stop-hotkey", "f9"], 2, "--stop-hotkey 'f9' is the hotkey too"),
+        (["--stop-hotkey", "esc+"], 2, "--stop-hotkey 'esc+': keys joined by +"),
     ]:
         run = subprocess.run([*voxcli, *args, "--model", str(tmp_path / "nowhere")], capture_output=True, text=True,
                              env=env, timeout=60, cwd=ROOT)

@@ -174,9 +174,13 @@ class DictateConfig:
     hotkey: str = field(default="f9", metadata={
         "help": "dictate: the key (or keys joined by +, e.g. ctrl+alt+space, right_ctrl) to hold while speaking; "
                 "held with a modifier, a press's words are typed at its release (typed while held they would be "
-                "shortcuts); X11, macOS and Windows (on Wayland bind `voxcli dictate --toggle-now` to a shortcut)"})
+                "shortcuts); X11, macOS and Windows; on Wayland read from the keyboards (the input group), or bind "
+                "`voxcli dictate --toggle-now` to a shortcut"})
     toggle: bool = field(default=False, metadata={
         "help": "dictate: one press of the hotkey starts listening, the next stops (instead of holding it)"})
+    stop_hotkey: str = field(default="esc", metadata={
+        "help": "dictate: the key that stops a press at once: nothing more of it is typed (the words not yet "
+                "typed are dropped); '' for none"})
     type_with: str = field(default="auto", metadata=_choices(
         "auto", "keys", "clipboard", help="dictate: how words reach the focused window: auto picks for the desktop "
         "(X11: keys through XTest; Wayland: wtype, else ydotool, else the clipboard), keys, or the clipboard "

@@ -45,7 +45,8 @@ TRANSCRIBE = (*MODEL, *TOKENS, "transcription.language", "output.format", "outpu
 LISTEN = (*MODEL, *TOKENS, "output.plain", "output.low_confidence", "listen.device", "listen.save_dir",
           "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms", "transcription.final_model")
 DICTATE = (*MODEL, *TOKENS, "listen.device", "listen.save_dir", "listen.vad", "listen.flush_after_ms",
-           "transcription.final_delay_ms", "dictate.hotkey", "dictate.toggle", "dictate.type_with")
+           "transcription.final_delay_ms", "dictate.hotkey", "dictate.toggle", "dictate.stop_hotkey",
+           "dictate.type_with")
 SERVE = (*[k for k in MODEL if k not in ("model.server", "model.api_key")], *TOKENS, "serve.host", "serve.port",
          "serve.api_key", "serve.ssl_certfile", "serve.ssl_keyfile", "serve.max_sessions", "serve.wyoming",
          "serve.allow_origins")
@@ -156,8 +157,10 @@ def dictate_cmd(
     end of speech), never typed and taken back. Letting go flushes at once: the last words come
     within the flush, and nothing is typed after it. The model stays loaded between presses.
     Typing: X11 through XTest; Wayland through wtype, ydotool or the clipboard (auto picks;
-    --type-with forces). Nothing is ever typed into voxcli's own terminal (X11: it holds the text and
-    says so). Ctrl-C stops at once. At the end: hotkey down -> first character and release -> last
+    --type-with forces). The hotkey on Wayland: read from the keyboards (the input group), or bind
+    --toggle-now to a shortcut. Nothing is ever typed into voxcli's own terminal (X11: it holds the
+    text and says so). The stop key (Esc) ends a press at once, its words not yet typed dropped;
+    Ctrl-C stops at once. At the end: hotkey down -> first character and release -> last
     character, as percentiles.
 
     Example: `voxcli dictate --hotkey ctrl+alt+space` (or `--toggle` to press once to start, once to stop)

@@ -19,17 +19,15 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
     from voxcli.audio.capture import FileSource, MicSource
     from voxcli.cli.listen import _final_engine
     from voxcli.dictate.focus import own_window_check
-    from voxcli.dictate.hotkey import SIDED, KeyListener, parse_hotkey
+    from voxcli.dictate.hotkey import SIDED
     from voxcli.dictate.session import DictateWorker, Dictation
     from voxcli.dictate.typist import choose
     from voxcli.live.items import LiveOptions
 
     err = Console(stderr=True, highlight=False, soft_wrap=True, file=status_stream)
-    try:
-        hotkey = parse_hotkey(cfg.dictate.hotkey)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    hotkey, stop_key = _hotkeys(cfg)
     typist = choose(cfg.dictate.type_with)
+    keyboards, listener_note = _keyboards()
     focus_is_ours, focus_note = own_window_check()
     if input_path is not None:  # a file as the microphone: it plays from the first press on
         source = FileSource(input_path, speed=speed)
@@ -41,13 +39,12 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
         from voxcli.output.recorder import check_directory
 
         check_directory(cfg.listen.save_dir)
-    listener_note = None
     engine = load_engine(cfg, err)
     if engine.kind != "realtime":
         raise ConfigError("dictate types words as the model says them: it needs a Realtime model "
                           "(Voxtral Mini 4B Realtime)")
     final_engine = _final_engine(engine, cfg, load_engine, err)
-    status = StatusLine(err, typist.name, hotkey.text, cfg.dictate.toggle)
+    status = StatusLine(err, typist.name, hotkey.text, cfg.dictate.toggle, cfg.dictate.stop_hotkey)
     modifier = not cfg.dictate.toggle and any(k.split("_")[0] in SIDED for k in hotkey.keys)
     if modifier:
         err.print(f"voxcli dictate: {hotkey.text} is a modifier: keys typed while it is held would be shortcuts, so "
@@ -59,12 +56,9 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
     stop = threading.Event()
     worker = DictateWorker(engine, source, dictation.listening, stop, LiveOptions.from_config(cfg),
                            final_engine=final_engine, deferred=input_path is not None)
-    listener = KeyListener(hotkey, dictation.toggle if cfg.dictate.toggle else dictation.press,
-                           (lambda: None) if cfg.dictate.toggle else dictation.release)
-    try:
-        listener.start()
-    except RuntimeError as exc:  # Wayland, no display: the socket still toggles
-        listener_note = f"{exc}; bind `voxcli dictate --toggle-now` to a shortcut"
+    listener, note = _listener(keyboards, _bindings(cfg, hotkey, stop_key, dictation),
+                               lambda line: err.print(f"voxcli dictate: {line}", markup=False))
+    listener_note = listener_note or note
     from voxcli.dictate.control import ToggleSocket
 
     toggles = ToggleSocket(dictation.toggle)
@@ -91,6 +85,60 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
     return 0
 
 
+def _hotkeys(cfg: Config):
+    """The hotkey and the stop key (None for none), parsed: ConfigError, one line, when not."""
+    from voxcli.dictate.hotkey import parse_hotkey
+
+    try:
+        hotkey = parse_hotkey(cfg.dictate.hotkey)
+        stop_key = parse_hotkey(cfg.dictate.stop_hotkey, "--stop-hotkey") if cfg.dictate.stop_hotkey else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if stop_key is not None and stop_key.keys == hotkey.keys:
+        raise ConfigError(f"--stop-hotkey {cfg.dictate.stop_hotkey!r} is the hotkey too: choose another key, or ''")
+    return hotkey, stop_key
+
+
+def _keyboards(env: dict | None = None, folder: str | None = None):
+    """Wayland: (the keyboards to read the hotkey from, None), or (None, the line saying why not)."""
+    from voxcli.dictate.typist import desktop
+
+    if desktop(env) != "wayland":
+        return None, None
+    from voxcli.dictate.evdevkeys import INPUT_DIR, keyboards
+
+    try:
+        return keyboards(folder or INPUT_DIR), None
+    except (RuntimeError, ImportError) as exc:
+        return None, f"{str(exc).splitlines()[0]}; or bind `voxcli dictate --toggle-now` to a shortcut"
+
+
+def _bindings(cfg: Config, hotkey, stop_key, dictation) -> list:
+    from voxcli.dictate.hotkey import Binding
+
+    toggle = cfg.dictate.toggle
+    keys = [Binding(hotkey, dictation.toggle if toggle else dictation.press,
+                    (lambda: None) if toggle else dictation.release)]
+    return keys + ([Binding(stop_key, dictation.cancel)] if stop_key is not None else [])
+
+
+def _listener(keyboards, bindings: list, note: Callable[[str], None]):
+    """(the started listener, None), or (one that does nothing, the line saying why no hotkey)."""
+    from voxcli.dictate.hotkey import KeyListener
+
+    if keyboards is not None:
+        from voxcli.dictate.evdevkeys import EvdevListener
+
+        listener = EvdevListener(keyboards, *bindings, note=note)
+    else:
+        listener = KeyListener(*bindings)
+    try:
+        listener.start()
+    except RuntimeError as exc:  # no display: the socket still toggles
+        return KeyListener(), f"{exc}; bind `voxcli dictate --toggle-now` to a shortcut"
+    return listener, None
+
+
 def _recorder(cfg: Config, engine, input_path: Path | None):
     """--save: the session's files, as listen writes them (no keystroke is among them)."""
     if not cfg.listen.save_dir:
@@ -106,9 +154,10 @@ class StatusLine:
     """One line on stderr: idle, listening with the level, typing, held, and the text so far; on a
     terminal it is redrawn in place, elsewhere each change of state is a line of its own."""
 
-    def __init__(self, console: Console, backend: str, hotkey: str, toggle: bool) -> None:
+    def __init__(self, console: Console, backend: str, hotkey: str, toggle: bool, stop_key: str = "") -> None:
         self.console = console
-        self.prefix = f"[{backend}] {'press' if toggle else 'hold'} {hotkey}"
+        self.prefix = f"[{backend}] {'press' if toggle else 'hold'} {hotkey}" + (f", {stop_key} stops" if stop_key
+                                                                               else "")
         self.last_state = None
         self.live = console.is_terminal
 

@@ -68,6 +68,7 @@ FLAGS = [
     Flag("serve.allow_origins", ("--allow-origin",), "allow_origin"),
     Flag("dictate.hotkey", ("--hotkey",), "hotkey"),
     Flag("dictate.toggle", ("--toggle",), "toggle"),
+    Flag("dictate.stop_hotkey", ("--stop-hotkey",), "stop_hotkey"),
     Flag("dictate.type_with", ("--type-with",), "type_with"),
 ]
 BY_KEY = {f.key: f for f in FLAGS}

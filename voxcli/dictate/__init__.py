@@ -2,7 +2,8 @@
 
 ``session``: the engine thread's gated capture and the main thread's typing; ``words``: which text
 is final enough to type; ``typist``: the typing backends (XTest, wtype, ydotool, the clipboard);
-``hotkey``: the hotkey parsed and listened for; ``control``: ``--toggle-now`` over a local socket;
+``hotkey``: the hotkey parsed and listened for; ``evdevkeys``: the keyboards read on Wayland;
+``control``: ``--toggle-now`` over a local socket;
 ``focus``: whether voxcli's own terminal has focus. Imports live, audio and engine, never cli.
 """
 

@@ -8,8 +8,8 @@ focused window as each becomes final.
 The model stays loaded and warm between presses and the microphone open, so a press costs only
 capture, one step and typing. Audio while not listening is not heard (only its level is shown).
 A release flushes the stream at once, as an end of speech does in listen: the last words come out
-within the flush, and nothing is typed after its ``UtteranceDone``. Ctrl-C stops at once: nothing
-is typed after it, and an open stream is dropped unflushed (its rows freed). The session's stream cycle is the driver's (:mod:`voxcli.live.driver`): the
+within the flush, and nothing is typed after its ``UtteranceDone``. The stop key ends a press at
+once: nothing more of it is typed. Ctrl-C stops at once: nothing is typed after it, and an open stream is dropped unflushed (its rows freed). The session's stream cycle is the driver's (:mod:`voxcli.live.driver`): the
 endpointer, restarts and two-pass work as in listen; with two-pass only the final stream's words
 are typed.
 """
@@ -129,6 +129,7 @@ class Dictation:
         self.two_pass = two_pass
         self.listening = threading.Event()
         self.halted = threading.Event()  # Ctrl-C: nothing more is typed
+        self.cancelled = threading.Event()  # the stop key: nothing more of this press is typed
         self.words = FinalWords()
         self.typed = ""  # this press's
         self.held = ""  # kept back: voxcli's own terminal had focus
@@ -142,6 +143,7 @@ class Dictation:
 
     def press(self) -> None:
         if not self.listening.is_set():
+            self.cancelled.clear()  # a new press types again (a stop key the worker never saw is forgotten)
             self.t_down, self.t_release = time.perf_counter(), None
             self.listening.set()
 
@@ -153,6 +155,12 @@ class Dictation:
             self.release()
         else:
             self.press()
+
+    def cancel(self) -> None:
+        """The stop key: this press ends now, and nothing more of it is typed (its flush included)."""
+        if self.listening.is_set() or self.releasing:
+            self.cancelled.set()
+            self.listening.clear()
 
     # -- the main thread --
 
@@ -185,6 +193,8 @@ class Dictation:
             self._type(self.words.piece(item.event.text))
         elif isinstance(item, AudioIn):
             self.status("listening", f"{item.level_db:5.0f} dB  {self.typed[-60:]}")
+        elif isinstance(item, Level) and not self.releasing:  # the microphone works, between presses too
+            self.status("idle", f"{item.level_db:5.0f} dB" + (f"  held: {self.held[-60:]}" if self.held else ""))
         elif isinstance(item, Released):
             self.releasing, self.t_release = True, item.t
             self.status("typing", self.typed[-60:])
@@ -198,10 +208,13 @@ class Dictation:
                 self.figures.release_to_last_ms.append((self.t_last - self.t_release) * 1000.0)
             self.releasing = False
             self.words, self.typed, self.t_last = FinalWords(), "", None
-            self.status("idle", "held: " + self.held[-60:] if self.held else "")
+            cancelled = self.cancelled.is_set()
+            self.cancelled.clear()
+            self.status("idle", "stopped: the rest of that press was not typed" if cancelled else
+                        "held: " + self.held[-60:] if self.held else "")
 
     def _type(self, text: str, now: bool = False) -> None:
-        if not text or self.halted.is_set():
+        if not text or self.halted.is_set() or self.cancelled.is_set():
             return
         if self.hold_modifier and not now and (self.listening.is_set() or self.releasing):
             self.waiting += text  # typed at PressDone, once the modifier is up

@@ -4,7 +4,7 @@
 |---|---|---|
 | X11 | ``keys`` (XTest) | pynput for what the layout has; any other character through a spare keycode |
 | Wayland | ``wtype`` | the virtual-keyboard protocol (wlroots, KDE; not GNOME) |
-| Wayland | ``ydotool`` | uinput (any compositor; needs ydotoold and access to /dev/uinput): ASCII only |
+| Wayland | ``ydotool`` | uinput (any compositor; ydotool 1.x through ydotoold, which holds /dev/uinput): ASCII only |
 | Wayland | ``clipboard`` | ``wl-copy``, then ctrl+v through wtype or ydotool |
 | macOS, Windows | ``keys`` (pynput) | untested here |
 
@@ -99,13 +99,14 @@ class CommandTypist(Typist):
     """A program that types its argument: ``wtype -- TEXT``, ``ydotool type -- TEXT``."""
 
     def __init__(self, name: str, command: list[str], *, ascii_only: bool = False,
-                 fallback: Typist | None = None) -> None:
+                 fallback: Typist | None = None, env: dict | None = None) -> None:
         self.name, self.command, self.ascii_only, self.fallback = name, command, ascii_only, fallback
+        self.env = env  # the command's environment (ydotool: where ydotoold's socket is)
 
     def type(self, text: str) -> None:
         for run, plain in _runs(text) if self.ascii_only else [(text, True)]:
             if plain:
-                _run([*self.command, run])
+                _run([*self.command, run], env=self.env)
             elif self.fallback is not None:
                 self.fallback.type(run)
             else:
@@ -115,13 +116,14 @@ class CommandTypist(Typist):
 class ClipboardTypist(Typist):
     """Copy, then the paste keystroke (``paste``: a command that presses ctrl+v)."""
 
-    def __init__(self, copy: list[str], paste: list[str] | None, name: str = "clipboard") -> None:
-        self.copy, self.paste, self.name = copy, paste, name
+    def __init__(self, copy: list[str], paste: list[str] | None, name: str = "clipboard",
+                 env: dict | None = None) -> None:
+        self.copy, self.paste, self.name, self.env = copy, paste, name, env
 
     def type(self, text: str) -> None:
         _run(self.copy, stdin=text)
         if self.paste is not None:
-            _run(self.paste)
+            _run(self.paste, env=self.env)
 
 
 def _runs(text: str) -> list[tuple[str, bool]]:
@@ -136,9 +138,9 @@ def _runs(text: str) -> list[tuple[str, bool]]:
     return runs
 
 
-def _run(command: list[str], stdin: str | None = None) -> None:
+def _run(command: list[str], stdin: str | None = None, env: dict | None = None) -> None:
     try:
-        done = subprocess.run(command, input=stdin, text=True, capture_output=True, timeout=TIMEOUT_S)
+        done = subprocess.run(command, input=stdin, text=True, capture_output=True, timeout=TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"{command[0]} took more than {TIMEOUT_S:g} s to type; stopped") from None
     if done.returncode != 0:
@@ -167,7 +169,7 @@ def choose(forced: str = "auto", env: dict | None = None, which: Callable[[str],
         raise ConfigError("no graphical session (DISPLAY and WAYLAND_DISPLAY are unset): dictate types into the "
                           "focused window of one")
     if kind == "wayland":
-        return _wayland(forced, which)
+        return _wayland(forced, which, os.environ if env is None else env)
     if forced == "clipboard":
         if kind != "x11" or not which("xclip"):
             raise ConfigError("--type-with clipboard on X11 needs xclip (apt install xclip)")
@@ -190,10 +192,31 @@ class _X11Clipboard(ClipboardTypist):
             self.keys.keyboard.tap("v")
 
 
-def _wayland(forced: str, which) -> Typist:
+def ydotool_socket(env: dict, access: Callable[[str, int], bool] = os.access) -> str:
+    """Where ydotoold listens: ``$YDOTOOL_SOCKET``, else ydotool's own default (/tmp), else a user
+    service's ($XDG_RUNTIME_DIR). ConfigError, one line, when none is there or this user may not
+    use it: ydotool 1.x types only through ydotoold, the one that holds /dev/uinput."""
+    named = env.get("YDOTOOL_SOCKET")
+    places = [named] if named else ["/tmp/.ydotool_socket", *([os.path.join(env["XDG_RUNTIME_DIR"], ".ydotool_socket")]
+                                                              if env.get("XDG_RUNTIME_DIR") else [])]
+    for place in places:
+        if os.path.exists(place):
+            if not access(place, os.R_OK | os.W_OK):
+                raise ConfigError(f"no permission to use ydotoold's socket {place} (uinput): start ydotoold with "
+                                  f"--socket-own=$(id -u):$(id -g), or install wtype")
+            return place
+    raise ConfigError(f"ydotool needs ydotoold running, with write access to /dev/uinput (no socket at "
+                      f"{' or '.join(places)}): `sudo ydotoold &` or its service, or install wtype")
+
+
+def _wayland(forced: str, which, env: dict) -> Typist:
+    ydotool_env = None
+    if which("ydotool") and not which("wtype"):
+        ydotool_env = {**os.environ, "YDOTOOL_SOCKET": ydotool_socket(env)}
     paste = ["wtype", "-M", "ctrl", "v", "-m", "ctrl"] if which("wtype") else \
         ["ydotool", "key", "29:1", "47:1", "47:0", "29:0"] if which("ydotool") else None
-    clipboard = ClipboardTypist(["wl-copy", "--"], paste, "clipboard (wl-copy)") if which("wl-copy") else None
+    clipboard = ClipboardTypist(["wl-copy", "--"], paste, "clipboard (wl-copy)", env=ydotool_env) \
+        if which("wl-copy") else None
     if forced == "clipboard":
         if clipboard is None:
             raise ConfigError("--type-with clipboard on Wayland needs wl-copy (apt install wl-clipboard)")
@@ -201,7 +224,8 @@ def _wayland(forced: str, which) -> Typist:
     if which("wtype"):
         return CommandTypist("wtype", ["wtype", "--"])
     if which("ydotool"):
-        return CommandTypist("ydotool", ["ydotool", "type", "--"], ascii_only=True, fallback=clipboard)
+        return CommandTypist("ydotool", ["ydotool", "type", "--"], ascii_only=True, fallback=clipboard,
+                             env=ydotool_env)
     if clipboard is not None and forced == "auto":
         return clipboard
     raise ConfigError("Wayland: nothing can type here; install wtype (wlroots, KDE) or ydotool (any compositor, "

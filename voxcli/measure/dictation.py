@@ -93,10 +93,10 @@ class Pressing:
     """One dictation over ``clip`` (a file replayed as the microphone from the first press), its
     hotkey listened for, in threads of this process."""
 
-    def __init__(self, engine, clip: Path, *, toggle: bool = False, hotkey: str = "f9", speed: float = 1.0,
-                 focus_is_ours=lambda: False, recorder=None) -> None:
+    def __init__(self, engine, clip: Path, *, toggle: bool = False, hotkey: str = "f9", stop_hotkey: str = "esc",
+                 speed: float = 1.0, focus_is_ours=lambda: False, recorder=None) -> None:
         from voxcli.audio.capture import FileSource
-        from voxcli.dictate.hotkey import KeyListener, parse_hotkey
+        from voxcli.dictate.hotkey import Binding, KeyListener, parse_hotkey
         from voxcli.dictate.session import DictateWorker, Dictation
         from voxcli.dictate.typist import choose
 
@@ -105,8 +105,9 @@ class Pressing:
         source = FileSource(clip, speed=speed)
         source.check()
         self.worker = DictateWorker(engine, source, d.listening, self.stop, deferred=True)
-        self.keys = KeyListener(parse_hotkey(hotkey), d.toggle if toggle else d.press,
-                                (lambda: None) if toggle else d.release)
+        self.keys = KeyListener(Binding(parse_hotkey(hotkey), d.toggle if toggle else d.press,
+                                        (lambda: None) if toggle else d.release),
+                                Binding(parse_hotkey(stop_hotkey), d.cancel))
         self.keys.start()
         self.thread = threading.Thread(target=d.run, args=(self.worker, self.stop), daemon=True)
         self.thread.start()

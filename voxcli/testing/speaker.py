@@ -15,7 +15,8 @@ from __future__ import annotations
 
 class Say:
     def __init__(self, engine, text: str, start: int) -> None:
-        self.ids = engine.proc.tekken.encode(text, bos=False, eos=False)
+        self.tekken = engine.proc.tekken
+        self.ids = self.tekken.encode(text, bos=False, eos=False)
         self.blank = engine.blank_id
         self.start = start
         self.calls = 0
@@ -30,6 +31,10 @@ class Say:
 
     def reset(self) -> None:
         self.calls = 0
+
+    def saying(self, text: str) -> None:
+        """Say ``text`` from the next ``reset()`` on."""
+        self.ids = self.tekken.encode(text, bos=False, eos=False)
 
     def remove(self) -> None:
         self.handle.remove()

@@ -180,7 +180,78 @@ def test_the_stop_key_ends_a_press_at_once(target, speaker):
         rig.saying(PHRASE)
 
 
+def test_live_correct_types_provisional_words_then_the_final_streams_in_their_place(target, speaker):
+    """--live-correct, two-pass: the provisional stream (the rig's first row) says other words than
+    the final one. Its words show in the window first; backspaces put the final stream's in their
+    place; at the end the window holds exactly the final stream's text."""
+    engine, rig = speaker
+    final_engine = engine.with_delay(960)
+    rig.saying(" Grüsse aus Zürich, Tokyo ist schön", final=PHRASE)
+    seen = set()
+    run = running(engine, speed=1.0, final_engine=final_engine, live_correct=True)
+    try:
+        target.key("keydown", "F9")
+        deadline = time.monotonic() + 60
+        while run.worker.driver.heard < CLIP_S * 16000 - 320 and time.monotonic() < deadline:
+            seen.add(target.text())
+            time.sleep(0.02)
+        target.key("keyup", "F9")
+        assert settled(target, want=PHRASE.strip()) == PHRASE.strip()
+        time.sleep(1.0)
+        assert target.text() == PHRASE.strip()
+        figures = run.dictation.figures
+        assert figures.backspaces[0] > 0 and figures.corrections[0] > 0
+        assert any("Grüsse" in text for text in seen), seen  # the provisional word was typed, then taken back
+    finally:
+        run.close()
+        rig.saying(PHRASE)
+
+
+def test_backspace_takes_back_characters_of_any_script(target):
+    from voxcli.dictate.typist import choose
+
+    typist = choose("auto")
+    assert typist.can_erase
+    typist.type("Grüße aus 東京")
+    typist.backspace(2)
+    typist.type("Zürich")
+    assert settled(target, want="Grüße aus Zürich") == "Grüße aus Zürich"
+
+
 # ------------------------------------------------------------------------------ no display
+
+
+def tokens(stream, *pieces):
+    from voxcli.events import StreamRole, TokenEvent
+
+    return [(StreamRole(stream), TokenEvent(i, 0, text, 0.0, audio_start_s=end - 0.08, audio_end_s=end))
+            for i, (text, end) in enumerate(pieces)]
+
+
+def test_live_correct_takes_back_only_what_the_final_stream_changes():
+    """Whole words on both sides, aligned by the audio they cover: the window holds the provisional
+    words until final ones cover their audio; only where they differ are keys taken back."""
+    from voxcli.dictate.correct import LiveCorrect
+
+    said = [*tokens("provisional", (" I", 0.2), (" scream", 0.5), (" for", 0.7)),
+            *tokens("final", (" Ice", 0.2)), *tokens("provisional", (" you", 0.9)),
+            *tokens("final", (" cream", 0.5), (" for", 0.7), (" you", 0.9), (".", 0.95))]
+    correct, window, states = LiveCorrect(), "", []
+    for stream, event in said:
+        back, text = correct.token(event, stream)
+        window = window[:len(window) - back] + text
+        states.append(window)
+    back, text = correct.end()
+    window = window[:len(window) - back] + text
+    assert states == ["", "I", "I scream", "I scream", "I scream for", "Ice scream for", "Ice cream for",
+                      "Ice cream for", "Ice cream for you."]
+    assert window == "Ice cream for you." and correct.screen == window
+    assert (correct.backspaces, correct.corrections) == (len("I scream for") - 1 + len("scream for"), 2)
+    same = LiveCorrect()  # both streams agree: a provisional word turns final without a key
+    for stream, event in [*tokens("provisional", (" one", 0.2), (" two", 0.4), (" three", 0.6)),
+                          *tokens("final", (" one", 0.2), (" two", 0.4), (" three", 0.6))]:
+        same.token(event, stream)
+    assert same.end() == (0, " three") and same.backspaces == 0 and same.screen == "one two three"
 
 
 def test_only_whole_words_are_final():

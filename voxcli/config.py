@@ -181,6 +181,9 @@ class DictateConfig:
     stop_hotkey: str = field(default="esc", metadata={
         "help": "dictate: the key that stops a press at once: nothing more of it is typed (the words not yet "
                 "typed are dropped); '' for none"})
+    live_correct: bool = field(default=False, metadata={
+        "help": "dictate, two-pass: type the provisional stream's words at once, and put the final stream's in "
+                "their place with backspaces where they differ (instead of typing only final words)"})
     type_with: str = field(default="auto", metadata=_choices(
         "auto", "keys", "clipboard", help="dictate: how words reach the focused window: auto picks for the desktop "
         "(X11: keys through XTest; Wayland: wtype, else ydotool, else the clipboard), keys, or the clipboard "

@@ -46,7 +46,7 @@ LISTEN = (*MODEL, *TOKENS, "output.plain", "output.low_confidence", "listen.devi
           "listen.vad", "listen.flush_after_ms", "transcription.final_delay_ms", "transcription.final_model")
 DICTATE = (*MODEL, *TOKENS, "listen.device", "listen.save_dir", "listen.vad", "listen.flush_after_ms",
            "transcription.final_delay_ms", "dictate.hotkey", "dictate.toggle", "dictate.stop_hotkey",
-           "dictate.type_with")
+           "dictate.live_correct", "dictate.type_with")
 SERVE = (*[k for k in MODEL if k not in ("model.server", "model.api_key")], *TOKENS, "serve.host", "serve.port",
          "serve.api_key", "serve.ssl_certfile", "serve.ssl_keyfile", "serve.max_sessions", "serve.wyoming",
          "serve.allow_origins")
@@ -194,7 +194,8 @@ def bench_cmd(
     final_delay_ms: Annotated[int | None, typer.Option(
         "--final-delay-ms", show_default=False,
         help="With --paced: two-pass, as `listen --final-delay-ms`: provisional and final word latency, "
-             "the revision rate and both step times.")] = None,
+             "the revision rate and both step times. With --dictate: dictation typing the final stream's "
+             "words.")] = None,
     plot: Annotated[Path | None, typer.Option(
         "--plot", show_default=False, help="Also draw the figures into this picture (.png or .svg; "
         "as `voxcli report` does).")] = None,
@@ -208,6 +209,9 @@ def bench_cmd(
         "--dictate", help="Measure dictation as a person meets it: in an X server of its own (Xvfb; xdotool), "
                           "each clip replayed as the microphone while the hotkey is held, typed into a window: "
                           "hotkey down -> first character, release -> last character.")] = False,
+    live_correct: Annotated[bool, typer.Option(
+        "--live-correct", help="With --dictate and --final-delay-ms: as `dictate --live-correct` (provisional "
+                               "words typed, then corrected): also the characters taken back per press.")] = False,
     config: ConfigOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Measure latency as percentiles (n, p50, p90, p95, p99, mean, min, max).
@@ -227,7 +231,8 @@ def bench_cmd(
                                         batch_words=batch_words, json_path=json_path,
                                         load_engine=partial(load_engine, debug=debug),
                                         concurrency=concurrency, plot_path=plot,
-                                        final_delay_ms=final_delay_ms, dictate=dictate), debug)
+                                        final_delay_ms=final_delay_ms, dictate=dictate,
+                                        live_correct=live_correct), debug)
 
 
 @app.command("serve")

@@ -26,7 +26,8 @@ def default_clips() -> list[Path]:
 
 def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int, paced: bool,
                       batch_words: int, json_path: Path | None, load_engine, concurrency: int = 0,
-                      plot_path: Path | None = None, final_delay_ms: int | None = None, dictate: bool = False) -> int:
+                      plot_path: Path | None = None, final_delay_ms: int | None = None, dictate: bool = False,
+                      live_correct: bool = False) -> int:
     from voxcli.audio.decode import load_audio
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -54,7 +55,9 @@ def run_bench_command(cfg: Config, paths: list[Path], *, runs: int, warmup: int,
     if concurrency:
         return _load_command(engine, clips, concurrency, paced, json_path, out, err)
     if dictate:
-        return _dictate_command(engine, clips, runs, json_path, out, err)
+        return _dictate_command(engine, clips, runs, json_path, out, err, final_delay_ms, live_correct)
+    if live_correct:
+        raise VoxcliError("--live-correct measures dictation: it needs --dictate (and --final-delay-ms)")
     from voxcli.live.items import LiveOptions
 
     live = LiveOptions.from_config(cfg)  # as listen runs: the same endpointer, the same restarts
@@ -112,17 +115,27 @@ def _verdicts(summary: dict, batch_words: int) -> str:
     return "\n".join(lines)
 
 
-def _dictate_command(engine, clips, runs: int, json_path, out: Console, err: Console) -> int:
+def _dictate_command(engine, clips, runs: int, json_path, out: Console, err: Console, final_delay_ms: int | None,
+                     live_correct: bool) -> int:
     from voxcli.measure.dictation import measure_dictation
     from voxcli.measure.environment import environment
 
     if engine.kind != "realtime":
         raise VoxcliError("--dictate measures dictation, which needs a Realtime model")
+    if live_correct and final_delay_ms is None:
+        raise VoxcliError("--live-correct corrects two-pass's provisional words: give --final-delay-ms too")
+    if final_delay_ms is not None and (not engine.info.other_delays or final_delay_ms <= engine.info.delay_ms):
+        raise VoxcliError(f"--final-delay-ms {final_delay_ms}: two-pass needs a local Realtime model and a delay "
+                          f"longer than its {engine.info.delay_ms} ms")
+    final_engine = engine.with_delay(final_delay_ms) if final_delay_ms is not None else None
     with err.status(f"dictating {len(clips)} clip(s) x {runs} presses into an Xvfb window ..."):
-        samples = measure_dictation(engine, [c.path for c in clips], runs)
+        samples = measure_dictation(engine, [c.path for c in clips], runs, final_engine=final_engine,
+                                    live_correct=live_correct)
     rows = {k: summarize(v) for k, v in samples.items()}
-    out.print(metrics_table(f"{engine.info.model} on {engine.info.device}: dictation, {runs} press(es) per clip "
-                            f"(hotkey held while the clip plays at real speed)", rows))
+    mode = "" if final_engine is None else f", two-pass at {final_delay_ms} ms" + (
+        ", --live-correct" if live_correct else " (final words only)")
+    out.print(metrics_table(f"{engine.info.model} on {engine.info.device}: dictation{mode}, {runs} press(es) per "
+                            f"clip (hotkey held while the clip plays at real speed)", rows))
     if json_path is not None:
         json_path.write_text(json.dumps({"environment": environment(engine), "dictation": {"samples": samples,
                                                                                           "summary": rows}}, indent=1))

@@ -27,6 +27,7 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
     err = Console(stderr=True, highlight=False, soft_wrap=True, file=status_stream)
     hotkey, stop_key = _hotkeys(cfg)
     typist = choose(cfg.dictate.type_with)
+    _check_live_correct(cfg, typist)
     keyboards, listener_note = _keyboards()
     focus_is_ours, focus_note = own_window_check()
     if input_path is not None:  # a file as the microphone: it plays from the first press on
@@ -52,7 +53,7 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
                   markup=False)
     recorder = _recorder(cfg, engine, input_path)
     dictation = Dictation(typist, focus_is_ours=focus_is_ours, status=status.show, two_pass=final_engine is not None,
-                          hold_modifier=modifier, recorder=recorder)
+                          hold_modifier=modifier, recorder=recorder, live_correct=cfg.dictate.live_correct)
     stop = threading.Event()
     worker = DictateWorker(engine, source, dictation.listening, stop, LiveOptions.from_config(cfg),
                            final_engine=final_engine, deferred=input_path is not None)
@@ -97,6 +98,16 @@ def _hotkeys(cfg: Config):
     if stop_key is not None and stop_key.keys == hotkey.keys:
         raise ConfigError(f"--stop-hotkey {cfg.dictate.stop_hotkey!r} is the hotkey too: choose another key, or ''")
     return hotkey, stop_key
+
+
+def _check_live_correct(cfg: Config, typist) -> None:
+    if not cfg.dictate.live_correct:
+        return
+    if cfg.transcription.final_delay_ms is None and cfg.transcription.final_model is None:
+        raise ConfigError("--live-correct puts two-pass's final words in place of the provisional ones: give "
+                          "--final-delay-ms too (e.g. 2400)")
+    if not typist.can_erase:
+        raise ConfigError(f"--live-correct presses backspace, which {typist.name} cannot: install wtype or ydotool")
 
 
 def _keyboards(env: dict | None = None, folder: str | None = None):
@@ -181,3 +192,7 @@ class StatusLine:
             if s["n"]:
                 self.console.print(f"{name}: p50 {s['p50']:.0f} ms, p95 {s['p95']:.0f} ms (n={s['n']})",
                                    markup=False)
+        if figures.backspaces:
+            self.console.print(f"--live-correct: {sum(figures.backspaces)} characters taken back in "
+                               f"{sum(figures.corrections)} corrections over {len(figures.backspaces)} press(es)",
+                               markup=False)

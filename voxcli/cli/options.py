@@ -69,6 +69,7 @@ FLAGS = [
     Flag("dictate.hotkey", ("--hotkey",), "hotkey"),
     Flag("dictate.toggle", ("--toggle",), "toggle"),
     Flag("dictate.stop_hotkey", ("--stop-hotkey",), "stop_hotkey"),
+    Flag("dictate.live_correct", ("--live-correct",), "live_correct"),
     Flag("dictate.type_with", ("--type-with",), "type_with"),
 ]
 BY_KEY = {f.key: f for f in FLAGS}

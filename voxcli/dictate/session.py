@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from voxcli.audio.capture import level_db
+from voxcli.dictate.correct import LiveCorrect
 from voxcli.dictate.words import FinalWords
 from voxcli.events import StreamRole
 from voxcli.live.driver import StreamDriver, cycle
@@ -107,6 +108,9 @@ class Figures:
 
     first_char_ms: list[float] = field(default_factory=list)
     release_to_last_ms: list[float] = field(default_factory=list)
+    presses: int = 0  # presses over (their flush done)
+    backspaces: list[int] = field(default_factory=list)  # --live-correct: characters taken back, per press
+    corrections: list[int] = field(default_factory=list)  # --live-correct: the edits that took any back, per press
 
 
 class Dictation:
@@ -117,10 +121,14 @@ class Dictation:
 
     def __init__(self, typist, *, focus_is_ours: Callable[[], bool] = lambda: False,
                  status: Callable[[str, str], None] = lambda state, text: None, two_pass: bool = False,
-                 hold_modifier: bool = False, recorder=None) -> None:
+                 hold_modifier: bool = False, recorder=None, live_correct: bool = False) -> None:
         """``hold_modifier``: the hotkey held is (or has) a modifier, so a key typed while it is
-        down would reach the app as a shortcut (ctrl+h): the press's words wait for the release."""
+        down would reach the app as a shortcut (ctrl+h): the press's words wait for the release.
+        ``live_correct`` (two-pass): provisional words typed at once, final ones put in their
+        place with backspaces where they differ (:mod:`voxcli.dictate.correct`)."""
         self.typist = typist
+        self.live_correct = live_correct
+        self.correct = LiveCorrect() if live_correct else None
         self.recorder = recorder  # --save: the audio heard and the tokens, as listen saves them; no keystroke
         self.hold_modifier = hold_modifier
         self.waiting = ""  # words of a press held with a modifier, typed at its release
@@ -137,6 +145,7 @@ class Dictation:
         self.t_down: float | None = None
         self.t_release: float | None = None
         self.t_last: float | None = None  # the last character typed
+        self.first_done = False  # this press's first character is typed (and timed)
         self.releasing = False
 
     # -- the hotkey (any thread) --
@@ -188,9 +197,11 @@ class Dictation:
                                                                                   if item.stream else {})}
                 self.recorder.write_event(item.event, transcript=item.stream != StreamRole.PROVISIONAL, **extra)
         if isinstance(item, LiveToken):
-            if self.two_pass and item.stream == StreamRole.PROVISIONAL:
-                return
-            self._type(self.words.piece(item.event.text))
+            if self.correct is not None and item.stream != StreamRole.ONLY:
+                back, text = self.correct.token(item.event, item.stream)
+                self._type(text, back=back)
+            elif not (self.two_pass and item.stream == StreamRole.PROVISIONAL):
+                self._type(self.words.piece(item.event.text))
         elif isinstance(item, AudioIn):
             self.status("listening", f"{item.level_db:5.0f} dB  {self.typed[-60:]}")
         elif isinstance(item, Level) and not self.releasing:  # the microphone works, between presses too
@@ -199,32 +210,54 @@ class Dictation:
             self.releasing, self.t_release = True, item.t
             self.status("typing", self.typed[-60:])
         elif isinstance(item, UtteranceDone):
-            self._type(self.words.end())
+            self._end()
         elif isinstance(item, PressDone):  # the press is over: nothing more is typed for it
-            self._type(self.words.end())
+            self._end()
+            if self.correct is not None:
+                self.figures.backspaces.append(self.correct.backspaces)
+                self.figures.corrections.append(self.correct.corrections)
+                self.correct = LiveCorrect()
             waiting, self.waiting = self.waiting, ""
             self._type(waiting, now=True)
             if self.t_release is not None and self.t_last is not None and self.t_last >= self.t_release:
                 self.figures.release_to_last_ms.append((self.t_last - self.t_release) * 1000.0)
             self.releasing = False
-            self.words, self.typed, self.t_last = FinalWords(), "", None
+            self.figures.presses += 1
+            self.words, self.typed, self.t_last, self.first_done = FinalWords(), "", None, False
             cancelled = self.cancelled.is_set()
             self.cancelled.clear()
             self.status("idle", "stopped: the rest of that press was not typed" if cancelled else
                         "held: " + self.held[-60:] if self.held else "")
 
-    def _type(self, text: str, now: bool = False) -> None:
-        if not text or self.halted.is_set() or self.cancelled.is_set():
+    def _end(self) -> None:
+        """An end of speech: the words held are whole (with --live-correct, the final stream's)."""
+        if self.correct is not None:
+            back, text = self.correct.end()
+            self._type(text, back=back)
+        else:
+            self._type(self.words.end())
+
+    def _type(self, text: str, now: bool = False, back: int = 0) -> None:
+        """Type ``text`` after taking back ``back`` characters (--live-correct)."""
+        if not (text or back) or self.halted.is_set() or self.cancelled.is_set():
             return
         if self.hold_modifier and not now and (self.listening.is_set() or self.releasing):
-            self.waiting += text  # typed at PressDone, once the modifier is up
+            self.waiting = _cut(self.waiting, back) + text  # typed at PressDone, once the modifier is up
             return
         if self.focus_is_ours():
-            self.held += text
+            self.held = _cut(self.held, back) + text
             self.status("held", "voxcli's own terminal has focus: not typed")
             return
-        self.typist.type(text)
-        if not self.typed and self.t_down is not None:
+        if back:
+            self.typist.backspace(back)
+        if text:
+            self.typist.type(text)
+        if not self.first_done and text and self.t_down is not None:
             self.figures.first_char_ms.append((time.perf_counter() - self.t_down) * 1000.0)
-        self.typed += text
+            self.first_done = True
+        self.typed = _cut(self.typed, back) + text
         self.t_last = time.perf_counter()
+
+
+def _cut(text: str, back: int) -> str:
+    return text[:max(0, len(text) - back)]

@@ -31,9 +31,14 @@ class Typist:
     """Types text into whatever window has focus."""
 
     name = "?"
+    can_erase = False  # whether ``backspace`` works (--live-correct needs it)
 
     def type(self, text: str) -> None:
         raise NotImplementedError
+
+    def backspace(self, n: int) -> None:
+        """Take back the ``n`` characters before the cursor (--live-correct)."""
+        raise ConfigError(f"{self.name} cannot press backspace")
 
 
 class KeysTypist(Typist):
@@ -48,8 +53,16 @@ class KeysTypist(Typist):
             raise ConfigError(f"cannot type keys: {str(exc).splitlines()[0]}") from None
         self.keyboard = Controller()
 
+    can_erase = True
+
     def type(self, text: str) -> None:
         self.keyboard.type(text)
+
+    def backspace(self, n: int) -> None:
+        from pynput.keyboard import Key
+
+        for _ in range(n):
+            self.keyboard.tap(Key.backspace)
 
 
 class XTestTypist(KeysTypist):
@@ -99,9 +112,16 @@ class CommandTypist(Typist):
     """A program that types its argument: ``wtype -- TEXT``, ``ydotool type -- TEXT``."""
 
     def __init__(self, name: str, command: list[str], *, ascii_only: bool = False,
-                 fallback: Typist | None = None, env: dict | None = None) -> None:
+                 fallback: Typist | None = None, env: dict | None = None,
+                 erase: Callable[[int], list[str]] | None = None) -> None:
         self.name, self.command, self.ascii_only, self.fallback = name, command, ascii_only, fallback
         self.env = env  # the command's environment (ydotool: where ydotoold's socket is)
+        self.erase = erase  # n -> the command that presses backspace n times
+        self.can_erase = erase is not None
+
+    def backspace(self, n: int) -> None:
+        if n > 0 and self.erase is not None:
+            _run(self.erase(n), env=self.env)
 
     def type(self, text: str) -> None:
         for run, plain in _runs(text) if self.ascii_only else [(text, True)]:
@@ -117,8 +137,14 @@ class ClipboardTypist(Typist):
     """Copy, then the paste keystroke (``paste``: a command that presses ctrl+v)."""
 
     def __init__(self, copy: list[str], paste: list[str] | None, name: str = "clipboard",
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, erase: Callable[[int], list[str]] | None = None) -> None:
         self.copy, self.paste, self.name, self.env = copy, paste, name, env
+        self.erase = erase
+        self.can_erase = erase is not None
+
+    def backspace(self, n: int) -> None:
+        if n > 0 and self.erase is not None:
+            _run(self.erase(n), env=self.env)
 
     def type(self, text: str) -> None:
         _run(self.copy, stdin=text)
@@ -180,9 +206,14 @@ def choose(forced: str = "auto", env: dict | None = None, which: Callable[[str],
 class _X11Clipboard(ClipboardTypist):
     """xclip holds the text; pynput presses ctrl+v."""
 
+    can_erase = True
+
     def __init__(self) -> None:
         super().__init__(["xclip", "-selection", "clipboard"], None, "clipboard (xclip)")
         self.keys = KeysTypist()
+
+    def backspace(self, n: int) -> None:
+        self.keys.backspace(n)
 
     def type(self, text: str) -> None:
         super().type(text)
@@ -215,17 +246,19 @@ def _wayland(forced: str, which, env: dict) -> Typist:
         ydotool_env = {**os.environ, "YDOTOOL_SOCKET": ydotool_socket(env)}
     paste = ["wtype", "-M", "ctrl", "v", "-m", "ctrl"] if which("wtype") else \
         ["ydotool", "key", "29:1", "47:1", "47:0", "29:0"] if which("ydotool") else None
-    clipboard = ClipboardTypist(["wl-copy", "--"], paste, "clipboard (wl-copy)", env=ydotool_env) \
+    erase = (lambda n: ["wtype", *["-k", "BackSpace"] * n]) if which("wtype") else \
+        (lambda n: ["ydotool", "key", *["14:1", "14:0"] * n]) if which("ydotool") else None
+    clipboard = ClipboardTypist(["wl-copy", "--"], paste, "clipboard (wl-copy)", env=ydotool_env, erase=erase) \
         if which("wl-copy") else None
     if forced == "clipboard":
         if clipboard is None:
             raise ConfigError("--type-with clipboard on Wayland needs wl-copy (apt install wl-clipboard)")
         return clipboard
     if which("wtype"):
-        return CommandTypist("wtype", ["wtype", "--"])
+        return CommandTypist("wtype", ["wtype", "--"], erase=erase)
     if which("ydotool"):
         return CommandTypist("ydotool", ["ydotool", "type", "--"], ascii_only=True, fallback=clipboard,
-                             env=ydotool_env)
+                             env=ydotool_env, erase=erase)
     if clipboard is not None and forced == "auto":
         return clipboard
     raise ConfigError("Wayland: nothing can type here; install wtype (wlroots, KDE) or ydotool (any compositor, "

@@ -18,30 +18,43 @@ it); later words keep the space the model put before them.
 
 from __future__ import annotations
 
-ENDS_A_WORD = ".,!?;:…。、！？"
+from voxcli.live.twopass import ENDS_A_WORD
 
 
 class FinalWords:
     def __init__(self) -> None:
-        self.held = ""  # said, not yet known to be a whole word
+        self.items: list[tuple[str, object]] = []  # said, not yet known to be a whole word: (text, item)
         self.typed_any = False
+
+    @property
+    def held(self) -> str:
+        return "".join(text for text, _ in self.items)
+
+    def add(self, text: str, item: object = None) -> list[tuple[str, object]]:
+        """A new piece and what it came with (a token): the pieces, with theirs, now in whole words."""
+        if not text:
+            return []
+        out: list[tuple[str, object]] = []
+        if text[0].isspace() and self.held.strip():  # the held word is complete
+            out, self.items = self.items, []
+        self.items.append((text, item))
+        held = self.held
+        if held.rstrip()[-1:] in ENDS_A_WORD and held.strip():
+            out, self.items = out + self.items, []
+        return out
+
+    def take(self) -> list[tuple[str, object]]:
+        """The end of speech: every piece held is in a whole word now."""
+        out, self.items = self.items, []
+        return out
 
     def piece(self, text: str) -> str:
         """A new piece of text; returns what is now final (may be "")."""
-        if not text:
-            return ""
-        out = ""
-        if text[0].isspace() and self.held.strip():  # the held word is complete
-            out, self.held = self.held, ""
-        self.held += text
-        if self.held.rstrip()[-1:] in tuple(ENDS_A_WORD) and self.held.strip():
-            out, self.held = out + self.held, ""
-        return self._first(out)
+        return self._first("".join(t for t, _ in self.add(text)))
 
     def end(self) -> str:
         """The end of speech (a release, a flush): everything held is final."""
-        out, self.held = self.held, ""
-        return self._first(out)
+        return self._first("".join(t for t, _ in self.take()))
 
     def _first(self, out: str) -> str:
         if out and not self.typed_any:

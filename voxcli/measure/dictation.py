@@ -94,17 +94,19 @@ class Pressing:
     hotkey listened for, in threads of this process."""
 
     def __init__(self, engine, clip: Path, *, toggle: bool = False, hotkey: str = "f9", stop_hotkey: str = "esc",
-                 speed: float = 1.0, focus_is_ours=lambda: False, recorder=None) -> None:
+                 speed: float = 1.0, focus_is_ours=lambda: False, recorder=None, final_engine=None,
+                 live_correct: bool = False) -> None:
         from voxcli.audio.capture import FileSource
         from voxcli.dictate.hotkey import Binding, KeyListener, parse_hotkey
         from voxcli.dictate.session import DictateWorker, Dictation
         from voxcli.dictate.typist import choose
 
-        self.dictation = d = Dictation(choose("auto"), focus_is_ours=focus_is_ours, recorder=recorder)
+        self.dictation = d = Dictation(choose("auto"), focus_is_ours=focus_is_ours, recorder=recorder,
+                                       two_pass=final_engine is not None, live_correct=live_correct)
         self.stop = threading.Event()
         source = FileSource(clip, speed=speed)
         source.check()
-        self.worker = DictateWorker(engine, source, d.listening, self.stop, deferred=True)
+        self.worker = DictateWorker(engine, source, d.listening, self.stop, final_engine=final_engine, deferred=True)
         self.keys = KeyListener(Binding(parse_hotkey(hotkey), d.toggle if toggle else d.press,
                                         (lambda: None) if toggle else d.release),
                                 Binding(parse_hotkey(stop_hotkey), d.cancel))
@@ -124,11 +126,17 @@ class Pressing:
         self.thread.join(20)
 
 
-def measure_dictation(engine, clips: list[Path], runs: int, *, speed: float = 1.0) -> dict[str, list[float]]:
-    """``runs`` presses over each clip (the hotkey held while it plays): the figures' samples."""
+def measure_dictation(engine, clips: list[Path], runs: int, *, speed: float = 1.0, final_engine=None,
+                      live_correct: bool = False) -> dict[str, list[float]]:
+    """``runs`` presses over each clip (the hotkey held while it plays): the figures' samples.
+    ``final_engine``: two-pass, typing the final stream's words (``live_correct``: the provisional
+    ones first, then backspaces where the final ones differ; their counts per press too)."""
     from voxcli.audio.decode import load_audio
 
     samples: dict[str, list[float]] = {"first_char_ms": [], "release_to_last_ms": []}
+    if live_correct:
+        samples |= {"backspaces": [], "corrections": []}
+    kw = {"final_engine": final_engine, "live_correct": live_correct}
     with XServer() as x, tempfile.TemporaryDirectory() as folder:
         saved = os.environ.get("DISPLAY")
         os.environ["DISPLAY"] = x.name  # pynput and python-xlib connect to it
@@ -137,7 +145,7 @@ def measure_dictation(engine, clips: list[Path], runs: int, *, speed: float = 1.
             for clip in clips:
                 seconds = len(load_audio(clip)) / 16000
                 for _ in range(runs):
-                    _one_press(engine, clip, target, seconds, speed, samples)
+                    _one_press(engine, clip, target, seconds, speed, samples, kw)
         finally:
             target.close()
             if saved is None:
@@ -147,17 +155,18 @@ def measure_dictation(engine, clips: list[Path], runs: int, *, speed: float = 1.
     return samples
 
 
-def _one_press(engine, clip: Path, target: TypedInto, seconds: float, speed: float, samples: dict) -> None:
-    press = Pressing(engine, clip, speed=speed)
+def _one_press(engine, clip: Path, target: TypedInto, seconds: float, speed: float, samples: dict,
+               kw: dict) -> None:
+    press = Pressing(engine, clip, speed=speed, **kw)
     figures = press.dictation.figures
     try:
         target.key("keydown", "F9")
         press.heard_all(seconds)  # held while the clip plays: let go once the model has heard it
         target.key("keyup", "F9")
         deadline = time.monotonic() + 30
-        while not figures.release_to_last_ms and time.monotonic() < deadline:
+        while not figures.presses and time.monotonic() < deadline:
             time.sleep(0.02)
-        samples["first_char_ms"] += figures.first_char_ms
-        samples["release_to_last_ms"] += figures.release_to_last_ms
+        for name in samples:
+            samples[name] += getattr(figures, name)
     finally:
         press.close()

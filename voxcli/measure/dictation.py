@@ -11,6 +11,7 @@ tests/test_dictate.py drives the same window and server (``XServer``, ``TypedInt
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -147,6 +148,7 @@ def measure_dictation(engine, clips: list[Path], runs: int, *, speed: float = 1.
                 for _ in range(runs):
                     _one_press(engine, clip, target, seconds, speed, samples, kw)
         finally:
+            gc.collect()  # pynput's controllers close their X connections when collected: while X is up
             target.close()
             if saved is None:
                 os.environ.pop("DISPLAY", None)

@@ -207,6 +207,52 @@ def test_live_correct_types_provisional_words_then_the_final_streams_in_their_pl
         rig.saying(PHRASE)
 
 
+def test_dictate_through_a_server_types_what_the_server_says(target, realtime_dir, tmp_path):
+    """--server: the engine is `voxcli serve` (in this process, serving the tiny model rigged to
+    say the phrase) through voxcli's vLLM client. A stream ended on a server finishes there, and
+    its last words come later: they are typed all the same, the release's before the press ends.
+    First one utterance a press (no endpointer): exactly the phrase. Then with the endpointer,
+    which ends speech at hello.wav's pause mid-press: every word the server said is typed."""
+    from serve_server import served
+
+    from voxcli.engine.connect import connect_engine
+    from voxcli.engine.local import load_engine
+    from voxcli.live.items import LiveOptions
+    from voxcli.output.recorder import SessionRecorder
+    from voxcli.serve.app import ServeOptions
+    from voxcli.testing.speaker import say
+
+    engine = load_engine(str(realtime_dir), device="cpu", compile="off", sessions=4)
+    rig = say(engine, PHRASE)
+    with served(engine, ServeOptions(max_sessions=4)) as server:
+        remote = connect_engine(server.url)
+        assert remote.kind == "realtime" and not remote.info.here
+        for options in (LiveOptions(flush_after_ms=0), LiveOptions()):
+            rig.reset()
+            before = target.text()
+            recorder = SessionRecorder(tmp_path / str(options.flush_after_ms))
+            run = running(remote, options=options, recorder=recorder)
+            try:
+                target.key("keydown", "F9")
+                run.heard_all(CLIP_S)
+                target.key("keyup", "F9")
+                deadline = time.monotonic() + 30
+                while not run.dictation.figures.presses:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                typed = target.text()[len(before):]
+                time.sleep(1.0)
+                assert target.text()[len(before):] == typed  # nothing after the press ended
+            finally:
+                run.close()
+                recorder.close()
+            said = {p.suffix: p for p in recorder.paths}[".txt"].read_text(encoding="utf-8")
+            if not options.flush_after_ms:
+                assert typed == PHRASE.strip()
+            assert " ".join(typed.split()) == " ".join(said.split()) and "Zürich" in typed, (typed, said)
+            target.key("key", "Return")
+
+
 def test_backspace_takes_back_characters_of_any_script(target):
     from voxcli.dictate.typist import choose
 

@@ -72,6 +72,7 @@ class DictateWorker:
         was = False
         try:
             for item in self._blocks():
+                self.driver.draining.collect()  # a server's answers for speech ended at a pause
                 now = self.listening.is_set()
                 if item is not None:
                     t, x = item
@@ -87,6 +88,7 @@ class DictateWorker:
                 was = now
                 cycle(self.engine, [self.driver])  # flushes every end waiting, in order
                 if released:
+                    self.driver.draining.wait(self.stop)  # a server: its answer to the flush, the last words
                     put(PressDone())
         finally:
             self.driver.drop()  # stopped (Ctrl-C, or the consumer gone): nothing more is said, rows freed

@@ -55,9 +55,9 @@ class Draining:
                 if item.done is not None:
                     d.put(item.done)
 
-    def wait(self) -> None:
-        """Until every stream ended at a pause has finished."""
-        while self.items:
+    def wait(self, stop=None) -> None:
+        """Until every stream ended at a pause has finished (or ``stop``, an Event, is set)."""
+        while self.items and not (stop is not None and stop.is_set()):
             self.collect()
             time.sleep(POLL_S if self.items else 0)
 

@@ -96,7 +96,7 @@ class Pressing:
 
     def __init__(self, engine, clip: Path, *, toggle: bool = False, hotkey: str = "f9", stop_hotkey: str = "esc",
                  speed: float = 1.0, focus_is_ours=lambda: False, recorder=None, final_engine=None,
-                 live_correct: bool = False) -> None:
+                 live_correct: bool = False, options=None) -> None:
         from voxcli.audio.capture import FileSource
         from voxcli.dictate.hotkey import Binding, KeyListener, parse_hotkey
         from voxcli.dictate.session import DictateWorker, Dictation
@@ -107,7 +107,8 @@ class Pressing:
         self.stop = threading.Event()
         source = FileSource(clip, speed=speed)
         source.check()
-        self.worker = DictateWorker(engine, source, d.listening, self.stop, final_engine=final_engine, deferred=True)
+        self.worker = DictateWorker(engine, source, d.listening, self.stop, options, final_engine=final_engine,
+                                    deferred=True)
         self.keys = KeyListener(Binding(parse_hotkey(hotkey), d.toggle if toggle else d.press,
                                         (lambda: None) if toggle else d.release),
                                 Binding(parse_hotkey(stop_hotkey), d.cancel))

@@ -341,13 +341,15 @@ def test_both_bindings_fire_once_per_press_whatever_listener_feeds_them():
     assert calls == ["down", "stop", "up"]
 
 
-def stand_ins(tmp_path: Path, *names: str) -> Path:
-    """Programs that record their arguments and stdin in calls.txt, one call a line."""
+def stand_ins(tmp_path: Path, *names: str, refuse: bool = False) -> Path:
+    """Programs that record their arguments and stdin in calls.txt, one call a line. ``refuse``:
+    wtype as it answers on GNOME and KDE, which lack the virtual-keyboard protocol."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name in names:
         path = bin_dir / name
-        path.write_text(f'#!/bin/sh\nin=""\n[ "{name}" = wl-copy ] && in=$(cat)\n'
+        no = 'echo "Compositor does not support the virtual keyboard protocol" >&2; exit 1\n' if refuse else ""
+        path.write_text(f'#!/bin/sh\n{no}in=""\n[ "{name}" = wl-copy ] && in=$(cat)\n'
                         f'printf "%s\\n" "{name} $* <$in>" >> {tmp_path}/calls.txt\n'
                         f'printf "%s\\n" "$YDOTOOL_SOCKET" >> {tmp_path}/sockets.txt\n')
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -371,9 +373,9 @@ def test_wayland_backends_in_their_order_with_the_clipboard_for_what_ydotool_can
     os.environ["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
     try:
         typist.type("Grüße 東京")
-        assert (tmp_path / "calls.txt").read_text().splitlines() == ["wtype -- Grüße 東京 <>"]
+        assert (tmp_path / "calls.txt").read_text().splitlines() == ["wtype -s 0 <>", "wtype -- Grüße 東京 <>"]
         (tmp_path / "calls.txt").unlink()
-        (bin_dir / "wtype").unlink()
+        stand_ins(tmp_path, "wtype", refuse=True)  # GNOME, KDE: installed, but the compositor refuses it
         typist = choose("auto", wayland, which_in(bin_dir))
         assert typist.name == "ydotool"
         typist.type("in Zürich now")

@@ -3,7 +3,7 @@
 | desktop | backend | how |
 |---|---|---|
 | X11 | ``keys`` (XTest) | pynput for what the layout has; any other character through a spare keycode |
-| Wayland | ``wtype`` | the virtual-keyboard protocol (wlroots, KDE; not GNOME) |
+| Wayland | ``wtype`` | the virtual-keyboard protocol (wlroots: sway, Hyprland; not GNOME, not KDE) |
 | Wayland | ``ydotool`` | uinput (any compositor; ydotool 1.x through ydotoold, which holds /dev/uinput): ASCII only |
 | Wayland | ``clipboard`` | ``wl-copy``, then ctrl+v through wtype or ydotool |
 | macOS, Windows | ``keys`` (pynput) | untested here |
@@ -240,13 +240,24 @@ def ydotool_socket(env: dict, access: Callable[[str, int], bool] = os.access) ->
                       f"{' or '.join(places)}): `sudo ydotoold &` or its service, or install wtype")
 
 
+def wtype_works(command: str = "wtype") -> bool:
+    """Whether the compositor takes wtype's keys: wtype needs the virtual-keyboard protocol, which
+    wlroots compositors (sway, Hyprland) have and GNOME's and KDE's do not (wtype issue #45). A
+    zero-length pause types nothing and fails there."""
+    try:
+        return subprocess.run([command, "-s", "0"], capture_output=True, timeout=TIMEOUT_S).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def _wayland(forced: str, which, env: dict) -> Typist:
+    wtype = bool(which("wtype")) and wtype_works(which("wtype"))
     ydotool_env = None
-    if which("ydotool") and not which("wtype"):
+    if which("ydotool") and not wtype:
         ydotool_env = {**os.environ, "YDOTOOL_SOCKET": ydotool_socket(env)}
-    paste = ["wtype", "-M", "ctrl", "v", "-m", "ctrl"] if which("wtype") else \
+    paste = ["wtype", "-M", "ctrl", "v", "-m", "ctrl"] if wtype else \
         ["ydotool", "key", "29:1", "47:1", "47:0", "29:0"] if which("ydotool") else None
-    erase = (lambda n: ["wtype", *["-k", "BackSpace"] * n]) if which("wtype") else \
+    erase = (lambda n: ["wtype", *["-k", "BackSpace"] * n]) if wtype else \
         (lambda n: ["ydotool", "key", *["14:1", "14:0"] * n]) if which("ydotool") else None
     clipboard = ClipboardTypist(["wl-copy", "--"], paste, "clipboard (wl-copy)", env=ydotool_env, erase=erase) \
         if which("wl-copy") else None
@@ -254,12 +265,12 @@ def _wayland(forced: str, which, env: dict) -> Typist:
         if clipboard is None:
             raise ConfigError("--type-with clipboard on Wayland needs wl-copy (apt install wl-clipboard)")
         return clipboard
-    if which("wtype"):
+    if wtype:
         return CommandTypist("wtype", ["wtype", "--"], erase=erase)
     if which("ydotool"):
         return CommandTypist("ydotool", ["ydotool", "type", "--"], ascii_only=True, fallback=clipboard,
                              env=ydotool_env, erase=erase)
     if clipboard is not None and forced == "auto":
         return clipboard
-    raise ConfigError("Wayland: nothing can type here; install wtype (wlroots, KDE) or ydotool (any compositor, "
-                      "with ydotoold running), or wl-clipboard for the clipboard")
+    raise ConfigError("Wayland: nothing can type here; install ydotool (any compositor, with ydotoold running), "
+                      "wtype (sway, Hyprland and other wlroots compositors), or wl-clipboard for the clipboard")

@@ -258,10 +258,35 @@ def test_backspace_takes_back_characters_of_any_script(target):
 
     typist = choose("auto")
     assert typist.can_erase
-    typist.type("Grüße aus 東京")
-    typist.backspace(2)
-    typist.type("Zürich")
-    assert settled(target, want="Grüße aus Zürich") == "Grüße aus Zürich"
+    try:
+        typist.type("Grüße aus 東京")
+        typist.backspace(2)
+        typist.type("Zürich")
+        assert settled(target, want="Grüße aus Zürich") == "Grüße aus Zürich"
+    finally:
+        typist.close()
+
+
+def test_characters_off_the_layout_arrive_when_the_app_reads_them_late(target):
+    """A busy app reads a key's character from the keyboard mapping when it gets to the key. The
+    app is stopped (SIGSTOP) while the text is typed and goes on 0.3 s later: every character
+    typed through a spare keycode (accents, CJK) must still be what it was."""
+    import signal
+
+    from voxcli.dictate.typist import choose
+
+    typist = choose("auto")
+    text = "Grüße aus 東京, naïve café"
+    os.kill(target.proc.pid, signal.SIGSTOP)
+    try:
+        typist.type(text)
+        time.sleep(0.3)
+    finally:
+        os.kill(target.proc.pid, signal.SIGCONT)
+    try:
+        assert settled(target, want=text) == text
+    finally:
+        typist.close()
 
 
 # ------------------------------------------------------------------------------ no display

@@ -79,6 +79,7 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
         listener.stop()
         toggles.stop()
         source.stop()
+        typist.close()
         status.close(dictation.figures)
         if recorder is not None:
             recorder.close()

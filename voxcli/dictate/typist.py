@@ -24,7 +24,7 @@ from collections.abc import Callable
 from voxcli.errors import ConfigError
 
 TIMEOUT_S = 5.0  # a typing command that takes longer is stuck: fail, do not hang dictation
-REMAP_PAUSE_S = 0.03  # X11: after a character typed through the spare keycode (XTestTypist)
+REUSE_S = 0.5  # X11: a spare keycode keeps its character this long after its press (XTestTypist)
 
 
 class Typist:
@@ -39,6 +39,9 @@ class Typist:
     def backspace(self, n: int) -> None:
         """Take back the ``n`` characters before the cursor (--live-correct)."""
         raise ConfigError(f"{self.name} cannot press backspace")
+
+    def close(self) -> None:
+        """Whatever the backend changed to type, put back (the keyboard mapping)."""
 
 
 class KeysTypist(Typist):
@@ -66,10 +69,16 @@ class KeysTypist(Typist):
 
 
 class XTestTypist(KeysTypist):
-    """X11: the characters the layout has through pynput; any other through one spare keycode, set
-    to that character on all four levels, pressed, then ``REMAP_PAUSE_S`` for the app to read it.
-    Written here because pynput's own borrowing puts later characters on group-2 levels an app
-    does not read (seen under Xvfb: after "Grüße", "東京" arrived as "東東")."""
+    """X11: the characters the layout has through pynput; any other through a spare keycode (one
+    the layout leaves empty), set to that character on all four levels and pressed. Written here
+    because pynput's own borrowing puts later characters on group-2 levels an app does not read
+    (seen under Xvfb: after "Grüße", "東京" arrived as "東東").
+
+    An app reads a key's character from the server's mapping when it handles the key, which may
+    be late (a busy app): a keycode remapped at once afterwards loses the character (seen under
+    load: "Grüße" arrived as "Grüe" with one spare keycode reset after 30 ms). So the spare
+    keycodes are taken in turn, a character already on one is pressed there again, and none is
+    remapped until ``REUSE_S`` after its last press. They are emptied again at ``close()``."""
 
     name = "keys (XTest)"
 
@@ -80,10 +89,14 @@ class XTestTypist(KeysTypist):
         self.display = display.Display()
         low, high = self.display.display.info.min_keycode, self.display.display.info.max_keycode
         mapping = self.display.get_keyboard_mapping(low, high - low + 1)
-        spare = [low + i for i, keysyms in enumerate(mapping) if not any(keysyms)]
+        # The lowest keycode is left alone: some servers and toolkits ignore it.
+        spare = [low + i for i, keysyms in enumerate(mapping) if not any(keysyms) and i > 0]
         if not spare:
             raise ConfigError("the keyboard layout has no free keycode to type characters it lacks through")
-        self.spare = spare[-1]
+        self.spare = spare
+        self.turn = 0
+        self.holds: dict[int, str] = {}  # keycode -> the character it is set to now
+        self.pressed_at = dict.fromkeys(spare, 0.0)
 
     def type(self, text: str) -> None:
         for run, plain in _runs(text):
@@ -97,14 +110,29 @@ class XTestTypist(KeysTypist):
         from Xlib import X
         from Xlib.ext import xtest
 
-        keysym = ord(ch) if ord(ch) <= 0xFF else 0x1000000 + ord(ch)  # X's keysyms for Unicode
-        self.display.change_keyboard_mapping(self.spare, [(keysym,) * 4])
+        code = next((c for c, held in self.holds.items() if held == ch), None)
+        if code is None:
+            code = self.spare[self.turn]
+            self.turn = (self.turn + 1) % len(self.spare)
+            wait = self.pressed_at[code] + REUSE_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            keysym = ord(ch) if ord(ch) <= 0xFF else 0x1000000 + ord(ch)  # X's keysyms for Unicode
+            self.display.change_keyboard_mapping(code, [(keysym,) * 4])
+            self.display.sync()
+            self.holds[code] = ch
+        xtest.fake_input(self.display, X.KeyPress, code)
+        xtest.fake_input(self.display, X.KeyRelease, code)
         self.display.sync()
-        xtest.fake_input(self.display, X.KeyPress, self.spare)
-        xtest.fake_input(self.display, X.KeyRelease, self.spare)
-        self.display.sync()
-        time.sleep(REMAP_PAUSE_S)
-        self.display.change_keyboard_mapping(self.spare, [(0,) * 4])
+        self.pressed_at[code] = time.monotonic()
+
+    def close(self) -> None:
+        """The spare keycodes emptied again, once the last character had ``REUSE_S`` to be read."""
+        if self.holds:
+            time.sleep(max(0.0, max(self.pressed_at.values()) + REUSE_S - time.monotonic()))
+        for code in self.holds:
+            self.display.change_keyboard_mapping(code, [(0,) * 4])
+        self.holds = {}
         self.display.sync()
 
 

@@ -102,7 +102,8 @@ class Pressing:
         from voxcli.dictate.session import DictateWorker, Dictation
         from voxcli.dictate.typist import choose
 
-        self.dictation = d = Dictation(choose("auto"), focus_is_ours=focus_is_ours, recorder=recorder,
+        self.typist = choose("auto")
+        self.dictation = d = Dictation(self.typist, focus_is_ours=focus_is_ours, recorder=recorder,
                                        two_pass=final_engine is not None, live_correct=live_correct)
         self.stop = threading.Event()
         source = FileSource(clip, speed=speed)
@@ -126,6 +127,7 @@ class Pressing:
         self.stop.set()
         self.keys.stop()
         self.thread.join(20)
+        self.typist.close()
 
 
 def measure_dictation(engine, clips: list[Path], runs: int, *, speed: float = 1.0, final_engine=None,

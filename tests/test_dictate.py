@@ -7,6 +7,7 @@ and wl-copy that record what they are asked to type), and each bad setup's one l
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ def display():
         pytest.skip("needs Xvfb and xdotool (apt install xvfb xdotool)")
     with XServer() as x:
         yield x.name
+        gc.collect()  # pynput's controllers close their X connections when collected: while X is up
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ def run_dictate(cfg: Config, *, input_path: Path | None, speed: float, load_engi
     stop = threading.Event()
     worker = DictateWorker(engine, source, dictation.listening, stop, LiveOptions.from_config(cfg),
                            final_engine=final_engine, deferred=input_path is not None)
-    listener, note = _listener(keyboards, _bindings(cfg, hotkey, stop_key, dictation),
+    listener, note = _listener(keyboards, dictation.bindings(hotkey, stop_key, cfg.dictate.toggle),
                                lambda line: err.print(f"voxcli dictate: {line}", markup=False))
     listener_note = listener_note or note
     from voxcli.dictate.control import ToggleSocket
@@ -123,15 +123,6 @@ def _keyboards(env: dict | None = None, folder: str | None = None):
         return keyboards(folder or INPUT_DIR), None
     except (RuntimeError, ImportError) as exc:
         return None, f"{str(exc).splitlines()[0]}; or bind `voxcli dictate --toggle-now` to a shortcut"
-
-
-def _bindings(cfg: Config, hotkey, stop_key, dictation) -> list:
-    from voxcli.dictate.hotkey import Binding
-
-    toggle = cfg.dictate.toggle
-    keys = [Binding(hotkey, dictation.toggle if toggle else dictation.press,
-                    (lambda: None) if toggle else dictation.release)]
-    return keys + ([Binding(stop_key, dictation.cancel)] if stop_key is not None else [])
 
 
 def _listener(keyboards, bindings: list, note: Callable[[str], None]):

@@ -15,9 +15,11 @@ provisional word turns final without a key pressed.
 
 from __future__ import annotations
 
+import os
+
 from voxcli.dictate.words import FinalWords
 from voxcli.events import StreamRole, TokenEvent
-from voxcli.live.twopass import TwoPassText, whole_words
+from voxcli.live.twopass import TwoPassText
 
 
 class LiveCorrect:
@@ -39,7 +41,9 @@ class LiveCorrect:
                 self.two.add(whole, StreamRole.FINAL)
         else:
             self.two.add(event, StreamRole.PROVISIONAL)
-        return self._edit(self.final + whole_words(self.two.pending))
+        beyond = FinalWords()  # the provisional words beyond the final ones, the one being said left out
+        whole = "".join(text for event in self.two.pending for text, _ in beyond.add(event.text))
+        return self._edit(self.final + whole)
 
     def end(self) -> tuple[int, str]:
         """An end of speech, flushed (both streams have said all they will of it): the window holds
@@ -50,11 +54,7 @@ class LiveCorrect:
 
     def _edit(self, want: str) -> tuple[int, str]:
         want = want.lstrip()  # the first word goes where the cursor is
-        same = 0
-        for a, b in zip(self.screen, want, strict=False):
-            if a != b:
-                break
-            same += 1
+        same = len(os.path.commonprefix([self.screen, want]))
         back = len(self.screen) - same
         if back:
             self.backspaces += back

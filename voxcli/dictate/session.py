@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from voxcli.audio.capture import level_db
 from voxcli.dictate.correct import LiveCorrect
+from voxcli.dictate.hotkey import Binding, Hotkey
 from voxcli.dictate.words import FinalWords
 from voxcli.events import StreamRole
 from voxcli.live.driver import StreamDriver, cycle
@@ -172,6 +173,11 @@ class Dictation:
         if self.listening.is_set() or self.releasing:
             self.cancelled.set()
             self.listening.clear()
+
+    def bindings(self, hotkey: Hotkey, stop_key: Hotkey | None, toggle: bool) -> list[Binding]:
+        """What the keys do: the hotkey held (or, ``toggle``, pressed) and the stop key."""
+        keys = [Binding(hotkey, self.toggle, lambda: None) if toggle else Binding(hotkey, self.press, self.release)]
+        return keys + ([Binding(stop_key, self.cancel)] if stop_key is not None else [])
 
     # -- the main thread --
 

@@ -18,7 +18,7 @@ it); later words keep the space the model put before them.
 
 from __future__ import annotations
 
-from voxcli.live.twopass import ENDS_A_WORD
+ENDS_A_WORD = tuple(".,!?;:…。、！？")  # punctuation that ends a word: no more of it is coming
 
 
 class FinalWords:

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 from voxcli.events import StreamRole, TokenEvent, summarize
 
-ENDS_A_WORD = tuple(".,!?;:…。、！？")  # punctuation that ends a word: no more of it is coming
-
 
 @dataclass(frozen=True, slots=True)
 class Replacement:
@@ -162,14 +160,6 @@ def _word_groups(events: list[TokenEvent]) -> list[list[int]]:
             groups.append([])
         groups[-1].append(i)
     return groups
-
-
-def whole_words(events: list[TokenEvent]) -> str:
-    """The text of ``events`` without the word still being said (the last, unless punctuation ended it)."""
-    groups = _word_groups(events)
-    if groups and "".join(events[i].text for i in groups[-1]).rstrip()[-1:] not in ENDS_A_WORD:
-        groups = groups[:-1]
-    return "".join(events[i].text for group in groups for i in group)
 
 
 def word_latencies(tokens: list[tuple[str, str, float | None, float | None]], stream: str) -> list[float]:

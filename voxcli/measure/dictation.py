@@ -98,7 +98,7 @@ class Pressing:
                  speed: float = 1.0, focus_is_ours=lambda: False, recorder=None, final_engine=None,
                  live_correct: bool = False, options=None) -> None:
         from voxcli.audio.capture import FileSource
-        from voxcli.dictate.hotkey import Binding, KeyListener, parse_hotkey
+        from voxcli.dictate.hotkey import KeyListener, parse_hotkey
         from voxcli.dictate.session import DictateWorker, Dictation
         from voxcli.dictate.typist import choose
 
@@ -110,9 +110,7 @@ class Pressing:
         source.check()
         self.worker = DictateWorker(engine, source, d.listening, self.stop, options, final_engine=final_engine,
                                     deferred=True)
-        self.keys = KeyListener(Binding(parse_hotkey(hotkey), d.toggle if toggle else d.press,
-                                        (lambda: None) if toggle else d.release),
-                                Binding(parse_hotkey(stop_hotkey), d.cancel))
+        self.keys = KeyListener(*d.bindings(parse_hotkey(hotkey), parse_hotkey(stop_hotkey), toggle))
         self.keys.start()
         self.thread = threading.Thread(target=d.run, args=(self.worker, self.stop), daemon=True)
         self.thread.start()

@@ -93,6 +93,14 @@ def settled(target, timeout_s: float = 30.0, want: str | None = None) -> str:
     return target.text()
 
 
+def until(ready, timeout_s: float, say=lambda: "") -> None:
+    """Wait until ``ready()``; fail (with ``say()``) after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert time.monotonic() < deadline, say()
+        time.sleep(0.02)
+
+
 def test_hold_to_talk_types_the_engines_text_live_into_an_x11_app(target, speaker, tmp_path):
     """Hold F9 over the clip: the words arrive in the Tk window while the key is down, the last at
     the release's flush, exactly the engine's text (accents and CJK included); nothing after.
@@ -149,10 +157,7 @@ def test_toggle_types_the_text_and_never_into_voxclis_own_terminal(target, speak
         target.key("key", "F9")
         run.heard_all(CLIP_S)
         target.key("key", "F9")
-        deadline = time.monotonic() + 20
-        while PHRASE.strip() not in run.dictation.held:
-            assert time.monotonic() < deadline, run.dictation.held
-            time.sleep(0.05)
+        until(lambda: PHRASE.strip() in run.dictation.held, 20, lambda: run.dictation.held)
         assert target.text() == before
     finally:
         run.close()
@@ -238,10 +243,7 @@ def test_dictate_through_a_server_types_what_the_server_says(target, realtime_di
                 target.key("keydown", "F9")
                 run.heard_all(CLIP_S)
                 target.key("keyup", "F9")
-                deadline = time.monotonic() + 30
-                while not run.dictation.figures.presses:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
+                until(lambda: run.dictation.figures.presses, 30)
                 typed = target.text()[len(before):]
                 time.sleep(1.0)
                 assert target.text()[len(before):] == typed  # nothing after the press ended

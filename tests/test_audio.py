@@ -385,3 +385,17 @@ def _unprivileged():
 
 def _duration_s(samples) -> float:
     return len(samples) / 16000
+
+
+def test_pcm16_out_and_back_is_exact_for_audio_read_from_a_16_bit_file():
+    """What voxcli sends a server (OpenAI, vLLM, Mistral, Deepgram, Wyoming) is decoded there by
+    32768: a 16-bit file's samples must come back bit-identical, or the server hears other audio
+    than the local engine. Scaling by 32767 moved every sample past half of full scale."""
+    from voxcli.audio.pcm import from_pcm16, to_pcm16
+
+    every = np.arange(-32768, 32768, dtype="<i2")
+    assert to_pcm16(from_pcm16(every.tobytes())) == every.tobytes()
+    hello = load_audio(Path(__file__).resolve().parent.parent / "examples" / "hello.wav")
+    assert np.array_equal(from_pcm16(to_pcm16(hello)), hello)
+    assert np.frombuffer(to_pcm16(np.array([1.0, -1.0, 1.5, -7.0], np.float32)), "<i2").tolist() == \
+        [32767, -32768, 32767, -32768]

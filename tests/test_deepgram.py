@@ -14,6 +14,7 @@ import pytest
 from serve_server import served
 
 from voxcli.audio.decode import load_audio
+from voxcli.audio.pcm import to_pcm16
 from voxcli.choices import KEYTERM_BIAS
 from voxcli.serve.app import ServeOptions
 
@@ -48,8 +49,7 @@ def client(server, key: str = KEY):
     return AsyncDeepgramClient(api_key=key, environment=env)
 
 
-def linear16(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes()
+linear16 = to_pcm16
 
 
 async def stream(server, audio: np.ndarray, *, speed: float = 4.0, finalize_at: float | None = None,
@@ -213,7 +213,7 @@ def test_livekits_deepgram_plugin_transcribes_through_serve(realtime_dir, realti
     from voxcli.engine.local import load_engine
 
     audio = load_audio(HELLO)
-    pcm = np.clip((audio * 32768).round(), -32768, 32767).astype("<i2")
+    pcm = np.frombuffer(to_pcm16(audio), "<i2")
 
     async def run(url: str) -> list:
         async with aiohttp.ClientSession() as http:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from voxcli.audio.decode import load_audio
+from voxcli.audio.pcm import to_pcm16
 from voxcli.serve.app import ServeOptions
 from voxcli.testing.served import ServeProcess, free_port
 
@@ -34,9 +35,7 @@ KEY = "dialects-test-key-0b3a"
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dialects")]
 
 
-def pcm16(samples: np.ndarray) -> bytes:
-    """Exact for audio read from a 16-bit file (the server divides by 32768)."""
-    return np.clip((samples * 32768).round(), -32768, 32767).astype("<i2").tobytes()
+pcm16 = to_pcm16
 
 
 def b64(samples: np.ndarray) -> str:

@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from voxcli.audio.decode import load_audio, resample
+from voxcli.audio.pcm import to_pcm16
 from voxcli.choices import KEYTERM_BIAS
 from voxcli.serve.app import ServeOptions
 
@@ -79,7 +80,7 @@ def local_text(engine, audio) -> str:
 
 
 def pcm16(samples: np.ndarray) -> str:
-    return base64.b64encode((np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes()).decode()
+    return base64.b64encode(to_pcm16(samples)).decode()
 
 
 def vllm_session(server, **kw):
@@ -278,7 +279,7 @@ def test_the_mistralai_sdk_streams_a_file_and_gets_the_local_text(server, realti
     async def paced():
         for i in range(0, len(audio), 1280):
             await asyncio.sleep(0.08)
-            yield (np.clip(audio[i:i + 1280], -1, 1) * 32767).round().astype("<i2").tobytes()
+            yield to_pcm16(audio[i:i + 1280])
 
     async def run(**kw):
         events = []

@@ -18,6 +18,7 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 
 from voxcli.audio.decode import load_audio, resample
+from voxcli.audio.pcm import to_pcm16
 from voxcli.testing.served import ServeProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +37,7 @@ def wyoming_server(realtime_dir, tmp_path_factory):
 
 
 def pcm16(samples: np.ndarray, channels: int = 1) -> bytes:
-    x = (np.clip(samples, -1, 1) * 32767).round().astype("<i2")
-    return np.repeat(x, channels).tobytes() if channels > 1 else x.tobytes()
+    return to_pcm16(np.repeat(samples, channels))
 
 
 async def request(port: int, audio: bytes, rate: int = 16000, channels: int = 1, *, before: list | None = None,

@@ -19,6 +19,7 @@ import numpy as np
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from voxcli.audio.pcm import to_pcm16
 from voxcli.config import API_KEY_ENV
 from voxcli.errors import ServerError, first_line, setting
 from voxcli.units import SAMPLE_RATE
@@ -154,8 +155,7 @@ def certificate_error(exc: BaseException) -> str | None:
 
 
 def pcm16_base64(samples: np.ndarray) -> str:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    return base64.b64encode(pcm.tobytes()).decode()
+    return base64.b64encode(to_pcm16(samples)).decode()
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:
@@ -164,7 +164,7 @@ def wav_bytes(samples: np.ndarray) -> bytes:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes())
+        w.writeframes(to_pcm16(samples))
     return buffer.getvalue()
 
 

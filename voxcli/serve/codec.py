@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from voxcli.audio.pcm import from_pcm16
 from voxcli.audio.vad import EndpointOptions
 from voxcli.engine.keyterms import Keyterms
 from voxcli.units import SAMPLE_RATE
@@ -90,12 +91,7 @@ def audio(event: dict, kind: str = "input_audio_buffer.append") -> np.ndarray:
         raise BadEvent("'audio' is not valid base64", "invalid_audio", event.get("event_id")) from None
     if len(raw) % 2:
         raise BadEvent(f"'audio' has {len(raw)} bytes: PCM16 has 2 per sample", "invalid_audio", event.get("event_id"))
-    return pcm16(raw)
-
-
-def pcm16(raw: bytes) -> np.ndarray:
-    """Little-endian 16-bit PCM as float32 in [-1, 1)."""
-    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    return from_pcm16(raw)
 
 
 class Codec:

@@ -34,10 +34,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from voxcli.audio.pcm import from_pcm16
 from voxcli.audio.vad import EndpointOptions
 from voxcli.choices import KEYTERM_BIAS
 from voxcli.serve import codec
-from voxcli.serve.codec import BadEvent, Settings, keyterms, pcm16
+from voxcli.serve.codec import BadEvent, Settings, keyterms
 from voxcli.serve.scheduler import Done, Failed, Speech, Token
 
 DIALECT = "deepgram"
@@ -245,7 +246,7 @@ def _word(word: dict) -> dict:
 
 def _decode(raw: bytes, encoding: str, rate: int) -> np.ndarray:
     if encoding == "linear16":
-        return pcm16(raw)
+        return from_pcm16(raw)
     if encoding == "linear32":  # Deepgram's linear32: 32-bit float PCM
         samples = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         return np.nan_to_num(np.clip(samples, -1.0, 1.0))

@@ -36,8 +36,8 @@ from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 import voxcli
+from voxcli.audio.pcm import from_pcm16
 from voxcli.engine.keyterms import Keyterms
-from voxcli.serve.codec import pcm16
 from voxcli.serve.realtime import MAX_BUFFERED_S
 from voxcli.serve.scheduler import Done, Failed, Full, Token
 from voxcli.units import SAMPLE_RATE
@@ -149,7 +149,7 @@ class Handler(AsyncEventHandler):
             await self.write_event(Error(problem, "invalid_audio").event())
             return
         chunk = self.converter.convert(chunk)
-        samples = pcm16(chunk.audio)
+        samples = from_pcm16(chunk.audio)
         if chunk.rate != SAMPLE_RATE:
             if self.resampler is None:
                 self.resampler = soxr.ResampleStream(chunk.rate, SAMPLE_RATE, 1, dtype="float32")

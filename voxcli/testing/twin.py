@@ -214,10 +214,11 @@ def hear_as_vllm(engine) -> int:
 
 def as_served(audio):
     """The samples a server decodes from voxcli's PCM16 (vLLM divides by 32768): what voxcli's
-    local engine must be handed to hear what the server heard."""
-    import numpy as np
+    local engine must be handed to hear what the server heard. For audio read from a 16-bit file,
+    the audio itself."""
+    from voxcli.audio.pcm import from_pcm16, to_pcm16
 
-    return ((np.clip(audio, -1.0, 1.0) * 32767.0).round() / 32768.0).astype(np.float32)
+    return from_pcm16(to_pcm16(audio))
 
 
 def quiet_where_the_first_step_begins(audio, delay_ms: int):

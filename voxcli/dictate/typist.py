@@ -2,7 +2,7 @@
 
 | desktop | backend | how |
 |---|---|---|
-| X11 | ``keys`` (XTest) | pynput for what the layout has; any other character through a spare keycode |
+| X11 | ``keys`` (XTest) | pynput for what the layout has; any other character through a spare keycode (``xtest``) |
 | Wayland | ``wtype`` | the virtual-keyboard protocol (wlroots: sway, Hyprland; not GNOME, not KDE) |
 | Wayland | ``ydotool`` | uinput (any compositor; ydotool 1.x through ydotoold, which holds /dev/uinput): ASCII only |
 | Wayland | ``clipboard`` | ``wl-copy``, then ctrl+v through wtype or ydotool |
@@ -18,13 +18,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 from voxcli.errors import ConfigError
 
 TIMEOUT_S = 5.0  # a typing command that takes longer is stuck: fail, do not hang dictation
-REUSE_S = 0.5  # X11: a spare keycode keeps its character this long after its press (XTestTypist)
 
 
 class Typist:
@@ -68,74 +66,6 @@ class KeysTypist(Typist):
             self.keyboard.tap(Key.backspace)
 
 
-class XTestTypist(KeysTypist):
-    """X11: the characters the layout has through pynput; any other through a spare keycode (one
-    the layout leaves empty), set to that character on all four levels and pressed. Written here
-    because pynput's own borrowing puts later characters on group-2 levels an app does not read
-    (seen under Xvfb: after "Grüße", "東京" arrived as "東東").
-
-    An app reads a key's character from the server's mapping when it handles the key, which may
-    be late (a busy app): a keycode remapped at once afterwards loses the character (seen under
-    load: "Grüße" arrived as "Grüe" with one spare keycode reset after 30 ms). So the spare
-    keycodes are taken in turn, a character already on one is pressed there again, and none is
-    remapped until ``REUSE_S`` after its last press. They are emptied again at ``close()``."""
-
-    name = "keys (XTest)"
-
-    def __init__(self) -> None:
-        super().__init__()
-        from Xlib import display
-
-        self.display = display.Display()
-        low, high = self.display.display.info.min_keycode, self.display.display.info.max_keycode
-        mapping = self.display.get_keyboard_mapping(low, high - low + 1)
-        # The lowest keycode is left alone: some servers and toolkits ignore it.
-        spare = [low + i for i, keysyms in enumerate(mapping) if not any(keysyms) and i > 0]
-        if not spare:
-            raise ConfigError("the keyboard layout has no free keycode to type characters it lacks through")
-        self.spare = spare
-        self.turn = 0
-        self.holds: dict[int, str] = {}  # keycode -> the character it is set to now
-        self.pressed_at = dict.fromkeys(spare, 0.0)
-
-    def type(self, text: str) -> None:
-        for run, plain in _runs(text):
-            if plain:
-                self.keyboard.type(run)
-            else:
-                for ch in run:
-                    self._spare_key(ch)
-
-    def _spare_key(self, ch: str) -> None:
-        from Xlib import X
-        from Xlib.ext import xtest
-
-        code = next((c for c, held in self.holds.items() if held == ch), None)
-        if code is None:
-            code = self.spare[self.turn]
-            self.turn = (self.turn + 1) % len(self.spare)
-            wait = self.pressed_at[code] + REUSE_S - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            keysym = ord(ch) if ord(ch) <= 0xFF else 0x1000000 + ord(ch)  # X's keysyms for Unicode
-            self.display.change_keyboard_mapping(code, [(keysym,) * 4])
-            self.display.sync()
-            self.holds[code] = ch
-        xtest.fake_input(self.display, X.KeyPress, code)
-        xtest.fake_input(self.display, X.KeyRelease, code)
-        self.display.sync()
-        self.pressed_at[code] = time.monotonic()
-
-    def close(self) -> None:
-        """The spare keycodes emptied again, once the last character had ``REUSE_S`` to be read."""
-        if self.holds:
-            time.sleep(max(0.0, max(self.pressed_at.values()) + REUSE_S - time.monotonic()))
-        for code in self.holds:
-            self.display.change_keyboard_mapping(code, [(0,) * 4])
-        self.holds = {}
-        self.display.sync()
-
-
 class CommandTypist(Typist):
     """A program that types its argument: ``wtype -- TEXT``, ``ydotool type -- TEXT``."""
 
@@ -152,7 +82,7 @@ class CommandTypist(Typist):
             _run(self.erase(n), env=self.env)
 
     def type(self, text: str) -> None:
-        for run, plain in _runs(text) if self.ascii_only else [(text, True)]:
+        for run, plain in runs(text) if self.ascii_only else [(text, True)]:
             if plain:
                 _run([*self.command, run], env=self.env)
             elif self.fallback is not None:
@@ -180,7 +110,7 @@ class ClipboardTypist(Typist):
             _run(self.paste, env=self.env)
 
 
-def _runs(text: str) -> list[tuple[str, bool]]:
+def runs(text: str) -> list[tuple[str, bool]]:
     """``text`` cut into runs of ASCII and of the rest: [(run, is_ascii), ...]."""
     runs: list[tuple[str, bool]] = []
     for ch in text:
@@ -228,7 +158,11 @@ def choose(forced: str = "auto", env: dict | None = None, which: Callable[[str],
         if kind != "x11" or not which("xclip"):
             raise ConfigError("--type-with clipboard on X11 needs xclip (apt install xclip)")
         return _X11Clipboard()
-    return XTestTypist() if kind == "x11" else KeysTypist()
+    if kind == "x11":
+        from voxcli.dictate.xtest import XTestTypist
+
+        return XTestTypist()
+    return KeysTypist()
 
 
 class _X11Clipboard(ClipboardTypist):

@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-POOL = "äöüßÄÖÜéèêàâçñøåæœ東京日本語中文字한국어ĳŁłŠšŽžαβγδεζ"  # 44 characters; Xvfb's layout leaves 18 keycodes
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,12 +29,12 @@ def main() -> int:
     args = ap.parse_args()
 
     from voxcli.dictate import xtest
-    from voxcli.measure.dictation import TypedInto, XServer
+    from voxcli.measure.dictation import TypedInto, XServer, off_layout_words
 
     if args.no_wait:
         xtest.Fetches.start = classmethod(lambda cls, display: None)
         xtest.SETTLE_S = 0.0
-    words = ["".join(POOL[(10 * i + j) % len(POOL)] for j in range(10)) for i in range(args.words)]
+    words = off_layout_words(args.words)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
         with XServer() as x:

@@ -8,7 +8,6 @@ dialect answers in its own words, and the server stays healthy. Then Mistral's p
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import signal
@@ -25,6 +24,7 @@ from websockets.sync.client import connect
 
 from voxcli.audio.decode import load_audio
 from voxcli.audio.pcm import to_pcm16
+from voxcli.engine.server import pcm16_base64
 from voxcli.serve.app import ServeOptions
 from voxcli.testing.served import ServeProcess, free_port
 
@@ -38,8 +38,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dialects")]
 pcm16 = to_pcm16
 
 
-def b64(samples: np.ndarray) -> str:
-    return base64.b64encode(pcm16(samples)).decode()
+b64 = pcm16_base64
 
 
 class Dialect:

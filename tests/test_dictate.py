@@ -299,9 +299,9 @@ def test_many_characters_off_the_layout_in_a_row_arrive_exact(target):
     old characters (6 words of 100 wrong, bench/RESULTS.md 16c). Every character must arrive as
     itself, each change confirmed by the app's fetch (none given up on)."""
     from voxcli.dictate.typist import choose
+    from voxcli.measure.dictation import off_layout_words
 
-    pool = "äöüßÄÖÜéèêàâçñøåæœ東京日本語中文字한국어ĳŁłŠšŽžαβγδεζ"
-    words = ["".join(pool[(10 * i + j) % len(pool)] for j in range(10)) for i in range(30)]
+    words = off_layout_words(30)
     typist = choose("auto")
     try:
         for word in words:

@@ -33,6 +33,7 @@ from websockets.sync.client import connect
 from voxcli.audio.decode import load_audio, resample
 from voxcli.audio.pcm import to_pcm16
 from voxcli.choices import KEYTERM_BIAS
+from voxcli.engine.server import pcm16_base64 as pcm16
 from voxcli.serve.app import ServeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,10 +78,6 @@ def talk(tmp_path_factory):
 
 def local_text(engine, audio) -> str:
     return "".join(e.text for e in engine.transcribe(audio)).strip()
-
-
-def pcm16(samples: np.ndarray) -> str:
-    return base64.b64encode(to_pcm16(samples)).decode()
 
 
 def vllm_session(server, **kw):

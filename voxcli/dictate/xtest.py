@@ -64,7 +64,7 @@ class XTestTypist(KeysTypist):
         self.turn = 0
         self.holds: dict[int, str] = {}  # keycode -> the character it is set to now
         self.pressed_at = dict.fromkeys(spare, 0.0)
-        self.silent: set[int | None] = set()  # apps never seen fetching, that did not: not waited for again
+        self.silent: set[int | None] = set()  # apps that let a change go unfetched, never seen fetching: not waited for
 
     def type(self, text: str) -> None:
         for run, plain in runs(text):

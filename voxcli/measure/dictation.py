@@ -40,6 +40,15 @@ root.mainloop()
 """
 
 
+OFF_LAYOUT = "äöüßÄÖÜéèêàâçñøåæœ東京日本語中文字한국어ĳŁłŠšŽžαβγδεζ"  # 44; Xvfb's layout leaves 18 keycodes
+
+
+def off_layout_words(n: int) -> list[str]:
+    """``n`` words of 10 characters a US layout lacks, in turn from ``OFF_LAYOUT``, so typing them
+    remaps the spare keycodes all along (bench/xtest_typing.py, tests/test_dictate.py)."""
+    return ["".join(OFF_LAYOUT[(10 * i + j) % len(OFF_LAYOUT)] for j in range(10)) for i in range(n)]
+
+
 class XServer:
     """Xvfb on a free display, for as long as the ``with`` lasts (``.name``: ``:N``)."""
 
